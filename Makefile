@@ -1,0 +1,38 @@
+# All set-up is in here: a fresh machine needs only `make demo` or `make test`.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+# torch-sys finds libtorch through the venv's python (LIBTORCH_USE_PYTORCH), unless LIBTORCH is set.
+ifeq ($(LIBTORCH),)
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+SETUP := $(VENV)/.ready
+else
+SETUP :=
+endif
+export FINETUNE_PYTHON := $(VENV)/bin/python
+
+.PHONY: setup build demo test lint clean-venv
+
+$(VENV)/.ready: scripts/setup-venv.sh
+	./scripts/setup-venv.sh
+	touch $@
+
+setup: $(SETUP)
+
+build: $(SETUP)
+	cargo build --release
+
+demo: build
+	./scripts/demo.sh
+
+test: $(SETUP)
+	cargo build --release
+	cargo test --release -- --test-threads=1
+
+lint: $(SETUP)
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+
+clean-venv:
+	rm -rf $(VENV)

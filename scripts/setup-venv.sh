@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Creates the repo-local Python venv that provides libtorch (from the PyTorch wheel on PyPI) and, for the
+# tests, torchvision. Idempotent: installs only what is missing, so re-runs cost a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
+VENV=${FINETUNE_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+have() { "$VENV/bin/python" - "$1" "$2" <<'PYEOF'
+import sys, importlib.metadata as m
+try:
+    v = m.version(sys.argv[1])
+except m.PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if v.split("+")[0] == sys.argv[2] else 1)
+PYEOF
+}
+need=()
+have torch "$TORCH_VERSION" || need+=("torch==$TORCH_VERSION")
+if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
+  have torchvision "$TORCHVISION_VERSION" || need+=("torchvision==$TORCHVISION_VERSION")
+  have safetensors 0.0.0 2>/dev/null || "$VENV/bin/python" -c 'import safetensors' 2>/dev/null || need+=("safetensors")
+  "$VENV/bin/python" -c 'import numpy' 2>/dev/null || need+=("numpy")
+  "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${need[@]}"
+fi

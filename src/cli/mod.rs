@@ -1,0 +1,75 @@
+//! The command line: a thin layer over the library.
+
+mod imagenet;
+mod weights;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "finetune",
+    version,
+    about = "Fine-tune an ImageNet-pretrained network into an image classifier"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
+    ClassifyImagenet(imagenet::Args),
+    /// List or download known pretrained weights.
+    #[command(subcommand)]
+    Weights(weights::Cmd),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::ClassifyImagenet(a) => imagenet::run(a),
+        Command::Weights(c) => weights::run(c),
+    }
+}
+
+/// Options shared by every command that computes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+impl ComputeArgs {
+    pub fn device(&self) -> anyhow::Result<tch::Device> {
+        if let Some(t) = self.threads {
+            tch::set_num_threads(t.max(1));
+        }
+        Ok(finetune::device::parse_device(&self.device)?)
+    }
+}
+
+/// The weights file for `arch`: `--weights`, else the cache, else a download.
+pub fn weights_path(
+    arch: finetune::model::Arch,
+    explicit: Option<&std::path::Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(p.is_file(), "weights file {} does not exist", p.display());
+        return Ok(p.to_path_buf());
+    }
+    Ok(finetune::model::registry::resolve(
+        arch,
+        console::stderr_is_tty(),
+    )?)
+}
+
+pub mod console {
+    use std::io::IsTerminal;
+    pub fn stderr_is_tty() -> bool {
+        std::io::stderr().is_terminal()
+    }
+}

@@ -1,0 +1,67 @@
+//! ImageNet top-k with a pretrained checkpoint's own classifier: the end-to-end check that weights,
+//! preprocessing and the forward pass agree with torchvision.
+
+use crate::data::decode::{decode_file, DecodeError};
+use crate::data::{resize, tensor};
+use crate::model::{imagenet, Network};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use tch::nn::ModuleT;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub index: i64,
+    pub label: String,
+    pub probability: f64,
+}
+
+/// torchvision's reference eval transform: resize short side 256, centre-crop 224.
+pub fn preprocess(path: &std::path::Path) -> Result<image::RgbImage, DecodeError> {
+    Ok(resize::resize_short_then_center_crop(
+        &decode_file(path)?,
+        256,
+        224,
+    ))
+}
+
+/// Top-`k` per image; images that cannot be decoded come back as their error.
+pub fn classify(
+    net: &Network,
+    paths: &[PathBuf],
+    k: usize,
+) -> Vec<Result<Vec<Scored>, DecodeError>> {
+    let labels = imagenet::labels();
+    let decoded: Vec<_> = paths.par_iter().map(|p| preprocess(p)).collect();
+    let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let mut probs_iter = if ok.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let x = tensor::to_batch(&ok, net.device());
+        let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
+            .to_device(tch::Device::Cpu);
+        let (p, i) = probs.topk(k as i64, -1, true, true);
+        let rows: Vec<Vec<Scored>> = (0..ok.len() as i64)
+            .map(|r| {
+                (0..k as i64)
+                    .map(|c| {
+                        let index = i.int64_value(&[r, c]);
+                        Scored {
+                            index,
+                            label: labels
+                                .get(index as usize)
+                                .copied()
+                                .unwrap_or("?")
+                                .to_string(),
+                            probability: p.double_value(&[r, c]),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        rows.into_iter()
+    };
+    decoded
+        .into_iter()
+        .map(|r| r.map(|_| probs_iter.next().unwrap_or_default()))
+        .collect()
+}

@@ -1,0 +1,3 @@
+//! Using a trained or pretrained network: ImageNet classification, prediction, evaluation.
+
+pub mod imagenet;

@@ -1,0 +1,118 @@
+//! Strict loading of checkpoint tensors into a [`Network`]: every model tensor must be present with
+//! its exact shape, and nothing but BatchNorm counters and the replaced classifier may be left over.
+
+use super::network::{Network, BODY, HEAD, TOP};
+use super::weights::{read_weights, NamedTensors, WeightsError};
+use super::Arch;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::Tensor;
+
+/// Which part of the network the checkpoint provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// An ImageNet checkpoint for a fine-tune: the body; the file's classifier is dropped.
+    Body,
+    /// An ImageNet checkpoint for `classify-imagenet`: body and the 1000-class classifier.
+    BodyAndClassifier,
+}
+
+fn is_classifier_key(arch: Arch, key: &str) -> bool {
+    match arch {
+        Arch::MobilenetV2 => key.starts_with("classifier."),
+        _ => key.starts_with("fc."),
+    }
+}
+
+/// Reads `file` and loads it into `net` (see [`load_tensors`]).
+pub fn load_checkpoint(net: &Network, file: &Path, part: Part) -> Result<(), WeightsError> {
+    let tensors = read_weights(file)?;
+    load_tensors(net, file, tensors, part)
+}
+
+pub fn load_tensors(
+    net: &Network,
+    file: &Path,
+    tensors: NamedTensors,
+    part: Part,
+) -> Result<(), WeightsError> {
+    // Checkpoints saved from DataParallel prefix every key with `module.`.
+    let mut by_key: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
+                t,
+            )
+        })
+        .collect();
+    let arch = net.arch;
+    let mismatch = |by_key: &HashMap<String, Tensor>, msg: String| WeightsError::Mismatch {
+        path: file.to_path_buf(),
+        arch: arch.name().to_string(),
+        msg,
+        looks_like: Arch::guess_from_keys(by_key.keys().map(String::as_str))
+            .filter(|g| g != arch.name()),
+    };
+    let vars = net.vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut assignments = Vec::new();
+    for name in names {
+        let key = if let Some(k) = name.strip_prefix(&format!("{BODY}.")) {
+            k
+        } else if let Some(k) = name.strip_prefix(&format!("{TOP}.")) {
+            if part != Part::BodyAndClassifier {
+                continue;
+            }
+            k
+        } else if name.starts_with(&format!("{HEAD}.")) {
+            continue;
+        } else {
+            name.as_str()
+        };
+        let var = &vars[name];
+        let Some(t) = by_key.get(key) else {
+            return Err(mismatch(&by_key, format!("missing tensor `{key}`")));
+        };
+        if t.size() != var.size() {
+            return Err(mismatch(
+                &by_key,
+                format!(
+                    "tensor `{key}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    var.size()
+                ),
+            ));
+        }
+        assignments.push((key.to_string(), var.shallow_clone()));
+    }
+    let used: std::collections::HashSet<&str> =
+        assignments.iter().map(|(k, _)| k.as_str()).collect();
+    let mut unexpected: Vec<&String> = by_key
+        .keys()
+        .filter(|k| {
+            !used.contains(k.as_str())
+                && !k.ends_with("num_batches_tracked")
+                && !(part == Part::Body && is_classifier_key(arch, k))
+        })
+        .collect();
+    unexpected.sort();
+    if let Some(first) = unexpected.first() {
+        return Err(mismatch(
+            &by_key,
+            format!(
+                "unexpected tensor `{first}` ({} tensors the model does not have)",
+                unexpected.len()
+            ),
+        ));
+    }
+    tch::no_grad(|| {
+        for (key, mut var) in assignments {
+            if let Some(t) = by_key.remove(&key) {
+                var.copy_(&t.to_device(var.device()));
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! A network = pretrained body + top (fastai head or ImageNet classifier), owning its variables.
+
+use super::head::{FastaiHead, ImagenetClassifier};
+use super::mobilenet_v2::MobilenetV2Body;
+use super::resnet::ResnetBody;
+use super::Arch;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Tensor};
+
+/// Variable-name prefixes: `body.` holds torchvision's keys unchanged; `top.` the ImageNet
+/// classifier's torchvision keys; `head.` the fastai head.
+pub const BODY: &str = "body";
+pub const TOP: &str = "top";
+pub const HEAD: &str = "head";
+
+#[derive(Debug)]
+pub struct Network {
+    pub arch: Arch,
+    pub vs: nn::VarStore,
+    body: Box<dyn ModuleT>,
+    top: Box<dyn ModuleT>,
+    /// Names of the learnable parameters (not BN running statistics), recorded at construction
+    /// because freezing later changes `requires_grad`.
+    params: Vec<String>,
+}
+
+fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn ModuleT> {
+    match arch {
+        Arch::Resnet18 => Box::new(ResnetBody::new(p, [2, 2, 2, 2], false)),
+        Arch::Resnet34 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], false)),
+        Arch::Resnet50 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], true)),
+        Arch::MobilenetV2 => Box::new(MobilenetV2Body::new(p)),
+    }
+}
+
+impl Network {
+    /// fastai's `Sequential(body, head)` for `n_classes`, head freshly initialised.
+    pub fn classifier(arch: Arch, n_classes: i64, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let body = build_body(arch, &(&root / BODY));
+        let top: Box<dyn ModuleT> = Box::new(FastaiHead::new(
+            &(&root / HEAD),
+            arch.body_channels(),
+            n_classes,
+        ));
+        Self::finish(arch, vs, body, top)
+    }
+
+    /// The torchvision network with its 1000-class ImageNet classifier.
+    pub fn imagenet(arch: Arch, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let body = build_body(arch, &(&root / BODY));
+        let top: Box<dyn ModuleT> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
+        Self::finish(arch, vs, body, top)
+    }
+
+    fn finish(arch: Arch, vs: nn::VarStore, body: Box<dyn ModuleT>, top: Box<dyn ModuleT>) -> Self {
+        let mut params: Vec<String> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(k, _)| k)
+            .collect();
+        params.sort();
+        Network {
+            arch,
+            vs,
+            body,
+            top,
+            params,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn param_names(&self) -> &[String] {
+        &self.params
+    }
+
+    /// A BatchNorm weight or bias: a parameter whose layer also has a running mean.
+    pub fn is_bn_param(&self, name: &str) -> bool {
+        let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or("");
+        self.vs
+            .variables_
+            .lock()
+            .map(|v| {
+                v.named_variables
+                    .contains_key(&format!("{layer}.running_mean"))
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn body_features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.body.forward_t(x, train)
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.top.forward_t(&self.body.forward_t(x, train), train)
+    }
+}

@@ -1,0 +1,139 @@
+//! torchvision ResNet (v1.5: stride in the 3x3 conv of bottlenecks), with torchvision's key names.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: pad,
+        bias: false,
+        ..Default::default()
+    };
+    nn::conv2d(p, c_in, c_out, k, cfg)
+}
+
+fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, Default::default())
+}
+
+#[derive(Debug)]
+struct Downsample {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+#[derive(Debug)]
+struct Block {
+    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<Downsample>,
+}
+
+impl ModuleT for Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        let last = self.convs.len() - 1;
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            y = y.apply(c).apply_t(b, train);
+            if i != last {
+                y = y.relu();
+            }
+        }
+        let identity = match &self.downsample {
+            Some(d) => x.apply(&d.conv).apply_t(&d.bn, train),
+            None => x.shallow_clone(),
+        };
+        (y + identity).relu()
+    }
+}
+
+fn basic_block(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
+    let convs = vec![
+        (
+            conv(&p / "conv1", c_in, planes, 3, stride, 1),
+            bn(&p / "bn1", planes),
+        ),
+        (
+            conv(&p / "conv2", planes, planes, 3, 1, 1),
+            bn(&p / "bn2", planes),
+        ),
+    ];
+    let downsample = (stride != 1 || c_in != planes).then(|| Downsample {
+        conv: conv(&p / "downsample" / "0", c_in, planes, 1, stride, 0),
+        bn: bn(&p / "downsample" / "1", planes),
+    });
+    Block { convs, downsample }
+}
+
+fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
+    let out = planes * 4;
+    let convs = vec![
+        (
+            conv(&p / "conv1", c_in, planes, 1, 1, 0),
+            bn(&p / "bn1", planes),
+        ),
+        (
+            conv(&p / "conv2", planes, planes, 3, stride, 1),
+            bn(&p / "bn2", planes),
+        ),
+        (
+            conv(&p / "conv3", planes, out, 1, 1, 0),
+            bn(&p / "bn3", out),
+        ),
+    ];
+    let downsample = (stride != 1 || c_in != out).then(|| Downsample {
+        conv: conv(&p / "downsample" / "0", c_in, out, 1, stride, 0),
+        bn: bn(&p / "downsample" / "1", out),
+    });
+    Block { convs, downsample }
+}
+
+/// Everything up to and including `layer4`: fastai's body (`children()[:-2]`).
+#[derive(Debug)]
+pub struct ResnetBody {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    layers: Vec<Block>,
+}
+
+impl ResnetBody {
+    /// `bottleneck` selects resnet50-style blocks; `blocks` is the block count per stage.
+    pub fn new(p: &nn::Path, blocks: [usize; 4], use_bottleneck: bool) -> Self {
+        let expansion = if use_bottleneck { 4 } else { 1 };
+        let mut layers = Vec::new();
+        let mut c_in = 64;
+        for (stage, &n) in blocks.iter().enumerate() {
+            let planes = 64 << stage;
+            let lp = p / format!("layer{}", stage + 1);
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let bp = &lp / i.to_string();
+                layers.push(if use_bottleneck {
+                    bottleneck(bp, c_in, planes, stride)
+                } else {
+                    basic_block(bp, c_in, planes, stride)
+                });
+                c_in = planes * expansion;
+            }
+        }
+        ResnetBody {
+            conv1: conv(p / "conv1", 3, 64, 7, 2, 3),
+            bn1: bn(p / "bn1", 64),
+            layers,
+        }
+    }
+}
+
+impl ModuleT for ResnetBody {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        for b in &self.layers {
+            y = b.forward_t(&y, train);
+        }
+        y
+    }
+}
