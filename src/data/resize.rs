@@ -42,10 +42,11 @@ pub fn resize_short_then_center_crop(src: &RgbImage, size: u32, crop: u32) -> Rg
     center_crop(&resized, crop, crop)
 }
 
-/// torchvision's CenterCrop offsets: `round((H - h) / 2)`.
+/// torchvision's CenterCrop offsets: Python's `round((H - h) / 2)`, which rounds halves to even
+/// (an odd margin of 117 px starts the crop at 58, not 59).
 pub fn center_crop(src: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (sw, sh) = src.dimensions();
-    let left = ((sw as f64 - w as f64) / 2.0).round().max(0.0) as u32;
-    let top = ((sh as f64 - h as f64) / 2.0).round().max(0.0) as u32;
+    let left = ((sw as f64 - w as f64) / 2.0).round_ties_even().max(0.0) as u32;
+    let top = ((sh as f64 - h as f64) / 2.0).round_ties_even().max(0.0) as u32;
     image::imageops::crop_imm(src, left, top, w.min(sw), h.min(sh)).to_image()
 }

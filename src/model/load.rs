@@ -92,9 +92,10 @@ pub fn load_tensors(
     let mut unexpected: Vec<&String> = by_key
         .keys()
         .filter(|k| {
-            !used.contains(k.as_str())
-                && !k.ends_with("num_batches_tracked")
-                && !(part == Part::Body && is_classifier_key(arch, k))
+            let expected = used.contains(k.as_str())
+                || k.ends_with("num_batches_tracked")
+                || (part == Part::Body && is_classifier_key(arch, k));
+            !expected
         })
         .collect();
     unexpected.sort();

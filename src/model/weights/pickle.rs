@@ -454,7 +454,7 @@ impl<'a> Machine<'a> {
 }
 
 fn pairs(items: Vec<Value>, pos: usize) -> Result<Vec<(Value, Value)>, PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(PickleError::Malformed {
             pos,
             what: "odd number of dict items",

@@ -1,0 +1,65 @@
+//! Logit parity with PyTorch/torchvision on the same weights and input (eval mode), for every
+//! weights layout we read.
+
+mod common;
+use common::*;
+use finetune::model::{load_checkpoint, Arch, Network, Part};
+use std::path::Path;
+use tch::nn::ModuleT;
+
+fn check(arch: Arch, weights: &Path, io: &str) {
+    let net = Network::imagenet(arch, tch::Device::Cpu);
+    load_checkpoint(&net, weights, Part::BodyAndClassifier).unwrap();
+    let (x, want) = read_io(&reference().join(io));
+    let got = tch::no_grad(|| net.forward_t(&x, false));
+    let d = max_abs_diff(&got, &want);
+    eprintln!("{arch} {} max|Δlogit| = {d:.2e}", weights.display());
+    assert!(d <= 1e-4, "{arch}: max |Δlogit| {d} > 1e-4");
+}
+
+#[test]
+fn resnet18_zip_pth() {
+    check(
+        Arch::Resnet18,
+        &reference().join("resnet18.pth"),
+        "resnet18_io.safetensors",
+    );
+}
+
+#[test]
+fn resnet18_safetensors() {
+    check(
+        Arch::Resnet18,
+        &reference().join("resnet18.safetensors"),
+        "resnet18_io.safetensors",
+    );
+}
+
+#[test]
+fn resnet50_zip_pth() {
+    check(
+        Arch::Resnet50,
+        &reference().join("resnet50.pth"),
+        "resnet50_io.safetensors",
+    );
+}
+
+#[test]
+fn mobilenet_v2_real_legacy_pth() {
+    let Some(w) = mobilenet_weights() else {
+        return skip("../shared/weights absent: mobilenet_v2 parity not run");
+    };
+    check(Arch::MobilenetV2, &w, "mobilenet_v2_io.safetensors");
+}
+
+#[test]
+fn mobilenet_v2_fp16_zip_pth() {
+    if mobilenet_weights().is_none() {
+        return skip("../shared/weights absent: fp16 parity not run");
+    }
+    check(
+        Arch::MobilenetV2,
+        &reference().join("mobilenet_v2_fp16.pth"),
+        "mobilenet_v2_fp16_io.safetensors",
+    );
+}

@@ -1,0 +1,61 @@
+//! Broken, truncated and wrong weights files give the documented errors, never a panic.
+
+mod common;
+use common::*;
+use finetune::model::{load_checkpoint, Arch, Network, Part};
+
+fn load_err(arch: Arch, bytes: &[u8], name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let net = Network::imagenet(arch, tch::Device::Cpu);
+    let e = load_checkpoint(&net, &p, Part::BodyAndClassifier)
+        .expect_err("must fail")
+        .to_string();
+    assert!(e.contains(name), "error names the file: {e}");
+    e
+}
+
+#[test]
+fn truncated_zip_checkpoint() {
+    let full = std::fs::read(reference().join("resnet18.pth")).unwrap();
+    let e = load_err(Arch::Resnet18, &full[..full.len() / 2], "half.pth");
+    assert!(e.contains("zip"), "{e}");
+}
+
+#[test]
+fn truncated_legacy_checkpoint() {
+    let Some(w) = mobilenet_weights() else {
+        return skip("../shared/weights absent");
+    };
+    let full = std::fs::read(w).unwrap();
+    let e = load_err(Arch::MobilenetV2, &full[..full.len() - 1000], "cut.pth");
+    assert!(e.contains("truncated"), "{e}");
+    let e = load_err(Arch::MobilenetV2, &full[..5000], "cut2.pth");
+    assert!(e.contains("legacy checkpoint"), "{e}");
+}
+
+#[test]
+fn garbage_and_empty_files() {
+    let e = load_err(Arch::Resnet18, b"<html>404 not found</html>", "page.pth");
+    assert!(e.contains("not a PyTorch checkpoint"), "{e}");
+    let e = load_err(Arch::Resnet18, b"", "empty.pth");
+    assert!(e.contains("empty"), "{e}");
+    let e = load_err(Arch::Resnet18, b"\x80\x02}q\x00.", "pickle.pth");
+    assert!(e.contains("not a PyTorch checkpoint"), "{e}");
+}
+
+#[test]
+fn wrong_arch_names_key_and_guess() {
+    // resnet34 holds every resnet18 key with the right shape, plus more: strictness must catch it.
+    let bytes = std::fs::read(reference().join("resnet34.pth")).unwrap();
+    let e = load_err(Arch::Resnet18, &bytes, "r34.pth");
+    assert!(e.contains("unexpected tensor `layer1.2."), "{e}");
+    assert!(e.contains("looks like resnet34"), "{e}");
+    let bytes = std::fs::read(reference().join("resnet18.pth")).unwrap();
+    let e = load_err(Arch::Resnet50, &bytes, "r18.pth");
+    assert!(e.contains("shape") || e.contains("missing"), "{e}");
+    assert!(e.contains("looks like resnet18"), "{e}");
+    let e = load_err(Arch::MobilenetV2, &bytes, "r18b.pth");
+    assert!(e.contains("missing tensor `features.0.0.weight`"), "{e}");
+}
