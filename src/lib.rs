@@ -5,3 +5,4 @@ pub mod data;
 pub mod device;
 pub mod infer;
 pub mod model;
+pub mod train;

@@ -1,6 +1,9 @@
 //! The command line: a thin layer over the library.
 
+mod evaluate;
 mod imagenet;
+mod predict;
+mod train;
 mod weights;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +21,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Fine-tune a pretrained network on a folder of images (fastai's fine_tune).
+    Train(train::Args),
+    /// Test accuracy, per-class report and confusion matrix of a model on a labelled folder.
+    Evaluate(evaluate::Args),
+    /// Predict the class of images with a trained model.
+    Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
     ClassifyImagenet(imagenet::Args),
     /// List or download known pretrained weights.
@@ -27,6 +36,9 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Predict(a) => predict::run(a),
         Command::ClassifyImagenet(a) => imagenet::run(a),
         Command::Weights(c) => weights::run(c),
     }

@@ -1,5 +1,11 @@
-//! Images in: decoding, resizing, batching.
+//! Images in: finding and splitting labelled files, decoding, resizing, batching.
 
+pub mod dataset;
 pub mod decode;
+pub mod items;
 pub mod resize;
 pub mod tensor;
+pub mod transform;
+
+pub use dataset::{DataConfig, DataError, DataLoaders, ImageSet};
+pub use transform::{PadMode, ResizeMethod, Size};

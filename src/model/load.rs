@@ -117,3 +117,42 @@ pub fn load_tensors(
     });
     Ok(())
 }
+
+/// Loads a bundle's own tensors: names are the model's variable names, all must match exactly.
+pub fn load_exact(net: &Network, file: &Path, tensors: NamedTensors) -> Result<(), WeightsError> {
+    let mut by_key: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let vars = net.vs.variables();
+    let err = |msg: String| WeightsError::Mismatch {
+        path: file.to_path_buf(),
+        arch: net.arch.name().to_string(),
+        msg,
+        looks_like: None,
+    };
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in &names {
+        match by_key.get(name.as_str()) {
+            None => return Err(err(format!("missing tensor `{name}`"))),
+            Some(t) if t.size() != vars[*name].size() => {
+                return Err(err(format!(
+                    "tensor `{name}` has shape {:?}, the model needs {:?}",
+                    t.size(),
+                    vars[*name].size()
+                )))
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = by_key.keys().find(|k| !vars.contains_key(*k)) {
+        return Err(err(format!("unexpected tensor `{extra}`")));
+    }
+    tch::no_grad(|| {
+        for name in names {
+            if let Some(t) = by_key.remove(name) {
+                let mut v = vars[name].shallow_clone();
+                v.copy_(&t.to_device(v.device()));
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,33 @@
+use finetune::infer::{bundle, evaluate};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model bundle folder (from `finetune train --out`).
+    model: PathBuf,
+    /// Folder with one subfolder per class.
+    test_dir: PathBuf,
+    /// How many top losses to list.
+    #[arg(long, default_value_t = 9)]
+    top_losses: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let device = a.compute.device()?;
+    let b = bundle::load(&a.model, device)?;
+    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses)?;
+    for (p, why) in &ev.skipped {
+        eprintln!("warning: skipped {}: {why}", p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ev)?);
+    } else {
+        print!("{}", ev.to_text());
+    }
+    Ok(())
+}

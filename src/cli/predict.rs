@@ -1,0 +1,137 @@
+use finetune::infer::{bundle, predict};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model bundle folder (from `finetune train --out`).
+    model: PathBuf,
+    /// Image files or folders (searched recursively).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Show the k most likely classes per image.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// One JSON array on stdout.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV on stdout: path,label,probability (top_k rows per image).
+    #[arg(long)]
+    csv: bool,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
+}
+
+fn expand(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            let mut found = Vec::new();
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d)?.flatten() {
+                    let q = e.path();
+                    if e.file_name().to_string_lossy().starts_with('.') {
+                        continue;
+                    }
+                    if q.is_dir() {
+                        stack.push(q);
+                    } else {
+                        let mut head = [0u8; 32];
+                        let n = std::fs::File::open(&q)
+                            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                            .unwrap_or(0);
+                        if finetune::data::decode::sniff(&head[..n]).is_some() {
+                            found.push(q);
+                        }
+                    }
+                }
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            anyhow::ensure!(p.exists(), "{} does not exist", p.display());
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let device = a.compute.device()?;
+    let b = bundle::load(&a.model, device)?;
+    let paths = expand(&a.inputs)?;
+    anyhow::ensure!(!paths.is_empty(), "no images found in the given inputs");
+    let k = a.top_k.clamp(1, b.info.classes.len());
+    let classes = b.info.classes.clone();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if a.csv {
+        writeln!(out, "path,label,probability")?;
+    }
+    let mut json = Vec::new();
+    let mut failed = 0usize;
+    let mut io_err = None;
+    predict::predict_each(&b, &paths, |r| match r {
+        Ok(p) => {
+            let top = p.top(k);
+            let path = p.path.display().to_string();
+            let res = if a.json {
+                json.push(serde_json::json!({
+                    "path": path,
+                    "predictions": top.iter().map(|(i, pr)| serde_json::json!({"label": classes[*i], "probability": pr})).collect::<Vec<_>>(),
+                }));
+                Ok(())
+            } else if a.csv {
+                top.iter().try_for_each(|(i, pr)| {
+                    writeln!(
+                        out,
+                        "{},{},{:.6}",
+                        csv_field(&path),
+                        csv_field(&classes[*i]),
+                        pr
+                    )
+                })
+            } else {
+                let cols: Vec<String> = top
+                    .iter()
+                    .map(|(i, pr)| format!("{}  {:.4}", classes[*i], pr))
+                    .collect();
+                writeln!(out, "{path}  {}", cols.join("  "))
+            };
+            if let Err(e) = res {
+                io_err.get_or_insert(e);
+            }
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("warning: skipped {e}");
+        }
+    });
+    if let Some(e) = io_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    }
+    out.flush().ok();
+    anyhow::ensure!(
+        failed < paths.len(),
+        "none of the {} images could be read",
+        paths.len()
+    );
+    if failed > 0 {
+        eprintln!("{failed} of {} file(s) could not be read", paths.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Test-set evaluation: accuracy, per-class precision/recall/F1, confusion matrix, most-confused
+//! pairs and top losses (fastai's `ClassificationInterpretation`).
+
+use super::bundle::Bundle;
+use super::predict::predict;
+use crate::data::items::{self, ItemsError};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Items(#[from] ItemsError),
+    #[error("test folder class `{class}` ({dir}) is not one of the model's classes: {known}")]
+    UnknownClass {
+        class: String,
+        dir: PathBuf,
+        known: String,
+    },
+    #[error("no readable test image under {0}")]
+    NoImages(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassReport {
+    pub class: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Loss {
+    pub path: PathBuf,
+    pub actual: String,
+    pub predicted: String,
+    pub probability: f64,
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub accuracy: f64,
+    pub correct: usize,
+    pub total: usize,
+    pub classes: Vec<String>,
+    /// `confusion[actual][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+    pub per_class: Vec<ClassReport>,
+    /// (actual, predicted, count), most frequent first, off-diagonal only.
+    pub most_confused: Vec<(String, String, usize)>,
+    pub top_losses: Vec<Loss>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+pub fn evaluate(
+    bundle: &Bundle,
+    test_dir: &Path,
+    k_losses: usize,
+) -> Result<Evaluation, EvalError> {
+    let scan = items::scan(test_dir, &[])?;
+    let classes = bundle.info.classes.clone();
+    let mut labels = Vec::new();
+    for it in &scan.items {
+        match classes.iter().position(|c| *c == it.label) {
+            Some(i) => labels.push(i),
+            None => {
+                return Err(EvalError::UnknownClass {
+                    class: it.label.clone(),
+                    dir: it.path.parent().unwrap_or(test_dir).to_path_buf(),
+                    known: classes.join(", "),
+                })
+            }
+        }
+    }
+    let paths: Vec<PathBuf> = scan.items.iter().map(|i| i.path.clone()).collect();
+    let preds = predict(bundle, &paths);
+    let n = classes.len();
+    let mut confusion = vec![vec![0usize; n]; n];
+    let mut losses = Vec::new();
+    let mut skipped: Vec<(PathBuf, String)> = scan
+        .not_images
+        .iter()
+        .map(|p| (p.clone(), "not an image".to_string()))
+        .collect();
+    for (r, &actual) in preds.into_iter().zip(&labels) {
+        match r {
+            Ok(p) => {
+                let (pred, prob) = p.top(1)[0];
+                confusion[actual][pred] += 1;
+                let p_true = p.probs[actual].max(1e-12) as f64;
+                losses.push(Loss {
+                    path: p.path,
+                    actual: classes[actual].clone(),
+                    predicted: classes[pred].clone(),
+                    probability: prob as f64,
+                    loss: -p_true.ln(),
+                });
+            }
+            Err(e) => skipped.push((e.path().to_path_buf(), e.to_string())),
+        }
+    }
+    let total: usize = confusion.iter().flatten().sum();
+    if total == 0 {
+        return Err(EvalError::NoImages(test_dir.to_path_buf()));
+    }
+    let correct: usize = (0..n).map(|i| confusion[i][i]).sum();
+    let per_class = (0..n)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let predicted: usize = (0..n).map(|a| confusion[a][c]).sum();
+            let support: usize = confusion[c].iter().sum();
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassReport {
+                class: classes[c].clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    let mut most_confused: Vec<(String, String, usize)> = (0..n)
+        .flat_map(|a| (0..n).map(move |p| (a, p)))
+        .filter(|&(a, p)| a != p && confusion[a][p] > 0)
+        .map(|(a, p)| (classes[a].clone(), classes[p].clone(), confusion[a][p]))
+        .collect();
+    most_confused.sort_by(|x, y| y.2.cmp(&x.2).then(x.0.cmp(&y.0)).then(x.1.cmp(&y.1)));
+    losses.sort_by(|a, b| b.loss.total_cmp(&a.loss));
+    losses.truncate(k_losses);
+    Ok(Evaluation {
+        accuracy: correct as f64 / total as f64,
+        correct,
+        total,
+        classes,
+        confusion,
+        per_class,
+        most_confused,
+        top_losses: losses,
+        skipped,
+    })
+}
+
+impl Evaluation {
+    /// The human report: accuracy line, per-class table, confusion matrix, confusions, top losses.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "Test accuracy: {:.2}% ({}/{})\n\n",
+            self.accuracy * 100.0,
+            self.correct,
+            self.total
+        );
+        let w = self
+            .classes
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        s.push_str(&format!(
+            "{:<w$}  {:>9}  {:>6}  {:>6}  {:>7}\n",
+            "class", "precision", "recall", "f1", "support"
+        ));
+        for r in &self.per_class {
+            s.push_str(&format!(
+                "{:<w$}  {:>9.3}  {:>6.3}  {:>6.3}  {:>7}\n",
+                r.class, r.precision, r.recall, r.f1, r.support
+            ));
+        }
+        s.push_str("\nconfusion matrix (rows: actual, columns: predicted)\n");
+        let cw = self
+            .confusion
+            .iter()
+            .flatten()
+            .max()
+            .map(|m| m.to_string().len())
+            .unwrap_or(1)
+            .max(3);
+        let rw = w + 1 + self.classes.len().to_string().len();
+        s.push_str(&format!("{:<rw$} ", ""));
+        for i in 0..self.classes.len() {
+            s.push_str(&format!(" {:>cw$}", i));
+        }
+        s.push('\n');
+        for (i, row) in self.confusion.iter().enumerate() {
+            s.push_str(&format!("{:<rw$} ", format!("{i} {}", self.classes[i])));
+            for v in row {
+                s.push_str(&format!(" {v:>cw$}"));
+            }
+            s.push('\n');
+        }
+        if !self.most_confused.is_empty() {
+            s.push_str("\nmost confused (actual -> predicted: count)\n");
+            for (a, p, c) in self.most_confused.iter().take(10) {
+                s.push_str(&format!("  {a} -> {p}: {c}\n"));
+            }
+        }
+        if !self.top_losses.is_empty() {
+            s.push_str("\ntop losses (actual / predicted / probability / loss)\n");
+            for l in &self.top_losses {
+                s.push_str(&format!(
+                    "  {} / {} / {:.3} / {:.3}  {}\n",
+                    l.actual,
+                    l.predicted,
+                    l.probability,
+                    l.loss,
+                    l.path.display()
+                ));
+            }
+        }
+        if !self.skipped.is_empty() {
+            s.push_str(&format!(
+                "\nskipped {} unreadable file(s)\n",
+                self.skipped.len()
+            ));
+        }
+        s
+    }
+}

@@ -1,0 +1,88 @@
+//! Batched, parallel inference with a bundle: validation transform, softmax probabilities.
+
+use super::bundle::Bundle;
+use crate::data::decode::{decode_file, DecodeError};
+use crate::data::tensor::{normalize, stack_u8};
+use crate::data::transform::{crop_window, prepare};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use tch::nn::ModuleT;
+
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub path: PathBuf,
+    /// Probabilities for every class, in the bundle's class order.
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    /// The `k` most likely (class index, probability), best first.
+    pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut idx: Vec<usize> = (0..self.probs.len()).collect();
+        idx.sort_by(|&a, &b| self.probs[b].total_cmp(&self.probs[a]));
+        idx.into_iter()
+            .take(k)
+            .map(|i| (i, self.probs[i]))
+            .collect()
+    }
+}
+
+/// How many images are decoded at once: enough to keep every core busy, few enough that thousands of
+/// files never sit in memory together.
+const CHUNK: usize = 256;
+const BATCH: usize = 64;
+
+/// Predicts every path; `on_result` sees each result in input order as soon as its chunk is done,
+/// so callers can stream output for thousands of files.
+pub fn predict_each(
+    bundle: &Bundle,
+    paths: &[PathBuf],
+    mut on_result: impl FnMut(Result<Prediction, DecodeError>),
+) {
+    let info = &bundle.info;
+    let mut rng = rand::rngs::mock::StepRng::new(0, 0);
+    for chunk in paths.chunks(CHUNK) {
+        let decoded: Vec<Result<image::RgbImage, DecodeError>> = chunk
+            .par_iter()
+            .map(|p| decode_file(p).map(|img| prepare(&img, info.resize, info.size, info.pad_mode)))
+            .collect();
+        let ok: Vec<image::RgbImage> = decoded
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|img| crop_window(img, info.size, false, &mut rng))
+            .collect();
+        let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
+        for b in ok.chunks(BATCH) {
+            let refs: Vec<&image::RgbImage> = b.iter().collect();
+            let x = normalize(
+                &stack_u8(&refs),
+                bundle.net.device(),
+                info.normalization.mean,
+                info.normalization.std,
+            );
+            let p = tch::no_grad(|| {
+                bundle
+                    .net
+                    .forward_t(&x, false)
+                    .softmax(-1, tch::Kind::Float)
+            })
+            .to_device(tch::Device::Cpu);
+            let n = p.size()[1] as usize;
+            let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
+            probs.extend(flat.chunks(n).map(|c| c.to_vec()));
+        }
+        let mut it = probs.into_iter();
+        for (p, r) in chunk.iter().zip(decoded) {
+            on_result(r.map(|_| Prediction {
+                path: p.clone(),
+                probs: it.next().unwrap_or_default(),
+            }));
+        }
+    }
+}
+
+pub fn predict(bundle: &Bundle, paths: &[PathBuf]) -> Vec<Result<Prediction, DecodeError>> {
+    let mut out = Vec::with_capacity(paths.len());
+    predict_each(bundle, paths, |r| out.push(r));
+    out
+}

@@ -1,0 +1,273 @@
+//! The `Learner`: a network, its data and fastai's optimizer, trained with `fit_one_cycle` and
+//! `fine_tune` exactly as fastai schedules them.
+
+use super::optimizer::{Adam, AdamConfig};
+use super::report::{EpochRow, Report};
+use super::schedule::{LrSpec, OneCycle};
+use crate::data::tensor::{normalize, IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::DataLoaders;
+use crate::model::Network;
+use rand::SeedableRng;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::nn::ModuleT;
+use tch::{Kind, Reduction, Tensor};
+
+/// `fine_tune`'s arguments, with fastai's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FineTune {
+    pub epochs: usize,
+    pub base_lr: f64,
+    pub freeze_epochs: usize,
+    pub lr_mult: f64,
+    pub pct_start: f64,
+    pub div: f64,
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        FineTune {
+            epochs: 3,
+            base_lr: 2e-3,
+            freeze_epochs: 1,
+            lr_mult: 100.0,
+            pct_start: 0.3,
+            div: 5.0,
+        }
+    }
+}
+
+/// The hyper-parameters used for one training batch (kept so tests and users can check schedules).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchHypers {
+    pub lrs: Vec<f64>,
+    pub mom: f64,
+}
+
+/// Exponentially smoothed, debiased loss (fastai `AvgSmoothLoss(beta=0.98)`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmoothLoss {
+    val: f64,
+    count: i32,
+}
+
+impl SmoothLoss {
+    pub const BETA: f64 = 0.98;
+    pub fn add(&mut self, loss: f64) -> f64 {
+        self.count += 1;
+        self.val = Self::BETA * self.val + (1.0 - Self::BETA) * loss;
+        self.value()
+    }
+    pub fn value(&self) -> f64 {
+        if self.count == 0 {
+            return f64::NAN;
+        }
+        self.val / (1.0 - Self::BETA.powi(self.count))
+    }
+}
+
+pub struct Learner {
+    pub net: Network,
+    pub dls: DataLoaders,
+    pub opt: Adam,
+    pub label_smoothing: f64,
+    /// Every epoch row so far, over all fits.
+    pub rows: Vec<EpochRow>,
+    /// Hyper-parameters of every training batch of the last fit.
+    pub hypers: Vec<BatchHypers>,
+    /// Set (e.g. by Ctrl-C) to stop after the current batch.
+    pub stop: Arc<AtomicBool>,
+    pub interrupted: bool,
+    rng: rand_chacha::ChaCha8Rng,
+    mean: [f64; 3],
+    std: [f64; 3],
+}
+
+/// (name, tensor, group, do_wd, is_bn) for every learnable parameter, in fastai's terms:
+/// BatchNorm parameters and biases get no weight decay.
+pub fn opt_params(net: &Network) -> Vec<(String, Tensor, usize, bool, bool)> {
+    let vars = net.vs.variables();
+    net.param_names()
+        .iter()
+        .map(|n| {
+            let is_bn = net.is_bn_param(n);
+            let do_wd = !(is_bn || n.ends_with(".bias"));
+            (
+                n.clone(),
+                vars[n].shallow_clone(),
+                net.arch.group_of(n),
+                do_wd,
+                is_bn,
+            )
+        })
+        .collect()
+}
+
+impl Learner {
+    pub fn new(net: Network, dls: DataLoaders, adam: AdamConfig, seed: u64) -> Self {
+        let opt = Adam::new(opt_params(&net), adam);
+        Learner {
+            net,
+            dls,
+            opt,
+            label_smoothing: 0.0,
+            rows: Vec::new(),
+            hypers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            interrupted: false,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+
+    /// Trains only the head (and every BatchNorm), as a freshly created fastai learner.
+    pub fn freeze(&mut self) {
+        let n = self.net.arch.n_groups();
+        self.opt.freeze_to(n - 1);
+    }
+
+    pub fn unfreeze(&mut self) {
+        self.opt.freeze_to(0);
+    }
+
+    fn n_groups(&self) -> usize {
+        self.net.arch.n_groups()
+    }
+
+    pub fn input(&self, batch_u8: &Tensor) -> Tensor {
+        normalize(batch_u8, self.net.device(), self.mean, self.std)
+    }
+
+    fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
+        logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, self.label_smoothing)
+    }
+
+    /// Runs one training batch with the given hypers; returns the batch loss.
+    pub fn train_batch(&mut self, xb: &Tensor, yb: &Tensor, lrs: &[f64], mom: f64) -> f64 {
+        let x = self.input(xb);
+        let y = yb.to_device(self.net.device());
+        let loss = self.loss(&self.net.forward_t(&x, true), &y);
+        self.opt.zero_grad();
+        loss.backward();
+        self.opt.step(lrs, mom);
+        loss.double_value(&[])
+    }
+
+    /// Size-weighted mean validation loss and error rate, in eval mode.
+    pub fn validate(&self) -> (f64, f64) {
+        let mut loss_sum = 0.0;
+        let mut correct = 0i64;
+        let mut n = 0i64;
+        tch::no_grad(|| {
+            for (xb, yb) in self.dls.valid_batches() {
+                let x = self.input(&xb);
+                let y = yb.to_device(self.net.device());
+                let logits = self.net.forward_t(&x, false);
+                let bs = y.size()[0];
+                loss_sum += self.loss(&logits, &y).double_value(&[]) * bs as f64;
+                correct += logits
+                    .argmax(-1, false)
+                    .eq_tensor(&y)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
+                n += bs;
+            }
+        });
+        if n == 0 {
+            return (f64::NAN, f64::NAN);
+        }
+        (loss_sum / n as f64, 1.0 - correct as f64 / n as f64)
+    }
+
+    /// fastai `fit_one_cycle(n_epochs, lr, ...)`: per training batch, lr and β1 follow the
+    /// one-cycle cosines at position `i / (n_batches · n_epochs)`.
+    pub fn fit_one_cycle(
+        &mut self,
+        phase: &str,
+        n_epochs: usize,
+        lr: LrSpec,
+        sched: OneCycle,
+        report: &mut dyn Report,
+    ) {
+        let lr_max = lr.per_group(self.n_groups());
+        let n_batches = self.dls.n_train_batches();
+        let total = (n_batches * n_epochs).max(1) as f64;
+        let mut smooth = SmoothLoss::default();
+        self.hypers.clear();
+        report.begin_fit(phase, n_epochs);
+        for epoch in 0..n_epochs {
+            let t0 = Instant::now();
+            report.begin_epoch(epoch, n_batches);
+            let mut rng = self.rng.clone();
+            let batches = self.dls.train_batches(&mut rng);
+            self.rng = rng;
+            for (i, (xb, yb)) in batches.iter().enumerate() {
+                let pos = (epoch * n_batches + i) as f64 / total;
+                let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
+                let mom = sched.mom(pos);
+                let loss = self.train_batch(xb, yb, &lrs, mom);
+                self.hypers.push(BatchHypers { lrs, mom });
+                report.batch(i, smooth.add(loss));
+                if self.stop.load(Ordering::Relaxed) {
+                    self.interrupted = true;
+                    break;
+                }
+            }
+            report.begin_validate();
+            let (valid_loss, error_rate) = self.validate();
+            let row = EpochRow {
+                phase: phase.to_string(),
+                epoch,
+                train_loss: smooth.value(),
+                valid_loss,
+                error_rate,
+                accuracy: 1.0 - error_rate,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            report.end_epoch(&row);
+            self.rows.push(row);
+            if self.interrupted {
+                report.message("interrupted: stopped after the current batch");
+                return;
+            }
+        }
+    }
+
+    /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole
+    /// network with discriminative rates `slice(base_lr/2/lr_mult, base_lr/2)`.
+    pub fn fine_tune(&mut self, ft: FineTune, report: &mut dyn Report) {
+        self.freeze();
+        if ft.freeze_epochs > 0 {
+            let frozen = OneCycle {
+                pct_start: 0.99,
+                ..OneCycle::default()
+            };
+            self.fit_one_cycle(
+                "frozen",
+                ft.freeze_epochs,
+                LrSpec::Max(ft.base_lr),
+                frozen,
+                report,
+            );
+        }
+        if self.interrupted || ft.epochs == 0 {
+            return;
+        }
+        let base = ft.base_lr / 2.0;
+        self.unfreeze();
+        let sched = OneCycle {
+            pct_start: ft.pct_start,
+            div: ft.div,
+            ..OneCycle::default()
+        };
+        self.fit_one_cycle(
+            "unfrozen",
+            ft.epochs,
+            LrSpec::Range(base / ft.lr_mult, base),
+            sched,
+            report,
+        );
+    }
+}

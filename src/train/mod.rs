@@ -1,0 +1,11 @@
+//! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
+
+pub mod learner;
+pub mod optimizer;
+pub mod report;
+pub mod schedule;
+
+pub use learner::{FineTune, Learner};
+pub use optimizer::AdamConfig;
+pub use report::{ConsoleReport, EpochRow, Report, SilentReport};
+pub use schedule::{LrSpec, OneCycle};

@@ -1,0 +1,122 @@
+//! fastai's `Adam` (optimizer.py): decoupled weight decay, β1 = the scheduled momentum, β2 0.99,
+//! eps 1e-5 outside the square root, debiasing with the *current* β1.
+//!
+//! Hand-written because tch's optimizers are libtorch's AdamW, which puts eps differently, cannot
+//! change β1 per step, and has no per-parameter "no weight decay" flag.
+
+use tch::Tensor;
+
+/// One parameter under optimisation, with fastai's per-parameter state.
+#[derive(Debug)]
+pub struct ParamState {
+    pub name: String,
+    pub tensor: Tensor,
+    pub group: usize,
+    /// False for BatchNorm parameters and biases (fastai `wd_bn_bias=False`).
+    pub do_wd: bool,
+    /// BatchNorm parameters train even in frozen groups (fastai `train_bn=True`).
+    pub is_bn: bool,
+    grad_avg: Option<Tensor>,
+    sqr_avg: Option<Tensor>,
+    step: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdamConfig {
+    pub wd: f64,
+    pub sqr_mom: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            wd: 0.01,
+            sqr_mom: 0.99,
+            eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Adam {
+    pub params: Vec<ParamState>,
+    pub cfg: AdamConfig,
+}
+
+impl Adam {
+    /// `params`: (name, tensor, group, do_wd, is_bn).
+    pub fn new(params: Vec<(String, Tensor, usize, bool, bool)>, cfg: AdamConfig) -> Self {
+        let params = params
+            .into_iter()
+            .map(|(name, tensor, group, do_wd, is_bn)| ParamState {
+                name,
+                tensor,
+                group,
+                do_wd,
+                is_bn,
+                grad_avg: None,
+                sqr_avg: None,
+                step: 0,
+            })
+            .collect();
+        Adam { params, cfg }
+    }
+
+    /// Forgets the moments (fastai `clear_state`, done by `freeze`/`unfreeze`).
+    pub fn clear_state(&mut self) {
+        for p in &mut self.params {
+            p.grad_avg = None;
+            p.sqr_avg = None;
+            p.step = 0;
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.tensor.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Freezes every group before `n` (their non-BN parameters stop receiving gradients);
+    /// `n = 0` unfreezes everything. Clears the optimizer state, as fastai's `freeze_to`.
+    pub fn freeze_to(&mut self, n: usize) {
+        for p in &mut self.params {
+            let trainable = p.group >= n || p.is_bn;
+            let _ = p.tensor.set_requires_grad(trainable);
+        }
+        self.clear_state();
+    }
+
+    /// One step with per-group learning rates `lrs` and momentum (β1) `mom`.
+    pub fn step(&mut self, lrs: &[f64], mom: f64) {
+        let AdamConfig { wd, sqr_mom, eps } = self.cfg;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.tensor.grad();
+                if !g.defined() || !p.tensor.requires_grad() {
+                    continue;
+                }
+                let lr = lrs[p.group.min(lrs.len() - 1)];
+                if p.do_wd && wd != 0.0 {
+                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
+                }
+                let ga = p.grad_avg.get_or_insert_with(|| g.zeros_like());
+                let _ = ga.g_mul_scalar_(mom);
+                let _ = ga.g_add_(&(&g * (1.0 - mom)));
+                let sa = p.sqr_avg.get_or_insert_with(|| g.zeros_like());
+                let _ = sa.g_mul_scalar_(sqr_mom);
+                let _ = sa.g_add_(&(&g * &g * (1.0 - sqr_mom)));
+                p.step += 1;
+                let debias1 = 1.0 - mom.powi(p.step as i32);
+                let debias2 = 1.0 - sqr_mom.powi(p.step as i32);
+                let denom = (&*sa / debias2).sqrt() + eps;
+                let upd = &*ga / denom * (lr / debias1);
+                let _ = p.tensor.g_sub_(&upd);
+            }
+        });
+    }
+}

@@ -1,0 +1,121 @@
+//! What a user sees while training: a progress bar per epoch on a terminal (plain lines otherwise)
+//! and fastai's table `epoch train_loss valid_loss error_rate time`, one per fit.
+
+use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
+
+/// One row of the per-epoch table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    /// `frozen` or `unfrozen` for fine_tune's two fits, `fit` otherwise.
+    pub phase: String,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid_loss: f64,
+    pub error_rate: f64,
+    pub accuracy: f64,
+    pub seconds: f64,
+}
+
+pub fn mmss(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+/// Receives training events; the CLI uses [`ConsoleReport`], tests and library users may pass
+/// [`SilentReport`] or their own.
+pub trait Report {
+    fn begin_fit(&mut self, _phase: &str, _n_epochs: usize) {}
+    fn begin_epoch(&mut self, _epoch: usize, _n_batches: usize) {}
+    fn batch(&mut self, _i: usize, _smooth_loss: f64) {}
+    fn begin_validate(&mut self) {}
+    fn end_epoch(&mut self, _row: &EpochRow) {}
+    fn message(&mut self, _msg: &str) {}
+}
+
+pub struct SilentReport;
+impl Report for SilentReport {}
+
+/// Progress bar on a terminal, plain lines otherwise; `quiet` keeps only the tables.
+pub struct ConsoleReport {
+    bar: Option<indicatif::ProgressBar>,
+    tty: bool,
+    quiet: bool,
+    n_batches: usize,
+    last_plain: std::time::Instant,
+}
+
+impl ConsoleReport {
+    pub fn new(quiet: bool) -> Self {
+        ConsoleReport {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+            n_batches: 0,
+            last_plain: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Report for ConsoleReport {
+    fn begin_fit(&mut self, phase: &str, _n_epochs: usize) {
+        println!();
+        if !self.quiet {
+            println!("{phase}:");
+        }
+        println!(
+            "{:>5}  {:>10}  {:>10}  {:>10}  {:>5}",
+            "epoch", "train_loss", "valid_loss", "error_rate", "time"
+        );
+    }
+    fn begin_epoch(&mut self, epoch: usize, n_batches: usize) {
+        self.n_batches = n_batches;
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            let b = indicatif::ProgressBar::new(n_batches as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} batches, eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(epoch.to_string());
+            self.bar = Some(b);
+        }
+        self.last_plain = std::time::Instant::now();
+    }
+    fn batch(&mut self, i: usize, smooth_loss: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(i as u64 + 1);
+            b.set_message(format!("loss {smooth_loss:.4}"));
+        } else if !self.quiet && self.last_plain.elapsed().as_secs() >= 10 {
+            eprintln!("  batch {}/{} loss {smooth_loss:.4}", i + 1, self.n_batches);
+            self.last_plain = std::time::Instant::now();
+        }
+    }
+    fn begin_validate(&mut self) {
+        if let Some(b) = &self.bar {
+            b.set_message("validating");
+        }
+    }
+    fn end_epoch(&mut self, r: &EpochRow) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        println!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>5}",
+            r.epoch,
+            r.train_loss,
+            r.valid_loss,
+            r.error_rate,
+            mmss(r.seconds)
+        );
+    }
+    fn message(&mut self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
