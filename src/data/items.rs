@@ -261,5 +261,5 @@ mod tests {
             .collect();
         assert_eq!(names, PINNED_SPLIT);
     }
-    const PINNED_SPLIT: [&str; 4] = ["", "", "", ""];
+    const PINNED_SPLIT: [&str; 4] = ["000.jpg", "006.jpg", "001.jpg", "016.jpg"];
 }

@@ -76,6 +76,8 @@ impl ModuleT for FastaiHead {
 #[derive(Debug)]
 pub struct ImagenetClassifier {
     fc: nn::Linear,
+    /// mobilenet_v2's classifier starts with Dropout(0.2); resnet's `fc` has none.
+    dropout: f64,
 }
 
 impl ImagenetClassifier {
@@ -84,8 +86,10 @@ impl ImagenetClassifier {
             Arch::MobilenetV2 => p / "classifier" / "1",
             _ => p / "fc",
         };
+        let dropout = if arch == Arch::MobilenetV2 { 0.2 } else { 0.0 };
         ImagenetClassifier {
             fc: nn::linear(path, arch.body_channels(), 1000, Default::default()),
+            dropout,
         }
     }
 }
@@ -94,7 +98,7 @@ impl ModuleT for ImagenetClassifier {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         x.adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
-            .dropout(0.2, train)
+            .dropout(self.dropout, train)
             .apply(&self.fc)
     }
 }

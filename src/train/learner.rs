@@ -74,8 +74,8 @@ pub struct Learner {
     pub label_smoothing: f64,
     /// Every epoch row so far, over all fits.
     pub rows: Vec<EpochRow>,
-    /// Hyper-parameters of every training batch of the last fit.
-    pub hypers: Vec<BatchHypers>,
+    /// Hyper-parameters of every training batch, with the phase name of its fit.
+    pub hypers: Vec<(String, BatchHypers)>,
     /// Set (e.g. by Ctrl-C) to stop after the current batch.
     pub stop: Arc<AtomicBool>,
     pub interrupted: bool,
@@ -195,7 +195,6 @@ impl Learner {
         let n_batches = self.dls.n_train_batches();
         let total = (n_batches * n_epochs).max(1) as f64;
         let mut smooth = SmoothLoss::default();
-        self.hypers.clear();
         report.begin_fit(phase, n_epochs);
         for epoch in 0..n_epochs {
             let t0 = Instant::now();
@@ -208,7 +207,8 @@ impl Learner {
                 let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
                 let mom = sched.mom(pos);
                 let loss = self.train_batch(xb, yb, &lrs, mom);
-                self.hypers.push(BatchHypers { lrs, mom });
+                self.hypers
+                    .push((phase.to_string(), BatchHypers { lrs, mom }));
                 report.batch(i, smooth.add(loss));
                 if self.stop.load(Ordering::Relaxed) {
                     self.interrupted = true;

@@ -88,6 +88,76 @@ if mnv2 and os.path.exists(mnv2):
 else:
     skipped.append("mobilenet_v2 parity and real photos: ../shared/weights/mobilenet_v2-b0353104.pth absent")
 
+
+# fastai Adam, two steps on the resnet18 fixture in train mode (optimizer.py formulas), with
+# different β1 per step so debiasing by the current momentum is checked.
+def fastai_adam_reference():
+    m = torchvision.models.resnet18(weights=None)
+    m.load_state_dict(torch.load(f"{out}/resnet18.pth"))
+    m.train()
+    norm_params = {id(p) for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in mod.parameters()}
+    do_wd = {n: not (id(p) in norm_params or n.endswith("bias")) for n, p in m.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    y = torch.tensor([1, 5, 7, 9])
+    lr, wd, sqr_mom, eps = 1e-2, 0.1, 0.99, 1e-5
+    state = {}
+    for mom in [0.95, 0.9]:
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                gr = p.grad
+                if do_wd[n]:
+                    p.mul_(1 - lr * wd)
+                st = state.setdefault(n, {"ga": torch.zeros_like(p), "sa": torch.zeros_like(p), "step": 0})
+                st["ga"].mul_(mom).add_(gr, alpha=1 - mom)
+                st["sa"].mul_(sqr_mom).addcmul_(gr, gr, value=1 - sqr_mom)
+                st["step"] += 1
+                db1 = 1 - mom ** st["step"]
+                db2 = 1 - sqr_mom ** st["step"]
+                p.addcdiv_(st["ga"], (st["sa"] / db2).sqrt() + eps, value=-lr / db1)
+    after = {k: v.contiguous() for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    after["__input"] = x
+    after["__target"] = y
+    save_file(after, f"{out}/adam_resnet18_after2.safetensors")
+    json.dump({"lr": lr, "wd": wd, "moms": [0.95, 0.9], "do_wd": do_wd}, open(f"{out}/adam.json", "w"))
+
+
+fastai_adam_reference()
+
+
+# Awkward image files for the bad-input tests.
+def bad_inputs():
+    import struct
+    import zlib
+    from PIL import Image
+    import numpy as np
+    d = f"{out}/bad_inputs"
+    os.makedirs(d, exist_ok=True)
+    Image.new("CMYK", (40, 30), (0, 128, 128, 0)).save(f"{d}/cmyk.jpg")
+    Image.fromarray((np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)).save(f"{d}/grey16.png")
+    Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(f"{d}/transparent.png")
+    Image.new("P", (40, 30)).save(f"{d}/palette.gif")
+    def chunk(t, data):
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data) & 0xFFFFFFFF)
+    # A PNG claiming 60000x60000 pixels (a decompression bomb's header); must be refused, not allocated.
+    huge = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+    open(f"{d}/huge.png", "wb").write(huge)
+    good = open(f"{d}/cmyk.jpg", "rb").read()
+    open(f"{d}/truncated.jpg", "wb").write(good[: len(good) // 2])
+    open(f"{d}/empty.jpg", "wb").write(b"")
+    open(f"{d}/page.jpg", "w").write("<!DOCTYPE html><html><body>Access denied</body></html>")
+    # EXIF orientation 6 (rotate 90° clockwise to display): stored 40x20, shown 20x40.
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(f"{d}/rotated.jpg", exif=exif.tobytes())
+
+
+bad_inputs()
+
 open(f"{out}/skipped.txt", "w").write("\n".join(skipped))
 import hashlib
 open(f"{out}/done", "w").write(hashlib.sha256(open(__file__, "rb").read()).hexdigest())
