@@ -559,3 +559,68 @@ fn fine_tune_mobilenet_v2_for_real() {
         o.stderr
     );
 }
+
+#[test]
+fn lr_find_sweeps_restores_and_suggests() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), 12);
+    let mut learn = tiny_learner(dir.path(), 4);
+    learn.freeze();
+    let before: Vec<(String, tch::Tensor)> = learn
+        .net
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect();
+    let r = learn.lr_find(1e-7, 10.0, 30, &mut SilentReport);
+    assert!(r.lrs.len() >= 10 && r.lrs.len() <= 30);
+    for (i, lr) in r.lrs.iter().enumerate() {
+        let want = 1e-7 * (10.0f64 / 1e-7).powf(i as f64 / 30.0);
+        assert!(
+            (lr / want - 1.0).abs() < 1e-9,
+            "exponential schedule at {i}"
+        );
+    }
+    let after = learn.net.vs.variables();
+    for (k, v) in before {
+        assert_eq!(
+            max_abs_diff(&v, &after[&k]),
+            0.0,
+            "{k} restored after lr_find"
+        );
+    }
+
+    let plot = dir.path().join("lr.svg");
+    let o = run(bin()
+        .args([
+            "lr-find",
+            "--random-init",
+            "--size",
+            "32",
+            "--bs",
+            "4",
+            "--num-it",
+            "30",
+            "--quiet",
+            "--plot",
+        ])
+        .arg(&plot)
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("suggested learning rate (valley)"),
+        "{}",
+        o.stdout
+    );
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("<polyline"));
+    assert!(
+        std::fs::read_to_string(plot.with_extension("csv"))
+            .unwrap()
+            .lines()
+            .count()
+            > 10
+    );
+}

@@ -2,6 +2,7 @@
 
 mod evaluate;
 mod imagenet;
+mod lr_find;
 mod predict;
 mod train;
 mod weights;
@@ -25,6 +26,8 @@ pub enum Command {
     Train(train::Args),
     /// Test accuracy, per-class report and confusion matrix of a model on a labelled folder.
     Evaluate(evaluate::Args),
+    /// Sweep learning rates (fastai lr_find) and suggest one (valley).
+    LrFind(lr_find::Args),
     /// Predict the class of images with a trained model.
     Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::LrFind(a) => lr_find::run(a),
         Command::ClassifyImagenet(a) => imagenet::run(a),
         Command::Weights(c) => weights::run(c),
     }

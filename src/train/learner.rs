@@ -122,6 +122,14 @@ impl Learner {
         }
     }
 
+    pub(crate) fn rng_clone(&self) -> rand_chacha::ChaCha8Rng {
+        self.rng.clone()
+    }
+
+    pub(crate) fn set_rng(&mut self, rng: rand_chacha::ChaCha8Rng) {
+        self.rng = rng;
+    }
+
     /// Trains only the head (and every BatchNorm), as a freshly created fastai learner.
     pub fn freeze(&mut self) {
         let n = self.net.arch.n_groups();
@@ -199,9 +207,9 @@ impl Learner {
         for epoch in 0..n_epochs {
             let t0 = Instant::now();
             report.begin_epoch(epoch, n_batches);
-            let mut rng = self.rng.clone();
+            let mut rng = self.rng_clone();
             let batches = self.dls.train_batches(&mut rng);
-            self.rng = rng;
+            self.set_rng(rng);
             for (i, (xb, yb)) in batches.iter().enumerate() {
                 let pos = (epoch * n_batches + i) as f64 / total;
                 let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();

@@ -1,6 +1,7 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
 pub mod learner;
+pub mod lr_find;
 pub mod optimizer;
 pub mod report;
 pub mod schedule;
