@@ -12,7 +12,7 @@ SETUP :=
 endif
 export FINETUNE_PYTHON := $(VENV)/bin/python
 
-.PHONY: setup build demo test lint clean-venv
+.PHONY: setup build demo test lint clean-venv bench
 
 $(VENV)/.ready: scripts/setup-venv.sh
 	./scripts/setup-venv.sh
@@ -36,3 +36,9 @@ lint: $(SETUP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# finetune vs fastai 2.8 (installs fastai into the venv once). PER_CLASS=0 uses all of clothing-small.
+PER_CLASS ?= 60
+bench: build
+	$(VENV)/bin/python -c 'import fastai' 2>/dev/null || $(VENV)/bin/python -m pip install -q fastai==2.8.12
+	$(VENV)/bin/python bench/bench.py --per-class $(PER_CLASS)

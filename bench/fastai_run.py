@@ -1,0 +1,71 @@
+"""fastai 2.8 side of the benchmark: the same fine_tune as `finetune train`, timed per epoch.
+
+Usage: fastai_run.py DATA ARCH WEIGHTS|none OUT_JSON
+DATA holds train/, valid/ and test/. ARCH is mobilenet_v2 or resnet18.
+"""
+import json
+import resource
+import sys
+import time
+
+t_start = time.time()
+import torch
+import torchvision
+from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, ResizeMethod, error_rate, imagenet_stats,
+                               vision_learner, get_image_files, Callback, default_split)
+from fastai.vision.learner import model_meta
+
+data, arch, weights, out = sys.argv[1:5]
+torch.manual_seed(42)
+
+
+def mobilenet_v2(pretrained=True, **kw):
+    m = torchvision.models.mobilenet_v2()
+    if weights != "none":
+        m.load_state_dict(torch.load(weights, map_location="cpu"))
+    return m
+
+
+# fastai 2.8.12's vision_learner does not pass `cut` on to create_vision_model, so mobilenet_v2's body
+# (`features`, SPEC §2) is declared through model_meta instead, as fastai does for its known archs.
+model_meta[mobilenet_v2] = {"cut": -1, "split": default_split}
+
+
+class EpochTimer(Callback):
+    def before_fit(self):
+        self.phase = getattr(self, "phase", -1) + 1
+
+    def before_epoch(self):
+        self.t0 = time.time()
+
+    def after_epoch(self):
+        self.learn.epoch_times.append((self.phase, time.time() - self.t0))
+
+
+# fastai adds ImageNet normalisation itself only for archs with known stats and pretrained weights;
+# add it explicitly so both sides see the same inputs (SPEC §1).
+dls = ImageDataLoaders.from_folder(data, train="train", valid="valid", item_tfms=Resize(192, method=ResizeMethod.Squish),
+                                   batch_tfms=Normalize.from_stats(*imagenet_stats), bs=64, seed=42)
+if arch == "mobilenet_v2":
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate, pretrained=weights != "none")
+else:
+    learn = vision_learner(dls, torchvision.models.resnet18, metrics=error_rate, pretrained=False)
+learn.epoch_times = []
+learn.add_cb(EpochTimer())
+t0 = time.time()
+learn.fine_tune(3)
+train_s = time.time() - t0
+valid_error = float(learn.recorder.values[-1][2])
+test_dl = learn.dls.test_dl(get_image_files(f"{data}/test"), with_labels=True)
+_, err = learn.validate(dl=test_dl)
+rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+json.dump({
+    "epoch_seconds": learn.epoch_times,
+    "train_seconds": train_s,
+    "total_seconds": time.time() - t_start,
+    "valid_error": valid_error,
+    "test_accuracy": 1 - float(err),
+    "peak_rss_mb": rss / 1024,
+    "n_train": len(dls.train_ds),
+    "n_valid": len(dls.valid_ds),
+}, open(out, "w"), indent=1)
