@@ -6,7 +6,6 @@ Prints a markdown table. Runs one job at a time (timings side by side are worthl
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,12 +34,14 @@ if not os.path.exists(f"{data}/.done-{args.per_class}"):
 
 
 def timed(cmd, **kw):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Runs cmd under GNU time; returns its output, wall seconds and peak RSS in KiB of that run alone
+    (RUSAGE_CHILDREN would carry over the maximum of earlier runs)."""
+    rss_file = f"{args.work}/rss.txt"
     t0 = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    p = subprocess.run(["/usr/bin/time", "-o", rss_file, "-f", "%M", *cmd], capture_output=True, text=True, **kw)
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
-    return p, time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return p, time.time() - t0, int(open(rss_file).read().split()[-1])
 
 
 def run_finetune(arch):

@@ -3,6 +3,8 @@
 
 pub mod data;
 pub mod device;
+pub mod download;
 pub mod infer;
 pub mod model;
+pub mod search;
 pub mod train;

@@ -624,3 +624,71 @@ fn lr_find_sweeps_restores_and_suggests() {
             > 10
     );
 }
+
+#[test]
+fn ctrl_c_saves_what_was_learnt() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), 40);
+    let out = dir.path().join("model");
+    let mut child = bin()
+        .args([
+            "train",
+            "--random-init",
+            "--size",
+            "32",
+            "--bs",
+            "8",
+            "--epochs",
+            "500",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&out)
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for the first row of the unfrozen table, then interrupt.
+    let mut tables = 0;
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l.starts_with("epoch") {
+            tables += 1;
+        } else if tables == 2 && l.trim_start().starts_with('0') {
+            break;
+        }
+    }
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "clean exit after Ctrl-C: {status:?} {rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.starts_with("interrupted")),
+        "{rest:?}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["training"]["interrupted"], true);
+    assert!(out.join("model.safetensors").is_file());
+    let rows = std::fs::read_to_string(out.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    assert!(
+        (2..100).contains(&rows),
+        "stopped early with the epochs done so far: {rows}"
+    );
+}

@@ -1,9 +1,11 @@
 //! The command line: a thin layer over the library.
 
+mod download;
 mod evaluate;
 mod imagenet;
 mod lr_find;
 mod predict;
+mod quickstart;
 mod train;
 mod weights;
 
@@ -22,6 +24,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Build a dataset from search terms: search, download, resize, verify, de-duplicate, split.
+    Download(download::Args),
+    /// Download 10 animals, fetch resnet18, fine-tune and evaluate, in one command (needs the internet).
+    Quickstart(quickstart::Args),
     /// Fine-tune a pretrained network on a folder of images (fastai's fine_tune).
     Train(train::Args),
     /// Test accuracy, per-class report and confusion matrix of a model on a labelled folder.
@@ -39,6 +45,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Download(a) => download::run(a).map(|_| ()),
+        Command::Quickstart(a) => quickstart::run(a),
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Predict(a) => predict::run(a),
@@ -46,6 +54,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ClassifyImagenet(a) => imagenet::run(a),
         Command::Weights(c) => weights::run(c),
     }
+}
+
+/// Runs an argument vector through the same parser, so composite commands reuse the real ones.
+pub fn run_argv(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    run(Cli::try_parse_from(argv)?)
 }
 
 /// Options shared by every command that computes.

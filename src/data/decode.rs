@@ -88,6 +88,15 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> 
         path: path.to_path_buf(),
         what: describe(bytes),
     })?;
+    if format == ImageFormat::Jpeg && jpeg_truncated(bytes) {
+        // The JPEG decoder fills a cut-off image with grey instead of failing; PIL (and so fastai's
+        // verify_images) rejects such files, and so do we.
+        return Err(DecodeError::Decode {
+            path: path.to_path_buf(),
+            format,
+            msg: "file is truncated (no end-of-image marker)".into(),
+        });
+    }
     let err = |e: image::ImageError| match e {
         image::ImageError::Limits(_) => DecodeError::TooLarge {
             path: path.to_path_buf(),
@@ -121,6 +130,17 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> 
     let mut img = DynamicImage::from_decoder(decoder).map_err(err)?;
     img.apply_orientation(orientation);
     Ok(to_rgb(img))
+}
+
+/// A complete JPEG ends its last scan with an EOI marker (FF D9). Entropy-coded data never holds FF D9,
+/// but an EXIF thumbnail has its own EOI, so the last EOI must come after the last start-of-scan (FF DA).
+fn jpeg_truncated(b: &[u8]) -> bool {
+    let last = |m: [u8; 2]| b.windows(2).rposition(|w| w == m);
+    match (last([0xFF, 0xDA]), last([0xFF, 0xD9])) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 fn to_rgb(img: DynamicImage) -> RgbImage {

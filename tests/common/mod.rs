@@ -133,3 +133,172 @@ pub fn read_io(path: &Path) -> (tch::Tensor, tch::Tensor) {
         .collect();
     (m.remove("input").unwrap(), m.remove("logits").unwrap())
 }
+
+/// A scriptable HTTP/1.1 server on 127.0.0.1 for the download and search tests.
+pub mod http {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    pub enum Body {
+        Bytes(Vec<u8>),
+        /// Accept the request and never answer.
+        Never,
+        /// Send the bytes one at a time with a pause between them.
+        Drip(Vec<u8>, Duration),
+    }
+
+    pub struct Reply {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Body,
+    }
+
+    impl Reply {
+        pub fn ok(content_type: &str, body: Vec<u8>) -> Reply {
+            Reply {
+                status: 200,
+                headers: vec![("Content-Type".into(), content_type.into())],
+                body: Body::Bytes(body),
+            }
+        }
+        pub fn status(code: u16) -> Reply {
+            Reply {
+                status: code,
+                headers: vec![],
+                body: Body::Bytes(format!("status {code}").into_bytes()),
+            }
+        }
+        pub fn redirect(to: &str) -> Reply {
+            Reply {
+                status: 302,
+                headers: vec![("Location".into(), to.into())],
+                body: Body::Bytes(vec![]),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct Req {
+        pub path: String,
+        pub query: HashMap<String, String>,
+        pub headers: HashMap<String, String>,
+        pub at: Instant,
+    }
+
+    fn decode(s: &str) -> String {
+        let b = s.replace('+', " ");
+        let bytes = b.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                if let Some(v) = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Starts the server; returns its base URL and the log of requests received.
+    pub fn serve(
+        f: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<Req>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let f = Arc::new(f);
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let f = f.clone();
+                let log = log2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let mut lines = text.lines();
+                    let target = lines
+                        .next()
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("/")
+                        .to_string();
+                    let headers: HashMap<String, String> = lines
+                        .take_while(|l| !l.is_empty())
+                        .filter_map(|l| {
+                            l.split_once(':')
+                                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        })
+                        .collect();
+                    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+                    let query = q
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (decode(k), decode(v)))
+                        .collect();
+                    let req = Req {
+                        path: decode(path),
+                        query,
+                        headers,
+                        at: Instant::now(),
+                    };
+                    log.lock().unwrap().push(req.clone());
+                    let reply = f(&req);
+                    let len = match &reply.body {
+                        Body::Bytes(b) | Body::Drip(b, _) => b.len(),
+                        Body::Never => 0,
+                    };
+                    if let Body::Never = reply.body {
+                        std::thread::sleep(Duration::from_secs(60));
+                        return;
+                    }
+                    let mut head = format!(
+                        "HTTP/1.1 {} X\r\nContent-Length: {len}\r\nConnection: close\r\n",
+                        reply.status
+                    );
+                    for (k, v) in &reply.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    if s.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    match reply.body {
+                        Body::Bytes(b) => {
+                            let _ = s.write_all(&b);
+                        }
+                        Body::Drip(b, pause) => {
+                            for byte in b {
+                                if s.write_all(&[byte]).is_err() {
+                                    return;
+                                }
+                                std::thread::sleep(pause);
+                            }
+                        }
+                        Body::Never => {}
+                    }
+                });
+            }
+        });
+        (base, log)
+    }
+}

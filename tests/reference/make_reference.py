@@ -135,7 +135,15 @@ def bad_inputs():
     import numpy as np
     d = f"{out}/bad_inputs"
     os.makedirs(d, exist_ok=True)
-    Image.new("CMYK", (40, 30), (0, 128, 128, 0)).save(f"{d}/cmyk.jpg")
+    rng = np.random.default_rng(0)
+
+    def blocks(h, w, c):
+        # Random 5x4 blocks: structured enough for distinct perceptual hashes.
+        return np.kron(rng.integers(0, 256, (5, 4, c), dtype=np.uint8), np.ones((h // 5, w // 4, 1), dtype=np.uint8))
+
+    cmyk = blocks(30, 40, 4)
+    cmyk[:10, :10] = (0, 128, 128, 0)  # a reddish corner the decode test checks
+    Image.fromarray(cmyk, "CMYK").save(f"{d}/cmyk.jpg", quality=95)
     Image.fromarray((np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)).save(f"{d}/grey16.png")
     Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(f"{d}/transparent.png")
     Image.new("P", (40, 30)).save(f"{d}/palette.gif")
@@ -150,7 +158,7 @@ def bad_inputs():
     open(f"{d}/empty.jpg", "wb").write(b"")
     open(f"{d}/page.jpg", "w").write("<!DOCTYPE html><html><body>Access denied</body></html>")
     # EXIF orientation 6 (rotate 90° clockwise to display): stored 40x20, shown 20x40.
-    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    im = Image.fromarray(blocks(20, 40, 3), "RGB")
     exif = Image.Exif()
     exif[0x0112] = 6
     im.save(f"{d}/rotated.jpg", exif=exif.tobytes())

@@ -1,0 +1,616 @@
+//! `download` and the DuckDuckGo client, against mock servers on 127.0.0.1.
+
+mod common;
+use common::http::{serve, Body, Reply, Req};
+use common::*;
+use finetune::search::ddg::{DdgConfig, DuckDuckGo, Filters};
+use finetune::search::{Provider, SearchError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ddg(base: &str) -> DuckDuckGo {
+    DuckDuckGo::new(DdgConfig {
+        base: base.to_string(),
+        delay: Duration::from_millis(750),
+        backoff: Duration::from_millis(20),
+        max_tries: 3,
+        ..Default::default()
+    })
+}
+
+fn result(i: usize) -> serde_json::Value {
+    serde_json::json!({"title": format!("t{i}"), "image": format!("http://img/{i}.jpg"), "thumbnail": "x",
+                       "url": format!("http://page/{i}"), "width": 100 + i, "height": 50, "source": "Bing"})
+}
+
+/// vqd in the form the query asks for; two pages linked by `next`, with a repeated image.
+fn mock_ddg(req: &Req) -> Reply {
+    let q = req.query.get("q").cloned().unwrap_or_default();
+    match req.path.as_str() {
+        "/" => Reply::ok(
+            "text/html",
+            match q.as_str() {
+                "form two" => "<a href='/x?q=a&vqd=4-222&p=1'>".into(),
+                "form three" => "<script>{vqd='4-333'}</script>".into(),
+                "no token" => "<html>sorry</html>".into(),
+                _ => "<script>vqd=\"4-111\";</script>".to_string(),
+            }
+            .into_bytes(),
+        ),
+        "/i.js" => {
+            let ok = req.query.get("o").map(String::as_str) == Some("json")
+                && req.query.get("vqd").is_some_and(|v| v.starts_with("4-"))
+                && req.query.get("p").map(String::as_str) == Some("1")
+                && req.query.get("l").map(String::as_str) == Some("us-en")
+                && req.query.contains_key("f")
+                && req.headers.get("referer").is_some_and(|r| r.ends_with('/'));
+            if !ok {
+                return Reply::status(400);
+            }
+            let page = match req.query.get("s").map(String::as_str) {
+                None => {
+                    serde_json::json!({"results": [result(0), result(1), result(1), result(2)], "next": "i.js?q=x&s=3&o=json"})
+                }
+                Some("3") => serde_json::json!({"results": [result(3), result(4)]}),
+                _ => return Reply::status(500),
+            };
+            Reply::ok("application/json", page.to_string().into_bytes())
+        }
+        _ => Reply::status(404),
+    }
+}
+
+#[test]
+fn ddg_protocol_paging_dedup_and_throttle() {
+    let (base, log) = serve(mock_ddg);
+    let mut d = ddg(&base);
+    let r = d.search("red fox", 100).unwrap();
+    let images: Vec<&str> = r.iter().map(|x| x.image.as_str()).collect();
+    assert_eq!(
+        images,
+        [
+            "http://img/0.jpg",
+            "http://img/1.jpg",
+            "http://img/2.jpg",
+            "http://img/3.jpg",
+            "http://img/4.jpg"
+        ]
+    );
+    assert_eq!(
+        (r[2].title.as_str(), r[2].url.as_str(), r[2].width),
+        ("t2", "http://page/2", 102)
+    );
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "token, page 1, page 2");
+    assert_eq!(log[0].query["q"], "red fox");
+    assert_eq!(log[1].query["f"], ",,,,,");
+    assert_eq!(log[2].query["s"], "3");
+    for w in log.windows(2) {
+        assert!(
+            w[1].at - w[0].at >= Duration::from_millis(700),
+            "requests are spaced ~0.75 s"
+        );
+    }
+    // `max` stops early, on the first page.
+    let (base, log) = serve(mock_ddg);
+    assert_eq!(ddg(&base).search("x", 2).unwrap().len(), 2);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn ddg_vqd_forms_and_filters() {
+    let (base, log) = serve(mock_ddg);
+    let mut d = DuckDuckGo::new(DdgConfig {
+        base,
+        delay: Duration::ZERO,
+        filters: Filters {
+            size: Some("Large".into()),
+            kind: Some("photo".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    for q in ["form two", "form three"] {
+        assert_eq!(d.search(q, 3).unwrap().len(), 3, "{q}");
+    }
+    let log = log.lock().unwrap();
+    let vqds: Vec<&str> = log
+        .iter()
+        .filter(|r| r.path == "/i.js")
+        .map(|r| r.query["vqd"].as_str())
+        .collect();
+    assert_eq!(vqds, ["4-222", "4-333"]);
+    assert_eq!(log[1].query["f"], ",size:Large,,type:photo,,");
+}
+
+#[test]
+fn ddg_page_without_token_is_a_clear_error() {
+    let (base, _) = serve(mock_ddg);
+    let e = ddg(&base).search("no token", 10).unwrap_err();
+    assert!(matches!(e, SearchError::NoToken { .. }), "{e}");
+    assert!(e.to_string().contains("vqd"), "{e}");
+}
+
+#[test]
+fn ddg_rate_limit_then_success_with_fresh_token() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let (base, log) = serve(move |req| {
+        if req.path == "/i.js" && h.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::status(403);
+        }
+        mock_ddg(req)
+    });
+    let r = ddg(&base).search("x", 3).unwrap();
+    assert_eq!(r.len(), 3);
+    let tokens = log.lock().unwrap().iter().filter(|r| r.path == "/").count();
+    assert_eq!(tokens, 2, "a fresh vqd after the rate limit");
+}
+
+#[test]
+fn ddg_rate_limited_forever_says_resume() {
+    for status in [202u16, 429, 418] {
+        let (base, _) = serve(move |req| {
+            if req.path == "/i.js" {
+                Reply::status(status)
+            } else {
+                mock_ddg(req)
+            }
+        });
+        let e = ddg(&base).search("x", 3).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, SearchError::RateLimited { tries: 3, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&status.to_string()) && msg.contains("run the same command again"),
+            "{msg}"
+        );
+    }
+}
+
+/// A photo-like test image: a seeded grid of random blocks, so different seeds have very different
+/// perceptual hashes while re-encodings of one picture stay close.
+fn picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    let mut state = seed as u64 * 6364136223846793005 + 1442695040888963407;
+    let mut grid = [[0u8; 8]; 8];
+    for row in grid.iter_mut() {
+        for v in row.iter_mut() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *v = (state >> 56) as u8;
+        }
+    }
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let v = grid[(y * 8 / h) as usize][(x * 8 / w) as usize];
+        image::Rgb([v, v.wrapping_add(40), 255 - v])
+    })
+}
+
+fn jpeg(img: &image::RgbImage, q: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+        &mut out, q,
+    ))
+    .unwrap();
+    out
+}
+
+fn png_rgba(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(w, h, |x, _| {
+        image::Rgba([200, 10, 10, if x < w / 2 { 0 } else { 255 }])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn webp(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out))
+        .unwrap();
+    out
+}
+
+fn image_server() -> (String, Arc<std::sync::Mutex<Vec<Req>>>) {
+    let r = reference().join("bad_inputs");
+    let big = picture(600, 300, 1);
+    let ok = jpeg(&big, 95);
+    let near = jpeg(
+        &image::imageops::resize(&big, 580, 290, image::imageops::FilterType::Triangle),
+        60,
+    );
+    let cmyk = std::fs::read(r.join("cmyk.jpg")).unwrap();
+    let rotated = std::fs::read(r.join("rotated.jpg")).unwrap();
+    let truncated = {
+        let j = jpeg(&picture(300, 300, 3), 90);
+        j[..j.len() / 3].to_vec()
+    };
+    let others: Vec<Vec<u8>> = (10..16).map(|s| jpeg(&picture(320, 240, s), 90)).collect();
+    let alpha = png_rgba(40, 30);
+    let wp = webp(&picture(120, 80, 7));
+    serve(move |req| {
+        let p = req.path.as_str();
+        if let Some(i) = p
+            .strip_prefix("/other")
+            .and_then(|s| s.strip_suffix(".jpg"))
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            return Reply::ok("image/jpeg", others[i].clone());
+        }
+        match p {
+            "/ok.jpg" => Reply::ok("image/jpeg", ok.clone()),
+            "/same bytes.jpg" => Reply::ok("image/jpeg", ok.clone()),
+            "/near.jpg" => Reply::ok("image/jpeg", near.clone()),
+            "/cmyk.jpg" => Reply::ok("image/jpeg", cmyk.clone()),
+            "/rotated.jpg" => Reply::ok("image/jpeg", rotated.clone()),
+            "/alpha.png" => Reply::ok("image/png", alpha.clone()),
+            "/img.webp" => Reply::ok("image/webp", wp.clone()),
+            "/truncated.jpg" => Reply::ok("image/jpeg", truncated.clone()),
+            "/page.jpg" => Reply::ok(
+                "image/jpeg",
+                b"<!DOCTYPE html><html><body>Forbidden</body></html>".to_vec(),
+            ),
+            "/drawing.svg" => Reply::ok(
+                "image/svg+xml",
+                b"<svg xmlns='http://www.w3.org/2000/svg'></svg>".to_vec(),
+            ),
+            "/huge.jpg" => Reply::ok("image/jpeg", vec![0xff; 30 * 1024 * 1024]),
+            "/never.jpg" => Reply {
+                status: 200,
+                headers: vec![],
+                body: Body::Never,
+            },
+            "/drip.jpg" => Reply {
+                status: 200,
+                headers: vec![],
+                body: Body::Drip(ok[..40].to_vec(), Duration::from_millis(100)),
+            },
+            "/loop.jpg" => Reply::redirect("/loop.jpg"),
+            "/moved.jpg" => Reply::redirect("/other5.jpg"),
+            _ => Reply::status(404),
+        }
+    })
+}
+
+fn manifest(out: &std::path::Path) -> Vec<finetune::download::manifest::Row> {
+    finetune::download::manifest::read(&out.join("manifest.csv")).unwrap()
+}
+
+#[test]
+fn download_handles_every_kind_of_url_and_resumes() {
+    let (base, log) = image_server();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.csv");
+    let mut csv = String::from("class,url,title\n");
+    let photos = [
+        "ok.jpg",
+        "same bytes.jpg",
+        "near.jpg",
+        "cmyk.jpg",
+        "rotated.jpg",
+        "alpha.png",
+        "img.webp",
+        "moved.jpg",
+    ];
+    let broken = [
+        "missing.jpg",
+        "truncated.jpg",
+        "page.jpg",
+        "drawing.svg",
+        "huge.jpg",
+        "never.jpg",
+        "drip.jpg",
+        "loop.jpg",
+    ];
+    for (i, p) in photos.iter().chain(&broken).enumerate() {
+        csv.push_str(&format!(
+            "cats,{base}/{},photo {i}\n",
+            p.replace(' ', "%20")
+        ));
+    }
+    for i in 0..5 {
+        csv.push_str(&format!("dogs,{base}/other{i}.jpg,dog {i}\n"));
+    }
+    std::fs::write(&list, csv).unwrap();
+    let out = dir.path().join("data set");
+    let cmd = || {
+        let mut c = bin();
+        c.args(["download", "--urls-from"])
+            .arg(&list)
+            .arg("--out")
+            .arg(&out);
+        c.args([
+            "--max-size",
+            "200",
+            "--timeout",
+            "1.5",
+            "--test-per-class",
+            "2",
+            "--max-mb",
+            "20",
+            "--quiet",
+        ]);
+        c
+    };
+    let o = run(&mut cmd());
+    assert!(o.status.success(), "{}\n{}", o.stdout, o.stderr);
+    let rows = manifest(&out);
+    let by_url = |name: &str| {
+        rows.iter()
+            .find(|r| r.image_url.ends_with(&name.replace(' ', "%20")))
+            .unwrap_or_else(|| panic!("{name} not in manifest"))
+    };
+    let reason = |name: &str| by_url(name).reason.clone();
+    assert!(
+        reason("missing.jpg").starts_with("http: HTTP 404"),
+        "{}",
+        reason("missing.jpg")
+    );
+    assert!(
+        reason("page.jpg").starts_with("not_image") && reason("page.jpg").contains("HTML"),
+        "{}",
+        reason("page.jpg")
+    );
+    assert!(
+        reason("drawing.svg").starts_with("not_image"),
+        "{}",
+        reason("drawing.svg")
+    );
+    assert!(
+        reason("huge.jpg").starts_with("too_large"),
+        "{}",
+        reason("huge.jpg")
+    );
+    assert!(
+        reason("never.jpg").starts_with("timeout"),
+        "{}",
+        reason("never.jpg")
+    );
+    assert!(
+        reason("drip.jpg").starts_with("timeout"),
+        "{}",
+        reason("drip.jpg")
+    );
+    assert!(
+        reason("loop.jpg").contains("redirect"),
+        "{}",
+        reason("loop.jpg")
+    );
+    assert!(
+        reason("truncated.jpg").starts_with("decode"),
+        "{}",
+        reason("truncated.jpg")
+    );
+    assert_eq!(by_url("same bytes.jpg").status, "duplicate");
+    assert_eq!(
+        by_url("near.jpg").status,
+        "near_duplicate",
+        "{:?}",
+        by_url("near.jpg")
+    );
+    for p in [
+        "ok.jpg",
+        "cmyk.jpg",
+        "rotated.jpg",
+        "alpha.png",
+        "img.webp",
+        "moved.jpg",
+    ] {
+        let r = by_url(p);
+        assert!(r.is_kept(), "{p}: {r:?}");
+        let img = finetune::data::decode::decode_file(&out.join(&r.file)).unwrap();
+        assert_eq!(img.dimensions(), (r.width, r.height), "{p}");
+        assert!(r.file.ends_with(".jpg") && r.sha256.len() == 64 && !r.phash.is_empty());
+        assert!(out
+            .join(&r.file)
+            .starts_with(out.join(&r.status).join("cats")));
+    }
+    // Shrunk to 200 px on the longer side, aspect kept; small images never enlarged; EXIF applied.
+    assert_eq!(
+        (by_url("ok.jpg").width, by_url("ok.jpg").height),
+        (200, 100)
+    );
+    assert_eq!(
+        (by_url("alpha.png").width, by_url("alpha.png").height),
+        (40, 30)
+    );
+    assert_eq!(
+        (by_url("rotated.jpg").width, by_url("rotated.jpg").height),
+        (20, 40)
+    );
+    let alpha = finetune::data::decode::decode_file(&out.join(&by_url("alpha.png").file)).unwrap();
+    assert!(
+        alpha.get_pixel(2, 2).0.iter().all(|&c| c > 240),
+        "transparent half composited on white"
+    );
+
+    // Manifest rows match the files on disk, exactly.
+    let mut on_disk: Vec<String> = Vec::new();
+    for split in ["train", "test"] {
+        for class in ["cats", "dogs"] {
+            for e in std::fs::read_dir(out.join(split).join(class)).unwrap() {
+                on_disk.push(format!(
+                    "{split}/{class}/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    on_disk.sort();
+    let mut listed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.is_kept())
+        .map(|r| r.file.clone())
+        .collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.class == "cats" && r.status == "test")
+            .count(),
+        2
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.class == "dogs" && r.status == "test")
+            .count(),
+        2
+    );
+    assert!(
+        o.stdout.contains("cats") && o.stdout.contains("near_dups"),
+        "{}",
+        o.stdout
+    );
+    let cats_line = o.stdout.lines().find(|l| l.starts_with("cats")).unwrap();
+    let nums: Vec<usize> = cats_line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // found downloaded timeout http not_image too_large decode network dups near_dups train test
+    assert_eq!(
+        nums,
+        vec![16, 7, 2, 1, 2, 1, 1, 1, 1, 1, 4, 2],
+        "{cats_line}"
+    );
+
+    // A second run fetches nothing and loses nothing.
+    let image_requests = |log: &std::sync::Mutex<Vec<Req>>| log.lock().unwrap().len();
+    let before = image_requests(&log);
+    let o = run(&mut cmd());
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(image_requests(&log), before, "no URL is fetched twice");
+    assert_eq!(manifest(&out), rows, "manifest unchanged");
+}
+
+#[test]
+fn near_duplicate_twins_never_straddle_train_and_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let pics: Vec<image::RgbImage> = (0..6).map(|s| picture(300, 200, s * 7 + 1)).collect();
+    let mut files = std::collections::HashMap::new();
+    for (i, p) in pics.iter().enumerate() {
+        files.insert(format!("/a{i}.jpg"), jpeg(p, 95));
+        files.insert(
+            format!("/b{i}.jpg"),
+            jpeg(
+                &image::imageops::resize(p, 290, 193, image::imageops::FilterType::Triangle),
+                55,
+            ),
+        );
+    }
+    let (base, _) = serve(move |req| {
+        files
+            .get(&req.path)
+            .map(|b| Reply::ok("image/jpeg", b.clone()))
+            .unwrap_or(Reply::status(404))
+    });
+    let list = dir.path().join("urls.txt");
+    let urls: Vec<String> = (0..6)
+        .flat_map(|i| [format!("{base}/a{i}.jpg"), format!("{base}/b{i}.jpg")])
+        .collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let o = run(bin()
+        .args([
+            "download",
+            "birds",
+            "--quiet",
+            "--test-per-class",
+            "3",
+            "--urls-from",
+        ])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out));
+    assert!(o.status.success(), "{}", o.stderr);
+    let rows = manifest(&out);
+    let kept: Vec<_> = rows.iter().filter(|r| r.is_kept()).collect();
+    assert_eq!(kept.len(), 6, "one of each twin pair kept: {rows:#?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.status == "near_duplicate").count(),
+        6
+    );
+    let hasher = |f: &str| image_hasher::ImageHash::<Box<[u8]>>::from_base64(f).unwrap();
+    for t in kept.iter().filter(|r| r.status == "test") {
+        for tr in kept.iter().filter(|r| r.status == "train") {
+            assert!(
+                hasher(&t.phash).dist(&hasher(&tr.phash)) > finetune::download::dedup::MAX_DISTANCE
+            );
+        }
+    }
+}
+
+#[test]
+fn search_driven_download_end_to_end() {
+    let (img_base, _) = image_server();
+    let ib = img_base.clone();
+    let (base, _) = serve(move |req| match req.path.as_str() {
+        "/" => Reply::ok("text/html", b"vqd=\"4-1\"".to_vec()),
+        "/i.js" => {
+            let q = req.query["q"].clone();
+            let n = if q.starts_with("dog") { 3 } else { 0 };
+            let rows: Vec<serde_json::Value> = (n..n + 3)
+                .map(|i| serde_json::json!({"title": q, "image": format!("{ib}/other{i}.jpg"), "url": "http://p", "width": 320, "height": 240}))
+                .collect();
+            Reply::ok(
+                "application/json",
+                serde_json::json!({"results": rows})
+                    .to_string()
+                    .into_bytes(),
+            )
+        }
+        _ => Reply::status(404),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(bin()
+        .env("FINETUNE_SEARCH_URL", &base)
+        .args([
+            "download",
+            "cat",
+            "dog",
+            "--query-suffix",
+            " animal",
+            "--per-class",
+            "2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(dir.path()));
+    assert!(o.status.success(), "{}", o.stderr);
+    let rows = manifest(dir.path());
+    assert_eq!(
+        rows.iter().filter(|r| r.is_kept()).count(),
+        4,
+        "per-class cap: {rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r.query.ends_with(" animal")));
+    assert!(rows
+        .iter()
+        .filter(|r| r.class == "dog")
+        .all(|r| r.title == "dog animal"));
+
+    // Search unreachable: a clear error, and quickstart explains the offline route.
+    let o = run(bin()
+        .env("FINETUNE_SEARCH_URL", "http://127.0.0.1:9")
+        .args(["download", "cat", "--out"])
+        .arg(dir.path().join("x")));
+    assert!(
+        !o.status.success() && o.stderr.contains("cannot reach"),
+        "{}",
+        o.stderr
+    );
+    let o = run(bin()
+        .env("FINETUNE_SEARCH_URL", "http://127.0.0.1:9")
+        .args(["quickstart", "--dir"])
+        .arg(dir.path().join("q")));
+    assert!(!o.status.success(), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("could not download the images") && o.stderr.contains("finetune train"),
+        "{}",
+        o.stderr
+    );
+}
