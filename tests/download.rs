@@ -478,6 +478,24 @@ fn download_handles_every_kind_of_url_and_resumes() {
         "{cats_line}"
     );
 
+    // Browser-like request headers on every download.
+    for r in log.lock().unwrap().iter() {
+        assert!(
+            r.headers
+                .get("user-agent")
+                .is_some_and(|u| u.starts_with("Mozilla/5.0")),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            r.headers
+                .get("accept")
+                .is_some_and(|a| a.contains("image/")),
+            "{:?}",
+            r.headers
+        );
+    }
+
     // A second run fetches nothing and loses nothing.
     let image_requests = |log: &std::sync::Mutex<Vec<Req>>| log.lock().unwrap().len();
     let before = image_requests(&log);

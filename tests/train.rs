@@ -692,3 +692,63 @@ fn ctrl_c_saves_what_was_learnt() {
         "stopped early with the epochs done so far: {rows}"
     );
 }
+
+#[test]
+fn augment_changes_training_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 12);
+    let train = |aug: bool, out: &str| {
+        let mut c = bin();
+        c.args([
+            "train",
+            "--random-init",
+            "--size",
+            "32",
+            "--bs",
+            "4",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(dir.path().join(out))
+        .arg(&data);
+        if aug {
+            c.arg("--augment");
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", o.stderr);
+        let info: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("model.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(info["training"]["augment"], aug);
+        // Every column but the time.
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        csv.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let plain1 = train(false, "p1");
+    let plain2 = train(false, "p2");
+    let aug = train(true, "a1");
+    let train_loss = |csv: &str| {
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(plain1, plain2, "same seed, same run");
+    assert_ne!(
+        train_loss(&plain1),
+        train_loss(&aug),
+        "augmentation changes what the model sees"
+    );
+}

@@ -39,6 +39,9 @@ pub struct Args {
     wd: f64,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// Augment training batches (fastai aug_transforms: flip, rotate ±10°, zoom 1-1.1, lighting 0.2).
+    #[arg(long)]
+    augment: bool,
     /// Only the epoch tables, no progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -186,6 +189,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.data_opts.seed,
     );
     learn.label_smoothing = a.label_smoothing;
+    learn.augment = a.augment;
     let stop = learn.stop.clone();
     let _ = ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -225,6 +229,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             seed: a.data_opts.seed,
             wd: a.wd,
             label_smoothing: a.label_smoothing,
+            augment: a.augment,
             pretrained_weights: weights.map(|w| w.display().to_string()),
             device: finetune::device::describe(device),
             interrupted: learn.interrupted,

@@ -1,5 +1,6 @@
 //! Images in: finding and splitting labelled files, decoding, resizing, batching.
 
+pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod items;

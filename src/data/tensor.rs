@@ -24,6 +24,12 @@ pub fn normalize(batch_u8: &Tensor, device: Device, mean: [f64; 3], std: [f64; 3
         .permute([0, 3, 1, 2])
         .to_kind(Kind::Float)
         / 255.0;
+    normalize_float(&x, mean, std)
+}
+
+/// Float NCHW in [0,1] → normalised, on the tensor's device.
+pub fn normalize_float(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
+    let device = x.device();
     let m = Tensor::from_slice(&mean)
         .to_kind(Kind::Float)
         .to_device(device)

@@ -46,6 +46,8 @@ pub struct TrainingInfo {
     pub seed: u64,
     pub wd: f64,
     pub label_smoothing: f64,
+    #[serde(default)]
+    pub augment: bool,
     pub pretrained_weights: Option<String>,
     pub device: String,
     pub interrupted: bool,

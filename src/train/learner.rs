@@ -4,7 +4,7 @@
 use super::optimizer::{Adam, AdamConfig};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
-use crate::data::tensor::{normalize, IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::tensor::{normalize, normalize_float, IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::DataLoaders;
 use crate::model::Network;
 use rand::SeedableRng;
@@ -72,6 +72,8 @@ pub struct Learner {
     pub dls: DataLoaders,
     pub opt: Adam,
     pub label_smoothing: f64,
+    /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms).
+    pub augment: bool,
     /// Every epoch row so far, over all fits.
     pub rows: Vec<EpochRow>,
     /// Hyper-parameters of every training batch, with the phase name of its fit.
@@ -112,6 +114,7 @@ impl Learner {
             dls,
             opt,
             label_smoothing: 0.0,
+            augment: false,
             rows: Vec::new(),
             hypers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -154,7 +157,17 @@ impl Learner {
 
     /// Runs one training batch with the given hypers; returns the batch loss.
     pub fn train_batch(&mut self, xb: &Tensor, yb: &Tensor, lrs: &[f64], mom: f64) -> f64 {
-        let x = self.input(xb);
+        let x = if self.augment {
+            let raw = xb
+                .to_device(self.net.device())
+                .permute([0, 3, 1, 2])
+                .to_kind(Kind::Float)
+                / 255.0;
+            let aug = crate::data::augment::augment(&raw, &mut self.rng);
+            normalize_float(&aug, self.mean, self.std)
+        } else {
+            self.input(xb)
+        };
         let y = yb.to_device(self.net.device());
         let loss = self.loss(&self.net.forward_t(&x, true), &y);
         self.opt.zero_grad();
