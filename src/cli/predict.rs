@@ -26,29 +26,7 @@ fn expand(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let mut stack = vec![p.clone()];
-            let mut found = Vec::new();
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d)?.flatten() {
-                    let q = e.path();
-                    if e.file_name().to_string_lossy().starts_with('.') {
-                        continue;
-                    }
-                    if q.is_dir() {
-                        stack.push(q);
-                    } else {
-                        let mut head = [0u8; 32];
-                        let n = std::fs::File::open(&q)
-                            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-                            .unwrap_or(0);
-                        if finetune::data::decode::sniff(&head[..n]).is_some() {
-                            found.push(q);
-                        }
-                    }
-                }
-            }
-            found.sort();
-            out.extend(found);
+            out.extend(finetune::data::items::image_files(p)?);
         } else {
             anyhow::ensure!(p.exists(), "{} does not exist", p.display());
             out.push(p.clone());

@@ -77,6 +77,41 @@ fn head(p: &Path) -> Vec<u8> {
     }
 }
 
+/// Whether a file's first bytes are one of our image formats (a bare JPEG start counts, so a
+/// truncated JPEG is reported when it fails to decode rather than silently ignored).
+pub fn looks_like_image(p: &Path) -> bool {
+    let h = head(p);
+    sniff(&h).is_some() || h.starts_with(b"\xff\xd8")
+}
+
+/// Every image under `root` (recursively, by content, hidden entries skipped), sorted.
+pub fn image_files(root: &Path) -> Result<Vec<PathBuf>, ItemsError> {
+    if !root.is_dir() {
+        return Err(ItemsError::Missing(root.to_path_buf()));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|source| ItemsError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if looks_like_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Recursively lists images (recognised by content) labelled by their parent folder's name, as
 /// fastai's `get_image_files` + `parent_label`. Hidden entries and `skip` subfolders are ignored.
 /// Files named like images whose content is not one are returned in `not_images`; other files
@@ -110,9 +145,7 @@ pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
                 }
                 stack.push(p);
             } else if dir != root {
-                let h = head(&p);
-                let is_img = sniff(&h).is_some() || (h.len() >= 2 && &h[..2] == b"\xff\xd8");
-                if is_img {
+                if looks_like_image(&p) {
                     let label = dir
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
