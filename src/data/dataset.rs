@@ -208,14 +208,20 @@ impl DataLoaders {
         self.train.len() / self.cfg.bs.max(1)
     }
 
-    /// One epoch of shuffled training batches: (u8 NHWC images, i64 labels).
-    pub fn train_batches<R: Rng>(&self, rng: &mut R) -> Vec<(Tensor, Tensor)> {
+    /// One epoch's shuffled training batches as index lists (the last incomplete one dropped); each is
+    /// turned into tensors by [`Self::train_batch`] only when needed, so an epoch never holds a second
+    /// copy of the training set.
+    pub fn train_order<R: Rng>(&self, rng: &mut R) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..self.train.len()).collect();
         idx.shuffle(rng);
-        let bs = self.cfg.bs.max(1);
-        idx.chunks_exact(bs)
-            .map(|c| self.batch(&self.train, c, true, rng))
+        idx.chunks_exact(self.cfg.bs.max(1))
+            .map(<[usize]>::to_vec)
             .collect()
+    }
+
+    /// (u8 NHWC images, i64 labels) for training items `idx` (random crop position when cropping).
+    pub fn train_batch<R: Rng>(&self, idx: &[usize], rng: &mut R) -> (Tensor, Tensor) {
+        self.batch(&self.train, idx, true, rng)
     }
 
     /// Validation batches in order, nothing dropped.

@@ -125,12 +125,14 @@ impl Learner {
         }
     }
 
-    pub(crate) fn rng_clone(&self) -> rand_chacha::ChaCha8Rng {
-        self.rng.clone()
+    /// The next epoch's training batches, as index lists (seeded shuffle).
+    pub(crate) fn epoch_order(&mut self) -> Vec<Vec<usize>> {
+        self.dls.train_order(&mut self.rng)
     }
 
-    pub(crate) fn set_rng(&mut self, rng: rand_chacha::ChaCha8Rng) {
-        self.rng = rng;
+    /// Images and labels of one training batch.
+    pub(crate) fn load_batch(&mut self, idx: &[usize]) -> (Tensor, Tensor) {
+        self.dls.train_batch(idx, &mut self.rng)
     }
 
     /// Trains only the head (and every BatchNorm), as a freshly created fastai learner.
@@ -220,14 +222,12 @@ impl Learner {
         for epoch in 0..n_epochs {
             let t0 = Instant::now();
             report.begin_epoch(epoch, n_batches);
-            let mut rng = self.rng_clone();
-            let batches = self.dls.train_batches(&mut rng);
-            self.set_rng(rng);
-            for (i, (xb, yb)) in batches.iter().enumerate() {
+            for (i, idx) in self.epoch_order().iter().enumerate() {
+                let (xb, yb) = self.load_batch(idx);
                 let pos = (epoch * n_batches + i) as f64 / total;
                 let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
                 let mom = sched.mom(pos);
-                let loss = self.train_batch(xb, yb, &lrs, mom);
+                let loss = self.train_batch(&xb, &yb, &lrs, mom);
                 self.hypers
                     .push((phase.to_string(), BatchHypers { lrs, mom }));
                 report.batch(i, smooth.add(loss));

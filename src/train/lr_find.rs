@@ -64,15 +64,14 @@ impl Learner {
         let mut it = 0usize;
         report.begin_epoch(0, num_it);
         'outer: while it < num_it {
-            let mut rng = self.rng_clone();
-            let batches = self.dls.train_batches(&mut rng);
-            self.set_rng(rng);
-            if batches.is_empty() {
+            let order = self.epoch_order();
+            if order.is_empty() {
                 break;
             }
-            for (xb, yb) in &batches {
+            for idx in &order {
+                let (xb, yb) = self.load_batch(idx);
                 let lr = start * (end / start).powf(it as f64 / num_it as f64);
-                let loss = self.train_batch(xb, yb, &vec![lr; groups], 0.9);
+                let loss = self.train_batch(&xb, &yb, &vec![lr; groups], 0.9);
                 let s = smooth.add(loss);
                 lrs.push(lr);
                 losses.push(s);
