@@ -50,8 +50,10 @@ for arch, size in [("resnet18", 224), ("resnet50", 160)]:
     if arch == "resnet18":
         save_file(plain_sd(m), f"{out}/resnet18.safetensors")
 
-# A resnet34 checkpoint, for the wrong-arch error test.
-torch.save(torchvision.models.resnet34(weights=None).state_dict(), f"{out}/resnet34.pth")
+# resnet34: parity, and the wrong-arch error test (it holds every resnet18 key).
+m = randomize(torchvision.models.resnet34(weights=None))
+torch.save(m.state_dict(), f"{out}/resnet34.pth")
+save_io("resnet34", m, torch.randn(2, 3, 128, 128))
 
 mnv2 = f"{shared}/weights/mobilenet_v2-b0353104.pth" if shared else None
 if mnv2 and os.path.exists(mnv2):
