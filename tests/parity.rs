@@ -37,7 +37,11 @@ fn resnet18_safetensors() {
 
 #[test]
 fn resnet34_zip_pth() {
-    check(Arch::Resnet34, &reference().join("resnet34.pth"), "resnet34_io.safetensors");
+    check(
+        Arch::Resnet34,
+        &reference().join("resnet34.pth"),
+        "resnet34_io.safetensors",
+    );
 }
 
 #[test]

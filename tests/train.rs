@@ -490,11 +490,16 @@ fn fine_tune_mobilenet_v2_for_real() {
         5
     );
 
+    let plot = dir.path().join("confusion.svg");
     let o = run(bin()
-        .args(["evaluate", "--json"])
+        .args(["evaluate", "--json", "--plot"])
+        .arg(&plot)
         .arg(&out)
         .arg(repo().join("assets/sample/test")));
     assert!(o.status.success(), "{}", o.stderr);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(svg.matches("<rect x=").count(), 16, "4x4 cells");
+    assert!(svg.contains(">t-shirt</text>"));
     let ev: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let acc = ev["accuracy"].as_f64().unwrap();
     eprintln!("sample test accuracy {acc}");

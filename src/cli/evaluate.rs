@@ -10,6 +10,9 @@ pub struct Args {
     /// How many top losses to list.
     #[arg(long, default_value_t = 9)]
     top_losses: usize,
+    /// Also write the confusion matrix as an SVG heat map to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -23,6 +26,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses)?;
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
+    }
+    if let Some(p) = &a.plot {
+        std::fs::write(p, ev.confusion_svg())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+        eprintln!("confusion matrix plot: {}", p.display());
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&ev)?);

@@ -232,3 +232,66 @@ impl Evaluation {
         s
     }
 }
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+}
+
+impl Evaluation {
+    /// The confusion matrix as an SVG heat map (rows actual, columns predicted), like fastai's
+    /// `plot_confusion_matrix`. Written directly: a grid of rectangles needs no plotting library.
+    pub fn confusion_svg(&self) -> String {
+        let n = self.classes.len();
+        let cell = 40.0;
+        let label_w = 8.0
+            * self
+                .classes
+                .iter()
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(4) as f64
+            + 20.0;
+        let size = label_w + cell * n as f64 + 20.0;
+        let max = self
+            .confusion
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let mut s = format!(
+            "<svg xmlns='http://www.w3.org/2000/svg' width='{size}' height='{size}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
+        );
+        for (i, row) in self.confusion.iter().enumerate() {
+            let y = label_w + i as f64 * cell;
+            s.push_str(&format!(
+                "<text x='{:.0}' y='{:.0}' text-anchor='end'>{}</text>\n",
+                label_w - 6.0,
+                y + cell / 2.0 + 4.0,
+                xml_escape(&self.classes[i])
+            ));
+            for (j, &v) in row.iter().enumerate() {
+                let x = label_w + j as f64 * cell;
+                let shade = 255.0 - 200.0 * v as f64 / max;
+                let (tx, ty) = (x + cell / 2.0, y + cell / 2.0 + 4.0);
+                s.push_str(&format!(
+                    "<rect x='{x:.0}' y='{y:.0}' width='{cell}' height='{cell}' fill='rgb({shade:.0},{shade:.0},255)' stroke='#ccc'/><text x='{tx:.0}' y='{ty:.0}' text-anchor='middle'>{v}</text>\n"
+                ));
+            }
+        }
+        for (j, c) in self.classes.iter().enumerate() {
+            let x = label_w + j as f64 * cell + cell / 2.0;
+            s.push_str(&format!(
+                "<text transform='translate({x:.0},{:.0}) rotate(-60)'>{}</text>\n",
+                label_w - 6.0,
+                xml_escape(c)
+            ));
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
