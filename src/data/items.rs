@@ -84,46 +84,20 @@ pub fn looks_like_image(p: &Path) -> bool {
     sniff(&h).is_some() || h.starts_with(b"\xff\xd8")
 }
 
-/// Every image under `root` (recursively, by content, hidden entries skipped), sorted.
-pub fn image_files(root: &Path) -> Result<Vec<PathBuf>, ItemsError> {
-    if !root.is_dir() {
-        return Err(ItemsError::Missing(root.to_path_buf()));
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| ItemsError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if looks_like_image(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+/// (folder, file) pairs, and the root's direct subfolders.
+type Walk = (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>);
 
-/// Recursively lists images (recognised by content) labelled by their parent folder's name, as
-/// fastai's `get_image_files` + `parent_label`. Hidden entries and `skip` subfolders are ignored.
-/// Files named like images whose content is not one are returned in `not_images`; other files
-/// (READMEs, `.DS_Store`) are ignored silently.
-pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
+/// Every non-hidden file under `root` with the folder holding it, and `root`'s direct subfolders
+/// (less `skip`, whose contents are left out too). The one directory walk behind [`scan`] and
+/// [`image_files`].
+fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
     if !root.exists() {
         return Err(ItemsError::Missing(root.to_path_buf()));
     }
     if !root.is_dir() {
         return Err(ItemsError::NotDir(root.to_path_buf()));
     }
-    let mut out = Scan::default();
+    let (mut files, mut top) = (Vec::new(), Vec::new());
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(|source| ItemsError::Io {
@@ -141,20 +115,49 @@ pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
                     if skip.contains(&name.as_str()) {
                         continue;
                     }
-                    out.dirs.push(p.clone());
+                    top.push(p.clone());
                 }
                 stack.push(p);
-            } else if dir != root {
-                if looks_like_image(&p) {
-                    let label = dir
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    out.items.push(Item { path: p, label });
-                } else if has_image_ext(&p) {
-                    out.not_images.push(p);
-                }
+            } else {
+                files.push((dir.clone(), p));
             }
+        }
+    }
+    Ok((files, top))
+}
+
+/// Every image under `root` (recursively, by content, hidden entries skipped), sorted.
+pub fn image_files(root: &Path) -> Result<Vec<PathBuf>, ItemsError> {
+    let (files, _) = walk(root, &[])?;
+    let mut out: Vec<PathBuf> = files
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| looks_like_image(p))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Recursively lists images (recognised by content) labelled by their parent folder's name, as
+/// fastai's `get_image_files` + `parent_label`. Hidden entries and `skip` subfolders are ignored.
+/// Files named like images whose content is not one are returned in `not_images`; other files
+/// (READMEs, `.DS_Store`) are ignored silently.
+pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
+    let (files, dirs) = walk(root, skip)?;
+    let mut out = Scan {
+        dirs,
+        ..Default::default()
+    };
+    // Files directly in `root` have no class folder.
+    for (dir, p) in files.into_iter().filter(|(d, _)| d != root) {
+        if looks_like_image(&p) {
+            let label = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.items.push(Item { path: p, label });
+        } else if has_image_ext(&p) {
+            out.not_images.push(p);
         }
     }
     out.items.sort();

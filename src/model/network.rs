@@ -93,10 +93,6 @@ impl Network {
             })
             .unwrap_or(false)
     }
-
-    pub fn body_features(&self, x: &Tensor, train: bool) -> Tensor {
-        self.body.forward_t(x, train)
-    }
 }
 
 impl ModuleT for Network {

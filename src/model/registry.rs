@@ -3,7 +3,7 @@
 use super::{Arch, KnownWeights};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -59,13 +59,6 @@ pub fn resolve(arch: Arch, progress: bool) -> Result<PathBuf, RegistryError> {
         Some(p) => Ok(p),
         None => fetch(arch, progress),
     }
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex(&h.finalize()))
 }
 
 fn hex(b: &[u8]) -> String {
