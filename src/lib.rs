@@ -1,6 +1,7 @@
 //! finetune: turn a folder of images into an image classifier by fine-tuning an
 //! ImageNet-pretrained network, with fastai's `vision_learner(...).fine_tune(n)` semantics.
 
+pub mod atomic;
 pub mod data;
 pub mod device;
 pub mod download;

@@ -471,10 +471,11 @@ fn download_handles_every_kind_of_url_and_resumes() {
         .skip(1)
         .map(|n| n.parse().unwrap())
         .collect();
-    // found downloaded timeout http not_image too_large decode network dups near_dups train test
+    // found downloaded timeout http not_image too_large decode network dups near_dups conflicts
+    // train test
     assert_eq!(
         nums,
-        vec![16, 7, 2, 1, 2, 1, 1, 1, 1, 1, 4, 2],
+        vec![16, 7, 2, 1, 2, 1, 1, 1, 1, 1, 0, 4, 2],
         "{cats_line}"
     );
 
@@ -552,14 +553,138 @@ fn near_duplicate_twins_never_straddle_train_and_test() {
         rows.iter().filter(|r| r.status == "near_duplicate").count(),
         6
     );
-    let hasher = |f: &str| image_hasher::ImageHash::<Box<[u8]>>::from_base64(f).unwrap();
-    for t in kept.iter().filter(|r| r.status == "test") {
-        for tr in kept.iter().filter(|r| r.status == "train") {
-            assert!(
-                hasher(&t.phash).dist(&hasher(&tr.phash)) > finetune::download::dedup::MAX_DISTANCE
-            );
+    // Each dropped twin names the file kept in its place, where it is now (test/ or train/).
+    for r in rows.iter().filter(|r| r.status == "near_duplicate") {
+        let path = r
+            .reason
+            .strip_prefix("near-duplicate of ")
+            .unwrap_or_else(|| panic!("{}", r.reason));
+        assert!(
+            out.join(path).is_file(),
+            "{} names a missing file",
+            r.reason
+        );
+        let k = kept.iter().find(|k| k.file == path).unwrap();
+        assert_eq!(k.sha256, r.duplicate_of);
+    }
+    // What is kept holds no two pictures of one group, so none straddles train and test.
+    let hashes: Vec<String> = kept.iter().map(|r| r.phash.clone()).collect();
+    let groups = finetune::download::dedup::groups(&hashes, |k| {
+        finetune::data::decode::decode_file(&out.join(&kept[k].file)).ok()
+    });
+    assert!(groups.iter().all(|g| g.len() == 1), "{groups:?}");
+}
+
+/// The report: distinct product photos (clothing-small validation, no duplicates) served
+/// through a local search mock must all be kept; the first hash kept 3 of 13 hats and 2 of 12 skirts.
+#[test]
+fn distinct_photos_are_all_kept() {
+    let Some(shared) = shared() else {
+        return skip("../shared not found (clothing-small photos)");
+    };
+    let mut files = std::collections::HashMap::new();
+    let mut lines = vec!["class,url".to_string()];
+    for (class, n) in [("hat", 13), ("skirt", 12)] {
+        let (photos, _) = finetune::data::items::image_files(
+            &shared.join("data/clothing-small/validation").join(class),
+        )
+        .unwrap();
+        for (i, p) in photos.iter().take(n).enumerate() {
+            files.insert(format!("/{class}{i}.jpg"), std::fs::read(p).unwrap());
+            lines.push(format!("{class},{{BASE}}/{class}{i}.jpg"));
         }
     }
+    let (base, _) = serve(move |req| {
+        files
+            .get(&req.path)
+            .map(|b| Reply::ok("image/jpeg", b.clone()))
+            .unwrap_or(Reply::status(404))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.csv");
+    std::fs::write(&list, lines.join("\n").replace("{BASE}", &base)).unwrap();
+    let out = dir.path().join("out");
+    let o = run(bin()
+        .args([
+            "download",
+            "hat",
+            "skirt",
+            "--test-per-class",
+            "5",
+            "--urls-from",
+        ])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out));
+    assert!(o.status.success(), "{}", o.stderr);
+    let rows = manifest(&out);
+    let count = |class: &str, status: &str| {
+        rows.iter()
+            .filter(|r| r.class == class && r.status == status)
+            .count()
+    };
+    assert_eq!(
+        (count("hat", "train"), count("hat", "test")),
+        (8, 5),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        (count("skirt", "train"), count("skirt", "test")),
+        (7, 5),
+        "{rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r.is_kept()), "{rows:#?}");
+}
+
+/// The same picture found for two classes cannot carry both labels: none of it is kept, and the
+/// summary and manifest say so.
+#[test]
+fn a_picture_found_for_two_classes_is_a_label_conflict() {
+    let pics: Vec<image::RgbImage> = (0..4).map(|s| picture(300, 200, s * 11 + 3)).collect();
+    let mut files = std::collections::HashMap::new();
+    for (i, p) in pics.iter().enumerate() {
+        files.insert(format!("/{i}.jpg"), jpeg(p, 95));
+    }
+    // The same picture, re-encoded, under the other class.
+    files.insert("/copy.jpg".to_string(), jpeg(&pics[0], 60));
+    let (base, _) = serve(move |req| {
+        files
+            .get(&req.path)
+            .map(|b| Reply::ok("image/jpeg", b.clone()))
+            .unwrap_or(Reply::status(404))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "class,url\ncats,{base}/0.jpg\ncats,{base}/1.jpg\ndogs,{base}/copy.jpg\ndogs,{base}/2.jpg\ndogs,{base}/3.jpg\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = run(bin()
+        .args(["download", "cats", "dogs", "--urls-from"])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out));
+    assert!(o.status.success(), "{}", o.stderr);
+    let rows = manifest(&out);
+    let conflicts: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status == "label_conflict")
+        .collect();
+    assert_eq!(conflicts.len(), 2, "{rows:#?}");
+    for r in &conflicts {
+        assert!(
+            r.file.is_empty() && r.reason.contains("cats, dogs"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(rows.iter().filter(|r| r.is_kept()).count(), 3);
+    assert!(o.stdout.contains("conflicts"), "{}", o.stdout);
+    let cats = std::fs::read_dir(out.join("train/cats")).unwrap().count();
+    assert_eq!(cats, 1, "the conflicting picture's file is gone");
 }
 
 #[test]

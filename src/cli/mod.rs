@@ -20,6 +20,14 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Largest image file any command reads, in MB; bigger files are skipped with a warning.
+    #[arg(
+        long,
+        global = true,
+        env = "FINETUNE_MAX_FILE_MB",
+        default_value_t = 64
+    )]
+    pub max_file_mb: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +52,7 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    finetune::data::files::set_max_file_bytes(cli.max_file_mb.saturating_mul(1024 * 1024));
     match cli.command {
         Command::Download(a) => download::run(a).map(|_| ()),
         Command::Quickstart(a) => quickstart::run(a),

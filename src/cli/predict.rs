@@ -22,11 +22,17 @@ pub struct Args {
     compute: super::ComputeArgs,
 }
 
+/// The images named or found under `inputs`; what a folder walk leaves out is warned about here,
+/// the same way `evaluate` does, so no file disappears silently.
 fn expand(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            out.extend(finetune::data::items::image_files(p)?);
+            let (files, skipped) = finetune::data::items::image_files(p)?;
+            for s in skipped {
+                eprintln!("warning: skipped {s}");
+            }
+            out.extend(files);
         } else {
             anyhow::ensure!(p.exists(), "{} does not exist", p.display());
             out.push(p.clone());
@@ -91,7 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         Err(e) => {
             failed += 1;
-            eprintln!("warning: skipped {e}");
+            eprintln!("warning: skipped {}: {}", e.path().display(), e.reason());
         }
     });
     if let Some(e) = io_err {

@@ -5,7 +5,7 @@
 //! `strict`).
 
 use super::decode::{decode_file, DecodeError};
-use super::items::{self, Item, ItemsError, Split, SplitKind};
+use super::items::{self, Item, ItemsError, Skip, Split, SplitKind};
 use super::tensor::stack_u8;
 use super::transform::{crop_window, prepare, PadMode, ResizeMethod, Size};
 use image::RgbImage;
@@ -21,10 +21,8 @@ pub enum DataError {
     Items(#[from] ItemsError),
     #[error("{0} (--strict makes unreadable images fatal; remove the file or drop --strict)")]
     Strict(DecodeError),
-    #[error(
-        "{path} is not an image (--strict makes this fatal; remove the file or drop --strict)"
-    )]
-    StrictNotImage { path: PathBuf },
+    #[error("{0} (--strict makes this fatal; remove the file or drop --strict)")]
+    StrictSkipped(Skip),
     #[error("class `{class}` has no usable image in the training set ({dir})")]
     EmptyClass { class: String, dir: String },
     #[error("valid folder has class `{0}`, which the training folder lacks")]
@@ -73,13 +71,6 @@ impl ImageSet {
     }
 }
 
-/// A file left out, and why; the summary counts them.
-#[derive(Debug, Clone)]
-pub struct Skipped {
-    pub path: PathBuf,
-    pub reason: String,
-}
-
 /// Decodes and prepares `paths` in parallel; failures come back as `Err` in place.
 pub fn decode_prepared(
     paths: &[PathBuf],
@@ -100,7 +91,7 @@ fn load_set(
     items: &[Item],
     classes: &[String],
     cfg: &DataConfig,
-    skipped: &mut Vec<Skipped>,
+    skipped: &mut Vec<Skip>,
     bar: &indicatif::ProgressBar,
 ) -> Result<ImageSet, DataError> {
     let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
@@ -119,9 +110,9 @@ fn load_set(
             Err(e) if cfg.strict => return Err(DataError::Strict(e)),
             Err(e) => {
                 eprintln!("warning: skipping {e}");
-                skipped.push(Skipped {
+                skipped.push(Skip {
                     path: item.path.clone(),
-                    reason: e.to_string(),
+                    reason: e.reason(),
                 });
             }
         }
@@ -137,7 +128,8 @@ pub struct DataLoaders {
     pub valid: ImageSet,
     pub cfg: DataConfig,
     pub split: SplitKind,
-    pub skipped: Vec<Skipped>,
+    /// Every file left out (warned about once each).
+    pub skipped: Vec<Skip>,
 }
 
 impl DataLoaders {
@@ -150,15 +142,12 @@ impl DataLoaders {
         let Split { train, valid, kind } = items::split(root, cfg.valid_pct, cfg.seed)?;
         let mut skipped = Vec::new();
         for scan in [&train, &valid] {
-            for p in &scan.not_images {
+            for s in &scan.skipped {
                 if cfg.strict {
-                    return Err(DataError::StrictNotImage { path: p.clone() });
+                    return Err(DataError::StrictSkipped(s.clone()));
                 }
-                eprintln!("warning: skipping {}: not an image (content is not JPEG/PNG/WebP/GIF/BMP/TIFF)", p.display());
-                skipped.push(Skipped {
-                    path: p.clone(),
-                    reason: "not an image".into(),
-                });
+                eprintln!("warning: skipping {s}");
+                skipped.push(s.clone());
             }
         }
         if let Some(d) = train.empty_dir() {

@@ -13,7 +13,7 @@ pub enum DecodeError {
     #[error("{path}: cannot read: {source}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        source: super::files::ReadError,
     },
     #[error("{path}: not an image (content is {what})")]
     NotImage { path: PathBuf, what: String },
@@ -24,7 +24,7 @@ pub enum DecodeError {
         msg: String,
     },
     #[error(
-        "{path}: image too large ({width}x{height}); at most {MAX_PIXELS} pixels are accepted"
+        "{path}: image too large (the header claims {width}x{height} pixels); at most {MAX_PIXELS} pixels and {MAX_SIDE} per side are accepted"
     )]
     TooLarge {
         path: PathBuf,
@@ -34,6 +34,13 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The message without the leading path, for lists that show the path themselves.
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        full.strip_prefix(&prefix).unwrap_or(&full).to_string()
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             DecodeError::Io { path, .. }
@@ -59,25 +66,40 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
     .then_some(f)
 }
 
-fn describe(bytes: &[u8]) -> String {
+/// What non-image content looks like, for messages (`HTML`, `empty`, the first bytes).
+pub fn describe(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "empty".into();
     }
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).to_ascii_lowercase();
+    let t = head.trim_start();
     if head.contains("<html") || head.contains("<!doctype") {
         "HTML".into()
     } else if head.contains("<svg") {
         "SVG, which is not supported".into()
+    } else if bytes.starts_with(b"%PDF") {
+        "PDF".into()
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        "a ZIP archive".into()
+    } else if bytes.starts_with(b"\x1f\x8b") {
+        "gzip data".into()
+    } else if t.starts_with('{') || t.starts_with('[') {
+        "JSON or text".into()
+    } else if bytes.iter().all(|&b| b == 0) {
+        "all zero bytes".into()
     } else {
         format!("unrecognised bytes {:02x?}", &bytes[..bytes.len().min(4)])
     }
 }
 
 pub fn decode_file(path: &Path) -> Result<RgbImage, DecodeError> {
-    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        super::files::read_capped(path, super::files::max_file_bytes()).map_err(|source| {
+            DecodeError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     decode_bytes(path, &bytes)
 }
 
@@ -98,11 +120,18 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> 
         });
     }
     let err = |e: image::ImageError| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge {
-            path: path.to_path_buf(),
-            width: 0,
-            height: 0,
-        },
+        image::ImageError::Limits(_) => {
+            // The limits stopped the decoder before it told us the size: read it from the header
+            // alone (no pixel buffer is made) so the message shows what the file claims.
+            let mut r = ImageReader::with_format(Cursor::new(bytes), format);
+            r.no_limits();
+            let (width, height) = r.into_dimensions().unwrap_or((0, 0));
+            DecodeError::TooLarge {
+                path: path.to_path_buf(),
+                width,
+                height,
+            }
+        }
         e => DecodeError::Decode {
             path: path.to_path_buf(),
             format,

@@ -4,8 +4,7 @@ use super::decode::sniff;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::io::Read;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +28,16 @@ pub enum ItemsError {
     BadPct(f64),
     #[error("the split leaves no training images ({0} images, valid-pct {1})")]
     NoTrain(usize, f64),
+    #[error(
+        "class `{class}` ({dir}) has only {count} image(s); a random split needs at least 2 per class \
+         (one to train on, one to validate). Add images to that folder, remove it, or pass a folder \
+         with explicit train/ and valid/ subfolders"
+    )]
+    TooFewToSplit {
+        class: String,
+        dir: PathBuf,
+        count: usize,
+    },
 }
 
 /// One labelled image.
@@ -38,11 +47,12 @@ pub struct Item {
     pub label: String,
 }
 
-/// What a folder scan turned up besides the items: files that claim to be images but are not.
+/// What a folder scan turned up besides the items: what it left out (files that claim to be images
+/// but are not, special files, symlink loops, unreadable folders), each with its reason.
 #[derive(Debug, Default, Clone)]
 pub struct Scan {
     pub items: Vec<Item>,
-    pub not_images: Vec<PathBuf>,
+    pub skipped: Vec<Skip>,
     /// The scanned folder's direct subfolders (candidate classes).
     pub dirs: Vec<PathBuf>,
 }
@@ -66,30 +76,42 @@ fn has_image_ext(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn head(p: &Path) -> Vec<u8> {
-    let mut buf = vec![0u8; 32];
-    match std::fs::File::open(p).and_then(|mut f| f.read(&mut buf)) {
-        Ok(n) => {
-            buf.truncate(n);
-            buf
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Whether a file's first bytes are one of our image formats (a bare JPEG start counts, so a
 /// truncated JPEG is reported when it fails to decode rather than silently ignored).
 pub fn looks_like_image(p: &Path) -> bool {
-    let h = head(p);
+    let h = super::files::head(p, 32);
     sniff(&h).is_some() || h.starts_with(b"\xff\xd8")
 }
 
-/// (folder, file) pairs, and the root's direct subfolders.
-type Walk = (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>);
+/// A file or folder the walk left out, and why (a warning names each once).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skip {
+    pub path: PathBuf,
+    pub reason: String,
+}
 
-/// Every non-hidden file under `root` with the folder holding it, and `root`'s direct subfolders
-/// (less `skip`, whose contents are left out too). The one directory walk behind [`scan`] and
-/// [`image_files`].
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+/// What [`walk`] found: (folder, file) pairs, `root`'s direct subfolders, and what it left out.
+#[derive(Debug, Default)]
+struct Walk {
+    files: Vec<(PathBuf, PathBuf)>,
+    top: Vec<PathBuf>,
+    skipped: Vec<Skip>,
+}
+
+/// Every non-hidden regular file under `root` with the folder holding it, and `root`'s direct
+/// subfolders (less `skip`, whose contents are left out too). The one directory walk behind [`scan`]
+/// and [`image_files`].
+///
+/// Symlinks are resolved; only regular files and folders are kept (FIFOs, sockets and devices are
+/// skipped with a reason, as they could block or never end). Each real folder is entered once, so
+/// symlink loops (`a -> .`, `b -> ..`) and two links to one folder cost one warning, not an explosion.
+/// A subfolder that cannot be read is skipped with a reason; only an unreadable `root` is an error.
 fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
     if !root.exists() {
         return Err(ItemsError::Missing(root.to_path_buf()));
@@ -97,45 +119,115 @@ fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
     if !root.is_dir() {
         return Err(ItemsError::NotDir(root.to_path_buf()));
     }
-    let (mut files, mut top) = (Vec::new(), Vec::new());
+    let mut w = Walk::default();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    if let Ok(real) = std::fs::canonicalize(root) {
+        seen.insert(real);
+    }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| ItemsError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        for e in rd.flatten() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(source) if dir == root => {
+                return Err(ItemsError::Io { path: dir, source });
+            }
+            Err(e) => {
+                w.skipped.push(Skip {
+                    path: dir,
+                    reason: format!("cannot read folder: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut entries: Vec<std::fs::DirEntry> = rd.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
             }
-            if p.is_dir() {
-                if dir == root {
-                    if skip.contains(&name.as_str()) {
+            // Follows symlinks: what matters is what a read would reach.
+            let meta = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(err) => {
+                    let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+                    w.skipped.push(Skip {
+                        path: p,
+                        reason: if is_link {
+                            format!("broken or looping symlink ({err})")
+                        } else {
+                            format!("cannot read: {err}")
+                        },
+                    });
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                if dir == root && skip.contains(&name.as_str()) {
+                    continue;
+                }
+                match std::fs::canonicalize(&p) {
+                    Ok(real) if !seen.insert(real.clone()) => {
+                        w.skipped.push(Skip {
+                            path: p,
+                            reason: format!(
+                                "folder {} was already walked (a symlink loop or a second link to it); not entered again",
+                                real.display()
+                            ),
+                        });
                         continue;
                     }
-                    top.push(p.clone());
+                    Ok(_) => {}
+                    Err(err) => {
+                        w.skipped.push(Skip {
+                            path: p,
+                            reason: format!("cannot resolve folder: {err}"),
+                        });
+                        continue;
+                    }
+                }
+                if dir == root {
+                    w.top.push(p.clone());
                 }
                 stack.push(p);
+            } else if let Some(kind) = super::files::special_kind(&meta) {
+                w.skipped.push(Skip {
+                    path: p,
+                    reason: format!("{kind}, not a regular file; skipped"),
+                });
             } else {
-                files.push((dir.clone(), p));
+                w.files.push((dir.clone(), p));
             }
         }
     }
-    Ok((files, top))
+    Ok(w)
 }
 
-/// Every image under `root` (recursively, by content, hidden entries skipped), sorted.
-pub fn image_files(root: &Path) -> Result<Vec<PathBuf>, ItemsError> {
-    let (files, _) = walk(root, &[])?;
-    let mut out: Vec<PathBuf> = files
-        .into_iter()
-        .map(|(_, p)| p)
-        .filter(|p| looks_like_image(p))
-        .collect();
+/// Every image under `root` (recursively, by content, hidden entries skipped), sorted, and what was
+/// left out: files named like images whose content is not one, special files, symlink loops.
+pub fn image_files(root: &Path) -> Result<(Vec<PathBuf>, Vec<Skip>), ItemsError> {
+    let w = walk(root, &[])?;
+    let mut skipped = w.skipped;
+    let mut out = Vec::new();
+    for (_, p) in w.files {
+        if looks_like_image(&p) {
+            out.push(p);
+        } else if has_image_ext(&p) {
+            skipped.push(not_image(p));
+        }
+    }
     out.sort();
-    Ok(out)
+    skipped.sort();
+    Ok((out, skipped))
+}
+
+fn not_image(path: PathBuf) -> Skip {
+    let what = super::decode::describe(&super::files::head(&path, 256));
+    Skip {
+        path,
+        reason: format!("not an image (content is {what})"),
+    }
 }
 
 /// Recursively lists images (recognised by content) labelled by their parent folder's name, as
@@ -143,13 +235,14 @@ pub fn image_files(root: &Path) -> Result<Vec<PathBuf>, ItemsError> {
 /// Files named like images whose content is not one are returned in `not_images`; other files
 /// (READMEs, `.DS_Store`) are ignored silently.
 pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
-    let (files, dirs) = walk(root, skip)?;
+    let w = walk(root, skip)?;
     let mut out = Scan {
-        dirs,
+        dirs: w.top,
+        skipped: w.skipped,
         ..Default::default()
     };
     // Files directly in `root` have no class folder.
-    for (dir, p) in files.into_iter().filter(|(d, _)| d != root) {
+    for (dir, p) in w.files.into_iter().filter(|(d, _)| d != root) {
         if looks_like_image(&p) {
             let label = dir
                 .file_name()
@@ -157,11 +250,11 @@ pub fn scan(root: &Path, skip: &[&str]) -> Result<Scan, ItemsError> {
                 .unwrap_or_default();
             out.items.push(Item { path: p, label });
         } else if has_image_ext(&p) {
-            out.not_images.push(p);
+            out.skipped.push(not_image(p));
         }
     }
     out.items.sort();
-    out.not_images.sort();
+    out.skipped.sort();
     out.dirs.sort();
     Ok(out)
 }
@@ -210,8 +303,18 @@ pub fn random_split(
     if cut >= n {
         return Err(ItemsError::NoTrain(n, valid_pct));
     }
-    let mut valid: Vec<Item> = idx[..cut].iter().map(|&i| items[i].clone()).collect();
-    let mut train: Vec<Item> = idx[cut..].iter().map(|&i| items[i].clone()).collect();
+    let (mut v, mut t) = (idx[..cut].to_vec(), idx[cut..].to_vec());
+    // A class the permutation put wholly into valid would be unknown to the model: the last of its
+    // valid images goes back to train. Only small classes are affected; others keep fastai's split.
+    for c in classes(&items) {
+        if !t.iter().any(|&i| items[i].label == c) {
+            if let Some(pos) = v.iter().rposition(|&i| items[i].label == c) {
+                t.push(v.remove(pos));
+            }
+        }
+    }
+    let mut valid: Vec<Item> = v.iter().map(|&i| items[i].clone()).collect();
+    let mut train: Vec<Item> = t.iter().map(|&i| items[i].clone()).collect();
     train.sort();
     valid.sort();
     Ok((train, valid))
@@ -243,11 +346,25 @@ pub fn split(root: &Path, valid_pct: f64, seed: u64) -> Result<Split, ItemsError
         root.to_path_buf()
     };
     let all = scan(&base, &["test", "valid", "validation"])?;
+    let mut counts: std::collections::BTreeMap<&str, (usize, &Path)> = Default::default();
+    for it in &all.items {
+        let e = counts
+            .entry(it.label.as_str())
+            .or_insert((0, it.path.parent().unwrap_or(&base)));
+        e.0 += 1;
+    }
+    if let Some((class, (count, dir))) = counts.iter().find(|(_, (n, _))| *n < 2) {
+        return Err(ItemsError::TooFewToSplit {
+            class: class.to_string(),
+            dir: dir.to_path_buf(),
+            count: *count,
+        });
+    }
     let (t, v) = random_split(all.items, valid_pct, seed)?;
     Ok(Split {
         train: Scan {
             items: t,
-            not_images: all.not_images,
+            skipped: all.skipped,
             dirs: all.dirs,
         },
         valid: Scan {
@@ -298,4 +415,21 @@ mod tests {
         assert_eq!(names, PINNED_SPLIT);
     }
     const PINNED_SPLIT: [&str; 4] = ["000.jpg", "006.jpg", "001.jpg", "016.jpg"];
+
+    #[test]
+    fn every_class_keeps_a_training_image() {
+        // Two images of class `rare` among many: whatever the seed, `rare` must be in train.
+        for seed in 0..200 {
+            let mut it = items(30);
+            for i in 0..2 {
+                it.push(Item {
+                    path: format!("rare/{i}.jpg").into(),
+                    label: "rare".into(),
+                });
+            }
+            let (t, v) = random_split(it, 0.5, seed).unwrap();
+            assert!(t.iter().any(|i| i.label == "rare"), "seed {seed}");
+            assert_eq!(t.len() + v.len(), 32);
+        }
+    }
 }

@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod files;
 pub mod items;
 pub mod resize;
 pub mod tensor;

@@ -17,9 +17,12 @@ pub struct Row {
     pub height: u32,
     pub sha256: String,
     pub phash: String,
-    /// `train`, `test`, `failed`, `duplicate`, `near_duplicate` or `invalid`.
+    /// `train`, `test`, `failed`, `duplicate`, `near_duplicate`, `label_conflict` or `invalid`.
     pub status: String,
     pub reason: String,
+    /// For a near-duplicate: the sha256 of the image kept in its place (its path is in `reason`).
+    #[serde(default)]
+    pub duplicate_of: String,
 }
 
 impl Row {
@@ -32,21 +35,30 @@ pub fn read(path: &Path) -> Result<Vec<Row>, String> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Bounded like every read of a user's file (a manifest line is a few hundred bytes).
+    let bytes = crate::data::files::read_capped(path, 1 << 30)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rdr = csv::Reader::from_reader(bytes.as_slice());
     rdr.deserialize()
         .collect::<Result<Vec<Row>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Written to a temporary file and renamed, so an interrupted run never leaves half a manifest.
+/// Written to a temporary file, flushed and renamed, so an interrupted run or a full disk never
+/// leaves half a manifest: the previous one stays until the new one is complete.
 pub fn write(path: &Path, rows: &[Row]) -> Result<(), String> {
-    let tmp = path.with_extension("csv.tmp");
-    let mut w = csv::Writer::from_path(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         w.serialize(r)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    w.flush().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = w
+        .into_inner()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::atomic::write_file(path, &bytes).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; the previous manifest is unchanged (free some space and run again to resume)",
+            path.display()
+        )
+    })
 }

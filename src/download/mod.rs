@@ -70,6 +70,8 @@ pub struct ClassSummary {
     pub failed: BTreeMap<String, usize>,
     pub duplicates: usize,
     pub near_duplicates: usize,
+    /// Images dropped because the same picture was also found for another class.
+    pub label_conflicts: usize,
     pub train: usize,
     pub test: usize,
 }
@@ -190,9 +192,10 @@ pub fn run(
     }
     let dropped = drop_near_duplicates(&cfg.out, &mut rows);
     for s in &mut summaries {
-        s.near_duplicates = dropped.get(&s.class).copied().unwrap_or(0);
+        (s.near_duplicates, s.label_conflicts) = dropped.get(&s.class).copied().unwrap_or((0, 0));
     }
     split_test(&cfg.out, &mut rows, classes, cfg.test_per_class, cfg.seed)?;
+    name_kept_files(&mut rows);
     manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest)?;
     for s in &mut summaries {
         s.train = rows
@@ -347,7 +350,7 @@ fn verify(out: &Path, rows: &mut [Row], class: &str) {
         let path = out.join(&r.file);
         match decode_file(&path) {
             Ok(img) => {
-                if r.phash.is_empty() {
+                if !dedup::is_current(&r.phash) {
                     r.phash = dedup::phash(&img);
                 }
             }
@@ -361,37 +364,69 @@ fn verify(out: &Path, rows: &mut [Row], class: &str) {
     }
 }
 
-/// Keeps one image of each near-duplicate group (across all classes, so a picture found for two
-/// classes cannot end up in one's train and the other's test): the one already in test/ if any,
-/// else the first downloaded, so a re-run never replaces a file kept earlier. Returns the number
-/// dropped per class.
-fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, usize> {
+/// Keeps one image of each near-duplicate group: the one already in test/ if any, else the first
+/// downloaded, so a re-run never replaces a file kept earlier. Groups are formed across all classes:
+/// a group whose pictures were found for different classes is a label conflict (the same picture
+/// cannot be both), and none of it is kept. Returns (near-duplicates, conflicts) dropped per class.
+fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, (usize, usize)> {
     let idx: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].is_kept() && !rows[i].phash.is_empty())
+        .filter(|&i| rows[i].is_kept() && dedup::is_current(&rows[i].phash))
         .collect();
     let hashes: Vec<String> = idx.iter().map(|&i| rows[i].phash.clone()).collect();
-    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
-    for g in dedup::groups(&hashes) {
+    let mut dropped: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let image = |k: usize| decode_file(&out.join(&rows[idx[k]].file)).ok();
+    for g in dedup::groups(&hashes, image) {
         if g.len() < 2 {
             continue;
         }
         let members: Vec<usize> = g.iter().map(|&k| idx[k]).collect();
+        let classes: std::collections::BTreeSet<&str> =
+            members.iter().map(|&i| rows[i].class.as_str()).collect();
+        if classes.len() > 1 {
+            let names = classes.into_iter().collect::<Vec<_>>().join(", ");
+            let reason = format!(
+                "label conflict: the same picture was found for classes {names}; none of it is kept"
+            );
+            for &i in &members {
+                let _ = std::fs::remove_file(out.join(&rows[i].file));
+                rows[i].status = "label_conflict".into();
+                rows[i].reason = reason.clone();
+                rows[i].file.clear();
+                dropped.entry(rows[i].class.clone()).or_default().1 += 1;
+            }
+            continue;
+        }
         let keep = *members
             .iter()
             .max_by_key(|&&i| (rows[i].status == "test", std::cmp::Reverse(i)))
             .unwrap_or(&members[0]);
-        let keep_file = rows[keep].file.clone();
+        let keep_sha = rows[keep].sha256.clone();
         for &i in &members {
             if i != keep {
                 let _ = std::fs::remove_file(out.join(&rows[i].file));
                 rows[i].status = "near_duplicate".into();
-                rows[i].reason = format!("near-duplicate of {keep_file}");
+                rows[i].duplicate_of = keep_sha.clone();
                 rows[i].file.clear();
-                *dropped.entry(rows[i].class.clone()).or_default() += 1;
+                dropped.entry(rows[i].class.clone()).or_default().0 += 1;
             }
         }
     }
     dropped
+}
+
+/// Names the file each near-duplicate gave way to, where it is now (after the test split moved it).
+fn name_kept_files(rows: &mut [Row]) {
+    let kept: std::collections::HashMap<String, String> = rows
+        .iter()
+        .filter(|r| r.is_kept())
+        .map(|r| (r.sha256.clone(), r.file.clone()))
+        .collect();
+    for r in rows.iter_mut().filter(|r| r.status == "near_duplicate") {
+        r.reason = match kept.get(&r.duplicate_of) {
+            Some(f) => format!("near-duplicate of {f}"),
+            None => "near-duplicate of an image no longer kept".into(),
+        };
+    }
 }
 
 /// Moves seeded random training images to `test/<class>/` until each class has `n` test images.
@@ -453,8 +488,8 @@ pub fn summary_table(s: &[ClassSummary]) -> String {
         t.push_str(&format!(" {c:>9}"));
     }
     t.push_str(&format!(
-        " {:>6} {:>9} {:>6} {:>5}\n",
-        "dups", "near_dups", "train", "test"
+        " {:>6} {:>9} {:>9} {:>6} {:>5}\n",
+        "dups", "near_dups", "conflicts", "train", "test"
     ));
     for c in s {
         t.push_str(&format!(
@@ -465,8 +500,8 @@ pub fn summary_table(s: &[ClassSummary]) -> String {
             t.push_str(&format!(" {:>9}", c.failed.get(col).copied().unwrap_or(0)));
         }
         t.push_str(&format!(
-            " {:>6} {:>9} {:>6} {:>5}\n",
-            c.duplicates, c.near_duplicates, c.train, c.test
+            " {:>6} {:>9} {:>9} {:>6} {:>5}\n",
+            c.duplicates, c.near_duplicates, c.label_conflicts, c.train, c.test
         ));
     }
     t

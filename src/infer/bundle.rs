@@ -5,7 +5,7 @@ use crate::data::items::SplitKind;
 use crate::data::{PadMode, ResizeMethod, Size};
 use crate::model::weights::WeightsError;
 use crate::model::{Arch, Network};
-use crate::train::{EpochRow, FineTune};
+use crate::train::{Checkpoint, EpochRow, FineTune};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,8 @@ pub enum BundleError {
     },
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error("{0} exists and is not a model bundle (it holds other files); choose a new or empty folder for the model; nothing in it was changed")]
+    NotReplaceable(PathBuf),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,15 +94,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
     }
 }
 
-/// Writes the bundle into `dir` (created if needed). Files are written under temporary names and
-/// renamed, so an interrupted save never leaves a half-written model beside a good model.json.
+/// Whether `dir` may receive a bundle: it does not exist, is empty, or holds a bundle (replaced only
+/// as a whole). Anything else is the user's and is never touched.
+pub fn check_out_dir(dir: &Path) -> Result<(), BundleError> {
+    if !dir.exists() || dir.join("model.json").is_file() {
+        return Ok(());
+    }
+    let empty = std::fs::read_dir(dir)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(false);
+    if dir.is_dir() && empty {
+        Ok(())
+    } else {
+        Err(BundleError::NotReplaceable(dir.to_path_buf()))
+    }
+}
+
+/// Writes the bundle into a temporary folder beside `dir` and swaps it into place, so a crash,
+/// `kill -9` or a full disk never leaves half a bundle and never destroys the previous one.
+/// `resume` (an interrupted or in-progress run) adds what `train --resume` continues from.
 pub fn save(
     dir: &Path,
     net: &Network,
     info: &ModelInfo,
     rows: &[EpochRow],
+    resume: Option<&Checkpoint>,
 ) -> Result<(), BundleError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    check_out_dir(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let tmp = crate::atomic::temp_sibling(dir, "new");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = std::fs::create_dir(&tmp)
+        .map_err(io(&tmp))
+        .and_then(|()| write_contents(&tmp, net, info, rows, resume))
+        .and_then(|()| crate::atomic::replace_dir(&tmp, dir).map_err(io(dir)));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+fn write_safetensors(path: &Path, vars: &[(String, tch::Tensor)]) -> Result<(), BundleError> {
+    tch::Tensor::write_safetensors(vars, path).map_err(|e| BundleError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+fn write_contents(
+    dir: &Path,
+    net: &Network,
+    info: &ModelInfo,
+    rows: &[EpochRow],
+    resume: Option<&Checkpoint>,
+) -> Result<(), BundleError> {
     let mut vars: Vec<(String, tch::Tensor)> = net
         .vs
         .variables()
@@ -108,17 +160,12 @@ pub fn save(
         .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu)))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let tmp = dir.join(".model.safetensors.tmp");
-    tch::Tensor::write_safetensors(&vars, &tmp).map_err(|e| BundleError::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(io(dir))?;
+    write_safetensors(&dir.join("model.safetensors"), &vars)?;
     let json = serde_json::to_string_pretty(info).map_err(|e| BundleError::Json {
         path: dir.join("model.json"),
         msg: e.to_string(),
     })?;
-    write_atomic(&dir.join("model.json"), json.as_bytes())?;
+    write_file(&dir.join("model.json"), json.as_bytes())?;
     let mut csv = String::from("phase,epoch,train_loss,valid_loss,error_rate,accuracy,seconds\n");
     for r in rows {
         csv.push_str(&format!(
@@ -126,13 +173,54 @@ pub fn save(
             r.phase, r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy, r.seconds
         ));
     }
-    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
+    write_file(&dir.join("metrics.csv"), csv.as_bytes())?;
+    if let Some(ck) = resume {
+        let rdir = dir.join(RESUME_DIR);
+        std::fs::create_dir(&rdir).map_err(io(&rdir))?;
+        write_safetensors(&rdir.join("checkpoint.safetensors"), &ck.tensors)?;
+        let state = serde_json::to_string_pretty(&ck.state).map_err(|e| BundleError::Json {
+            path: rdir.join("state.json"),
+            msg: e.to_string(),
+        })?;
+        write_file(&rdir.join("state.json"), state.as_bytes())?;
+    }
+    Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    crate::atomic::write_file(path, bytes).map_err(io(path))
+}
+
+/// Where an unfinished bundle keeps what `train --resume` needs.
+pub const RESUME_DIR: &str = "resume";
+
+/// The checkpoint of an unfinished bundle: `None` when training finished (nothing to resume).
+pub fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, BundleError> {
+    let rdir = dir.join(RESUME_DIR);
+    let state_path = rdir.join("state.json");
+    if !state_path.is_file() {
+        return Ok(None);
+    }
+    let text = read_small(&state_path)?;
+    let state = serde_json::from_str(&text).map_err(|e| BundleError::Json {
+        path: state_path.clone(),
+        msg: e.to_string(),
+    })?;
+    let tensors = crate::model::weights::read_weights(&rdir.join("checkpoint.safetensors"))?;
+    Ok(Some(Checkpoint { state, tensors }))
+}
+
+/// A bundle's JSON files are small; a cap keeps a hostile one from exhausting memory.
+fn read_small(path: &Path) -> Result<String, BundleError> {
+    let bytes =
+        crate::data::files::read_capped(path, 64 * 1024 * 1024).map_err(|e| BundleError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    String::from_utf8(bytes).map_err(|e| BundleError::Json {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 pub fn read_info(dir: &Path) -> Result<ModelInfo, BundleError> {
@@ -140,7 +228,7 @@ pub fn read_info(dir: &Path) -> Result<ModelInfo, BundleError> {
     if !p.is_file() {
         return Err(BundleError::NotBundle(dir.to_path_buf()));
     }
-    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let text = read_small(&p)?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| BundleError::Json {
         path: p.clone(),
         msg: e.to_string(),

@@ -80,9 +80,9 @@ pub fn evaluate(
     let mut confusion = vec![vec![0usize; n]; n];
     let mut losses = Vec::new();
     let mut skipped: Vec<(PathBuf, String)> = scan
-        .not_images
+        .skipped
         .iter()
-        .map(|p| (p.clone(), "not an image".to_string()))
+        .map(|s| (s.path.clone(), s.reason.clone()))
         .collect();
     for (r, &actual) in preds.into_iter().zip(&labels) {
         match r {
@@ -98,7 +98,7 @@ pub fn evaluate(
                     loss: -p_true.ln(),
                 });
             }
-            Err(e) => skipped.push((e.path().to_path_buf(), e.to_string())),
+            Err(e) => skipped.push((e.path().to_path_buf(), e.reason())),
         }
     }
     let total: usize = confusion.iter().flatten().sum();

@@ -14,7 +14,9 @@ pub fn read_url_list(
         path: path.to_path_buf(),
         msg,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    // Bounded like every read of a user's file: a list of millions of URLs is well under 1 GB.
+    let bytes = crate::data::files::read_capped(path, 1 << 30).map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| err(e.to_string()))?;
     let mut out: BTreeMap<String, Vec<SearchResult>> = BTreeMap::new();
     let first = text
         .lines()

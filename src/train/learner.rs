@@ -1,6 +1,7 @@
 //! The `Learner`: a network, its data and fastai's optimizer, trained with `fit_one_cycle` and
 //! `fine_tune` exactly as fastai schedules them.
 
+use super::checkpoint::{epoch_seed, Checkpoint, RngState, TrainState};
 use super::optimizer::{Adam, AdamConfig};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
@@ -48,8 +49,8 @@ pub struct BatchHypers {
 /// Exponentially smoothed, debiased loss (fastai `AvgSmoothLoss(beta=0.98)`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmoothLoss {
-    val: f64,
-    count: i32,
+    pub val: f64,
+    pub count: i32,
 }
 
 impl SmoothLoss {
@@ -81,10 +82,20 @@ pub struct Learner {
     /// Set (e.g. by Ctrl-C) to stop after the current batch.
     pub stop: Arc<AtomicBool>,
     pub interrupted: bool,
+    /// The state at the end of the last completed epoch (what `train --resume` continues from).
+    pub last_checkpoint: Option<Checkpoint>,
+    /// A checkpoint to continue from, applied when its fit starts (see [`Self::resume_from`]).
+    pending: Option<Checkpoint>,
+    /// Called after every completed epoch, with [`Self::last_checkpoint`] up to date (the CLI
+    /// saves the bundle there, so a killed run loses at most one epoch).
+    pub on_epoch_end: Option<EpochHook>,
+    seed: u64,
     rng: rand_chacha::ChaCha8Rng,
     mean: [f64; 3],
     std: [f64; 3],
 }
+
+pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
 
 /// (name, tensor, group, do_wd, is_bn) for every learnable parameter, in fastai's terms:
 /// BatchNorm parameters and biases get no weight decay.
@@ -119,6 +130,10 @@ impl Learner {
             hypers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             interrupted: false,
+            last_checkpoint: None,
+            pending: None,
+            on_epoch_end: None,
+            seed,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
@@ -217,11 +232,16 @@ impl Learner {
         let lr_max = lr.per_group(self.n_groups());
         let n_batches = self.dls.n_train_batches();
         let total = (n_batches * n_epochs).max(1) as f64;
-        let mut smooth = SmoothLoss::default();
+        let (start, mut smooth) = self.apply_pending(phase);
         report.begin_fit(phase, n_epochs);
-        for epoch in 0..n_epochs {
+        for row in self.rows.iter().filter(|r| r.phase == phase) {
+            report.end_epoch(row);
+        }
+        for epoch in start..n_epochs {
             let t0 = Instant::now();
+            tch::manual_seed(epoch_seed(self.seed, phase, epoch));
             report.begin_epoch(epoch, n_batches);
+            let mut ran = 0;
             for (i, idx) in self.epoch_order().iter().enumerate() {
                 let (xb, yb) = self.load_batch(idx);
                 let pos = (epoch * n_batches + i) as f64 / total;
@@ -231,6 +251,7 @@ impl Learner {
                 self.hypers
                     .push((phase.to_string(), BatchHypers { lrs, mom }));
                 report.batch(i, smooth.add(loss));
+                ran += 1;
                 if self.stop.load(Ordering::Relaxed) {
                     self.interrupted = true;
                     break;
@@ -249,6 +270,13 @@ impl Learner {
             };
             report.end_epoch(&row);
             self.rows.push(row);
+            if ran == n_batches {
+                self.last_checkpoint = Some(self.snapshot(phase, epoch + 1, smooth));
+                if let Some(mut hook) = self.on_epoch_end.take() {
+                    hook(self, report);
+                    self.on_epoch_end = Some(hook);
+                }
+            }
             if self.interrupted {
                 report.message("interrupted: stopped after the current batch");
                 return;
@@ -256,11 +284,89 @@ impl Learner {
         }
     }
 
+    /// The state right now, as a checkpoint that `phase` has `epochs_done` epochs done.
+    fn snapshot(&self, phase: &str, epochs_done: usize, smooth: SmoothLoss) -> Checkpoint {
+        let (mut tensors, steps) = self.opt.state();
+        for (k, v) in self.net.vs.variables() {
+            tensors.push((
+                format!("model.{k}"),
+                v.detach().to_device(tch::Device::Cpu).copy(),
+            ));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Checkpoint {
+            state: TrainState {
+                phase: phase.to_string(),
+                epochs_done,
+                rows: self.rows.clone(),
+                smooth_val: smooth.val,
+                smooth_count: smooth.count,
+                rng: RngState::of(&self.rng),
+                steps,
+            },
+            tensors,
+        }
+    }
+
+    /// Continue from `ck` (made by a run with the same data, seed and settings): weights, optimizer
+    /// state, RNG and epoch rows are restored when the fit it was in starts again.
+    pub fn resume_from(&mut self, ck: Checkpoint) -> Result<(), String> {
+        let vars = self.net.vs.variables();
+        for k in vars.keys() {
+            if !ck.tensors.iter().any(|(n, _)| n == &format!("model.{k}")) {
+                return Err(format!("the checkpoint lacks the network variable {k}"));
+            }
+        }
+        if ck.state.rng.restore().is_none() {
+            return Err("the checkpoint's RNG state is not valid".into());
+        }
+        self.pending = Some(ck);
+        Ok(())
+    }
+
+    /// Applies a pending checkpoint of `phase`: returns the epoch to start from and the smoothed
+    /// loss to continue, (0, fresh) when there is none.
+    fn apply_pending(&mut self, phase: &str) -> (usize, SmoothLoss) {
+        if self.pending.as_ref().is_none_or(|c| c.state.phase != phase) {
+            return (0, SmoothLoss::default());
+        }
+        let Some(ck) = self.pending.take() else {
+            return (0, SmoothLoss::default());
+        };
+        let map: std::collections::HashMap<String, Tensor> = ck.tensors.into_iter().collect();
+        let vars = self.net.vs.variables();
+        tch::no_grad(|| {
+            for (k, mut v) in vars {
+                if let Some(t) = map.get(&format!("model.{k}")) {
+                    v.copy_(&t.to_device(v.device()));
+                }
+            }
+        });
+        // Shapes were checked when the weights loaded; a mismatch here means a corrupt state file,
+        // which resume_from's caller has already validated.
+        let _ = self.opt.load_state(&map, &ck.state.steps);
+        if let Some(r) = ck.state.rng.restore() {
+            self.rng = r;
+        }
+        self.rows = ck.state.rows;
+        (
+            ck.state.epochs_done,
+            SmoothLoss {
+                val: ck.state.smooth_val,
+                count: ck.state.smooth_count,
+            },
+        )
+    }
+
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole
     /// network with discriminative rates `slice(base_lr/2/lr_mult, base_lr/2)`.
     pub fn fine_tune(&mut self, ft: FineTune, report: &mut dyn Report) {
         self.freeze();
-        if ft.freeze_epochs > 0 {
+        let resume_unfrozen = self
+            .pending
+            .as_ref()
+            .is_some_and(|c| c.state.phase == "unfrozen");
+        if ft.freeze_epochs > 0 && !resume_unfrozen {
             let frozen = OneCycle {
                 pct_start: 0.99,
                 ..OneCycle::default()

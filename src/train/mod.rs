@@ -1,11 +1,13 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
+pub mod checkpoint;
 pub mod learner;
 pub mod lr_find;
 pub mod optimizer;
 pub mod report;
 pub mod schedule;
 
+pub use checkpoint::{Checkpoint, TrainState};
 pub use learner::{FineTune, Learner};
 pub use optimizer::AdamConfig;
 pub use report::{ConsoleReport, EpochRow, Report, SilentReport};

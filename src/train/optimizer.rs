@@ -91,6 +91,66 @@ impl Adam {
         self.clear_state();
     }
 
+    /// Deep CPU copies of the moments (`grad_avg.<name>`, `sqr_avg.<name>`) and the step counts of
+    /// every parameter that has taken a step, for a checkpoint.
+    pub fn state(
+        &self,
+    ) -> (
+        Vec<(String, Tensor)>,
+        std::collections::BTreeMap<String, u64>,
+    ) {
+        let mut tensors = Vec::new();
+        let mut steps = std::collections::BTreeMap::new();
+        for p in &self.params {
+            let (Some(ga), Some(sa)) = (&p.grad_avg, &p.sqr_avg) else {
+                continue;
+            };
+            tensors.push((
+                format!("grad_avg.{}", p.name),
+                ga.to_device(tch::Device::Cpu).copy(),
+            ));
+            tensors.push((
+                format!("sqr_avg.{}", p.name),
+                sa.to_device(tch::Device::Cpu).copy(),
+            ));
+            steps.insert(p.name.clone(), p.step);
+        }
+        (tensors, steps)
+    }
+
+    /// Restores what [`Self::state`] saved; a parameter absent from `steps` starts fresh.
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        steps: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), String> {
+        for p in &mut self.params {
+            let Some(&step) = steps.get(&p.name) else {
+                p.grad_avg = None;
+                p.sqr_avg = None;
+                p.step = 0;
+                continue;
+            };
+            let get = |k: String| {
+                let t = tensors
+                    .get(&k)
+                    .ok_or_else(|| format!("optimizer state lacks {k}"))?;
+                if t.size() != p.tensor.size() {
+                    return Err(format!(
+                        "optimizer state {k} has shape {:?}, the parameter {:?}",
+                        t.size(),
+                        p.tensor.size()
+                    ));
+                }
+                Ok(t.to_device(p.tensor.device()).copy())
+            };
+            p.grad_avg = Some(get(format!("grad_avg.{}", p.name))?);
+            p.sqr_avg = Some(get(format!("sqr_avg.{}", p.name))?);
+            p.step = step;
+        }
+        Ok(())
+    }
+
     /// One step with per-group learning rates `lrs` and momentum (β1) `mom`.
     pub fn step(&mut self, lrs: &[f64], mom: f64) {
         let AdamConfig { wd, sqr_mom, eps } = self.cfg;
