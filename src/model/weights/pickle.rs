@@ -84,7 +84,7 @@ pub enum PickleError {
 /// zip and legacy), so 16 leaves a 4× margin.
 pub const COPY_BUDGET_PER_BYTE: u64 = 16;
 /// Copy budget every pickle gets, however small.
-pub const COPY_BUDGET_MIN: u64 = 1 << 16;
+pub const COPY_BUDGET_MIN: u64 = 1 << 12;
 
 /// Deepest nesting accepted (real checkpoints nest fewer than 10 levels). Dropping, cloning and
 /// walking a value recurse, so this keeps a hostile file from overflowing the stack.
