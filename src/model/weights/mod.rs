@@ -83,8 +83,11 @@ fn read_safetensors(name: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsEr
     };
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(&e))?;
     let mut views = st.tensors();
-    // Views borrow `bytes`, so their start is their offset in the file.
-    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    // Views borrow `bytes`, so their start is their offset in the file (names break ties between
+    // empty tensors).
+    views.sort_by(|(a, va), (b, vb)| {
+        (va.data().as_ptr() as usize, a).cmp(&(vb.data().as_ptr() as usize, b))
+    });
     views
         .into_iter()
         .map(|(k, v)| {
