@@ -45,24 +45,73 @@ pub fn read_weights(path: &Path) -> Result<NamedTensors, WeightsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let tensors = if looks_like_safetensors(&bytes) {
-        Tensor::read_safetensors(path)
-            .map_err(|e| WeightsError::format(path, format!("broken safetensors file: {e}")))?
+    read_weights_bytes(path, &bytes)
+}
+
+/// [`read_weights`] on a file already in memory; `name` is only used in error messages.
+///
+/// Hostile input ends in a [`WeightsError`], never a panic: every tensor's byte size (shape ×
+/// element size, checked for overflow) is compared with the bytes actually present before a tensor
+/// is created, and the pickle reader bounds nesting and memo copies (see [`pickle`]).
+pub fn read_weights_bytes(name: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
+    let tensors = if looks_like_safetensors(bytes) {
+        read_safetensors(name, bytes)?
     } else if bytes.is_empty() {
-        return Err(WeightsError::format(path, "file is empty"));
+        return Err(WeightsError::format(name, "file is empty"));
     } else {
-        torch_file::read(path, &bytes)?
+        torch_file::read(name, bytes)?
     };
-    Ok(tensors
+    tensors
         .into_iter()
         .map(|(k, t)| {
             let t = match t.kind() {
-                Kind::Half | Kind::BFloat16 | Kind::Double => t.to_kind(Kind::Float),
+                Kind::Half | Kind::BFloat16 | Kind::Double => t
+                    .f_to_kind(Kind::Float)
+                    .map_err(|e| WeightsError::format(name, format!("tensor {k}: {e}")))?,
                 _ => t,
             };
-            (k, t)
+            Ok((k, t))
         })
-        .collect())
+        .collect()
+}
+
+/// Parses a `.safetensors` file from memory the way `tch::Tensor::read_safetensors` does (the same
+/// `safetensors` crate and conversion), with tensors in file order.
+fn read_safetensors(name: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        WeightsError::format(name, format!("broken safetensors file: {e}"))
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(&e))?;
+    let mut views = st.tensors();
+    // Views borrow `bytes`, so their start is their offset in the file (names break ties between
+    // empty tensors).
+    views.sort_by(|(a, va), (b, vb)| {
+        (va.data().as_ptr() as usize, a).cmp(&(vb.data().as_ptr() as usize, b))
+    });
+    views
+        .into_iter()
+        .map(|(k, v)| {
+            // The crate already checked shape × dtype size == data length; checked again here
+            // because libtorch copies `shape`'s worth of bytes from the slice.
+            let kind = Kind::try_from(v.dtype()).map_err(|e| bad(&format!("tensor {k}: {e}")))?;
+            let size: Vec<i64> = v
+                .shape()
+                .iter()
+                .map(|&d| i64::try_from(d).ok())
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad(&format!("tensor {k}: dimension too large")))?;
+            let nbytes = v
+                .shape()
+                .iter()
+                .try_fold(kind.elt_size_in_bytes(), |n, &d| n.checked_mul(d));
+            if nbytes != Some(v.data().len()) {
+                return Err(bad(&format!("tensor {k}: shape does not match its data")));
+            }
+            let t = Tensor::f_from_data_size(v.data(), &size, kind)
+                .map_err(|e| bad(&format!("tensor {k}: {e}")))?;
+            Ok((k, t))
+        })
+        .collect()
 }
 
 /// safetensors starts with a little-endian u64 header length followed by a JSON object.

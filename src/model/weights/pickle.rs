@@ -5,6 +5,14 @@
 //! them only read the zip layout, while the real weights we ship against are the legacy (pre-zip)
 //! layout. Unknown callables are kept as opaque `Call` values rather than rejected, so a checkpoint
 //! that pickles extra Python objects beside its tensors still loads.
+//!
+//! Nothing in a pickle is ever executed: `REDUCE` only records the call. On top of that, a pickle
+//! that refers to anything able to run commands or code (`os.system`, `subprocess`, `builtins.eval`,
+//! ... see [`forbidden`]) is refused outright, since a weights file never needs one and its
+//! presence means the file is malicious. Hostile structure is bounded too: nesting depth is
+//! limited ([`MAX_DEPTH`], so dropping a value cannot overflow the stack) and so is the total size
+//! of the copies the memo and `DUP` make ([`unpickle`]'s budget), so a small file cannot expand
+//! exponentially ("billion laughs").
 
 use std::collections::HashMap;
 
@@ -64,21 +72,117 @@ pub enum PickleError {
     Opcode { op: u8, pos: usize },
     #[error("malformed pickle at byte {pos}: {what}")]
     Malformed { pos: usize, what: &'static str },
+    #[error(
+        "refusing to load: the pickle refers to `{module}.{name}`, which can run commands or code; \
+         a weights file never needs it, so the file is probably malicious (nothing was executed)"
+    )]
+    Forbidden { module: String, name: String },
+}
+
+/// Copy budget per input byte. torch.save's pickles use about 4 per byte of pickle (measured on
+/// resnet50, efficientnet and mobilenet_v2 state dicts and a resnet50 checkpoint with Adam state,
+/// zip and legacy), so 16 leaves a 4× margin.
+pub const COPY_BUDGET_PER_BYTE: u64 = 16;
+/// Copy budget every pickle gets, however small.
+pub const COPY_BUDGET_MIN: u64 = 1 << 12;
+
+/// Deepest nesting accepted (real checkpoints nest fewer than 10 levels). Dropping, cloning and
+/// walking a value recurse, so this keeps a hostile file from overflowing the stack.
+pub const MAX_DEPTH: u32 = 200;
+
+/// Globals that run commands or code, load other code, or reach into the interpreter: the usual
+/// payloads of a malicious pickle. Matched on the module's first component, plus the dangerous
+/// names of `builtins`.
+pub fn forbidden(module: &str, name: &str) -> bool {
+    const MODULES: &[&str] = &[
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "_posixsubprocess",
+        "popen2",
+        "commands",
+        "pty",
+        "sys",
+        "shutil",
+        "socket",
+        "importlib",
+        "runpy",
+        "pickle",
+        "_pickle",
+        "cPickle",
+        "marshal",
+        "ctypes",
+        "code",
+        "codeop",
+        "webbrowser",
+        "multiprocessing",
+        "signal",
+        "pdb",
+        "timeit",
+        "asyncio",
+        "threading",
+        "_thread",
+        "types",
+        "operator",
+        "_operator",
+    ];
+    const BUILTINS: &[&str] = &[
+        "eval",
+        "exec",
+        "execfile",
+        "compile",
+        "__import__",
+        "open",
+        "file",
+        "getattr",
+        "setattr",
+        "delattr",
+        "globals",
+        "locals",
+        "vars",
+        "input",
+        "breakpoint",
+        "apply",
+        "reload",
+        "exit",
+        "quit",
+        "help",
+    ];
+    let root = module.split('.').next().unwrap_or(module);
+    MODULES.contains(&root)
+        || (matches!(root, "builtins" | "__builtin__") && BUILTINS.contains(&name))
+}
+
+/// A value on the stack or in the memo, with its nesting depth and a size estimate (nodes plus
+/// string bytes) that copies are charged against.
+#[derive(Clone)]
+struct Item {
+    v: Value,
+    depth: u32,
+    weight: u64,
 }
 
 enum Slot {
     Mark,
-    V(Value),
+    V(Item),
 }
 
 /// Unpickles one object from `data`, returning it and the number of bytes consumed (legacy
 /// checkpoints are several pickles back to back).
+///
+/// Memo reads (`GET`), memo writes (`PUT`) and `DUP` copy values; their total size may not exceed
+/// [`COPY_BUDGET_PER_BYTE`] units per input byte plus [`COPY_BUDGET_MIN`] (a unit is one value or
+/// one string byte), so memory and time stay linear in the input however the memo is used.
 pub fn unpickle(data: &[u8]) -> Result<(Value, usize), PickleError> {
     let mut m = Machine {
         data,
         pos: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
+        budget: (data.len() as u64)
+            .saturating_mul(COPY_BUDGET_PER_BYTE)
+            .saturating_add(COPY_BUDGET_MIN),
     };
     let v = m.run()?;
     Ok((v, m.pos))
@@ -88,7 +192,24 @@ struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Slot>,
-    memo: HashMap<u32, Value>,
+    memo: HashMap<u32, Item>,
+    /// What copies may still cost.
+    budget: u64,
+}
+
+/// A scalar or string: depth 1.
+fn leaf(v: Value) -> Item {
+    let bytes = match &v {
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Global { module, name } => module.len() + name.len(),
+        _ => 0,
+    };
+    Item {
+        v,
+        depth: 1,
+        weight: 1 + bytes as u64,
+    }
 }
 
 impl<'a> Machine<'a> {
@@ -126,25 +247,74 @@ impl<'a> Machine<'a> {
         }
     }
     fn push(&mut self, v: Value) {
-        self.stack.push(Slot::V(v));
+        self.stack.push(Slot::V(leaf(v)));
     }
-    fn pop(&mut self) -> Result<Value, PickleError> {
+    /// Pushes a container built from `children`, tracking depth and size.
+    fn push_node(
+        &mut self,
+        children: Vec<Item>,
+        make: impl FnOnce(Vec<Value>) -> Result<Value, PickleError>,
+    ) -> Result<(), PickleError> {
+        let depth = 1 + children.iter().map(|c| c.depth).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(self.bad("nested too deeply"));
+        }
+        let weight = children
+            .iter()
+            .fold(1u64, |w, c| w.saturating_add(c.weight));
+        let v = make(children.into_iter().map(|c| c.v).collect())?;
+        self.stack.push(Slot::V(Item { v, depth, weight }));
+        Ok(())
+    }
+    fn pop_item(&mut self) -> Result<Item, PickleError> {
         match self.stack.pop() {
             Some(Slot::V(v)) => Ok(v),
             _ => Err(self.bad("stack underflow")),
         }
     }
-    fn top(&mut self) -> Result<&mut Value, PickleError> {
-        let pos = self.pos;
-        match self.stack.last_mut() {
-            Some(Slot::V(v)) => Ok(v),
-            _ => Err(PickleError::Malformed {
-                pos,
-                what: "stack underflow",
-            }),
-        }
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        Ok(self.pop_item()?.v)
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    /// Adds `children` into the container on top of the stack (APPEND, SETITEM and friends).
+    fn extend_top(
+        &mut self,
+        children: Vec<Item>,
+        what: &'static str,
+        add: impl FnOnce(&mut Value, Vec<Value>) -> bool,
+    ) -> Result<(), PickleError> {
+        let err = self.bad(what);
+        let deep = self.bad("nested too deeply");
+        let Some(Slot::V(top)) = self.stack.last_mut() else {
+            return Err(self.bad("stack underflow"));
+        };
+        let depth = children
+            .iter()
+            .map(|c| c.depth + 1)
+            .max()
+            .unwrap_or(0)
+            .max(top.depth);
+        if depth > MAX_DEPTH {
+            return Err(deep);
+        }
+        let weight = children
+            .iter()
+            .fold(top.weight, |w, c| w.saturating_add(c.weight));
+        if !add(&mut top.v, children.into_iter().map(|c| c.v).collect()) {
+            return Err(err);
+        }
+        top.depth = depth;
+        top.weight = weight;
+        Ok(())
+    }
+    /// Charges a copy of something of size `weight` against the budget, before it is made.
+    fn charge(&mut self, weight: u64) -> Result<(), PickleError> {
+        if weight > self.budget {
+            return Err(self.bad("memo copies exceed the size limit (hostile file?)"));
+        }
+        self.budget -= weight;
+        Ok(())
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Item>, PickleError> {
         let mut items = Vec::new();
         loop {
             match self.stack.pop() {
@@ -161,18 +331,31 @@ impl<'a> Machine<'a> {
             .map(Value::Str)
             .map_err(|_| self.bad("invalid UTF-8 string"))
     }
-    fn memo_get(&self, k: u32) -> Result<Value, PickleError> {
-        self.memo.get(&k).cloned().ok_or(PickleError::Malformed {
-            pos: self.pos,
-            what: "memo key not found",
-        })
+    fn memo_get(&mut self, k: u32) -> Result<(), PickleError> {
+        let Some(weight) = self.memo.get(&k).map(|i| i.weight) else {
+            return Err(self.bad("memo key not found"));
+        };
+        self.charge(weight)?;
+        if let Some(item) = self.memo.get(&k).cloned() {
+            self.stack.push(Slot::V(item));
+        }
+        Ok(())
     }
     fn memo_put(&mut self, k: u32) -> Result<(), PickleError> {
-        let v = match self.stack.last() {
-            Some(Slot::V(v)) => v.clone(),
-            _ => return Err(self.bad("PUT with empty stack")),
+        let Some(Slot::V(top)) = self.stack.last() else {
+            return Err(self.bad("PUT with empty stack"));
         };
-        self.memo.insert(k, v);
+        self.charge(top.weight)?;
+        if let Some(Slot::V(top)) = self.stack.last() {
+            self.memo.insert(k, top.clone());
+        }
+        Ok(())
+    }
+    fn global(&mut self, module: String, name: String) -> Result<(), PickleError> {
+        if forbidden(&module, &name) {
+            return Err(PickleError::Forbidden { module, name });
+        }
+        self.push(Value::Global { module, name });
         Ok(())
     }
 
@@ -301,102 +484,125 @@ impl<'a> Machine<'a> {
                 0x8f => self.push(Value::List(Vec::new())), // EMPTY_SET, kept as a list
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let v = Value::Dict(pairs(items, self.pos)?);
-                    self.push(v)
+                    let pos = self.pos;
+                    self.push_node(items, |v| Ok(Value::Dict(pairs(v, pos)?)))?
                 }
-                b'l' => {
+                // LIST, and FROZENSET kept as a list
+                b'l' | 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(items))
+                    self.push_node(items, |v| Ok(Value::List(v)))?
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))
+                    self.push_node(items, |v| Ok(Value::Tuple(v)))?
                 }
-                0x91 => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items)) // FROZENSET
-                }
-                0x85 => {
-                    let a = self.pop()?;
-                    self.push(Value::Tuple(vec![a]))
-                }
-                0x86 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Value::Tuple(vec![a, b]))
-                }
-                0x87 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    self.push(Value::Tuple(vec![a, b, c]))
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err(self.bad("stack underflow"));
+                    }
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop_item()?);
+                    }
+                    items.reverse();
+                    self.push_node(items, |v| Ok(Value::Tuple(v)))?
                 }
                 b'a' => {
-                    let v = self.pop()?;
-                    match self.top()? {
-                        Value::List(l) => l.push(v),
-                        _ => return Err(self.bad("APPEND to non-list")),
-                    }
+                    let v = self.pop_item()?;
+                    self.extend_top(vec![v], "APPEND to non-list", |top, v| match top {
+                        Value::List(l) => {
+                            l.extend(v);
+                            true
+                        }
+                        _ => false,
+                    })?
                 }
                 b'e' | 0x90 => {
                     let items = self.pop_mark()?;
-                    match self.top()? {
-                        Value::List(l) => l.extend(items),
-                        _ => return Err(self.bad("APPENDS to non-list")),
-                    }
+                    self.extend_top(items, "APPENDS to non-list", |top, v| match top {
+                        Value::List(l) => {
+                            l.extend(v);
+                            true
+                        }
+                        _ => false,
+                    })?
                 }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(d) => d.push((k, v)),
-                        _ => return Err(self.bad("SETITEM on non-dict")),
-                    }
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
+                b's' | b'u' => {
+                    let items = if op == b's' {
+                        let v = self.pop_item()?;
+                        let k = self.pop_item()?;
+                        vec![k, v]
+                    } else {
+                        self.pop_mark()?
+                    };
                     let pos = self.pos;
-                    let new = pairs(items, pos)?;
-                    match self.top()? {
-                        Value::Dict(d) => d.extend(new),
-                        _ => return Err(self.bad("SETITEMS on non-dict")),
-                    }
+                    let mut odd = false;
+                    self.extend_top(items, "SETITEM(S) on non-dict", |top, v| match top {
+                        Value::Dict(d) => match pairs(v, pos) {
+                            Ok(p) => {
+                                d.extend(p);
+                                true
+                            }
+                            Err(_) => {
+                                odd = true;
+                                false
+                            }
+                        },
+                        _ => false,
+                    })
+                    .map_err(|e| {
+                        if odd {
+                            self.bad("odd number of dict items")
+                        } else {
+                            e
+                        }
+                    })?
                 }
                 b'c' => {
                     let module = self.line()?.to_string();
                     let name = self.line()?.to_string();
-                    self.push(Value::Global { module, name })
+                    self.global(module, name)?
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (Value::Str(module), Value::Str(name)) => {
-                            self.push(Value::Global { module, name })
-                        }
+                        (Value::Str(module), Value::Str(name)) => self.global(module, name)?,
                         _ => return Err(self.bad("STACK_GLOBAL needs two strings")),
                     }
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let args = match args {
-                        Value::Tuple(a) => a,
-                        _ => return Err(self.bad("REDUCE args must be a tuple")),
-                    };
-                    self.push(reduce(callable, args))
+                    let args = self.pop_item()?;
+                    let callable = self.pop_item()?;
+                    if !matches!(args.v, Value::Tuple(_)) {
+                        return Err(self.bad("REDUCE args must be a tuple"));
+                    }
+                    self.push_node(vec![callable, args], |mut v| {
+                        let args = match v.pop() {
+                            Some(Value::Tuple(a)) => a,
+                            _ => Vec::new(), // checked above
+                        };
+                        let callable = v.pop().unwrap_or(Value::None);
+                        Ok(reduce(callable, args))
+                    })?
                 }
                 b'b' => {
                     // BUILD sets object state (e.g. an OrderedDict's `_metadata`); tensors do not need it.
                     self.pop()?;
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
-                    self.push(Value::Persistent(Box::new(pid)))
+                    let pid = self.pop_item()?;
+                    self.push_node(vec![pid], |mut v| {
+                        Ok(Value::Persistent(Box::new(v.pop().unwrap_or(Value::None))))
+                    })?
                 }
                 b'P' => {
                     let l = self.line()?.to_string();
-                    self.push(Value::Persistent(Box::new(Value::Str(l))))
+                    let pid = leaf(Value::Str(l));
+                    self.push_node(vec![pid], |mut v| {
+                        Ok(Value::Persistent(Box::new(v.pop().unwrap_or(Value::None))))
+                    })?
                 }
                 b'q' => {
                     let k = self.u8()? as u32;
@@ -420,13 +626,11 @@ impl<'a> Machine<'a> {
                 }
                 b'h' => {
                     let k = self.u8()? as u32;
-                    let v = self.memo_get(k)?;
-                    self.push(v)
+                    self.memo_get(k)?
                 }
                 b'j' => {
                     let k = self.u32()?;
-                    let v = self.memo_get(k)?;
-                    self.push(v)
+                    self.memo_get(k)?
                 }
                 b'g' => {
                     let k = self
@@ -434,8 +638,7 @@ impl<'a> Machine<'a> {
                         .trim()
                         .parse()
                         .map_err(|_| self.bad("bad GET"))?;
-                    let v = self.memo_get(k)?;
-                    self.push(v)
+                    self.memo_get(k)?
                 }
                 b'0' => {
                     self.stack.pop();
@@ -444,8 +647,14 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
-                    self.push(v)
+                    let Some(Slot::V(top)) = self.stack.last() else {
+                        return Err(self.bad("stack underflow"));
+                    };
+                    self.charge(top.weight)?;
+                    if let Some(Slot::V(top)) = self.stack.last() {
+                        let item = top.clone();
+                        self.stack.push(Slot::V(item))
+                    }
                 }
                 _ => return Err(PickleError::Opcode { op, pos: at }),
             }

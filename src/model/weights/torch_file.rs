@@ -136,43 +136,102 @@ fn collect_specs(root: &Value) -> Vec<TensorSpec> {
     out
 }
 
-fn build(path: &Path, spec: &TensorSpec, data: &[u8]) -> Result<Tensor, WeightsError> {
-    let elt = spec.storage.kind.elt_size_in_bytes();
-    let numel = data.len() / elt;
-    // Check that the strided view stays inside the storage before handing it to libtorch.
-    let max_index: i64 = spec.offset
-        + spec
-            .size
-            .iter()
-            .zip(&spec.stride)
-            .map(|(s, st)| if *s == 0 { 0 } else { (s - 1) * st })
-            .sum::<i64>();
+/// Tensors may add up to at most this many times the file's size (plus [`TOTAL_SLACK`]): views of
+/// one storage can legitimately overlap (tied weights), but a hostile file could otherwise name
+/// the same large storage thousands of times and have libtorch allocate each copy.
+const TOTAL_FACTOR: usize = 4;
+const TOTAL_SLACK: usize = 1 << 20;
+
+/// Checks that `spec`'s strided view fits in `data` (sizes × strides with checked arithmetic, its
+/// element count and byte size no larger than the storage), then copies just the bytes it spans
+/// into a contiguous tensor. Returns the tensor and its byte size. Nothing is allocated by libtorch
+/// before the checks pass.
+fn build(path: &Path, spec: &TensorSpec, data: &[u8]) -> Result<(Tensor, usize), WeightsError> {
+    let err = |what: &str| WeightsError::format(path, format!("tensor {}: {what}", spec.name));
+    let kind = spec.storage.kind;
+    let elt = kind.elt_size_in_bytes();
+    if spec.size.len() != spec.stride.len() {
+        return Err(err("size and stride have different lengths"));
+    }
+    if spec.size.len() > 64 {
+        return Err(err("more than 64 dimensions"));
+    }
     if spec.size.iter().any(|&s| s < 0) || spec.stride.iter().any(|&s| s < 0) || spec.offset < 0 {
-        return Err(WeightsError::format(
-            path,
-            format!("tensor {} has a negative size or stride", spec.name),
-        ));
+        return Err(err("negative size, stride or offset"));
     }
-    if spec.size.contains(&0) {
-        return Ok(Tensor::zeros(
-            spec.size.as_slice(),
-            (spec.storage.kind, tch::Device::Cpu),
-        ));
+    let too_big = || err("size overflows");
+    let numel = spec
+        .size
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(usize::try_from(s).ok()?))
+        .ok_or_else(too_big)?;
+    let nbytes = numel.checked_mul(elt).ok_or_else(too_big)?;
+    if numel == 0 {
+        return Tensor::f_zeros(spec.size.as_slice(), (kind, tch::Device::Cpu))
+            .map(|t| (t, 0))
+            .map_err(|e| err(&e.to_string()));
     }
-    if max_index as usize >= numel {
-        return Err(WeightsError::format(
-            path,
-            format!(
-                "tensor {} reaches past the end of its storage (file truncated?)",
-                spec.name
-            ),
-        ));
+    // Last element the view touches; every term is checked, so a huge stride cannot wrap around.
+    let last = spec
+        .size
+        .iter()
+        .zip(&spec.stride)
+        .try_fold(spec.offset, |acc, (&s, &st)| {
+            acc.checked_add((s - 1).checked_mul(st)?)
+        })
+        .ok_or_else(too_big)?;
+    let storage_numel = data.len() / elt;
+    if last as u64 >= storage_numel as u64 {
+        return Err(err(&format!(
+            "reaches past the end of its storage ({} elements; file truncated?)",
+            storage_numel
+        )));
     }
-    let flat = Tensor::f_from_data_size(&data[..numel * elt], &[numel as i64], spec.storage.kind)
-        .map_err(|e| WeightsError::format(path, e.to_string()))?;
-    Ok(flat
-        .as_strided(spec.size.as_slice(), spec.stride.as_slice(), spec.offset)
-        .contiguous())
+    if nbytes > data.len() {
+        return Err(err(&format!(
+            "needs {nbytes} bytes but its storage holds {}",
+            data.len()
+        )));
+    }
+    // Only the span the view covers: a small view of a large shared storage stays small.
+    let (first, last) = (spec.offset as usize, last as usize);
+    let span = &data[first * elt..(last + 1) * elt];
+    let flat = Tensor::f_from_data_size(span, &[(last + 1 - first) as i64], kind)
+        .map_err(|e| err(&e.to_string()))?;
+    let t = flat
+        .f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), 0)
+        .and_then(|v| v.f_contiguous())
+        .map_err(|e| err(&e.to_string()))?;
+    Ok((t, nbytes))
+}
+
+/// Builds every tensor, bounding their total size by the file's (see [`TOTAL_FACTOR`]).
+fn build_all<'a>(
+    path: &Path,
+    file_len: usize,
+    specs: &[TensorSpec],
+    storage: impl Fn(&TensorSpec) -> Result<&'a [u8], WeightsError>,
+) -> Result<NamedTensors, WeightsError> {
+    let limit = file_len
+        .saturating_mul(TOTAL_FACTOR)
+        .saturating_add(TOTAL_SLACK);
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (t, n) = build(path, spec, storage(spec)?)?;
+        total = total.saturating_add(n);
+        if total > limit {
+            return Err(WeightsError::format(
+                path,
+                format!(
+                    "tensors add up to more than {TOTAL_FACTOR}× the file's {file_len} bytes \
+                     (the same storage named again and again?): refusing a malformed file"
+                ),
+            ));
+        }
+        out.push((spec.name.clone(), t));
+    }
+    Ok(out)
 }
 
 fn read_zip(path: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
@@ -190,28 +249,37 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
             )
         })?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let archive_len = bytes.len() as u64;
     let mut read_entry = |name: &str| -> Result<Vec<u8>, WeightsError> {
-        let mut f = zip.by_name(name).map_err(|e| bad(&e))?;
-        let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf).map_err(|e| bad(&e))?;
+        let f = zip.by_name(name).map_err(|e| bad(&e))?;
+        // torch.save stores entries uncompressed; a compressed one may expand at most as far as
+        // deflate can (~1032×), so a lying size field cannot make us reserve gigabytes.
+        let size = f.size();
+        if size > f.compressed_size().saturating_mul(1100).max(archive_len) {
+            return Err(bad(&format!(
+                "entry {name} claims {size} bytes, more than its compressed data can hold"
+            )));
+        }
+        let mut buf = Vec::with_capacity(size.min(archive_len) as usize);
+        f.take(size).read_to_end(&mut buf).map_err(|e| bad(&e))?;
         Ok(buf)
     };
     let pkl = read_entry(&pkl_name)?;
     let (root, _) = unpickle(&pkl).map_err(|e| WeightsError::format(path, e.to_string()))?;
     let specs = collect_specs(&root);
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = Vec::with_capacity(specs.len());
     for spec in &specs {
         if !storages.contains_key(&spec.storage.key) {
             let data = read_entry(&format!("{prefix}data/{}", spec.storage.key))?;
             storages.insert(spec.storage.key.clone(), data);
         }
-        out.push((
-            spec.name.clone(),
-            build(path, spec, &storages[&spec.storage.key])?,
-        ));
     }
-    Ok(out)
+    build_all(path, bytes.len(), &specs, |spec| {
+        storages
+            .get(&spec.storage.key)
+            .map(Vec::as_slice)
+            .ok_or_else(|| bad(&format!("storage {} missing", spec.storage.key)))
+    })
 }
 
 fn read_legacy(path: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> {
@@ -265,34 +333,34 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<NamedTensors, WeightsError> 
         .collect();
     let mut storages: HashMap<String, &[u8]> = HashMap::new();
     for key in keys {
-        let head = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| fmt(&"file ends inside the storage data (truncated?)"))?;
-        let numel = u64::from_le_bytes(head.try_into().map_err(|_| fmt(&"size"))?) as usize;
+        let truncated = || fmt(&"file ends inside the storage data (truncated?)");
+        let head = pos
+            .checked_add(8)
+            .and_then(|end| bytes.get(pos..end))
+            .ok_or_else(truncated)?;
+        let numel = u64::from_le_bytes(head.try_into().map_err(|_| fmt(&"size"))?);
         pos += 8;
         let elt = kinds
             .get(key.as_str())
             .map(|k| k.elt_size_in_bytes())
             .unwrap_or(4);
-        let len = numel
-            .checked_mul(elt)
+        let len = usize::try_from(numel)
+            .ok()
+            .and_then(|n| n.checked_mul(elt))
             .ok_or_else(|| fmt(&"storage size overflows"))?;
-        let data = bytes
-            .get(pos..pos + len)
-            .ok_or_else(|| fmt(&"file ends inside the storage data (truncated?)"))?;
+        let data = pos
+            .checked_add(len)
+            .and_then(|end| bytes.get(pos..end))
+            .ok_or_else(truncated)?;
         pos += len;
         storages.insert(key, data);
     }
-    specs
-        .iter()
-        .map(|spec| {
-            let data = storages.get(&spec.storage.key).ok_or_else(|| {
-                fmt(&format!(
-                    "storage {} of {} missing",
-                    spec.storage.key, spec.name
-                ))
-            })?;
-            Ok((spec.name.clone(), build(path, spec, data)?))
+    build_all(path, bytes.len(), &specs, |spec| {
+        storages.get(&spec.storage.key).copied().ok_or_else(|| {
+            fmt(&format!(
+                "storage {} of {} missing",
+                spec.storage.key, spec.name
+            ))
         })
-        .collect()
+    })
 }
