@@ -15,6 +15,46 @@ pub fn temp_sibling(path: &Path, what: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
 }
 
+/// Removes what a killed process left beside `path`: temporaries of processes no longer running
+/// (on Linux, where `/proc` tells; elsewhere they are left alone).
+pub fn remove_stale_siblings(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = n.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((_, pid)) = rest.rsplit_once('-') else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().map_or(true, |p| {
+            p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
+        });
+        if !alive {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = temp_sibling(path, "tmp");

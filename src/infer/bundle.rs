@@ -124,6 +124,7 @@ pub fn save(
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
+    crate::atomic::remove_stale_siblings(dir);
     let tmp = crate::atomic::temp_sibling(dir, "new");
     let _ = std::fs::remove_dir_all(&tmp);
     let written = std::fs::create_dir(&tmp)

@@ -113,9 +113,13 @@ impl Report for ConsoleReport {
             mmss(r.seconds)
         );
     }
+    /// Warnings are shown even when quiet.
     fn message(&mut self, msg: &str) {
-        if !self.quiet {
-            eprintln!("{msg}");
+        if !self.quiet || msg.starts_with("warning") {
+            match &self.bar {
+                Some(b) => b.suspend(|| eprintln!("{msg}")),
+                None => eprintln!("{msg}"),
+            }
         }
     }
 }

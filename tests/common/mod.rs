@@ -22,6 +22,25 @@ pub fn shared() -> Option<PathBuf> {
         .then(|| p.canonicalize().unwrap_or(p))
 }
 
+/// Two visually separable classes of small synthetic images (red-ish vs blue-ish), `n` each.
+pub fn synthetic(dir: &Path, n: usize) {
+    for (cls, base) in [("red [a]", [200u8, 30, 30]), ("blue é", [30u8, 30, 200])] {
+        let d = dir.join(cls);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(24, 20, |x, y| {
+                let v = ((x * 7 + y * 13 + i as u32 * 31) % 50) as u8;
+                image::Rgb([
+                    base[0].saturating_add(v),
+                    base[1].saturating_add(v),
+                    base[2].saturating_add(v),
+                ])
+            });
+            img.save(d.join(format!("img {i} (copy).png"))).unwrap();
+        }
+    }
+}
+
 pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
     println!("SKIPPED: {why}");

@@ -38,13 +38,18 @@ impl WeightsError {
     }
 }
 
+/// Only regular files are read (a FIFO or `/dev/zero` named `.pth` cannot hang or exhaust memory),
+/// and none larger than this: 4× the largest ImageNet checkpoint a user is likely to pick.
+pub const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
+
 /// Reads every tensor of a weights file, chosen by content (not by extension), converted to f32
 /// where it is floating point (fp16/bf16 checkpoints load into the f32 model).
 pub fn read_weights(path: &Path) -> Result<NamedTensors, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        crate::data::files::read_capped(path, MAX_WEIGHTS_BYTES).map_err(|e| WeightsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     read_weights_bytes(path, &bytes)
 }
 
