@@ -757,3 +757,88 @@ fn search_driven_download_end_to_end() {
         o.stderr
     );
 }
+
+/// A disk that fills up mid-download: a clear error saying how to resume, nothing half-written, and
+/// a manifest that lists exactly the files on disk.
+#[test]
+fn a_full_disk_stops_download_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::new(&dir.path().join("disk"), "400k") else {
+        return skip("cannot mount a tmpfs here (needs root)");
+    };
+    let mut files = std::collections::HashMap::new();
+    let mut lines = vec!["class,url".to_string()];
+    for i in 0..40 {
+        // Noisy pictures compress badly: ~30 KB each, so 400 KB fill after a dozen.
+        let img = image::RgbImage::from_fn(160, 120, |x, y| {
+            let v = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ (i * 7919)) as u8;
+            image::Rgb([v, v.wrapping_mul(3), v.wrapping_add(i as u8)])
+        });
+        files.insert(format!("/{i}.jpg"), jpeg(&img, 95));
+        lines.push(format!(
+            "{},{{BASE}}/{i}.jpg",
+            if i % 2 == 0 { "owls" } else { "larks" }
+        ));
+    }
+    let (base, _) = serve(move |req| {
+        files
+            .get(&req.path)
+            .map(|b| Reply::ok("image/jpeg", b.clone()))
+            .unwrap_or(Reply::status(404))
+    });
+    let list = dir.path().join("urls.csv");
+    std::fs::write(&list, lines.join("\n").replace("{BASE}", &base)).unwrap();
+    let out = disk.0.join("birds");
+    let o = run(bin()
+        .args([
+            "download",
+            "owls",
+            "larks",
+            "--quiet",
+            "--max-size",
+            "160",
+            "--urls-from",
+        ])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out));
+    assert!(!o.status.success(), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("disk is full") && o.stderr.contains("run the same command again"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    // Every file on disk is a whole image listed in the manifest, and every listed file exists.
+    let rows = if out.join("manifest.csv").exists() {
+        manifest(&out)
+    } else {
+        Vec::new()
+    };
+    let listed: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.is_kept())
+        .map(|r| r.file.clone())
+        .collect();
+    let mut on_disk = std::collections::BTreeSet::new();
+    for split in ["train", "test"] {
+        for class in ["owls", "larks"] {
+            let d = out.join(split).join(class);
+            for e in std::fs::read_dir(&d).into_iter().flatten() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(!name.starts_with('.'), "temporary left behind: {name}");
+                finetune::data::decode::decode_file(&e.path()).unwrap();
+                on_disk.insert(format!("{split}/{class}/{name}"));
+            }
+        }
+    }
+    assert!(
+        listed.is_subset(&on_disk),
+        "listed {listed:?} on disk {on_disk:?}"
+    );
+    assert!(
+        on_disk.len() <= listed.len() + 20,
+        "only files of the class in progress may be unlisted"
+    );
+}

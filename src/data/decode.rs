@@ -135,7 +135,7 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage, DecodeError> 
         e => DecodeError::Decode {
             path: path.to_path_buf(),
             format,
-            msg: e.to_string(),
+            msg: e.to_string().trim().to_string(),
         },
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);

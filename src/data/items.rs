@@ -111,6 +111,8 @@ struct Walk {
 /// Symlinks are resolved; only regular files and folders are kept (FIFOs, sockets and devices are
 /// skipped with a reason, as they could block or never end). Each real folder is entered once, so
 /// symlink loops (`a -> .`, `b -> ..`) and two links to one folder cost one warning, not an explosion.
+/// Linked folders are entered after every real one, so a folder reached both directly and through a
+/// link is labelled by its own name.
 /// A subfolder that cannot be read is skipped with a reason; only an unreadable `root` is an error.
 fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
     if !root.exists() {
@@ -125,7 +127,11 @@ fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
         seen.insert(real);
     }
     let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut linked: Vec<(PathBuf, PathBuf)> = Vec::new();
+    while let Some(dir) = stack
+        .pop()
+        .or_else(|| next_linked(&mut linked, &mut seen, &mut w, root))
+    {
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(source) if dir == root => {
@@ -167,15 +173,13 @@ fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
                 if dir == root && skip.contains(&name.as_str()) {
                     continue;
                 }
+                if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                    linked.push((dir.clone(), p));
+                    continue;
+                }
                 match std::fs::canonicalize(&p) {
                     Ok(real) if !seen.insert(real.clone()) => {
-                        w.skipped.push(Skip {
-                            path: p,
-                            reason: format!(
-                                "folder {} was already walked (a symlink loop or a second link to it); not entered again",
-                                real.display()
-                            ),
-                        });
+                        w.skipped.push(already_walked(p, &real));
                         continue;
                     }
                     Ok(_) => {}
@@ -194,7 +198,7 @@ fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
             } else if let Some(kind) = super::files::special_kind(&meta) {
                 w.skipped.push(Skip {
                     path: p,
-                    reason: format!("{kind}, not a regular file; skipped"),
+                    reason: format!("{kind}, not a regular file"),
                 });
             } else {
                 w.files.push((dir.clone(), p));
@@ -202,6 +206,42 @@ fn walk(root: &Path, skip: &[&str]) -> Result<Walk, ItemsError> {
         }
     }
     Ok(w)
+}
+
+/// The next linked folder to enter once every real one is done: one whose real folder was not
+/// reached another way (the others are skipped with a reason).
+fn next_linked(
+    linked: &mut Vec<(PathBuf, PathBuf)>,
+    seen: &mut HashSet<PathBuf>,
+    w: &mut Walk,
+    root: &Path,
+) -> Option<PathBuf> {
+    while let Some((parent, p)) = linked.pop() {
+        match std::fs::canonicalize(&p) {
+            Ok(real) if !seen.insert(real.clone()) => w.skipped.push(already_walked(p, &real)),
+            Ok(_) => {
+                if parent == root {
+                    w.top.push(p.clone());
+                }
+                return Some(p);
+            }
+            Err(err) => w.skipped.push(Skip {
+                path: p,
+                reason: format!("cannot resolve folder: {err}"),
+            }),
+        }
+    }
+    None
+}
+
+fn already_walked(path: PathBuf, real: &Path) -> Skip {
+    Skip {
+        path,
+        reason: format!(
+            "folder {} was already walked (a symlink loop or a second link to it); not entered again",
+            real.display()
+        ),
+    }
 }
 
 /// Every image under `root` (recursively, by content, hidden entries skipped), sorted, and what was

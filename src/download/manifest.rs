@@ -17,7 +17,8 @@ pub struct Row {
     pub height: u32,
     pub sha256: String,
     pub phash: String,
-    /// `train`, `test`, `failed`, `duplicate`, `near_duplicate`, `label_conflict` or `invalid`.
+    /// `train`, `test`, `failed`, `duplicate`, `near_duplicate`, `label_conflict`, `invalid`, or
+    /// `missing` (a kept file deleted outside finetune).
     pub status: String,
     pub reason: String,
     /// For a near-duplicate: the sha256 of the image kept in its place (its path is in `reason`).

@@ -25,6 +25,8 @@ pub enum DownloadError {
     Search(#[from] SearchError),
     #[error("cannot write {path}: {msg}")]
     Io { path: PathBuf, msg: String },
+    #[error("the disk is full (writing {path}: {msg}); what was downloaded so far is kept and listed in manifest.csv: free some space and run the same command again to resume")]
+    DiskFull { path: PathBuf, msg: String },
     #[error("manifest: {0} (fix or move the file; it records what was downloaded)")]
     Manifest(String),
 }
@@ -144,6 +146,7 @@ pub fn run(
     let manifest_path = cfg.out.join("manifest.csv");
     std::fs::create_dir_all(&cfg.out).map_err(|e| io_err(&cfg.out, e))?;
     let mut rows = manifest::read(&manifest_path).map_err(DownloadError::Manifest)?;
+    reconcile(&cfg.out, &mut rows);
     let fetcher = Fetcher::new(cfg.timeout, cfg.max_bytes);
     let mut summaries = Vec::new();
     for class in classes {
@@ -172,7 +175,15 @@ pub fn run(
         let dir = cfg.out.join("train").join(class);
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         progress.start_class(class, todo.len().min(need.max(1) * 3 / 2 + 10));
-        let new_rows = download_class(&fetcher, class, &query, &todo, need, cfg, &dir, progress);
+        let disk_full = Mutex::new(None);
+        let listed: HashSet<String> = rows
+            .iter()
+            .filter(|r| r.is_kept())
+            .map(|r| r.file.clone())
+            .collect();
+        let new_rows = download_class(
+            &fetcher, class, &query, &todo, need, cfg, &dir, progress, &disk_full, &listed,
+        );
         for r in &new_rows {
             match r.status.as_str() {
                 "train" => s.downloaded += 1,
@@ -187,16 +198,26 @@ pub fn run(
         }
         rows.extend(new_rows);
         verify(&cfg.out, &mut rows, class);
-        manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest)?;
+        let saved = manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest);
+        if let Some((path, msg)) = disk_full.into_inner().ok().flatten() {
+            return Err(DownloadError::DiskFull { path, msg });
+        }
+        saved?;
         summaries.push(s);
     }
-    let dropped = drop_near_duplicates(&cfg.out, &mut rows);
+    let (dropped, doomed) = drop_near_duplicates(&cfg.out, &mut rows);
     for s in &mut summaries {
         (s.near_duplicates, s.label_conflicts) = dropped.get(&s.class).copied().unwrap_or((0, 0));
     }
-    split_test(&cfg.out, &mut rows, classes, cfg.test_per_class, cfg.seed)?;
+    let split = split_test(&cfg.out, &mut rows, classes, cfg.test_per_class, cfg.seed);
     name_kept_files(&mut rows);
+    // The manifest is written before the dropped files are deleted: a crash in between leaves
+    // stray files, never a manifest row whose file is gone.
     manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest)?;
+    split?;
+    for f in doomed {
+        let _ = std::fs::remove_file(f);
+    }
     for s in &mut summaries {
         s.train = rows
             .iter()
@@ -222,6 +243,8 @@ fn download_class(
     cfg: &DownloadConfig,
     dir: &Path,
     progress: &dyn Progress,
+    disk_full: &Mutex<Option<(PathBuf, String)>>,
+    listed: &HashSet<String>,
 ) -> Vec<Row> {
     let next = AtomicUsize::new(0);
     let kept = AtomicUsize::new(0);
@@ -232,7 +255,9 @@ fn download_class(
     std::thread::scope(|scope| {
         for _ in 0..cfg.concurrency.max(1) {
             scope.spawn(|| loop {
-                if kept.load(Ordering::SeqCst) >= need {
+                if kept.load(Ordering::SeqCst) >= need
+                    || disk_full.lock().map_or(true, |d| d.is_some())
+                {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -257,11 +282,11 @@ fn download_class(
                             .lock()
                             .map(|mut n| n.insert(name.clone()))
                             .unwrap_or(false);
-                        let exists = dir.join(&name).exists()
-                            || dir
-                                .parent()
-                                .and_then(|t| t.parent())
-                                .is_some_and(|o| o.join("test").join(class).join(&name).exists());
+                        // Same content already kept (under another URL) by an earlier run. A file
+                        // on disk that the manifest does not list (a run stopped before saving
+                        // it) is simply written again and recorded now.
+                        let exists = listed.contains(&rel)
+                            || listed.contains(&format!("test/{class}/{name}"));
                         row.sha256 = hash;
                         row.width = w;
                         row.height = h;
@@ -274,16 +299,22 @@ fn download_class(
                             kept.fetch_sub(1, Ordering::SeqCst);
                             continue;
                         } else {
-                            let tmp = dir.join(format!(".{name}.part"));
-                            let ok = std::fs::write(&tmp, &jpeg)
-                                .and_then(|_| std::fs::rename(&tmp, dir.join(&name)));
-                            match ok {
+                            let dest = dir.join(&name);
+                            match crate::atomic::write_file(&dest, &jpeg) {
                                 Ok(()) => {
                                     row.file = rel;
                                     row.status = "train".into();
                                 }
                                 Err(e) => {
+                                    // Nothing half-written stays (write_file removes its
+                                    // temporary); a full disk stops the run, to be resumed.
                                     kept.fetch_sub(1, Ordering::SeqCst);
+                                    if e.kind() == std::io::ErrorKind::StorageFull {
+                                        if let Ok(mut d) = disk_full.lock() {
+                                            d.get_or_insert((dest, e.to_string()));
+                                        }
+                                        continue;
+                                    }
                                     row.status = "failed".into();
                                     row.reason = format!("write: {e}");
                                 }
@@ -368,7 +399,12 @@ fn verify(out: &Path, rows: &mut [Row], class: &str) {
 /// downloaded, so a re-run never replaces a file kept earlier. Groups are formed across all classes:
 /// a group whose pictures were found for different classes is a label conflict (the same picture
 /// cannot be both), and none of it is kept. Returns (near-duplicates, conflicts) dropped per class.
-fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, (usize, usize)> {
+/// The files of dropped rows are returned, to be deleted once the manifest no longer lists them.
+fn drop_near_duplicates(
+    out: &Path,
+    rows: &mut [Row],
+) -> (BTreeMap<String, (usize, usize)>, Vec<PathBuf>) {
+    let mut doomed = Vec::new();
     let idx: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].is_kept() && dedup::is_current(&rows[i].phash))
         .collect();
@@ -388,7 +424,7 @@ fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, (usize
                 "label conflict: the same picture was found for classes {names}; none of it is kept"
             );
             for &i in &members {
-                let _ = std::fs::remove_file(out.join(&rows[i].file));
+                doomed.push(out.join(&rows[i].file));
                 rows[i].status = "label_conflict".into();
                 rows[i].reason = reason.clone();
                 rows[i].file.clear();
@@ -403,7 +439,7 @@ fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, (usize
         let keep_sha = rows[keep].sha256.clone();
         for &i in &members {
             if i != keep {
-                let _ = std::fs::remove_file(out.join(&rows[i].file));
+                doomed.push(out.join(&rows[i].file));
                 rows[i].status = "near_duplicate".into();
                 rows[i].duplicate_of = keep_sha.clone();
                 rows[i].file.clear();
@@ -411,7 +447,37 @@ fn drop_near_duplicates(out: &Path, rows: &mut [Row]) -> BTreeMap<String, (usize
             }
         }
     }
-    dropped
+    (dropped, doomed)
+}
+
+/// Brings rows read from an existing manifest in line with the disk after a crash: a kept file
+/// found in the other split folder (a move the manifest did not record) is followed there; one
+/// that is gone is marked `missing`, so the next steps never count or move a file that is not there.
+fn reconcile(out: &Path, rows: &mut [Row]) {
+    for r in rows.iter_mut().filter(|r| r.is_kept()) {
+        if out.join(&r.file).is_file() {
+            continue;
+        }
+        let name = Path::new(&r.file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let found = ["train", "test"].into_iter().find_map(|split| {
+            let rel = format!("{split}/{}/{name}", r.class);
+            out.join(&rel).is_file().then_some((split, rel))
+        });
+        match found {
+            Some((split, rel)) => {
+                r.file = rel;
+                r.status = split.into();
+            }
+            None => {
+                r.status = "missing".into();
+                r.reason = format!("{} was deleted outside finetune", r.file);
+                r.file.clear();
+            }
+        }
+    }
 }
 
 /// Names the file each near-duplicate gave way to, where it is now (after the test split moved it).
