@@ -685,8 +685,9 @@ fn cli_counts_faults_from_urls_from() {
         .skip(1)
         .map(|n| n.parse().unwrap())
         .collect();
-    // found downloaded timeout http not_image too_large decode network dups near_dups train test
-    assert_eq!(nums, vec![8, 2, 1, 1, 0, 1, 0, 3, 0, 0, 2, 0], "{line}");
+    // found downloaded timeout http not_image too_large decode network dups near_dups conflicts
+    // train test
+    assert_eq!(nums, vec![8, 2, 1, 1, 0, 1, 0, 3, 0, 0, 0, 2, 0], "{line}");
     let rows = finetune::download::manifest::read(&out.join("manifest.csv")).unwrap();
     let summary = ClassSummary {
         found: 8,
