@@ -2,6 +2,7 @@
 //! It also prints the measured distances that justify `dedup::MAX_DISTANCE`.
 
 mod common;
+use common::jpeg;
 
 use finetune::download::{dedup, process};
 use rayon::prelude::*;
@@ -12,15 +13,6 @@ fn stored(encoded: &[u8]) -> (image::RgbImage, String) {
     let img = finetune::data::decode::decode_bytes(std::path::Path::new("x.jpg"), &jpeg).unwrap();
     let h = dedup::phash(&img);
     (img, h)
-}
-
-fn jpeg(img: &image::RgbImage, q: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-        &mut out, q,
-    ))
-    .unwrap();
-    out
 }
 
 fn brightness(img: &image::RgbImage, f: f32) -> image::RgbImage {

@@ -190,15 +190,6 @@ fn picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
     })
 }
 
-fn jpeg(img: &image::RgbImage, q: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
-        &mut out, q,
-    ))
-    .unwrap();
-    out
-}
-
 fn png_rgba(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbaImage::from_fn(w, h, |x, _| {
         image::Rgba([200, 10, 10, if x < w / 2 { 0 } else { 255 }])
@@ -506,6 +497,17 @@ fn download_handles_every_kind_of_url_and_resumes() {
     assert_eq!(manifest(&out), rows, "manifest unchanged");
 }
 
+/// A local server answering each path of `files` with its bytes as a JPEG, 404 otherwise.
+fn serve_files(files: std::collections::HashMap<String, Vec<u8>>) -> String {
+    serve(move |req| {
+        files
+            .get(&req.path)
+            .map(|b| Reply::ok("image/jpeg", b.clone()))
+            .unwrap_or(Reply::status(404))
+    })
+    .0
+}
+
 #[test]
 fn near_duplicate_twins_never_straddle_train_and_test() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,12 +523,7 @@ fn near_duplicate_twins_never_straddle_train_and_test() {
             ),
         );
     }
-    let (base, _) = serve(move |req| {
-        files
-            .get(&req.path)
-            .map(|b| Reply::ok("image/jpeg", b.clone()))
-            .unwrap_or(Reply::status(404))
-    });
+    let base = serve_files(files);
     let list = dir.path().join("urls.txt");
     let urls: Vec<String> = (0..6)
         .flat_map(|i| [format!("{base}/a{i}.jpg"), format!("{base}/b{i}.jpg")])
@@ -594,12 +591,7 @@ fn distinct_photos_are_all_kept() {
             lines.push(format!("{class},{{BASE}}/{class}{i}.jpg"));
         }
     }
-    let (base, _) = serve(move |req| {
-        files
-            .get(&req.path)
-            .map(|b| Reply::ok("image/jpeg", b.clone()))
-            .unwrap_or(Reply::status(404))
-    });
+    let base = serve_files(files);
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("urls.csv");
     std::fs::write(&list, lines.join("\n").replace("{BASE}", &base)).unwrap();
@@ -647,12 +639,7 @@ fn a_picture_found_for_two_classes_is_a_label_conflict() {
     }
     // The same picture, re-encoded, under the other class.
     files.insert("/copy.jpg".to_string(), jpeg(&pics[0], 60));
-    let (base, _) = serve(move |req| {
-        files
-            .get(&req.path)
-            .map(|b| Reply::ok("image/jpeg", b.clone()))
-            .unwrap_or(Reply::status(404))
-    });
+    let base = serve_files(files);
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("urls.csv");
     std::fs::write(
@@ -780,12 +767,7 @@ fn a_full_disk_stops_download_cleanly() {
             if i % 2 == 0 { "owls" } else { "larks" }
         ));
     }
-    let (base, _) = serve(move |req| {
-        files
-            .get(&req.path)
-            .map(|b| Reply::ok("image/jpeg", b.clone()))
-            .unwrap_or(Reply::status(404))
-    });
+    let base = serve_files(files);
     let list = dir.path().join("urls.csv");
     std::fs::write(&list, lines.join("\n").replace("{BASE}", &base)).unwrap();
     let out = disk.0.join("birds");

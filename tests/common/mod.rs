@@ -63,6 +63,16 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `img` as a JPEG of quality `q`.
+pub fn jpeg(img: &image::RgbImage, q: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+        &mut out, q,
+    ))
+    .unwrap();
+    out
+}
+
 pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
     println!("SKIPPED: {why}");
