@@ -53,6 +53,23 @@ fn resnet50_zip_pth() {
     );
 }
 
+/// ResNet-101/152, ResNeXt-50 32x4d and Wide ResNet-50-2 (random weights and BN statistics).
+#[test]
+fn deeper_grouped_and_wide_resnets() {
+    for arch in [
+        Arch::Resnet101,
+        Arch::Resnet152,
+        Arch::Resnext50,
+        Arch::WideResnet50,
+    ] {
+        check(
+            arch,
+            &reference().join(format!("{arch}.pth")),
+            &format!("{arch}_io.safetensors"),
+        );
+    }
+}
+
 #[test]
 fn mobilenet_v2_real_legacy_pth() {
     let Some(w) = mobilenet_weights() else {

@@ -58,7 +58,7 @@ pub struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// resnet18, resnet34, resnet50 or mobilenet_v2.
+    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2 or mobilenet_v2.
     #[arg(long, default_value = "resnet18")]
     pub arch: Arch,
     /// Pretrained weights file; default: the known ImageNet file (cache or download).

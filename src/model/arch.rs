@@ -10,6 +10,12 @@ pub enum Arch {
     Resnet18,
     Resnet34,
     Resnet50,
+    Resnet101,
+    Resnet152,
+    #[serde(rename = "resnext50_32x4d")]
+    Resnext50,
+    #[serde(rename = "wide_resnet50_2")]
+    WideResnet50,
     MobilenetV2,
 }
 
@@ -24,18 +30,31 @@ pub struct KnownWeights {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [
+    pub const ALL: [Arch; 8] = [
         Arch::Resnet18,
         Arch::Resnet34,
         Arch::Resnet50,
+        Arch::Resnet101,
+        Arch::Resnet152,
+        Arch::Resnext50,
+        Arch::WideResnet50,
         Arch::MobilenetV2,
     ];
+
+    /// The torchvision ResNet family (fastai's `_resnet_split`, 2048 or 512 body channels).
+    fn is_resnet(self) -> bool {
+        !matches!(self, Arch::MobilenetV2)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::Resnet18 => "resnet18",
             Arch::Resnet34 => "resnet34",
             Arch::Resnet50 => "resnet50",
+            Arch::Resnet101 => "resnet101",
+            Arch::Resnet152 => "resnet152",
+            Arch::Resnext50 => "resnext50_32x4d",
+            Arch::WideResnet50 => "wide_resnet50_2",
             Arch::MobilenetV2 => "mobilenet_v2",
         }
     }
@@ -44,16 +63,17 @@ impl Arch {
     pub fn body_channels(self) -> i64 {
         match self {
             Arch::Resnet18 | Arch::Resnet34 => 512,
-            Arch::Resnet50 => 2048,
             Arch::MobilenetV2 => 1280,
+            _ => 2048,
         }
     }
 
     /// Number of parameter groups (fastai splitter): resnet has two body groups plus the head.
     pub fn n_groups(self) -> usize {
-        match self {
-            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => 3,
-            Arch::MobilenetV2 => 2,
+        if self.is_resnet() {
+            3
+        } else {
+            2
         }
     }
 
@@ -63,15 +83,11 @@ impl Arch {
         if var.starts_with("head.") {
             return self.n_groups() - 1;
         }
-        match self {
-            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
-                if var.starts_with("body.layer3.") || var.starts_with("body.layer4.") {
-                    1
-                } else {
-                    0
-                }
-            }
-            Arch::MobilenetV2 => 0,
+        if self.is_resnet() && (var.starts_with("body.layer3.") || var.starts_with("body.layer4."))
+        {
+            1
+        } else {
+            0
         }
     }
 
@@ -94,6 +110,32 @@ impl Arch {
                 url: "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
                 sha256: "11ad3fa6",
                 size_bytes: 102_540_417,
+            },
+            // Sizes of the four below are approximate (only a progress bar's length without a
+            // Content-Length); the hash prefix in the name is checked.
+            Arch::Resnet101 => KnownWeights {
+                file: "resnet101-63fe2227.pth",
+                url: "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+                sha256: "63fe2227",
+                size_bytes: 178_800_000,
+            },
+            Arch::Resnet152 => KnownWeights {
+                file: "resnet152-394f9c45.pth",
+                url: "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+                sha256: "394f9c45",
+                size_bytes: 241_600_000,
+            },
+            Arch::Resnext50 => KnownWeights {
+                file: "resnext50_32x4d-7cdf4587.pth",
+                url: "https://download.pytorch.org/models/resnext50_32x4d-7cdf4587.pth",
+                sha256: "7cdf4587",
+                size_bytes: 100_400_000,
+            },
+            Arch::WideResnet50 => KnownWeights {
+                file: "wide_resnet50_2-95faca4d.pth",
+                url: "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+                sha256: "95faca4d",
+                size_bytes: 138_200_000,
             },
             Arch::MobilenetV2 => KnownWeights {
                 file: "mobilenet_v2-b0353104.pth",
@@ -119,9 +161,12 @@ impl Arch {
         if has("layer1.0.conv1.weight") {
             return Some(
                 if has("layer1.0.conv3.weight") {
-                    if has("layer3.22.conv1.weight") {
+                    if has("layer3.35.conv1.weight") {
+                        "resnet152"
+                    } else if has("layer3.22.conv1.weight") {
                         "resnet101"
                     } else {
+                        // resnext50_32x4d and wide_resnet50_2 share these names (shapes differ).
                         "resnet50"
                     }
                 } else if has("layer3.5.conv1.weight") {
@@ -143,7 +188,7 @@ impl fmt::Display for Arch {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown architecture `{0}`; choose one of: resnet18, resnet34, resnet50, mobilenet_v2")]
+#[error("unknown architecture `{0}`; choose one of: {names}", names = Arch::ALL.map(Arch::name).join(", "))]
 pub struct UnknownArch(pub String);
 
 impl FromStr for Arch {
@@ -154,5 +199,21 @@ impl FromStr for Arch {
             .into_iter()
             .find(|a| a.name() == norm || a.name().replace('_', "") == norm)
             .ok_or_else(|| UnknownArch(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_the_cli_and_model_json() {
+        for a in Arch::ALL {
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+        }
+        assert!(UnknownArch("x".into())
+            .to_string()
+            .contains("wide_resnet50_2"));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::head::{FastaiHead, ImagenetClassifier};
 use super::mobilenet_v2::MobilenetV2Body;
-use super::resnet::ResnetBody;
+use super::resnet::{ResnetBody, Shape};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -29,6 +29,26 @@ fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn ModuleT> {
         Arch::Resnet18 => Box::new(ResnetBody::new(p, [2, 2, 2, 2], false)),
         Arch::Resnet34 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], false)),
         Arch::Resnet50 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], true)),
+        Arch::Resnet101 => Box::new(ResnetBody::new(p, [3, 4, 23, 3], true)),
+        Arch::Resnet152 => Box::new(ResnetBody::new(p, [3, 8, 36, 3], true)),
+        Arch::Resnext50 => Box::new(ResnetBody::with_shape(
+            p,
+            [3, 4, 6, 3],
+            true,
+            Shape {
+                groups: 32,
+                width_per_group: 4,
+            },
+        )),
+        Arch::WideResnet50 => Box::new(ResnetBody::with_shape(
+            p,
+            [3, 4, 6, 3],
+            true,
+            Shape {
+                groups: 1,
+                width_per_group: 128,
+            },
+        )),
         Arch::MobilenetV2 => Box::new(MobilenetV2Body::new(p)),
     }
 }

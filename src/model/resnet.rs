@@ -4,10 +4,23 @@ use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> nn::Conv2D {
+    grouped_conv(p, c_in, c_out, k, stride, pad, 1)
+}
+
+fn grouped_conv(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    stride: i64,
+    pad: i64,
+    groups: i64,
+) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
         padding: pad,
         bias: false,
+        groups,
         ..Default::default()
     };
     nn::conv2d(p, c_in, c_out, k, cfg)
@@ -15,6 +28,22 @@ fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> nn
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, Default::default())
+}
+
+/// torchvision's `groups` and `width_per_group` (64 for plain ResNet).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub groups: i64,
+    pub width_per_group: i64,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            groups: 1,
+            width_per_group: 64,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -65,21 +94,21 @@ fn basic_block(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
     Block { convs, downsample }
 }
 
-fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
+/// torchvision's `Bottleneck`: the 3×3 conv is `width = planes · width_per_group / 64 · groups`
+/// wide and grouped (ResNeXt: 32 groups of 4; Wide ResNet: one group, twice as wide).
+fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64, shape: Shape) -> Block {
     let out = planes * 4;
+    let width = planes * shape.width_per_group / 64 * shape.groups;
     let convs = vec![
         (
-            conv(&p / "conv1", c_in, planes, 1, 1, 0),
-            bn(&p / "bn1", planes),
+            conv(&p / "conv1", c_in, width, 1, 1, 0),
+            bn(&p / "bn1", width),
         ),
         (
-            conv(&p / "conv2", planes, planes, 3, stride, 1),
-            bn(&p / "bn2", planes),
+            grouped_conv(&p / "conv2", width, width, 3, stride, 1, shape.groups),
+            bn(&p / "bn2", width),
         ),
-        (
-            conv(&p / "conv3", planes, out, 1, 1, 0),
-            bn(&p / "bn3", out),
-        ),
+        (conv(&p / "conv3", width, out, 1, 1, 0), bn(&p / "bn3", out)),
     ];
     let downsample = (stride != 1 || c_in != out).then(|| Downsample {
         conv: conv(&p / "downsample" / "0", c_in, out, 1, stride, 0),
@@ -99,6 +128,16 @@ pub struct ResnetBody {
 impl ResnetBody {
     /// `bottleneck` selects resnet50-style blocks; `blocks` is the block count per stage.
     pub fn new(p: &nn::Path, blocks: [usize; 4], use_bottleneck: bool) -> Self {
+        Self::with_shape(p, blocks, use_bottleneck, Shape::default())
+    }
+
+    /// Bottleneck networks with grouped or widened 3×3 convolutions (ResNeXt, Wide ResNet).
+    pub fn with_shape(
+        p: &nn::Path,
+        blocks: [usize; 4],
+        use_bottleneck: bool,
+        shape: Shape,
+    ) -> Self {
         let expansion = if use_bottleneck { 4 } else { 1 };
         let mut layers = Vec::new();
         let mut c_in = 64;
@@ -109,7 +148,7 @@ impl ResnetBody {
                 let stride = if i == 0 && stage > 0 { 2 } else { 1 };
                 let bp = &lp / i.to_string();
                 layers.push(if use_bottleneck {
-                    bottleneck(bp, c_in, planes, stride)
+                    bottleneck(bp, c_in, planes, stride, shape)
                 } else {
                     basic_block(bp, c_in, planes, stride)
                 });

@@ -50,6 +50,12 @@ for arch, size in [("resnet18", 224), ("resnet50", 160)]:
     if arch == "resnet18":
         save_file(plain_sd(m), f"{out}/resnet18.safetensors")
 
+# The deeper, grouped and wide bottleneck ResNets: random weights, small inputs (parity only).
+for arch in ["resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]:
+    m = randomize(getattr(torchvision.models, arch)(weights=None))
+    torch.save(m.state_dict(), f"{out}/{arch}.pth")
+    save_io(arch, m, torch.randn(2, 3, 64, 64))
+
 # resnet34: parity, and the wrong-arch error test (it holds every resnet18 key).
 m = randomize(torchvision.models.resnet34(weights=None))
 torch.save(m.state_dict(), f"{out}/resnet34.pth")
