@@ -12,12 +12,12 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::List => {
             println!("cache: {}", registry::cache_dir().display());
-            println!("{:<14} {:>8}  {:<8} file", "arch", "size", "cached");
+            println!("{:<16} {:>8}  {:<8} file", "arch", "size", "cached");
             for arch in Arch::ALL {
                 let k = arch.known_weights();
                 let cached = registry::cached(arch).is_some();
                 println!(
-                    "{:<14} {:>6.1}MB  {:<8} {}",
+                    "{:<16} {:>6.1}MB  {:<8} {}",
                     arch.name(),
                     k.size_bytes as f64 / 1e6,
                     if cached { "yes" } else { "no" },
