@@ -231,24 +231,42 @@ fn parse_top_k(query: Option<&str>) -> Result<Option<usize>, ApiError> {
     Ok(None)
 }
 
-/// Reads the whole body, at most [`MAX_BODY`] bytes.
+/// Reads the whole body, at most [`MAX_BODY`] bytes. A larger body is still read (and thrown away)
+/// up to [`DRAIN_CAP`], so that clients which send the whole body before reading the answer (Python
+/// `requests`, `ureq`) see the 413 instead of a broken pipe; past that the connection is dropped.
 async fn read_body(body: Body, headers: &axum::http::HeaderMap) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return Err(ApiError::too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        let text = format!("{e:?} {e}").to_ascii_lowercase();
-        if text.contains("length limit") {
-            ApiError::too_large()
-        } else {
-            ApiError::bad(format!("cannot read the request body: {e}"))
+    let mut body = body;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > DRAIN_CAP {
+                break;
+            }
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            }
         }
-    })
+    }
+    if total > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(Bytes::from(buf))
 }
+
+/// How much of an oversized body is read before answering 413.
+const DRAIN_CAP: usize = 64 * 1024 * 1024;
 
 fn decode_b64(s: &str) -> Result<Vec<u8>, String> {
     // A data URL (`data:image/png;base64,...`) is accepted as well as plain base64.
