@@ -486,7 +486,7 @@ fn load_is_batched_and_overload_is_503() {
         "--max-batch-delay-ms",
         "20",
         "--queue",
-        "24",
+        "12",
     ]);
     let files = images();
     let want = reference(&files);
@@ -540,6 +540,38 @@ fn load_is_batched_and_overload_is_503() {
         "load: {ok} answered, {busy} told to retry, serving {}",
         card["serving"]
     );
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    // Two images wait in a batch that is still being gathered; a third finds the queue full.
+    let s = Server::start(&[
+        "--max-batch",
+        "64",
+        "--max-batch-delay-ms",
+        "1500",
+        "--queue",
+        "2",
+    ]);
+    let png = std::fs::read(&images()[0]).unwrap();
+    let url = s.url("/predictions/pets");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let r = post(&url, "image/png", &png);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        assert!(r.error().contains("queue is full"));
+        for h in hs {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    });
+    let card = get(&s.url("/models/pets")).json();
+    assert_eq!(card["serving"]["largest_batch"], 2, "{}", card["serving"]);
+    assert_eq!(card["serving"]["queued"], 0);
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub struct WorkerStats {
 #[derive(Clone)]
 pub struct Queue {
     tx: SyncSender<Job>,
+    cap: usize,
     pub stats: Arc<WorkerStats>,
 }
 
@@ -39,8 +40,13 @@ pub struct Queue {
 pub struct Full;
 
 impl Queue {
+    /// Queues one image; refused when `--queue` images already wait for a forward pass (those in a
+    /// batch still being gathered count as waiting).
     pub fn submit(&self, job: Job) -> Result<(), Full> {
-        self.stats.queued.fetch_add(1, Ordering::SeqCst);
+        if self.stats.queued.fetch_add(1, Ordering::SeqCst) >= self.cap {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Full);
+        }
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -64,7 +70,8 @@ pub fn spawn(
     settings: &BatchSettings,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+    let cap = settings.queue.max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel(cap);
     let stats = Arc::new(WorkerStats::default());
     let max_batch = settings.max_batch.max(1);
     let max_delay = settings.max_delay;
@@ -72,7 +79,7 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("infer-{name}"))
         .spawn(move || run(bundle, rx, max_batch, max_delay, st, metrics))?;
-    Ok((Queue { tx, stats }, handle))
+    Ok((Queue { tx, cap, stats }, handle))
 }
 
 fn run(
