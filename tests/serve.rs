@@ -440,6 +440,11 @@ fn bad_inputs_are_json_errors() {
     );
     check(get(&s.url("/models/nope")), 404, "no model named");
     check(get(&s.url("/no/such/route")), 404, "no such route");
+    check(
+        send("DELETE", &s.url("/models/pets"), &[], None),
+        405,
+        "method not allowed",
+    );
     // The server is still healthy after all of that.
     assert_eq!(get(&s.url("/ping")).status, 200);
 }

@@ -69,10 +69,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}/ready", get(v2_model_ready))
         .route("/v2/models/{model}/infer", post(v2_infer))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route (predictions are POST, the rest GET)",
+    )
 }
 
 async fn not_found() -> ApiError {
