@@ -8,4 +8,5 @@ pub mod download;
 pub mod infer;
 pub mod model;
 pub mod search;
+pub mod serve;
 pub mod train;

@@ -6,6 +6,7 @@ mod imagenet;
 mod lr_find;
 mod predict;
 mod quickstart;
+mod serve;
 mod train;
 mod weights;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
     ClassifyImagenet(imagenet::Args),
+    /// Serve models over HTTP (predictions, model cards, metrics) with dynamic batching.
+    Serve(serve::Args),
     /// List or download known pretrained weights.
     #[command(subcommand)]
     Weights(weights::Cmd),
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::LrFind(a) => lr_find::run(a),
         Command::ClassifyImagenet(a) => imagenet::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Weights(c) => weights::run(c),
     }
 }

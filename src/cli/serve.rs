@@ -1,0 +1,50 @@
+use finetune::serve;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model bundle folders (from `finetune train --out`); each is served under its folder name.
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
+    /// Address to listen on; 0.0.0.0 makes the server reachable from other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Most images in one forward pass.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long the worker waits for more images after the first one of a batch, in ms.
+    #[arg(long, default_value_t = 5)]
+    max_batch_delay_ms: u64,
+    /// Images waiting per model beyond which requests are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Require `Authorization: Bearer SECRET` on every route except /ping and /v2/health/*.
+    #[arg(long, env = "FINETUNE_SERVE_TOKEN")]
+    token: Option<String>,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let device = a.compute.device()?;
+    let opts = serve::Options {
+        host: a.host,
+        port: a.port,
+        max_batch: a.max_batch.max(1),
+        max_batch_delay: Duration::from_millis(a.max_batch_delay_ms),
+        queue: a.queue.max(1),
+        device,
+        token: a.token,
+    };
+    serve::run(&a.models, opts, |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    })?;
+    Ok(())
+}

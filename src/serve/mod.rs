@@ -1,0 +1,168 @@
+//! `finetune serve`: an HTTP server over one or more model bundles, with dynamic batching.
+//!
+//! Routes (see README "Serve"): `POST /predictions/{model}`, `GET /ping`, `GET /models`,
+//! `GET /models/{model}`, `GET /metrics`.
+
+pub mod metrics;
+mod routes;
+pub mod worker;
+
+use crate::infer::{bundle, BundleError, ModelInfo};
+use metrics::Metrics;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use worker::{BatchSettings, Queue};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 20 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("two models are named {0:?}; model names are the bundle folder names and must differ")]
+    DuplicateName(String),
+    #[error("{0} has no usable folder name to serve it under")]
+    NoName(PathBuf),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub max_batch: usize,
+    pub max_batch_delay: Duration,
+    pub queue: usize,
+    pub device: tch::Device,
+    pub token: Option<String>,
+}
+
+/// One served model: its card data and its worker's queue.
+pub struct Model {
+    pub name: String,
+    pub info: Arc<ModelInfo>,
+    /// The final row of metrics.csv, column → value.
+    pub final_metrics: Option<BTreeMap<String, String>>,
+    pub queue: Queue,
+}
+
+pub struct AppState {
+    pub models: BTreeMap<String, Model>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<String>,
+}
+
+fn final_row(dir: &std::path::Path) -> Option<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).ok()?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next()?.split(',').collect();
+    let last: Vec<&str> = lines.next_back()?.split(',').collect();
+    Some(
+        header
+            .iter()
+            .zip(last)
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Loads every bundle once, starts one worker per model, binds, calls `on_listening` with the bound
+/// address, and serves until SIGINT/SIGTERM; in-flight requests finish before it returns.
+pub fn run(
+    dirs: &[PathBuf],
+    opts: Options,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    let settings = BatchSettings {
+        max_batch: opts.max_batch,
+        max_delay: opts.max_batch_delay,
+        queue: opts.queue,
+    };
+    let mut models = BTreeMap::new();
+    let mut workers = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.clone())
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| ServeError::NoName(dir.clone()))?;
+        if models.contains_key(&name) {
+            return Err(ServeError::DuplicateName(name));
+        }
+        let b = bundle::load(dir, opts.device)?;
+        let info = b.info.clone();
+        let (queue, handle) = worker::spawn(&name, b, &settings, metrics.clone())?;
+        workers.push(handle);
+        models.insert(
+            name.clone(),
+            Model {
+                name,
+                info: Arc::new(info),
+                final_metrics: final_row(dir),
+                queue,
+            },
+        );
+    }
+    let state = Arc::new(AppState {
+        models,
+        metrics,
+        token: opts.token.filter(|t| !t.is_empty()),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let addr = format!("{}:{}", opts.host, opts.port);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        on_listening(listener.local_addr()?);
+        axum::serve(listener, routes::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        Ok::<(), ServeError>(())
+    })?;
+    // The router (and every queue sender) is dropped: the workers finish their last batch and end.
+    drop(rt);
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}

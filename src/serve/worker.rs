@@ -1,0 +1,129 @@
+//! The batching worker: one thread per model owns the network, takes what is queued (up to
+//! `max_batch`, waiting at most `max_delay` after the first item), runs one forward pass and
+//! answers each request through its oneshot channel.
+
+use super::metrics::Metrics;
+use crate::infer::predict::probabilities;
+use crate::infer::Bundle;
+use image::RgbImage;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// One preprocessed image and where its probabilities go.
+pub struct Job {
+    pub image: RgbImage,
+    pub reply: oneshot::Sender<Vec<f32>>,
+}
+
+/// Counters of one model's worker, shown in the model card and /metrics.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub queued: AtomicUsize,
+    pub batches: AtomicU64,
+    pub images: AtomicU64,
+    pub largest_batch: AtomicUsize,
+}
+
+/// The sending side of a model's queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Job>,
+    cap: usize,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// The queue is full: the caller should retry later.
+#[derive(Debug)]
+pub struct Full;
+
+impl Queue {
+    /// Queues one image; refused when `--queue` images already wait for a forward pass (those in a
+    /// batch still being gathered count as waiting).
+    pub fn submit(&self, job: Job) -> Result<(), Full> {
+        if self.stats.queued.fetch_add(1, Ordering::SeqCst) >= self.cap {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Full);
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(Full)
+            }
+        }
+    }
+}
+
+pub struct BatchSettings {
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    pub queue: usize,
+}
+
+/// Starts the worker thread that owns `bundle`; it ends when every [`Queue`] clone is dropped.
+pub fn spawn(
+    name: &str,
+    bundle: Bundle,
+    settings: &BatchSettings,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
+    let cap = settings.queue.max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel(cap);
+    let stats = Arc::new(WorkerStats::default());
+    let max_batch = settings.max_batch.max(1);
+    let max_delay = settings.max_delay;
+    let st = stats.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("infer-{name}"))
+        .spawn(move || run(bundle, rx, max_batch, max_delay, st, metrics))?;
+    Ok((Queue { tx, cap, stats }, handle))
+}
+
+fn run(
+    bundle: Bundle,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    max_delay: Duration,
+    stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
+) {
+    let _guard = tch::no_grad_guard();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + max_delay;
+        while jobs.len() < max_batch {
+            // Take what is already queued without waiting, then wait until the deadline.
+            match rx.try_recv() {
+                Ok(j) => {
+                    jobs.push(j);
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(j) => jobs.push(j),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
+        let refs: Vec<&RgbImage> = jobs.iter().map(|j| &j.image).collect();
+        let probs = probabilities(&bundle, &refs);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.images.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        stats.largest_batch.fetch_max(jobs.len(), Ordering::Relaxed);
+        metrics.observe_batch(jobs.len());
+        let mut probs = probs.into_iter();
+        for j in jobs {
+            // A request whose client went away has dropped its receiver; nothing to do.
+            let _ = j.reply.send(probs.next().unwrap_or_default());
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! `finetune serve` end to end: the real binary on an ephemeral port, a real HTTP client.
+
+mod common;
+
+use base64::Engine;
+use common::bin;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A tiny trained bundle named `pets` and its data, made once for the whole file.
+fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
+    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        common::synthetic(&data, 8);
+        let model = tmp.path().join("pets");
+        let out = bin()
+            .args([
+                "train",
+                "--random-init",
+                "--arch",
+                "resnet18",
+                "--size",
+                "32",
+                "--bs",
+                "8",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--out",
+            ])
+            .arg(&model)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "train failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (tmp, data, model)
+    })
+}
+
+fn images() -> Vec<PathBuf> {
+    let (_, data, _) = fixture();
+    let mut v: Vec<PathBuf> = ["red [a]", "blue é"]
+        .iter()
+        .flat_map(|c| (0..2).map(move |i| data.join(c).join(format!("img {i} (copy).png"))))
+        .collect();
+    // A JPEG too, so a second decoder is covered.
+    let jpg = data.parent().unwrap().join("photo.jpg");
+    if !jpg.exists() {
+        image::open(&v[0]).unwrap().to_rgb8().save(&jpg).unwrap();
+    }
+    v.push(jpg);
+    v
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let (_, _, model) = fixture();
+        let mut child = bin()
+            .arg("serve")
+            .arg(model)
+            .args(["--port", "0", "--device", "cpu", "--threads", "1"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", self.body))
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    let mut r = agent().request(method, url);
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let res = match body {
+        Some(b) => r.send_bytes(b),
+        None => r.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: transport error {e}"),
+    };
+    Resp {
+        status: resp.status(),
+        retry_after: resp.header("retry-after").map(str::to_string),
+        body: resp.into_string().unwrap(),
+    }
+}
+
+fn get(url: &str) -> Resp {
+    send("GET", url, &[], None)
+}
+
+fn post(url: &str, ct: &str, body: &[u8]) -> Resp {
+    send("POST", url, &[("Content-Type", ct)], Some(body))
+}
+
+fn multipart(files: &[&[u8]]) -> (String, Vec<u8>) {
+    let boundary = "XyZfinetuneBoundary42";
+    let mut body = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"f{i}.png\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(f);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// label → probability from `finetune predict --json` for every file.
+fn reference(files: &[PathBuf]) -> Vec<Vec<(String, f64)>> {
+    let (_, _, model) = fixture();
+    let out = bin()
+        .arg("predict")
+        .arg(model)
+        .args(files)
+        .args([
+            "--json",
+            "--top-k",
+            "10",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        x["label"].as_str().unwrap().to_string(),
+                        x["probability"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_same(got: &Value, want: &[(String, f64)], what: &str) {
+    let got = got.as_array().unwrap_or_else(|| panic!("{what}: {got}"));
+    assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+    for (g, (label, p)) in got.iter().zip(want) {
+        assert_eq!(g["label"].as_str().unwrap(), label, "{what}");
+        let s = g["score"].as_f64().unwrap();
+        assert!((s - p).abs() <= 1e-5, "{what}: {label} {s} vs predict {p}");
+    }
+    let scores: Vec<f64> = got.iter().map(|g| g["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "{what}: not sorted"
+    );
+}
+
+#[test]
+fn routes_and_parity_with_predict() {
+    let s = Server::start(&[]);
+    let r = get(&s.url("/ping"));
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"status": "Healthy"}))
+    );
+    let r = get(&s.url("/models"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["models"][0]["name"], "pets");
+    let card = get(&s.url("/models/pets"));
+    assert_eq!(card.status, 200);
+    let c = card.json();
+    assert_eq!(c["arch"], "resnet18");
+    assert_eq!(c["classes"].as_array().unwrap().len(), 2);
+    assert_eq!(c["input_size"]["width"], 32);
+    assert!(c["resize"].is_string(), "{c}");
+    assert!(c["training"]["bs"].is_number(), "{c}");
+    assert!(c["valid_error_rate"].is_number(), "{c}");
+    assert!(c["final_epoch"]["error_rate"].is_string(), "{c}");
+
+    let files = images();
+    let want = reference(&files);
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let url = s.url("/predictions/pets");
+    for (i, b) in bytes.iter().enumerate() {
+        let r = post(&url, "application/octet-stream", b);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_same(&r.json(), &want[i], "raw");
+        let r = send("PUT", &url, &[], Some(b));
+        assert_same(&r.json(), &want[i], "raw PUT, no content type");
+        let r = post(&url, "image/png", b);
+        assert_same(&r.json(), &want[i], "image/*");
+        let (ct, body) = multipart(&[b]);
+        let r = post(&url, &ct, &body);
+        assert_same(&r.json(), &want[i], "multipart");
+        let j = serde_json::json!({"inputs": b64(b)}).to_string();
+        let r = post(&url, "application/json", j.as_bytes());
+        assert_same(&r.json(), &want[i], "base64");
+    }
+    // Several images at once: one list per image, in order.
+    let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+    let (ct, body) = multipart(&refs);
+    let r = post(&url, &ct, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (i, l) in r.json().as_array().unwrap().iter().enumerate() {
+        assert_same(l, &want[i], "multipart, several");
+    }
+    let list: Vec<String> = bytes.iter().map(|b| b64(b)).collect();
+    let j = serde_json::json!({ "inputs": list }).to_string();
+    let r = post(&url, "application/json", j.as_bytes());
+    let v = r.json();
+    assert_eq!(v.as_array().unwrap().len(), bytes.len());
+    for (i, l) in v.as_array().unwrap().iter().enumerate() {
+        assert_same(l, &want[i], "base64 list");
+    }
+    // top_k: default 5 clamped to the 2 classes; top_k=1 gives one.
+    let r = post(&format!("{url}?top_k=1"), "image/png", &bytes[0]);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    assert_eq!(r.json()[0]["label"].as_str().unwrap(), want[0][0].0);
+    let r = post(&format!("{url}?top_k=abc"), "image/png", &bytes[0]);
+    assert_eq!(r.status, 400);
+
+    // KServe v2 subset.
+    assert_eq!(get(&s.url("/v2/health/live")).status, 200);
+    assert_eq!(get(&s.url("/v2/health/ready")).status, 200);
+    let m = get(&s.url("/v2/models/pets")).json();
+    assert_eq!(m["outputs"][0]["shape"][1], 2);
+    assert_eq!(get(&s.url("/v2/models/pets/ready")).json()["ready"], true);
+    assert_eq!(get(&s.url("/v2/models/nope/ready")).status, 404);
+    let j = serde_json::json!({"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [b64(&bytes[0]), b64(&bytes[2])]}]});
+    let r = post(
+        &s.url("/v2/models/pets/infer"),
+        "application/json",
+        j.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["id"], "r1");
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([2, 2]));
+    let data: Vec<f64> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let classes: Vec<String> = c["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    for (row, wi) in [(0usize, 0usize), (1, 2)] {
+        for (label, p) in &want[wi] {
+            let ci = classes.iter().position(|x| x == label).unwrap();
+            assert!((data[row * 2 + ci] - p).abs() <= 1e-5);
+        }
+    }
+
+    // /metrics: Prometheus text with the routes seen so far.
+    let m = get(&s.url("/metrics"));
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("finetune_requests_total{method=\"POST\",route=\"/predictions/{model}\",status=\"200\"}"), "{}", m.body);
+    assert!(m.body.contains("finetune_batch_size_count"));
+    assert!(m.body.contains("finetune_queue_depth{model=\"pets\"} 0"));
+    assert!(m.body.contains("finetune_request_duration_seconds_bucket"));
+}
+
+/// A PNG signature and an IHDR chunk claiming `w`×`h` pixels, with a correct CRC.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend_from_slice(&w.to_be_bytes());
+    chunk.extend_from_slice(&h.to_be_bytes());
+    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(&chunk);
+    v.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v.extend_from_slice(b"IDAT");
+    v
+}
+
+fn truncated_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(256, 256, |x, y| {
+        image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+    });
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+    let b = buf.into_inner();
+    b[..b.len() * 2 / 3].to_vec()
+}
+
+#[test]
+fn bad_inputs_are_json_errors() {
+    let s = Server::start(&[]);
+    let url = s.url("/predictions/pets");
+    let check = |r: Resp, status: u16, needle: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let e = r.error();
+        assert!(e.contains(needle), "{needle:?} not in {e:?}");
+    };
+    check(post(&url, "image/png", b""), 400, "empty body");
+    check(
+        post(&url, "text/plain", b"hello"),
+        400,
+        "unsupported content type",
+    );
+    check(
+        post(&url, "application/json", b"{\"inputs\": \"!!!notbase64\"}"),
+        400,
+        "base64",
+    );
+    check(
+        post(&url, "application/json", b"{\"inputs\": "),
+        400,
+        "bad JSON",
+    );
+    check(post(&url, "application/json", b"{\"x\": 1}"), 400, "inputs");
+    check(
+        post(&url, "application/octet-stream", &vec![7u8; 30 << 20]),
+        413,
+        "larger than 20 MB",
+    );
+    check(
+        post(
+            &url,
+            "application/octet-stream",
+            b"<!DOCTYPE html><html><body>hi</body></html>",
+        ),
+        400,
+        "not an image (content is HTML)",
+    );
+    check(
+        post(&url, "image/jpeg", &truncated_jpeg()),
+        400,
+        "truncated",
+    );
+    check(
+        post(&url, "image/png", &png_header(65000, 65000)),
+        400,
+        "65000x65000",
+    );
+    let (ct, body) = multipart(&[b"<html>no</html>"]);
+    check(post(&url, &ct, &body), 400, "HTML");
+    check(
+        post(&s.url("/predictions/nope"), "image/png", b"x"),
+        404,
+        "no model named \"nope\"",
+    );
+    check(get(&s.url("/models/nope")), 404, "no model named");
+    check(get(&s.url("/no/such/route")), 404, "no such route");
+    check(
+        send("DELETE", &s.url("/models/pets"), &[], None),
+        405,
+        "method not allowed",
+    );
+    // The server is still healthy after all of that.
+    assert_eq!(get(&s.url("/ping")).status, 200);
+}
+
+#[test]
+fn token_is_required_when_set() {
+    let s = Server::start(&["--token", "s3cret"]);
+    let png = std::fs::read(&images()[0]).unwrap();
+    let url = s.url("/predictions/pets");
+    let r = post(&url, "image/png", &png);
+    assert_eq!(r.status, 401);
+    assert!(r.error().contains("Bearer"));
+    let r = send(
+        "POST",
+        &url,
+        &[
+            ("Content-Type", "image/png"),
+            ("Authorization", "Bearer wrong"),
+        ],
+        Some(&png),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(get(&s.url("/models")).status, 401);
+    let r = send(
+        "POST",
+        &url,
+        &[
+            ("Content-Type", "image/png"),
+            ("Authorization", "Bearer s3cret"),
+        ],
+        Some(&png),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Health probes stay open.
+    assert_eq!(get(&s.url("/ping")).status, 200);
+    assert_eq!(get(&s.url("/v2/health/live")).status, 200);
+}
+
+#[test]
+fn load_is_batched_and_overload_is_503() {
+    let s = Server::start(&[
+        "--max-batch",
+        "16",
+        "--max-batch-delay-ms",
+        "20",
+        "--queue",
+        "12",
+    ]);
+    let files = images();
+    let want = reference(&files);
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let url = s.url("/predictions/pets");
+    let (mut ok, mut busy) = (0, 0);
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..16)
+            .map(|t| {
+                let (url, bytes, want) = (&url, &bytes, &want);
+                sc.spawn(move || {
+                    let (mut ok, mut busy) = (0, 0);
+                    for i in 0..25 {
+                        let k = (t + i) % bytes.len();
+                        let r = post(url, "image/png", &bytes[k]);
+                        match r.status {
+                            200 => {
+                                assert_same(&r.json(), &want[k], "under load");
+                                ok += 1;
+                            }
+                            503 => {
+                                assert!(r.retry_after.is_some(), "503 without Retry-After");
+                                busy += 1;
+                            }
+                            s => panic!("status {s}: {}", r.body),
+                        }
+                    }
+                    (ok, busy)
+                })
+            })
+            .collect();
+        for h in hs {
+            let (o, b) = h.join().unwrap();
+            ok += o;
+            busy += b;
+        }
+    });
+    assert_eq!(ok + busy, 400);
+    assert!(ok > 0);
+    let card = get(&s.url("/models/pets")).json();
+    let largest = card["serving"]["largest_batch"].as_u64().unwrap();
+    assert!(largest > 1, "no batch larger than 1: {}", card["serving"]);
+    assert!(largest <= 16);
+    assert_eq!(
+        card["serving"]["images"].as_u64().unwrap(),
+        ok as u64,
+        "{}",
+        card["serving"]
+    );
+    eprintln!(
+        "load: {ok} answered, {busy} told to retry, serving {}",
+        card["serving"]
+    );
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    // Two images wait in a batch that is still being gathered; a third finds the queue full.
+    let s = Server::start(&[
+        "--max-batch",
+        "64",
+        "--max-batch-delay-ms",
+        "1500",
+        "--queue",
+        "2",
+    ]);
+    let png = std::fs::read(&images()[0]).unwrap();
+    let url = s.url("/predictions/pets");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let r = post(&url, "image/png", &png);
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        assert!(r.error().contains("queue is full"));
+        for h in hs {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    });
+    let card = get(&s.url("/models/pets")).json();
+    assert_eq!(card["serving"]["largest_batch"], 2, "{}", card["serving"]);
+    assert_eq!(card["serving"]["queued"], 0);
+}
+
+#[test]
+fn sigint_lets_requests_in_flight_finish() {
+    // A long batching delay keeps the requests inside the server when the signal arrives.
+    let mut s = Server::start(&["--max-batch", "64", "--max-batch-delay-ms", "1500"]);
+    let png = std::fs::read(&images()[0]).unwrap();
+    let url = s.url("/predictions/pets");
+    let results = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = s.child.id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for r in &results {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json().as_array().unwrap().len(), 2);
+    }
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "server exit: {status:?}");
+    // No new connections after shutdown.
+    assert!(agent().get(&s.url("/ping")).call().is_err());
+}
