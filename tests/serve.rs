@@ -46,6 +46,19 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
             "train failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A saved evaluation goes into the bundle, for the model card.
+        let out = bin()
+            .args(["evaluate", "--save", "--json", "--device", "cpu"])
+            .arg(&model)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(model.join("evaluation.json").is_file() && model.join("confusion.svg").is_file());
         (tmp, data, model)
     })
 }
@@ -254,6 +267,12 @@ fn routes_and_parity_with_predict() {
     assert!(c["training"]["bs"].is_number(), "{c}");
     assert!(c["valid_error_rate"].is_number(), "{c}");
     assert!(c["final_epoch"]["error_rate"].is_string(), "{c}");
+    let saved: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().2.join("evaluation.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["test_accuracy"], saved["accuracy"], "{c}");
+    assert_eq!(c["evaluation"]["total"], 16, "{c}");
 
     let files = images();
     let want = reference(&files);

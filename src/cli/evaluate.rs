@@ -16,6 +16,9 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Store the evaluation in the bundle (evaluation.json, confusion.svg) for its model card.
+    #[arg(long)]
+    save: bool,
     #[command(flatten)]
     compute: super::ComputeArgs,
 }
@@ -31,6 +34,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         std::fs::write(p, ev.confusion_svg())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
         eprintln!("confusion matrix plot: {}", p.display());
+    }
+    if a.save {
+        ev.save(&a.model, &a.test_dir).map_err(|e| {
+            anyhow::anyhow!("cannot save the evaluation in {}: {e}", a.model.display())
+        })?;
+        eprintln!("evaluation saved in {}", a.model.display());
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&ev)?);

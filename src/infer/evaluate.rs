@@ -54,6 +54,22 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// Where `evaluate --save` puts its results inside a bundle (the model card and serve read them).
+pub const EVALUATION_FILE: &str = "evaluation.json";
+pub const CONFUSION_FILE: &str = "confusion.svg";
+
+impl Evaluation {
+    /// Stores this evaluation in the bundle `dir` (written atomically: a crash never leaves half of
+    /// it), with the test folder it was measured on.
+    pub fn save(&self, dir: &Path, test_dir: &Path) -> std::io::Result<()> {
+        let mut v = serde_json::to_value(self).map_err(std::io::Error::other)?;
+        v["test_dir"] = serde_json::json!(test_dir.display().to_string());
+        let json = serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)?;
+        crate::atomic::write_file(&dir.join(EVALUATION_FILE), &json)?;
+        crate::atomic::write_file(&dir.join(CONFUSION_FILE), self.confusion_svg().as_bytes())
+    }
+}
+
 pub fn evaluate(
     bundle: &Bundle,
     test_dir: &Path,

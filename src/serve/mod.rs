@@ -52,6 +52,8 @@ pub struct Model {
     pub info: Arc<ModelInfo>,
     /// The final row of metrics.csv, column → value.
     pub final_metrics: Option<BTreeMap<String, String>>,
+    /// What `evaluate --save` stored in the bundle, if anything.
+    pub evaluation: Option<serde_json::Value>,
     pub queue: Queue,
 }
 
@@ -61,8 +63,21 @@ pub struct AppState {
     pub token: Option<String>,
 }
 
+/// A small file of the bundle, bounded like every read of a user's file.
+fn small_text(path: &std::path::Path) -> Option<String> {
+    let bytes = crate::data::files::read_capped(path, 16 * 1024 * 1024).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn evaluation(dir: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&small_text(
+        &dir.join(crate::infer::evaluate::EVALUATION_FILE),
+    )?)
+    .ok()
+}
+
 fn final_row(dir: &std::path::Path) -> Option<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).ok()?;
+    let text = small_text(&dir.join("metrics.csv"))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next()?.split(',').collect();
     let last: Vec<&str> = lines.next_back()?.split(',').collect();
@@ -111,6 +126,7 @@ pub fn run(
                 name,
                 info: Arc::new(info),
                 final_metrics: final_row(dir),
+                evaluation: evaluation(dir),
                 queue,
             },
         );

@@ -197,6 +197,16 @@ async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<Valu
         "metrics": i.metrics,
         "final_epoch": m.final_metrics,
         "valid_error_rate": valid_error,
+        // From `finetune evaluate MODEL TESTDIR --save`, when it was run.
+        "test_accuracy": m.evaluation.as_ref().and_then(|e| e.get("accuracy").cloned()),
+        "evaluation": m.evaluation.as_ref().map(|e| json!({
+            "accuracy": e.get("accuracy"),
+            "correct": e.get("correct"),
+            "total": e.get("total"),
+            "test_dir": e.get("test_dir"),
+            "per_class": e.get("per_class"),
+            "confusion": e.get("confusion"),
+        })),
         "finetune_version": i.finetune_version,
         "serving": {
             "batches": s.batches.load(Relaxed),
