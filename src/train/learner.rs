@@ -312,9 +312,33 @@ impl Learner {
     /// state, RNG and epoch rows are restored when the fit it was in starts again.
     pub fn resume_from(&mut self, ck: Checkpoint) -> Result<(), String> {
         let vars = self.net.vs.variables();
-        for k in vars.keys() {
-            if !ck.tensors.iter().any(|(n, _)| n == &format!("model.{k}")) {
-                return Err(format!("the checkpoint lacks the network variable {k}"));
+        let shape_of = |name: &str| {
+            ck.tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.size())
+        };
+        for (k, v) in &vars {
+            match shape_of(&format!("model.{k}")) {
+                Some(s) if s == v.size() => {}
+                Some(s) => {
+                    return Err(format!(
+                        "the checkpoint's {k} has shape {s:?}, the network's {:?}",
+                        v.size()
+                    ))
+                }
+                None => return Err(format!("the checkpoint lacks the network variable {k}")),
+            }
+        }
+        // Every parameter with a step count needs both moments, shaped like the parameter.
+        for name in ck.state.steps.keys() {
+            let want = vars.get(name).map(|v| v.size());
+            for m in ["grad_avg", "sqr_avg"] {
+                if shape_of(&format!("{m}.{name}")) != want || want.is_none() {
+                    return Err(format!(
+                        "the checkpoint's optimizer state for {name} is missing or misshapen"
+                    ));
+                }
             }
         }
         if ck.state.rng.restore().is_none() {
@@ -342,8 +366,7 @@ impl Learner {
                 }
             }
         });
-        // Shapes were checked when the weights loaded; a mismatch here means a corrupt state file,
-        // which resume_from's caller has already validated.
+        // resume_from checked every shape, so this cannot fail.
         let _ = self.opt.load_state(&map, &ck.state.steps);
         if let Some(r) = ck.state.rng.restore() {
             self.rng = r;
