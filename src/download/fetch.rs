@@ -27,7 +27,17 @@ pub enum FailReason {
 }
 
 impl FailReason {
-    /// The summary column this failure counts under.
+    /// Every summary column, in the order the table shows them.
+    pub const COLUMNS: [&'static str; 6] = [
+        "timeout",
+        "http",
+        "not_image",
+        "too_large",
+        "decode",
+        "network",
+    ];
+
+    /// The summary column this failure counts under (one of [`Self::COLUMNS`]).
     pub fn column(&self) -> &'static str {
         match self {
             FailReason::Timeout => "timeout",

@@ -535,14 +535,7 @@ fn split_test(
 
 /// The summary table printed at the end of a download.
 pub fn summary_table(s: &[ClassSummary]) -> String {
-    let cols = [
-        "timeout",
-        "http",
-        "not_image",
-        "too_large",
-        "decode",
-        "network",
-    ];
+    let cols = FailReason::COLUMNS;
     let w = s
         .iter()
         .map(|c| c.class.chars().count())
