@@ -32,4 +32,7 @@ args=(--arch mobilenet_v2)
 
 $BIN train assets/sample/train "${args[@]}" --epochs 3 --bs 32 --out target/demo-model --force
 echo
-$BIN evaluate target/demo-model assets/sample/test
+# --save keeps the evaluation in the bundle: `finetune serve` shows it on the model card.
+$BIN evaluate target/demo-model assets/sample/test --save
+echo
+echo "Try it in a browser: $BIN serve target/demo-model   (then open http://127.0.0.1:8080)"

@@ -28,6 +28,8 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have safetensors 0.0.0 2>/dev/null || "$VENV/bin/python" -c 'import safetensors' 2>/dev/null || need+=("safetensors")
   "$VENV/bin/python" -c 'import numpy' 2>/dev/null || need+=("numpy")
   "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")
+  # The serve page's browser test (it drives the system's Chromium; no browser is downloaded).
+  have playwright 1.65.2 || need+=("playwright==1.65.2")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

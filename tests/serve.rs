@@ -121,6 +121,7 @@ impl Drop for Server {
 struct Resp {
     status: u16,
     retry_after: Option<String>,
+    headers: std::collections::HashMap<String, String>,
     body: String,
 }
 
@@ -156,9 +157,15 @@ fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) 
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: transport error {e}"),
     };
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| Some((n.to_ascii_lowercase(), resp.header(&n)?.to_string())))
+        .collect();
     Resp {
         status: resp.status(),
         retry_after: resp.header("retry-after").map(str::to_string),
+        headers,
         body: resp.into_string().unwrap(),
     }
 }
@@ -497,7 +504,8 @@ fn token_is_required_when_set() {
         Some(&png),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    // Health probes stay open.
+    // Health probes and the page (which asks for the token) stay open.
+    assert_eq!(get(&s.url("/")).status, 200);
     assert_eq!(get(&s.url("/ping")).status, 200);
     assert_eq!(get(&s.url("/v2/health/live")).status, 200);
 }
@@ -623,4 +631,280 @@ fn sigint_lets_requests_in_flight_finish() {
     assert!(status.success(), "server exit: {status:?}");
     // No new connections after shutdown.
     assert!(agent().get(&s.url("/ping")).call().is_err());
+}
+
+/// Normalised `[3, H, W]` floats of `file`, made with the library's own preprocessing: what a KServe
+/// v2 client sends as an `FP32` input.
+fn fp32_of(file: &std::path::Path) -> Vec<f32> {
+    let (_, _, model) = fixture();
+    let info = finetune::infer::bundle::read_info(model).unwrap();
+    let img = image::open(file).unwrap().to_rgb8();
+    let img = finetune::infer::predict::preprocess(&img, &info);
+    let (w, h) = img.dimensions();
+    let (mean, std) = (info.normalization.mean, info.normalization.std);
+    let mut out = vec![0f32; (3 * w * h) as usize];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            let v = (p[c] as f64 / 255.0 - mean[c]) / std[c];
+            out[(c as u32 * h * w + y * w + x) as usize] = v as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn kserve_fp32_tensors_and_triton_classification() {
+    let s = Server::start(&[]);
+    let files = images();
+    let want = reference(&files);
+    let url = s.url("/v2/models/pets/infer");
+    let meta = get(&s.url("/v2/models/pets")).json();
+    assert_eq!(
+        meta["inputs"][1],
+        serde_json::json!({"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]})
+    );
+    let classes: Vec<String> = get(&s.url("/models/pets")).json()["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let check = |v: &Value, rows: &[usize], what: &str| {
+        let data = v["outputs"][0]["data"].as_array().unwrap();
+        assert_eq!(
+            v["outputs"][0]["shape"],
+            serde_json::json!([rows.len(), 2]),
+            "{what}"
+        );
+        for (row, &wi) in rows.iter().enumerate() {
+            for (label, p) in &want[wi] {
+                let ci = classes.iter().position(|x| x == label).unwrap();
+                let got = data[row * 2 + ci].as_f64().unwrap();
+                assert!(
+                    (got - p).abs() <= 1e-5,
+                    "{what}: {label} {got} vs predict {p}"
+                );
+            }
+        }
+    };
+    // Flat data, two images: the same probabilities as `predict` on the files.
+    let flat: Vec<f32> = [fp32_of(&files[0]), fp32_of(&files[2])].concat();
+    let j = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": flat}]});
+    let r = post(&url, "application/json", j.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.contains_key("x-compute-time"), "{:?}", r.headers);
+    check(&r.json(), &[0, 2], "FP32 flat");
+    // Nested data ([N][3][H][W]) is row-major too.
+    let one = fp32_of(&files[3]);
+    let nested: Vec<Vec<Vec<f32>>> = one
+        .chunks(32 * 32)
+        .map(|ch| ch.chunks(32).map(|r| r.to_vec()).collect())
+        .collect();
+    let j = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [nested]}]});
+    let r = post(&url, "application/json", j.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    check(&r.json(), &[3], "FP32 nested");
+
+    // Triton's classification extension: top K as "score:index:label" strings.
+    let j = serde_json::json!({
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                    "data": [b64(&std::fs::read(&files[0]).unwrap()), b64(&std::fs::read(&files[2]).unwrap())]}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]});
+    let r = post(&url, "application/json", j.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["outputs"][0]["datatype"], "BYTES");
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([2, 1]));
+    for (row, wi) in [(0usize, 0usize), (1, 2)] {
+        let s = v["outputs"][0]["data"][row].as_str().unwrap();
+        let (label, p) = &want[wi][0];
+        let idx = classes.iter().position(|x| x == label).unwrap();
+        let (score, rest) = s.split_once(':').unwrap();
+        assert_eq!(rest, format!("{idx}:{label}"), "{s}");
+        assert!((score.parse::<f64>().unwrap() - p).abs() <= 1e-5, "{s}");
+    }
+    // Bad tensors are 400s that say what fits.
+    for (j, needle) in [
+        (
+            serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16], "data": [0.0]}]}),
+            "[N, 3, 32, 32]",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0, 1.0]}]}),
+            "needs 3072",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": ["x"]}]}),
+            "only numbers",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "input", "datatype": "INT8", "shape": [1], "data": [1]}]}),
+            "not accepted",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}],
+                            "outputs": [{"name": "probabilities", "parameters": {"classification": -2}}]}),
+            "positive integer",
+        ),
+    ] {
+        let r = post(&url, "application/json", j.to_string().as_bytes());
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.error().contains(needle), "{} lacks {needle}", r.body);
+    }
+}
+
+#[test]
+fn page_confusion_svg_and_cors() {
+    let s = Server::start(&["--cors", "https://app.example.com"]);
+    let page = get(&s.url("/"));
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"].starts_with("text/html"));
+    assert!(page.body.contains("<title>finetune</title>"));
+    // One self-contained file: nothing fetched from elsewhere.
+    for bad in ["<script src", "<link ", "http://", "https://"] {
+        assert!(!page.body.contains(bad), "the page refers to {bad}");
+    }
+    let card = get(&s.url("/models/pets")).json();
+    assert_eq!(card["confusion_svg"], "/models/pets/confusion.svg");
+    assert_eq!(
+        card["data"]["source"], "data",
+        "only the folder's name is shown"
+    );
+    let svg = get(&s.url("/models/pets/confusion.svg"));
+    assert_eq!(svg.status, 200);
+    assert_eq!(svg.headers["content-type"], "image/svg+xml");
+    assert!(svg.headers["content-security-policy"].contains("default-src 'none'"));
+    assert!(svg.body.contains("<svg"));
+    assert_eq!(get(&s.url("/models/nope/confusion.svg")).status, 404);
+
+    // CORS: the allowed origin gets the headers and its preflight is answered; others do not.
+    let pre = send(
+        "OPTIONS",
+        &s.url("/predictions/pets"),
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "content-type,authorization",
+            ),
+        ],
+        None,
+    );
+    assert_eq!(pre.status, 200, "{}", pre.body);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let png = std::fs::read(&images()[0]).unwrap();
+    let ok = send(
+        "POST",
+        &s.url("/predictions/pets"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Origin", "https://app.example.com"),
+        ],
+        Some(&png),
+    );
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(ok.headers["access-control-expose-headers"].contains("x-compute-time"));
+    let other = send(
+        "POST",
+        &s.url("/predictions/pets"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Origin", "https://evil.example.net"),
+        ],
+        Some(&png),
+    );
+    // (A fixed origin is answered as is; the browser compares it with its own and refuses.)
+    assert_ne!(
+        other.headers.get("access-control-allow-origin").map(String::as_str),
+        Some("https://evil.example.net")
+    );
+    // Without --cors, no CORS headers at all.
+    let plain = Server::start(&[]);
+    let r = send(
+        "POST",
+        &plain.url("/predictions/pets"),
+        &[
+            ("Content-Type", "image/png"),
+            ("Origin", "https://app.example.com"),
+        ],
+        Some(&png),
+    );
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    // A bad origin is refused at start.
+    let out = bin()
+        .args(["serve", "--port", "0", "--cors", "app.example.com/x"])
+        .arg(&fixture().2)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an origin"));
+}
+
+/// A client that stops sending mid-body gets 408 instead of holding the connection forever.
+#[test]
+fn stalled_body_times_out() {
+    use std::io::{Read, Write};
+    let s = Server::start(&["--body-timeout-s", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"POST /predictions/pets HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n12345")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(t.elapsed() >= Duration::from_secs(2), "answered too early");
+}
+
+/// The web page in a real headless Chromium (Debian's `chromium`, Playwright for Python from the
+/// venv): every input (keyboard-opened file chooser, drop, paste, a large photo downscaled in the
+/// browser, the fake webcam) shows exactly what the API answers for the bytes the page sent.
+#[test]
+fn browser_page_matches_the_api() {
+    let chromium =
+        std::env::var("FINETUNE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return common::skip(
+            "no chromium (apt-get install chromium): the browser test did not run",
+        );
+    }
+    let py = common::python();
+    let has_playwright = std::process::Command::new(&py)
+        .args(["-c", "import playwright"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_playwright {
+        return common::skip("no playwright in the venv (scripts/setup-venv.sh installs it)");
+    }
+    let s = Server::start(&[]);
+    let files = images();
+    let mut cmd = std::process::Command::new(&py);
+    cmd.arg(common::repo().join("tests/browser/page_test.py"))
+        .arg(&s.base)
+        .arg("pets")
+        .args(&files)
+        .env("FINETUNE_CHROMIUM", &chromium);
+    if let Some(shot) = std::env::var_os("FINETUNE_SCREENSHOT") {
+        cmd.arg("--screenshot").arg(shot);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["checked_requests"].as_u64().unwrap() >= 3);
 }

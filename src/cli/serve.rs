@@ -26,6 +26,12 @@ pub struct Args {
     /// Require `Authorization: Bearer SECRET` on every route except /ping and /v2/health/*.
     #[arg(long, env = "FINETUNE_SERVE_TOKEN")]
     token: Option<String>,
+    /// Let web pages from this origin (e.g. https://example.com, or * for any) call the API.
+    #[arg(long)]
+    cors: Option<String>,
+    /// Seconds a request body may take to arrive (20 MB in 30 s is about 5 Mbit/s); slower is 408.
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout_s: f64,
     #[command(flatten)]
     compute: super::ComputeArgs,
 }
@@ -40,6 +46,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         queue: a.queue.max(1),
         device,
         token: a.token,
+        cors: a.cors,
+        body_timeout: Duration::try_from_secs_f64(a.body_timeout_s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--body-timeout-s must be a positive number of seconds")
+            })?,
     };
     serve::run(&a.models, opts, |addr| {
         let mut out = std::io::stdout().lock();

@@ -48,6 +48,13 @@ pub fn probabilities(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Vec<f3
         info.normalization.mean,
         info.normalization.std,
     );
+    probabilities_of(bundle, &x)
+}
+
+/// Softmax of the network on an already normalised float batch `[N, 3, H, W]` (any device), one row
+/// per image; serve's KServe v2 `FP32` input takes this path.
+pub fn probabilities_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Vec<f32>> {
+    let x = x.to_device(bundle.net.device());
     let p = tch::no_grad(|| {
         bundle
             .net

@@ -32,6 +32,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("--cors {0:?} is not an origin like https://example.com (or *)")]
+    BadOrigin(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -44,6 +46,10 @@ pub struct Options {
     pub queue: usize,
     pub device: tch::Device,
     pub token: Option<String>,
+    /// Origin allowed to call the API from a browser (`*` for any); no CORS headers without it.
+    pub cors: Option<String>,
+    /// How long a request body may take to arrive before the answer is 408.
+    pub body_timeout: Duration,
 }
 
 /// One served model: its card data and its worker's queue.
@@ -54,6 +60,8 @@ pub struct Model {
     pub final_metrics: Option<BTreeMap<String, String>>,
     /// What `evaluate --save` stored in the bundle, if anything.
     pub evaluation: Option<serde_json::Value>,
+    /// The confusion matrix `evaluate --save` drew, shown on the page.
+    pub confusion_svg: Option<String>,
     pub queue: Queue,
 }
 
@@ -61,6 +69,7 @@ pub struct AppState {
     pub models: BTreeMap<String, Model>,
     pub metrics: Arc<Metrics>,
     pub token: Option<String>,
+    pub body_timeout: Duration,
 }
 
 /// A small file of the bundle, bounded like every read of a user's file.
@@ -127,6 +136,7 @@ pub fn run(
                 info: Arc::new(info),
                 final_metrics: final_row(dir),
                 evaluation: evaluation(dir),
+                confusion_svg: small_text(&dir.join(crate::infer::evaluate::CONFUSION_FILE)),
                 queue,
             },
         );
@@ -134,7 +144,8 @@ pub fn run(
     let state = Arc::new(AppState {
         models,
         metrics,
-        token: opts.token.filter(|t| !t.is_empty()),
+        token: opts.token.clone().filter(|t| !t.is_empty()),
+        body_timeout: opts.body_timeout,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,7 +159,12 @@ pub fn run(
                 source,
             })?;
         on_listening(listener.local_addr()?);
-        axum::serve(listener, routes::router(state))
+        let app = routes::router(state);
+        let app = match &opts.cors {
+            Some(origin) => app.layer(routes::cors(origin)?),
+            None => app,
+        };
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         Ok::<(), ServeError>(())

@@ -3,7 +3,7 @@
 //! answers each request through its oneshot channel.
 
 use super::metrics::Metrics;
-use crate::infer::predict::probabilities;
+use crate::infer::predict::{probabilities, probabilities_of};
 use crate::infer::Bundle;
 use image::RgbImage;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,9 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// One preprocessed image and where its probabilities go.
+/// What a request hands the worker for one image.
+pub enum Input {
+    /// Decoded, resized and cropped: normalised in the batch like `finetune predict` does.
+    Image(RgbImage),
+    /// Already normalised `3 × H × W` floats at the model's input size (KServe v2 `FP32`).
+    Tensor(Vec<f32>),
+}
+
+/// One image and where its probabilities go.
 pub struct Job {
-    pub image: RgbImage,
+    pub input: Input,
     pub reply: oneshot::Sender<Vec<f32>>,
 }
 
@@ -114,8 +122,7 @@ fn run(
             }
         }
         stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
-        let refs: Vec<&RgbImage> = jobs.iter().map(|j| &j.image).collect();
-        let probs = probabilities(&bundle, &refs);
+        let probs = forward(&bundle, &jobs);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.images.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         stats.largest_batch.fetch_max(jobs.len(), Ordering::Relaxed);
@@ -126,4 +133,39 @@ fn run(
             let _ = j.reply.send(probs.next().unwrap_or_default());
         }
     }
+}
+
+/// One forward pass over the images and one over the tensors (requests rarely mix them), answers in
+/// job order.
+fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Vec<f32>> {
+    let images: Vec<&RgbImage> = jobs
+        .iter()
+        .filter_map(|j| match &j.input {
+            Input::Image(i) => Some(i),
+            Input::Tensor(_) => None,
+        })
+        .collect();
+    let tensors: Vec<&[f32]> = jobs
+        .iter()
+        .filter_map(|j| match &j.input {
+            Input::Tensor(t) => Some(t.as_slice()),
+            Input::Image(_) => None,
+        })
+        .collect();
+    let mut from_images = probabilities(bundle, &images).into_iter();
+    let mut from_tensors = if tensors.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let (h, w) = (bundle.info.size.h as i64, bundle.info.size.w as i64);
+        let flat: Vec<f32> = tensors.concat();
+        let x = tch::Tensor::from_slice(&flat).view([tensors.len() as i64, 3, h, w]);
+        probabilities_of(bundle, &x).into_iter()
+    };
+    jobs.iter()
+        .map(|j| match j.input {
+            Input::Image(_) => from_images.next(),
+            Input::Tensor(_) => from_tensors.next(),
+        })
+        .map(Option::unwrap_or_default)
+        .collect()
 }
