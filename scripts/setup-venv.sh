@@ -30,6 +30,8 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")
   # The serve page's browser test (it drives the system's Chromium; no browser is downloaded).
   have playwright 1.65.2 || need+=("playwright==1.65.2")
+  # The README's Python client examples are run against a live server (tests/serve.rs).
+  "$VENV/bin/python" -c 'import requests' 2>/dev/null || need+=("requests")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

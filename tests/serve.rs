@@ -366,6 +366,15 @@ fn routes_and_parity_with_predict() {
     assert!(m.body.contains("finetune_batch_size_count"));
     assert!(m.body.contains("finetune_queue_depth{model=\"pets\"} 0"));
     assert!(m.body.contains("finetune_request_duration_seconds_bucket"));
+    let images: f64 = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("finetune_images_total{model=\"pets\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(images >= 10.0, "{images} images counted");
+    assert!(m.body.contains("finetune_images_per_second "));
 }
 
 /// A PNG signature and an IHDR chunk claiming `w`×`h` pixels, with a correct CRC.
@@ -822,7 +831,10 @@ fn page_confusion_svg_and_cors() {
     );
     // (A fixed origin is answered as is; the browser compares it with its own and refuses.)
     assert_ne!(
-        other.headers.get("access-control-allow-origin").map(String::as_str),
+        other
+            .headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
         Some("https://evil.example.net")
     );
     // Without --cors, no CORS headers at all.
@@ -907,4 +919,47 @@ fn browser_page_matches_the_api() {
     let v: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
     assert_eq!(v["ok"], true);
     assert!(v["checked_requests"].as_u64().unwrap() >= 3);
+}
+
+/// The README's Python client examples (requests; TorchServe, Hugging Face and KServe v2 shapes) run
+/// as written against a live server, with the README's file and model names.
+#[test]
+fn readme_python_examples_run() {
+    let py = common::python();
+    let has_requests = std::process::Command::new(&py)
+        .args(["-c", "import requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_requests {
+        return common::skip("no requests in the venv (scripts/setup-venv.sh installs it)");
+    }
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let serve = &readme[readme.find("## Serve").unwrap()..];
+    let start = serve.find("```python\n").unwrap() + "```python\n".len();
+    let code = &serve[start..start + serve[start..].find("```").unwrap()];
+    assert!(code.contains("/v2/models/pets/infer") && code.contains("classification"));
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let files = images();
+    std::fs::copy(&files[4], dir.path().join("cat.jpg")).unwrap();
+    std::fs::copy(&files[2], dir.path().join("dog.png")).unwrap();
+    let code = code.replace("http://127.0.0.1:8080", &s.base);
+    let out = std::process::Command::new(&py)
+        .args(["-c", &code])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Raw, multipart (two lists), base64 with top_k=2, and the classification strings.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("[{'label': "), "{stdout}");
+    assert!(lines[1].starts_with("[[{'label': "), "{stdout}");
+    assert_eq!(lines[2].matches("'label'").count(), 2, "{stdout}");
+    assert!(lines[3].starts_with("['0."), "{stdout}");
 }

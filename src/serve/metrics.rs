@@ -56,6 +56,23 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     batches: Histogram,
+    /// (when, images) of recent forward passes, for the images/s gauge.
+    recent: std::collections::VecDeque<(std::time::Instant, usize)>,
+}
+
+/// The window the images/s gauge averages over.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Inner {
+    fn forget_old(&mut self, now: std::time::Instant) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -78,11 +95,15 @@ impl Metrics {
     pub fn observe_batch(&self, size: usize) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.batches.observe(&BATCH_BUCKETS, size as f64);
+        let now = std::time::Instant::now();
+        g.recent.push_back((now, size));
+        g.forget_old(now);
     }
 
-    /// The Prometheus text exposition; `queues` is (model, queued images).
-    pub fn render(&self, queues: &[(String, usize)]) -> String {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    /// The Prometheus text exposition; `models` is (model, queued images, images answered).
+    pub fn render(&self, models: &[(String, usize, u64)]) -> String {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.forget_old(std::time::Instant::now());
         let mut out = String::new();
         out.push_str("# HELP finetune_requests_total HTTP requests by method, route and status.\n");
         out.push_str("# TYPE finetune_requests_total counter\n");
@@ -109,9 +130,26 @@ impl Metrics {
             .render(&mut out, "finetune_batch_size", "", &BATCH_BUCKETS);
         out.push_str("# HELP finetune_queue_depth Images waiting for a forward pass.\n");
         out.push_str("# TYPE finetune_queue_depth gauge\n");
-        for (m, q) in queues {
+        for (m, q, _) in models {
             let _ = writeln!(out, "finetune_queue_depth{{model=\"{}\"}} {q}", escape(m));
         }
+        out.push_str(
+            "# HELP finetune_images_total Images classified (rate() of it is images/s).\n",
+        );
+        out.push_str("# TYPE finetune_images_total counter\n");
+        for (m, _, n) in models {
+            let _ = writeln!(out, "finetune_images_total{{model=\"{}\"}} {n}", escape(m));
+        }
+        let images: usize = g.recent.iter().map(|(_, n)| n).sum();
+        out.push_str(
+            "# HELP finetune_images_per_second Images classified per second over the last 10 s.\n",
+        );
+        out.push_str("# TYPE finetune_images_per_second gauge\n");
+        let _ = writeln!(
+            out,
+            "finetune_images_per_second {}",
+            images as f64 / RATE_WINDOW.as_secs_f64()
+        );
         out
     }
 }

@@ -300,16 +300,16 @@ async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<Valu
 }
 
 async fn metrics(State(st): St) -> Response {
-    let queues: Vec<(String, usize)> = st
+    use std::sync::atomic::Ordering::Relaxed;
+    let queues: Vec<(String, usize, u64)> = st
         .models
         .values()
         .map(|m| {
+            let s = &m.queue.stats;
             (
                 m.name.clone(),
-                m.queue
-                    .stats
-                    .queued
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                s.queued.load(Relaxed),
+                s.images.load(Relaxed),
             )
         })
         .collect();

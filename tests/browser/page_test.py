@@ -75,6 +75,9 @@ def main():
             ],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        # Listening from the start turns Chromium's file-chooser interception on before any click:
+        # turned on only inside expect_file_chooser, it races the key press and misses the dialog.
+        page.on("filechooser", lambda fc: None)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
 

@@ -1,0 +1,194 @@
+"""Benchmark: `finetune serve` under 1, 8 and 32 concurrent clients, against `finetune predict` on the
+same images and against a plain PyTorch eager HTTP server (torchvision body + the same fastai head,
+weights from the bundle, one request at a time: the usual first deployment).
+
+Usage (repo root, after `make demo`): python bench/serve_bench.py [--model target/demo-model]
+    [--images ../shared/data/clothing-small/test] [--n 200] [--clients 1,8,32]
+Prints a markdown table. Run it alone on the machine: the clients share its cores with the servers
+(both servers face the same Python clients, so the comparison is fair; absolute numbers are lower
+than a remote client would see).
+"""
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+BIN = "./target/release/finetune"
+
+
+def images(folder, n):
+    out = []
+    for root, _, files in sorted(os.walk(folder)):
+        out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith((".jpg", ".jpeg", ".png"))]
+    return out[:n]
+
+
+def load(base, paths, clients):
+    """Sends every image once from `clients` threads (one keep-alive connection each); returns
+    images/s, p50 and p99 latency in ms, and how many answers were not 200."""
+    host, port = base.replace("http://", "").split("/")[0].split(":")
+    bodies = [open(p, "rb").read() for p in paths]
+    lat, bad = [], [0]
+    lock = threading.Lock()
+    local = threading.local()
+
+    def one(body):
+        if not hasattr(local, "c"):
+            local.c = http.client.HTTPConnection(host, int(port), timeout=120)
+        t = time.perf_counter()
+        local.c.request("POST", PATH, body=body, headers={"Content-Type": "image/jpeg"})
+        r = local.c.getresponse()
+        r.read()
+        dt = time.perf_counter() - t
+        with lock:
+            lat.append(dt)
+            if r.status != 200:
+                bad[0] += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        list(ex.map(one, bodies))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    pick = lambda q: 1e3 * lat[min(len(lat) - 1, int(q * len(lat)))]
+    return len(bodies) / wall, pick(0.5), pick(0.99), bad[0]
+
+
+def start(cmd, env=None):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    line = p.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        p.kill()
+        sys.exit(f"server did not start: {line!r}")
+    return p, line[len("listening on "):]
+
+
+def eager_server(model_dir, port):
+    """A PyTorch eager HTTP server: http.server (one request at a time), PIL decode, squish resize,
+    ImageNet normalisation, `inference_mode`, the bundle's weights in torchvision's module."""
+    import io
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import torch
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import load_file
+    from torch import nn
+
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    info = json.load(open(f"{model_dir}/model.json"))
+    assert info["arch"] in ("mobilenet_v2", "resnet18", "resnet34", "resnet50"), info["arch"]
+    tv = getattr(torchvision.models, info["arch"])()
+    if info["arch"] == "mobilenet_v2":
+        body = nn.Module()
+        body.features = tv.features
+        body.forward = lambda x: body.features(x)
+        nf = 1280
+    else:
+        body = nn.Sequential()
+        for k in ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]:
+            body.add_module(k, getattr(tv, k))
+        nf = 512 if info["arch"] in ("resnet18", "resnet34") else 2048
+
+    class ConcatPool(nn.Module):
+        def forward(self, x):
+            return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
+
+    n = len(info["classes"])
+    head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(2 * nf), nn.Dropout(0.25),
+                         nn.Linear(2 * nf, 512, bias=False), nn.ReLU(True), nn.BatchNorm1d(512), nn.Dropout(0.5),
+                         nn.Linear(512, n, bias=False))
+    model = nn.Module()
+    model.body, model.head = body, head
+    sd = {k: v for k, v in load_file(f"{model_dir}/model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not [k for k in missing if "num_batches_tracked" not in k], missing
+    model.eval()
+    size = (info["size"]["w"], info["size"]["h"])
+    mean = torch.tensor(info["normalization"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(info["normalization"]["std"]).view(1, 3, 1, 1)
+    classes = info["classes"]
+
+    class H(BaseHTTPRequestHandler):
+        # HTTP/1.0: the connection closes after each answer, so a single-threaded server takes
+        # the clients in turn instead of serving one keep-alive client forever.
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            img = Image.open(io.BytesIO(body)).convert("RGB").resize(size, Image.BILINEAR)
+            x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size[1], size[0], 3)
+            x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
+            with torch.inference_mode():
+                p = model.head(model.body(x)).softmax(-1)[0]
+            top = p.topk(min(5, n))
+            out = json.dumps([{"label": classes[i], "score": float(s)} for s, i in zip(top.values, top.indices)]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    HTTPServer.request_queue_size = 128  # 32 clients connecting at once must not overflow the backlog
+    srv = HTTPServer(("127.0.0.1", port), H)
+    print(f"listening on http://127.0.0.1:{srv.server_address[1]}", flush=True)
+    srv.serve_forever()
+
+
+def main():
+    global PATH
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="target/demo-model")
+    ap.add_argument("--images", default="../shared/data/clothing-small/test")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--eager-server", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.eager_server:
+        return eager_server(a.model, 0)
+    paths = images(a.images, a.n)
+    name = os.path.basename(os.path.abspath(a.model))
+    rows = []
+
+    t = time.perf_counter()
+    subprocess.run([BIN, "predict", a.model, *paths, "--json", "--threads", a.threads], check=True,
+                   stdout=subprocess.DEVNULL)
+    predict_ips = len(paths) / (time.perf_counter() - t)
+
+    levels = [int(c) for c in a.clients.split(",")]
+    srv, base = start([BIN, "serve", a.model, "--port", "0", "--threads", a.threads])
+    PATH = f"/predictions/{name}"
+    load(base, paths[:16], 4)  # warm-up
+    for c in levels:
+        rows.append(("finetune serve", c, *load(base, paths, c)))
+    srv.terminate()
+    srv.wait()
+
+    env = dict(os.environ, THREADS=a.threads)
+    srv, base = start([sys.executable, __file__, "--eager-server", "--model", a.model], env=env)
+    PATH = "/predict"
+    load(base, paths[:16], 1)
+    for c in levels:
+        rows.append(("PyTorch eager http.server", c, *load(base, paths, c)))
+    srv.terminate()
+    srv.wait()
+
+    print(f"\n{len(paths)} images from {a.images}, model {a.model}, {a.threads} threads; "
+          f"`finetune predict` on the same files: {predict_ips:.1f} images/s\n")
+    print("| server | clients | images/s | p50 ms | p99 ms | non-200 | vs predict |")
+    print("|---|---|---|---|---|---|---|")
+    for s, c, ips, p50, p99, bad in rows:
+        print(f"| {s} | {c} | {ips:.1f} | {p50:.0f} | {p99:.0f} | {bad} | {ips / predict_ips:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
