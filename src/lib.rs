@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod data;
 pub mod device;
 pub mod download;
+pub mod export;
 pub mod infer;
 pub mod model;
 pub mod search;

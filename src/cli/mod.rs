@@ -2,6 +2,7 @@
 
 mod download;
 mod evaluate;
+mod export;
 mod imagenet;
 mod lr_find;
 mod predict;
@@ -47,6 +48,8 @@ pub enum Command {
     Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
     ClassifyImagenet(imagenet::Args),
+    /// Export a model bundle to another format (ONNX) for other runtimes.
+    Export(export::Args),
     /// Serve models over HTTP (predictions, model cards, metrics) with dynamic batching.
     Serve(serve::Args),
     /// List or download known pretrained weights.
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LrFind(a) => lr_find::run(a),
         Command::ClassifyImagenet(a) => imagenet::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Export(a) => export::run(a),
         Command::Weights(c) => weights::run(c),
     }
 }

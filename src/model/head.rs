@@ -1,6 +1,7 @@
 //! fastai's classification head (`create_head` with its defaults) and torchvision's ImageNet
 //! classifiers, which `classify-imagenet` uses instead of a head.
 
+use super::onnx::{Graph, OnnxExport, BN_EPS};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -72,6 +73,30 @@ impl ModuleT for FastaiHead {
     }
 }
 
+/// fastai's `AdaptiveConcatPool2d` + `Flatten` in ONNX: `Concat(GlobalMaxPool, GlobalAveragePool)`,
+/// max first.
+pub fn concat_pool_onnx(g: &mut Graph, x: &str) -> String {
+    let mx = g.node("GlobalMaxPool", &[x], vec![]);
+    let avg = g.node("GlobalAveragePool", &[x], vec![]);
+    let cat = g.node(
+        "Concat",
+        &[&mx, &avg],
+        vec![("axis", super::onnx::Attr::Int(1))],
+    );
+    g.flatten(&cat)
+}
+
+impl OnnxExport for FastaiHead {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = concat_pool_onnx(g, x);
+        let y = g.batch_norm(&y, &self.bn1, BN_EPS);
+        let y = g.linear(&y, &self.lin1);
+        let y = g.relu(&y);
+        let y = g.batch_norm(&y, &self.bn2, BN_EPS);
+        g.linear(&y, &self.lin2)
+    }
+}
+
 /// torchvision's own pooling + 1000-class classifier (`fc` for resnet, `classifier.1` for mobilenet_v2).
 #[derive(Debug)]
 pub struct ImagenetClassifier {
@@ -100,5 +125,13 @@ impl ModuleT for ImagenetClassifier {
             .flatten(1, -1)
             .dropout(self.dropout, train)
             .apply(&self.fc)
+    }
+}
+
+impl OnnxExport for ImagenetClassifier {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = g.node("GlobalAveragePool", &[x], vec![]);
+        let y = g.flatten(&y);
+        g.linear(&y, &self.fc)
     }
 }

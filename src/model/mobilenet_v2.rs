@@ -1,5 +1,7 @@
 //! torchvision MobileNetV2 (width 1.0), with torchvision's key names.
 
+use super::network::Part;
+use super::onnx::{Graph, OnnxExport, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -9,6 +11,8 @@ struct ConvBn {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
     relu6: bool,
+    stride: i64,
+    groups: i64,
 }
 
 impl ConvBn {
@@ -32,6 +36,8 @@ impl ConvBn {
             conv: nn::conv2d(&p / "0", c_in, c_out, k, cfg),
             bn: nn::batch_norm2d(&p / "1", c_out, Default::default()),
             relu6,
+            stride,
+            groups,
         }
     }
 }
@@ -41,6 +47,19 @@ impl ModuleT for ConvBn {
         let y = x.apply(&self.conv).apply_t(&self.bn, train);
         if self.relu6 {
             y.clamp(0.0, 6.0)
+        } else {
+            y
+        }
+    }
+}
+
+impl OnnxExport for ConvBn {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let pad = (self.conv.ws.size()[2] - 1) / 2;
+        let y = g.conv(x, &self.conv, self.stride, pad, self.groups);
+        let y = g.batch_norm(&y, &self.bn, BN_EPS);
+        if self.relu6 {
+            g.clip(&y, 0.0, 6.0)
         } else {
             y
         }
@@ -103,16 +122,32 @@ impl ModuleT for InvertedResidual {
     }
 }
 
+impl OnnxExport for InvertedResidual {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for s in &self.stages {
+            y = s.onnx(g, &y);
+        }
+        let y = g.conv(&y, &self.project, 1, 0, 1);
+        let y = g.batch_norm(&y, &self.project_bn, BN_EPS);
+        if self.residual {
+            g.add(&y, x)
+        } else {
+            y
+        }
+    }
+}
+
 /// `features`: fastai's body for mobilenet_v2.
 #[derive(Debug)]
 pub struct MobilenetV2Body {
-    layers: Vec<Box<dyn ModuleT>>,
+    layers: Vec<Box<dyn Part>>,
 }
 
 impl MobilenetV2Body {
     pub fn new(p: &nn::Path) -> Self {
         let f = p / "features";
-        let mut layers: Vec<Box<dyn ModuleT>> =
+        let mut layers: Vec<Box<dyn Part>> =
             vec![Box::new(ConvBn::new(&f / "0", 3, 32, 3, 2, 1, true))];
         let settings = [
             (1, 16, 1, 1),
@@ -149,6 +184,16 @@ impl ModuleT for MobilenetV2Body {
         let mut y = x.shallow_clone();
         for l in &self.layers {
             y = l.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for MobilenetV2Body {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for l in &self.layers {
+            y = l.onnx(g, &y);
         }
         y
     }

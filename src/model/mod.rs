@@ -6,6 +6,7 @@ pub mod imagenet;
 pub mod load;
 mod mobilenet_v2;
 pub mod network;
+pub mod onnx;
 pub mod registry;
 mod resnet;
 pub mod weights;

@@ -2,6 +2,7 @@
 
 use super::head::{FastaiHead, ImagenetClassifier};
 use super::mobilenet_v2::MobilenetV2Body;
+use super::onnx::{Graph, OnnxExport};
 use super::resnet::{ResnetBody, Shape};
 use super::Arch;
 use tch::nn::{self, ModuleT};
@@ -13,18 +14,22 @@ pub const BODY: &str = "body";
 pub const TOP: &str = "top";
 pub const HEAD: &str = "head";
 
+/// A part of a network: trainable with tch, and exportable to ONNX by the same definition.
+pub trait Part: ModuleT + OnnxExport {}
+impl<T: ModuleT + OnnxExport> Part for T {}
+
 #[derive(Debug)]
 pub struct Network {
     pub arch: Arch,
     pub vs: nn::VarStore,
-    body: Box<dyn ModuleT>,
-    top: Box<dyn ModuleT>,
+    body: Box<dyn Part>,
+    top: Box<dyn Part>,
     /// Names of the learnable parameters (not BN running statistics), recorded at construction
     /// because freezing later changes `requires_grad`.
     params: Vec<String>,
 }
 
-fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn ModuleT> {
+fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn Part> {
     match arch {
         Arch::Resnet18 => Box::new(ResnetBody::new(p, [2, 2, 2, 2], false)),
         Arch::Resnet34 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], false)),
@@ -59,7 +64,7 @@ impl Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
-        let top: Box<dyn ModuleT> = Box::new(FastaiHead::new(
+        let top: Box<dyn Part> = Box::new(FastaiHead::new(
             &(&root / HEAD),
             arch.body_channels(),
             n_classes,
@@ -72,11 +77,11 @@ impl Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
-        let top: Box<dyn ModuleT> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
+        let top: Box<dyn Part> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
         Self::finish(arch, vs, body, top)
     }
 
-    fn finish(arch: Arch, vs: nn::VarStore, body: Box<dyn ModuleT>, top: Box<dyn ModuleT>) -> Self {
+    fn finish(arch: Arch, vs: nn::VarStore, body: Box<dyn Part>, top: Box<dyn Part>) -> Self {
         let mut params: Vec<String> = vs
             .variables()
             .into_iter()
@@ -118,5 +123,14 @@ impl Network {
 impl ModuleT for Network {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         self.top.forward_t(&self.body.forward_t(x, train), train)
+    }
+}
+
+impl OnnxExport for Network {
+    /// The logits, with every weight named after its variable (`body.…`, `head.…`).
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        g.name_variables(self.vs.variables());
+        let y = self.body.onnx(g, x);
+        self.top.onnx(g, &y)
     }
 }

@@ -1,5 +1,6 @@
 //! torchvision ResNet (v1.5: stride in the 3x3 conv of bottlenecks), with torchvision's key names.
 
+use super::onnx::{Graph, OnnxExport, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -46,50 +47,105 @@ impl Default for Shape {
     }
 }
 
+/// A convolution (padding `k/2`) and its BatchNorm; stride and groups are kept for the export.
 #[derive(Debug)]
-struct Downsample {
+struct ConvBn {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    stride: i64,
+    groups: i64,
+}
+
+impl ConvBn {
+    fn new(conv: nn::Conv2D, bn: nn::BatchNorm, stride: i64, groups: i64) -> Self {
+        ConvBn {
+            conv,
+            bn,
+            stride,
+            groups,
+        }
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        x.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+impl OnnxExport for ConvBn {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let pad = self.conv.ws.size()[2] / 2;
+        let y = g.conv(x, &self.conv, self.stride, pad, self.groups);
+        g.batch_norm(&y, &self.bn, BN_EPS)
+    }
 }
 
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<Downsample>,
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
 }
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
-        for (i, (c, b)) in self.convs.iter().enumerate() {
-            y = y.apply(c).apply_t(b, train);
+        for (i, c) in self.convs.iter().enumerate() {
+            y = c.forward_t(&y, train);
             if i != last {
                 y = y.relu();
             }
         }
         let identity = match &self.downsample {
-            Some(d) => x.apply(&d.conv).apply_t(&d.bn, train),
+            Some(d) => d.forward_t(x, train),
             None => x.shallow_clone(),
         };
         (y + identity).relu()
     }
 }
 
+impl OnnxExport for Block {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        let last = self.convs.len() - 1;
+        for (i, c) in self.convs.iter().enumerate() {
+            y = c.onnx(g, &y);
+            if i != last {
+                y = g.relu(&y);
+            }
+        }
+        let identity = match &self.downsample {
+            Some(d) => d.onnx(g, x),
+            None => x.to_string(),
+        };
+        let sum = g.add(&y, &identity);
+        g.relu(&sum)
+    }
+}
+
 fn basic_block(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
     let convs = vec![
-        (
+        ConvBn::new(
             conv(&p / "conv1", c_in, planes, 3, stride, 1),
             bn(&p / "bn1", planes),
+            stride,
+            1,
         ),
-        (
+        ConvBn::new(
             conv(&p / "conv2", planes, planes, 3, 1, 1),
             bn(&p / "bn2", planes),
+            1,
+            1,
         ),
     ];
-    let downsample = (stride != 1 || c_in != planes).then(|| Downsample {
-        conv: conv(&p / "downsample" / "0", c_in, planes, 1, stride, 0),
-        bn: bn(&p / "downsample" / "1", planes),
+    let downsample = (stride != 1 || c_in != planes).then(|| {
+        ConvBn::new(
+            conv(&p / "downsample" / "0", c_in, planes, 1, stride, 0),
+            bn(&p / "downsample" / "1", planes),
+            stride,
+            1,
+        )
     });
     Block { convs, downsample }
 }
@@ -100,19 +156,32 @@ fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64, shape: Shape) ->
     let out = planes * 4;
     let width = planes * shape.width_per_group / 64 * shape.groups;
     let convs = vec![
-        (
+        ConvBn::new(
             conv(&p / "conv1", c_in, width, 1, 1, 0),
             bn(&p / "bn1", width),
+            1,
+            1,
         ),
-        (
+        ConvBn::new(
             grouped_conv(&p / "conv2", width, width, 3, stride, 1, shape.groups),
             bn(&p / "bn2", width),
+            stride,
+            shape.groups,
         ),
-        (conv(&p / "conv3", width, out, 1, 1, 0), bn(&p / "bn3", out)),
+        ConvBn::new(
+            conv(&p / "conv3", width, out, 1, 1, 0),
+            bn(&p / "bn3", out),
+            1,
+            1,
+        ),
     ];
-    let downsample = (stride != 1 || c_in != out).then(|| Downsample {
-        conv: conv(&p / "downsample" / "0", c_in, out, 1, stride, 0),
-        bn: bn(&p / "downsample" / "1", out),
+    let downsample = (stride != 1 || c_in != out).then(|| {
+        ConvBn::new(
+            conv(&p / "downsample" / "0", c_in, out, 1, stride, 0),
+            bn(&p / "downsample" / "1", out),
+            stride,
+            1,
+        )
     });
     Block { convs, downsample }
 }
@@ -120,8 +189,7 @@ fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64, shape: Shape) ->
 /// Everything up to and including `layer4`: fastai's body (`children()[:-2]`).
 #[derive(Debug)]
 pub struct ResnetBody {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    stem: ConvBn,
     layers: Vec<Block>,
 }
 
@@ -156,8 +224,7 @@ impl ResnetBody {
             }
         }
         ResnetBody {
-            conv1: conv(p / "conv1", 3, 64, 7, 2, 3),
-            bn1: bn(p / "bn1", 64),
+            stem: ConvBn::new(conv(p / "conv1", 3, 64, 7, 2, 3), bn(p / "bn1", 64), 2, 1),
             layers,
         }
     }
@@ -165,13 +232,25 @@ impl ResnetBody {
 
 impl ModuleT for ResnetBody {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut y =
+            self.stem
+                .forward_t(x, train)
+                .relu()
+                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.layers {
             y = b.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for ResnetBody {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = self.stem.onnx(g, x);
+        let y = g.relu(&y);
+        let mut y = g.max_pool(&y, 3, 2, 1);
+        for b in &self.layers {
+            y = b.onnx(g, &y);
         }
         y
     }
