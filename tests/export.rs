@@ -66,6 +66,7 @@ fn inputs(info: &ModelInfo) -> Tensor {
         info.normalization.mean,
         info.normalization.std,
     )
+    .contiguous()
 }
 
 /// A bundle with random weights and non-trivial BatchNorm: random affine parameters, then running
@@ -78,12 +79,13 @@ fn make_bundle(dir: &Path, arch: Arch, size: Size, resize: ResizeMethod) -> Mode
     let x = inputs(&info);
     tch::no_grad(|| {
         for (name, mut t) in net.vs.variables() {
-            if net.is_bn_param(&name) {
-                if name.ends_with(".weight") {
-                    let _ = t.uniform_(0.5, 1.5);
-                } else {
-                    let _ = t.normal_(0.0, 0.1);
-                }
+            if !net.is_bn_param(&name) {
+                continue;
+            }
+            if name.ends_with(".weight") {
+                let _ = t.uniform_(0.5, 1.5);
+            } else if name.ends_with(".bias") {
+                let _ = t.normal_(0.0, 0.1);
             }
         }
         for _ in 0..12 {
