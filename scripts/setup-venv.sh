@@ -32,6 +32,9 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have playwright 1.65.2 || need+=("playwright==1.65.2")
   # The README's Python client examples are run against a live server (tests/serve.rs).
   "$VENV/bin/python" -c 'import requests' 2>/dev/null || need+=("requests")
+  # `finetune export --format onnx` is checked with onnxruntime and onnx.checker (tests/export.rs).
+  have onnxruntime 1.32.0 || need+=("onnxruntime==1.32.0")
+  have onnx 1.23.2 || need+=("onnx==1.23.2")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"
