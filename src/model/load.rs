@@ -3,7 +3,7 @@
 
 use super::network::{Network, BODY, HEAD, TOP};
 use super::weights::{read_weights, NamedTensors, WeightsError};
-use super::Arch;
+use super::{convnext, regnet, vit, Arch};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
@@ -20,8 +20,38 @@ pub enum Part {
 fn is_classifier_key(arch: Arch, key: &str) -> bool {
     match arch {
         Arch::MobilenetV2 => key.starts_with("classifier."),
+        // ConvNeXt's classifier includes its final LayerNorm, outside fastai's body.
+        a if a.is_convnext() => key.starts_with("classifier."),
+        a if a.is_vit() => key.starts_with("heads."),
         _ => key.starts_with("fc."),
     }
+}
+
+/// Renames (and reshapes) a timm checkpoint of `arch`'s family to torchvision's layout.
+/// Whether it did: false when the keys are not timm's. (timm's ResNets use torchvision's names.)
+fn from_timm(arch: Arch, by_key: &mut HashMap<String, Tensor>) -> bool {
+    let keys = || by_key.keys().map(String::as_str);
+    let convert: fn(HashMap<String, Tensor>) -> HashMap<String, Tensor> =
+        if arch.is_regnet() && regnet::is_timm_layout(keys()) {
+            regnet::from_timm
+        } else if arch.is_convnext() && convnext::is_timm_layout(keys()) {
+            convnext::from_timm
+        } else if arch.is_vit() && vit::is_timm_layout(keys()) {
+            vit::from_timm
+        } else {
+            return false;
+        };
+    *by_key = convert(std::mem::take(by_key));
+    true
+}
+
+/// The arch a file looks like, for errors; ViTs share their key names, so their width decides.
+fn looks_like(by_key: &HashMap<String, Tensor>) -> Option<String> {
+    let guess = Arch::guess_from_keys(by_key.keys().map(String::as_str))?;
+    if guess.starts_with("vit_") && vit::width(by_key) == Some(Arch::VitS16.body_channels()) {
+        return Some(Arch::VitS16.name().into());
+    }
+    Some(guess)
 }
 
 /// Reads `file` and loads it into `net` (see [`load_tensors`]).
@@ -47,12 +77,17 @@ pub fn load_tensors(
         })
         .collect();
     let arch = net.arch;
+    // timm files: errors name the tensors by their torchvision names, and say so.
+    let timm = from_timm(arch, &mut by_key);
     let mismatch = |by_key: &HashMap<String, Tensor>, msg: String| WeightsError::Mismatch {
         path: file.to_path_buf(),
         arch: arch.name().to_string(),
-        msg,
-        looks_like: Arch::guess_from_keys(by_key.keys().map(String::as_str))
-            .filter(|g| g != arch.name()),
+        msg: if timm {
+            format!("{msg} (timm checkpoint, keys shown under torchvision's names)")
+        } else {
+            msg
+        },
+        looks_like: looks_like(by_key).filter(|g| g != arch.name()),
     };
     let vars = net.vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();

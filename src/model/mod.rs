@@ -1,13 +1,16 @@
 //! Architectures, weights and the fastai head.
 
 mod arch;
+mod convnext;
 pub mod head;
 pub mod imagenet;
 pub mod load;
 mod mobilenet_v2;
 pub mod network;
 pub mod registry;
+mod regnet;
 mod resnet;
+mod vit;
 pub mod weights;
 
 pub use arch::{Arch, KnownWeights, UnknownArch};
