@@ -34,6 +34,11 @@ pub enum Arch {
     VitS16,
 }
 
+/// ImageNet mean and std (torchvision, and most timm checkpoints).
+pub const IMAGENET_STATS: ([f64; 3], [f64; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+/// "Inception" statistics, `x * 2 - 1` (timm's AugReg ViTs, TensorFlow ports).
+pub const INCEPTION_STATS: ([f64; 3], [f64; 3]) = ([0.5; 3], [0.5; 3]);
+
 /// An official pretrained checkpoint: where it lives and how to recognise it.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownWeights {
@@ -112,6 +117,31 @@ impl Arch {
             Arch::ConvnextSmall => "convnext_small",
             Arch::VitB16 => "vit_b_16",
             Arch::VitS16 => "vit_s_16",
+        }
+    }
+
+    /// Input statistics of the default weights: ViT-S/16's are timm's AugReg checkpoint's.
+    pub fn normalization(self) -> ([f64; 3], [f64; 3]) {
+        match self {
+            Arch::VitS16 => INCEPTION_STATS,
+            _ => IMAGENET_STATS,
+        }
+    }
+
+    /// The input size the pretrained weights are evaluated at (torchvision's / timm's eval crop).
+    pub fn default_size(self) -> i64 {
+        self.eval_resize().1
+    }
+
+    /// The reference evaluation transform: (resize the short side to, centre-crop to). torchvision's
+    /// `ImageClassification` presets of the default weights; for ViT-S/16, timm's
+    /// `floor(224 / crop_pct 0.9)`.
+    pub fn eval_resize(self) -> (i64, i64) {
+        match self {
+            Arch::ConvnextTiny => (236, 224),
+            Arch::ConvnextSmall => (230, 224),
+            Arch::VitS16 => (248, 224),
+            _ => (256, 224),
         }
     }
 
@@ -257,51 +287,13 @@ impl Arch {
     }
 
     /// Guesses the architecture a checkpoint was saved from, by its key names, for error messages.
-    /// timm files are named by the arch they load into (their layout is converted on load). The
-    /// two ViTs share every key name: this says `vit_b_16`, and `load` corrects it by width.
+    /// (RegNet, ConvNeXt and ViT files, either layout, are recognised by their own modules from
+    /// names and shapes: see `load`.)
     pub fn guess_from_keys<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Option<String> {
         let has = |k: &str| {
             keys.clone()
                 .any(|x| x == k || x.ends_with(&format!(".{k}")))
         };
-        let has_prefix = |k: &str| keys.clone().any(|x| x.starts_with(k));
-        // RegNet depths differ in the third stage (6, 8, 17 blocks; torchvision counts from 0,
-        // timm from 1); RegNetX has no squeeze-excitation.
-        let regnet_tv = has("trunk_output.block1.block1-0.f.a.0.weight");
-        if regnet_tv || has("s1.b1.conv1.conv.weight") {
-            let stage3 = |n: usize| {
-                if regnet_tv {
-                    has_prefix(&format!("trunk_output.block3.block3-{}.", n - 1))
-                } else {
-                    has_prefix(&format!("s3.b{n}."))
-                }
-            };
-            let se = has("se.fc1.weight");
-            let name = if !se {
-                "regnet_x_400mf"
-            } else if stage3(17) {
-                "regnet_y_1_6gf"
-            } else if stage3(8) {
-                "regnet_y_800mf"
-            } else {
-                "regnet_y_400mf"
-            };
-            return Some(name.into());
-        }
-        if has("features.1.0.layer_scale") || has("stages.0.blocks.0.conv_dw.weight") {
-            let small = has_prefix("features.5.9.") || has_prefix("stages.2.blocks.9.");
-            return Some(
-                if small {
-                    "convnext_small"
-                } else {
-                    "convnext_tiny"
-                }
-                .into(),
-            );
-        }
-        if has("encoder.layers.encoder_layer_0.ln_1.weight") || has("blocks.0.attn.qkv.weight") {
-            return Some("vit_b_16".into());
-        }
         if has("_conv_stem.weight") {
             return Some("efficientnet_lite0".into());
         }

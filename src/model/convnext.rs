@@ -1,7 +1,8 @@
 //! torchvision ConvNeXt (`convnext_tiny`, `convnext_small`), with torchvision's key names. timm's
 //! `convnext_*` layout is mapped onto these names on load ([`from_timm`]).
 
-use std::collections::HashMap;
+use super::timm_zoo2::{Shapes, Tensors};
+use super::Arch;
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -228,24 +229,49 @@ pub fn is_layer_norm(layer: &str) -> bool {
 }
 
 /// Whether a checkpoint uses timm's ConvNeXt names (`stem.0`, `stages.N`).
-pub fn is_timm_layout<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
-    keys.any(|k| k.starts_with("stages.0.blocks.0.") || k == "stem.0.weight")
+pub fn timm_detect(s: &Shapes) -> bool {
+    s.contains_key("stem.0.weight") && s.contains_key("stages.0.blocks.0.conv_dw.weight")
+}
+
+/// The ConvNeXt a checkpoint (torchvision's or timm's names) was saved from, by the third stage's
+/// depth (9 blocks: tiny, 27: small) and the stem's width (96 for both).
+pub fn guess(s: &Shapes) -> Option<Arch> {
+    let tv = s.contains_key("features.0.0.weight");
+    let stem = if tv {
+        "features.0.0.weight"
+    } else {
+        "stem.0.weight"
+    };
+    let block = |b: usize| {
+        if tv {
+            format!("features.5.{b}.block.0.weight")
+        } else {
+            format!("stages.2.blocks.{b}.conv_dw.weight")
+        }
+    };
+    if s.get(stem)?.first() != Some(&96) {
+        return None;
+    }
+    match (0..).take_while(|&b| s.contains_key(&block(b))).count() {
+        9 => Some(Arch::ConvnextTiny),
+        27 => Some(Arch::ConvnextSmall),
+        _ => None,
+    }
 }
 
 /// timm → torchvision: `stem.{0,1}` → `features.0.{0,1}`, `stages.S.downsample.I` →
 /// `features.{2S}.I`, `stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2}` →
 /// `features.{2S+1}.B.block.{0,2,3,5}`, `gamma` [C] → `layer_scale` [C,1,1], `head.norm`/`head.fc`
-/// → `classifier.0`/`classifier.2`. Unknown keys are kept, so strict loading reports them.
-pub fn from_timm(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .into_iter()
-        .map(|(k, t)| match from_timm_key(&k) {
+/// → `classifier.0`/`classifier.2`.
+pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+    t.into_iter()
+        .map(|(k, v)| match from_timm_key(&k) {
             Some(name) if name.ends_with("layer_scale") => {
-                let c = t.numel() as i64;
-                (name, t.reshape([c, 1, 1]))
+                let c = v.numel() as i64;
+                Ok((name, v.reshape([c, 1, 1])))
             }
-            Some(name) => (name, t),
-            None => (k, t),
+            Some(name) => Ok((name, v)),
+            None => Err(format!("unexpected key `{k}` for timm's ConvNeXt")),
         })
         .collect()
 }

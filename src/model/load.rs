@@ -2,8 +2,9 @@
 //! its exact shape, and nothing but BatchNorm counters and the replaced classifier may be left over.
 
 use super::network::{Network, BODY, HEAD, TOP};
+use super::timm_zoo2::{self, Shapes};
 use super::weights::{read_weights, NamedTensors, WeightsError};
-use super::{convnext, regnet, vit, Arch};
+use super::Arch;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
@@ -27,31 +28,16 @@ fn is_classifier_key(arch: Arch, key: &str) -> bool {
     }
 }
 
-/// Renames (and reshapes) a timm checkpoint of `arch`'s family to torchvision's layout.
-/// Whether it did: false when the keys are not timm's. (timm's ResNets use torchvision's names.)
-fn from_timm(arch: Arch, by_key: &mut HashMap<String, Tensor>) -> bool {
-    let keys = || by_key.keys().map(String::as_str);
-    let convert: fn(HashMap<String, Tensor>) -> HashMap<String, Tensor> =
-        if arch.is_regnet() && regnet::is_timm_layout(keys()) {
-            regnet::from_timm
-        } else if arch.is_convnext() && convnext::is_timm_layout(keys()) {
-            convnext::from_timm
-        } else if arch.is_vit() && vit::is_timm_layout(keys()) {
-            vit::from_timm
-        } else {
-            return false;
-        };
-    *by_key = convert(std::mem::take(by_key));
-    true
+fn shapes(by_key: &HashMap<String, Tensor>) -> Shapes {
+    by_key.iter().map(|(k, t)| (k.clone(), t.size())).collect()
 }
 
-/// The arch a file looks like, for errors; ViTs share their key names, so their width decides.
+/// The arch a file looks like, for errors: RegNet, ConvNeXt and ViT by names and shapes (either
+/// layout), others by key names.
 fn looks_like(by_key: &HashMap<String, Tensor>) -> Option<String> {
-    let guess = Arch::guess_from_keys(by_key.keys().map(String::as_str))?;
-    if guess.starts_with("vit_") && vit::width(by_key) == Some(Arch::VitS16.body_channels()) {
-        return Some(Arch::VitS16.name().into());
-    }
-    Some(guess)
+    timm_zoo2::guess(&shapes(by_key))
+        .map(|a| a.name().to_string())
+        .or_else(|| Arch::guess_from_keys(by_key.keys().map(String::as_str)))
 }
 
 /// Reads `file` and loads it into `net` (see [`load_tensors`]).
@@ -77,8 +63,10 @@ pub fn load_tensors(
         })
         .collect();
     let arch = net.arch;
-    // timm files: errors name the tensors by their torchvision names, and say so.
-    let timm = from_timm(arch, &mut by_key);
+    // A timm file of this arch's family is renamed to torchvision's keys; its errors name the
+    // tensors by their torchvision names, and say so.
+    let family = timm_zoo2::family_of(&shapes(&by_key)).filter(|f| f.archs.contains(&arch));
+    let timm = family.is_some();
     let mismatch = |by_key: &HashMap<String, Tensor>, msg: String| WeightsError::Mismatch {
         path: file.to_path_buf(),
         arch: arch.name().to_string(),
@@ -89,6 +77,17 @@ pub fn load_tensors(
         },
         looks_like: looks_like(by_key).filter(|g| g != arch.name()),
     };
+    if let Some(f) = family {
+        let original = shapes(&by_key);
+        by_key = (f.remap)(arch, by_key).map_err(|msg| WeightsError::Mismatch {
+            path: file.to_path_buf(),
+            arch: arch.name().to_string(),
+            msg: format!("{msg} (timm {} checkpoint)", f.name),
+            looks_like: (f.guess)(&original)
+                .map(|a| a.name().to_string())
+                .filter(|g| g != arch.name()),
+        })?;
+    }
     let vars = net.vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();

@@ -2,7 +2,8 @@
 //! key names. timm's `regnetx_*`/`regnety_*` key layout is mapped onto these names on load
 //! ([`from_timm_key`]).
 
-use std::collections::HashMap;
+use super::timm_zoo2::{Shapes, Tensors};
+use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -200,16 +201,50 @@ impl ModuleT for RegnetBody {
 }
 
 /// Whether a checkpoint uses timm's RegNet names (`stem.conv`, `s1.b1...`).
-pub fn is_timm_layout<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
-    keys.any(|k| k == "stem.conv.weight" || k.starts_with("s1.b1."))
+pub fn timm_detect(s: &Shapes) -> bool {
+    s.contains_key("stem.conv.weight") && s.keys().any(|k| k.starts_with("s1.b1."))
 }
 
-/// Renames a timm checkpoint's tensors (see [`from_timm_key`]); unknown keys are kept, so strict
-/// loading reports them.
-pub fn from_timm(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .into_iter()
-        .map(|(k, t)| (from_timm_key(&k).unwrap_or(k), t))
+/// The RegNet a checkpoint (torchvision's or timm's names) was saved from: the one whose stage
+/// depths, widths and squeeze-excitation all match (timm's `regnetx_004`, unlike
+/// `regnetx_004_tv`, has other widths: no match).
+pub fn guess(s: &Shapes) -> Option<Arch> {
+    let tv = s.contains_key("stem.0.weight");
+    let first_conv = |stage: usize, block: usize| {
+        if tv {
+            format!("trunk_output.block{stage}.block{stage}-{block}.f.a.0.weight")
+        } else {
+            format!("s{stage}.b{}.conv1.conv.weight", block + 1)
+        }
+    };
+    let se = s.keys().any(|k| k.contains("se.fc1.weight"));
+    let mut depths = [0usize; 4];
+    let mut widths = [0i64; 4];
+    for st in 0..4 {
+        widths[st] = s.get(&first_conv(st + 1, 0))?.first().copied()?;
+        depths[st] = (0..)
+            .take_while(|&b| s.contains_key(&first_conv(st + 1, b)))
+            .count();
+    }
+    [
+        (Arch::RegnetY400mf, Y_400MF),
+        (Arch::RegnetY800mf, Y_800MF),
+        (Arch::RegnetY1_6gf, Y_1_6GF),
+        (Arch::RegnetX400mf, X_400MF),
+    ]
+    .into_iter()
+    .find(|(_, c)| c.depths == depths && c.widths == widths && c.se == se)
+    .map(|(a, _)| a)
+}
+
+/// Renames a timm checkpoint's tensors (see [`from_timm_key`]); the architecture is checked by
+/// strict loading afterwards.
+pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+    t.into_iter()
+        .map(|(k, v)| match from_timm_key(&k) {
+            Some(name) => Ok((name, v)),
+            None => Err(format!("unexpected key `{k}` for timm's RegNet")),
+        })
         .collect()
 }
 

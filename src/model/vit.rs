@@ -7,7 +7,8 @@
 //! each forward pass exactly as timm's `resample_abs_pos_embed` does (bicubic, antialiased, the
 //! class token's entry kept apart), i.e. timm's `dynamic_img_size` behaviour.
 
-use std::collections::HashMap;
+use super::timm_zoo2::{Shapes, Tensors};
+use super::Arch;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
@@ -229,17 +230,43 @@ pub fn is_layer_norm(layer: &str) -> bool {
 }
 
 /// Whether a checkpoint uses timm's ViT names (`cls_token`, `blocks.N.attn.qkv`).
-pub fn is_timm_layout<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
-    keys.any(|k| k == "cls_token" || k == "pos_embed" || k.starts_with("blocks.0.attn."))
+pub fn timm_detect(s: &Shapes) -> bool {
+    s.contains_key("cls_token") && s.contains_key("blocks.0.attn.qkv.weight")
+}
+
+/// The ViT a checkpoint (torchvision's or timm's names) was saved from: 12 layers of width 768
+/// (B/16) or 384 (S/16), 16-pixel patches.
+pub fn guess(s: &Shapes) -> Option<Arch> {
+    let tv = s.contains_key("class_token");
+    let (token, patch, layer) = if tv {
+        (
+            "class_token",
+            "conv_proj.weight",
+            "encoder.layers.encoder_layer_",
+        )
+    } else {
+        ("cls_token", "patch_embed.proj.weight", "blocks.")
+    };
+    let width = *s.get(token)?.last()?;
+    let patch = s.get(patch)?.last().copied()?;
+    let layers = (0..)
+        .take_while(|i| s.keys().any(|k| k.starts_with(&format!("{layer}{i}."))))
+        .count();
+    [(Arch::VitB16, B16), (Arch::VitS16, S16)]
+        .into_iter()
+        .find(|(_, c)| c.hidden == width && c.patch == patch && c.layers == layers)
+        .map(|(a, _)| a)
 }
 
 /// Renames a timm checkpoint's tensors to torchvision's names. timm's packed `attn.qkv` Linear has
-/// the same [q; k; v] row order as `nn.MultiheadAttention`'s `in_proj_weight`, so only names change.
-/// Unknown keys are kept, so strict loading reports them.
-pub fn from_timm(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .into_iter()
-        .map(|(k, t)| (from_timm_key(&k).unwrap_or(k), t))
+/// the same [q; k; v] row order as `nn.MultiheadAttention`'s `in_proj_weight`, so only names
+/// change. Keys of other ViT variants (`fc_norm`, layer scale `ls1`, register tokens) are refused.
+pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+    t.into_iter()
+        .map(|(k, v)| match from_timm_key(&k) {
+            Some(name) => Ok((name, v)),
+            None => Err(format!("unexpected key `{k}` for timm's ViT")),
+        })
         .collect()
 }
 
@@ -279,14 +306,6 @@ fn from_timm_key(key: &str) -> Option<String> {
         }
     };
     Some(format!("{prefix}.{mapped}"))
-}
-
-/// The width of a ViT checkpoint (its class token's last dimension), whichever layout.
-pub fn width(tensors: &HashMap<String, Tensor>) -> Option<i64> {
-    tensors
-        .get("class_token")
-        .or_else(|| tensors.get("cls_token"))
-        .and_then(|t| t.size().last().copied())
 }
 
 #[cfg(test)]
