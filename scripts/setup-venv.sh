@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
+# timm: test-only, for parity with its layouts (models built with pretrained=False; nothing downloaded).
+TIMM_VERSION=1.0.31
 VENV=${FINETUNE_VENV:-.venv}
 PY=${PYTHON:-python3}
 
@@ -25,6 +27,7 @@ need=()
 have torch "$TORCH_VERSION" || need+=("torch==$TORCH_VERSION")
 if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have torchvision "$TORCHVISION_VERSION" || need+=("torchvision==$TORCHVISION_VERSION")
+  have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
   have safetensors 0.0.0 2>/dev/null || "$VENV/bin/python" -c 'import safetensors' 2>/dev/null || need+=("safetensors")
   "$VENV/bin/python" -c 'import numpy' 2>/dev/null || need+=("numpy")
   "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")

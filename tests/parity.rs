@@ -89,3 +89,88 @@ fn mobilenet_v2_fp16_zip_pth() {
         "mobilenet_v2_fp16_io.safetensors",
     );
 }
+
+// --- RegNet, ConvNeXt and ViT: torchvision layouts, and timm's (random weights, made by
+// make_reference.py's zoo2_references) ---------------------------------------------------------
+
+fn zoo2(arch: Arch, weights: &str, io: &str) {
+    check(
+        arch,
+        &reference().join(weights),
+        &format!("zoo2_{io}_io.safetensors"),
+    );
+}
+
+const REGNETS: [Arch; 4] = [
+    Arch::RegnetY400mf,
+    Arch::RegnetY800mf,
+    Arch::RegnetY1_6gf,
+    Arch::RegnetX400mf,
+];
+
+#[test]
+fn regnets_torchvision() {
+    for arch in REGNETS {
+        zoo2(arch, &format!("zoo2_{arch}.pth"), arch.name());
+    }
+}
+
+/// timm's `_tv` variants carry torchvision's widths; `regnety_004`/`regnety_016` already match.
+#[test]
+fn regnets_timm() {
+    for (arch, timm) in REGNETS.into_iter().zip([
+        "regnety_004",
+        "regnety_008_tv",
+        "regnety_016",
+        "regnetx_004_tv",
+    ]) {
+        let name = format!("timm_{timm}");
+        zoo2(arch, &format!("zoo2_{name}.safetensors"), &name);
+    }
+}
+
+#[test]
+fn convnexts_torchvision() {
+    for arch in [Arch::ConvnextTiny, Arch::ConvnextSmall] {
+        zoo2(arch, &format!("zoo2_{arch}.pth"), arch.name());
+    }
+}
+
+#[test]
+fn convnext_tiny_timm() {
+    zoo2(
+        Arch::ConvnextTiny,
+        "zoo2_timm_convnext_tiny.safetensors",
+        "timm_convnext_tiny",
+    );
+}
+
+/// timm's ResNets use torchvision's key names: the same loader reads them unchanged.
+#[test]
+fn resnet50_timm() {
+    zoo2(
+        Arch::Resnet50,
+        "zoo2_timm_resnet50.safetensors",
+        "timm_resnet50",
+    );
+}
+
+#[test]
+fn vit_b_16_torchvision_native_224() {
+    zoo2(Arch::VitB16, "zoo2_vit_b_16.pth", "vit_b_16");
+}
+
+/// A 224-px checkpoint at 64 px: torchvision's model with the position embedding resampled by
+/// timm's `resample_abs_pos_embed` is the reference.
+#[test]
+fn vit_s_16_torchvision_layout_at_64px() {
+    zoo2(Arch::VitS16, "zoo2_vit_s_16.pth", "vit_s_16_64px");
+}
+
+/// timm's layout (packed qkv), at 224 px and at 48×80 px (timm's `dynamic_img_size` resampling).
+#[test]
+fn vit_s_16_timm_native_and_resampled() {
+    let w = "zoo2_timm_vit_small_patch16_224.safetensors";
+    zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224");
+    zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224_48x80");
+}

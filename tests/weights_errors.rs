@@ -59,3 +59,40 @@ fn wrong_arch_names_key_and_guess() {
     let e = load_err(Arch::MobilenetV2, &bytes, "r18b.pth");
     assert!(e.contains("missing tensor `features.0.0.weight`"), "{e}");
 }
+
+/// timm checkpoints given to the wrong arch name the arch they fit (timm layouts load into it).
+#[test]
+fn wrong_arch_names_timm_and_torchvision_zoo2_files() {
+    for (file, given, want) in [
+        (
+            "zoo2_timm_convnext_tiny.safetensors",
+            Arch::Resnet50,
+            "convnext_tiny",
+        ),
+        (
+            "zoo2_convnext_small.pth",
+            Arch::ConvnextTiny,
+            "convnext_small",
+        ),
+        (
+            "zoo2_timm_regnety_016.safetensors",
+            Arch::RegnetY400mf,
+            "regnet_y_1_6gf",
+        ),
+        (
+            "zoo2_regnet_x_400mf.pth",
+            Arch::RegnetY800mf,
+            "regnet_x_400mf",
+        ),
+        (
+            "zoo2_timm_vit_small_patch16_224.safetensors",
+            Arch::VitB16,
+            "vit_s_16",
+        ),
+        ("zoo2_vit_s_16.pth", Arch::ConvnextTiny, "vit_s_16"),
+    ] {
+        let bytes = std::fs::read(reference().join(file)).unwrap();
+        let e = load_err(given, &bytes, file);
+        assert!(e.contains(&format!("looks like {want}")), "{file}: {e}");
+    }
+}

@@ -58,7 +58,8 @@ pub struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2 or mobilenet_v2.
+    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, mobilenet_v2, regnet_y_400mf,
+    /// regnet_y_800mf, regnet_y_1_6gf, regnet_x_400mf, convnext_tiny/small, vit_b_16 or vit_s_16.
     #[arg(long, default_value = "resnet18")]
     pub arch: Arch,
     /// Pretrained weights file; default: the known ImageNet file (cache or download).

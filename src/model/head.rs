@@ -10,6 +10,8 @@ use tch::Tensor;
 /// so a bundle's keys read like `learn.model[1].state_dict()`.
 #[derive(Debug)]
 pub struct FastaiHead {
+    /// fastai's `create_head(pool=...)`: false for bodies that already give a feature vector.
+    pool: bool,
     bn1: nn::BatchNorm,
     lin1: nn::Linear,
     bn2: nn::BatchNorm,
@@ -42,12 +44,29 @@ fn kaiming_linear(p: nn::Path, n_in: i64, n_out: i64) -> nn::Linear {
 
 impl FastaiHead {
     pub fn new(p: &nn::Path, n_features: i64, n_classes: i64) -> Self {
-        let nf = 2 * n_features;
+        Self::build(p, n_features, n_classes, true)
+    }
+
+    /// The head fastai builds for a timm model without a pooling map (ViT: `TimmBody` returns the
+    /// class token's features, `needs_pool` is false): `create_head(nf, n, pool=False)`, i.e. no
+    /// concat pool, `nf` (not 2·nf) inputs, and every Sequential index two lower (`0`, `2`, `4`, `6`).
+    pub fn unpooled(p: &nn::Path, n_features: i64, n_classes: i64) -> Self {
+        Self::build(p, n_features, n_classes, false)
+    }
+
+    fn build(p: &nn::Path, n_features: i64, n_classes: i64, pool: bool) -> Self {
+        let (nf, first) = if pool {
+            (2 * n_features, 2)
+        } else {
+            (n_features, 0)
+        };
+        let idx = |i: usize| p / (first + i).to_string();
         FastaiHead {
-            bn1: head_bn(p / "2", nf),
-            lin1: kaiming_linear(p / "4", nf, 512),
-            bn2: head_bn(p / "6", 512),
-            lin2: kaiming_linear(p / "8", 512, n_classes),
+            pool,
+            bn1: head_bn(idx(0), nf),
+            lin1: kaiming_linear(idx(2), nf, 512),
+            bn2: head_bn(idx(4), 512),
+            lin2: kaiming_linear(idx(6), 512, n_classes),
         }
     }
 }
@@ -61,8 +80,12 @@ pub fn concat_pool(x: &Tensor) -> Tensor {
 
 impl ModuleT for FastaiHead {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        concat_pool(x)
-            .apply_t(&self.bn1, train)
+        let x = if self.pool {
+            concat_pool(x)
+        } else {
+            x.shallow_clone()
+        };
+        x.apply_t(&self.bn1, train)
             .dropout(0.25, train)
             .apply(&self.lin1)
             .relu()
@@ -72,33 +95,57 @@ impl ModuleT for FastaiHead {
     }
 }
 
-/// torchvision's own pooling + 1000-class classifier (`fc` for resnet, `classifier.1` for mobilenet_v2).
+/// torchvision's own pooling + 1000-class classifier (`fc` for resnet and RegNet, `classifier.1` for
+/// mobilenet_v2, `classifier.0` LayerNorm2d + `classifier.2` for ConvNeXt, `heads.head` on the
+/// class token for ViT).
 #[derive(Debug)]
 pub struct ImagenetClassifier {
     fc: nn::Linear,
+    /// ConvNeXt's final LayerNorm (on the pooled features), which fastai's body leaves out.
+    norm: Option<nn::LayerNorm>,
     /// mobilenet_v2's classifier starts with Dropout(0.2); resnet's `fc` has none.
     dropout: f64,
+    /// ViT bodies already give [N, C] (the class token): nothing to pool.
+    pool: bool,
 }
 
 impl ImagenetClassifier {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
+        let c = arch.body_channels();
         let path = match arch {
             Arch::MobilenetV2 => p / "classifier" / "1",
+            a if a.is_convnext() => p / "classifier" / "2",
+            a if a.is_vit() => p / "heads" / "head",
             _ => p / "fc",
         };
+        let norm = arch.is_convnext().then(|| {
+            let cfg = nn::LayerNormConfig {
+                eps: 1e-6,
+                ..Default::default()
+            };
+            nn::layer_norm(p / "classifier" / "0", vec![c], cfg)
+        });
         let dropout = if arch == Arch::MobilenetV2 { 0.2 } else { 0.0 };
         ImagenetClassifier {
-            fc: nn::linear(path, arch.body_channels(), 1000, Default::default()),
+            fc: nn::linear(path, c, 1000, Default::default()),
+            norm,
             dropout,
+            pool: !arch.is_vit(),
         }
     }
 }
 
 impl ModuleT for ImagenetClassifier {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(self.dropout, train)
-            .apply(&self.fc)
+        let mut y = if self.pool {
+            x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        } else {
+            x.shallow_clone()
+        };
+        if let Some(n) = &self.norm {
+            // LayerNorm2d on a 1×1 map is a LayerNorm over the channels.
+            y = y.apply(n);
+        }
+        y.dropout(self.dropout, train).apply(&self.fc)
     }
 }

@@ -2,6 +2,7 @@
 //! its exact shape, and nothing but BatchNorm counters and the replaced classifier may be left over.
 
 use super::network::{Network, BODY, HEAD, TOP};
+use super::timm_zoo2::{self, Shapes};
 use super::weights::{read_weights, NamedTensors, WeightsError};
 use super::Arch;
 use std::collections::HashMap;
@@ -20,8 +21,23 @@ pub enum Part {
 fn is_classifier_key(arch: Arch, key: &str) -> bool {
     match arch {
         Arch::MobilenetV2 => key.starts_with("classifier."),
+        // ConvNeXt's classifier includes its final LayerNorm, outside fastai's body.
+        a if a.is_convnext() => key.starts_with("classifier."),
+        a if a.is_vit() => key.starts_with("heads."),
         _ => key.starts_with("fc."),
     }
+}
+
+fn shapes(by_key: &HashMap<String, Tensor>) -> Shapes {
+    by_key.iter().map(|(k, t)| (k.clone(), t.size())).collect()
+}
+
+/// The arch a file looks like, for errors: RegNet, ConvNeXt and ViT by names and shapes (either
+/// layout), others by key names.
+fn looks_like(by_key: &HashMap<String, Tensor>) -> Option<String> {
+    timm_zoo2::guess(&shapes(by_key))
+        .map(|a| a.name().to_string())
+        .or_else(|| Arch::guess_from_keys(by_key.keys().map(String::as_str)))
 }
 
 /// Reads `file` and loads it into `net` (see [`load_tensors`]).
@@ -47,13 +63,31 @@ pub fn load_tensors(
         })
         .collect();
     let arch = net.arch;
+    // A timm file of this arch's family is renamed to torchvision's keys; its errors name the
+    // tensors by their torchvision names, and say so.
+    let family = timm_zoo2::family_of(&shapes(&by_key)).filter(|f| f.archs.contains(&arch));
+    let timm = family.is_some();
     let mismatch = |by_key: &HashMap<String, Tensor>, msg: String| WeightsError::Mismatch {
         path: file.to_path_buf(),
         arch: arch.name().to_string(),
-        msg,
-        looks_like: Arch::guess_from_keys(by_key.keys().map(String::as_str))
-            .filter(|g| g != arch.name()),
+        msg: if timm {
+            format!("{msg} (timm checkpoint, keys shown under torchvision's names)")
+        } else {
+            msg
+        },
+        looks_like: looks_like(by_key).filter(|g| g != arch.name()),
     };
+    if let Some(f) = family {
+        let original = shapes(&by_key);
+        by_key = (f.remap)(arch, by_key).map_err(|msg| WeightsError::Mismatch {
+            path: file.to_path_buf(),
+            arch: arch.name().to_string(),
+            msg: format!("{msg} (timm {} checkpoint)", f.name),
+            looks_like: (f.guess)(&original)
+                .map(|a| a.name().to_string())
+                .filter(|g| g != arch.name()),
+        })?;
+    }
     let vars = net.vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();

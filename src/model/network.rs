@@ -1,8 +1,11 @@
 //! A network = pretrained body + top (fastai head or ImageNet classifier), owning its variables.
 
+use super::convnext::{self, ConvnextBody};
 use super::head::{FastaiHead, ImagenetClassifier};
 use super::mobilenet_v2::MobilenetV2Body;
+use super::regnet::{self, RegnetBody};
 use super::resnet::{ResnetBody, Shape};
+use super::vit::{self, VitBody};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -50,6 +53,14 @@ fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn ModuleT> {
             },
         )),
         Arch::MobilenetV2 => Box::new(MobilenetV2Body::new(p)),
+        Arch::RegnetY400mf => Box::new(RegnetBody::new(p, regnet::Y_400MF)),
+        Arch::RegnetY800mf => Box::new(RegnetBody::new(p, regnet::Y_800MF)),
+        Arch::RegnetY1_6gf => Box::new(RegnetBody::new(p, regnet::Y_1_6GF)),
+        Arch::RegnetX400mf => Box::new(RegnetBody::new(p, regnet::X_400MF)),
+        Arch::ConvnextTiny => Box::new(ConvnextBody::new(p, convnext::TINY)),
+        Arch::ConvnextSmall => Box::new(ConvnextBody::new(p, convnext::SMALL)),
+        Arch::VitB16 => Box::new(VitBody::new(p, vit::B16)),
+        Arch::VitS16 => Box::new(VitBody::new(p, vit::S16)),
     }
 }
 
@@ -59,11 +70,12 @@ impl Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
-        let top: Box<dyn ModuleT> = Box::new(FastaiHead::new(
-            &(&root / HEAD),
-            arch.body_channels(),
-            n_classes,
-        ));
+        let head = &root / HEAD;
+        let top: Box<dyn ModuleT> = Box::new(if arch.is_vit() {
+            FastaiHead::unpooled(&head, arch.body_channels(), n_classes)
+        } else {
+            FastaiHead::new(&head, arch.body_channels(), n_classes)
+        });
         Self::finish(arch, vs, body, top)
     }
 
@@ -101,9 +113,17 @@ impl Network {
         &self.params
     }
 
-    /// A BatchNorm weight or bias: a parameter whose layer also has a running mean.
+    /// A BatchNorm weight or bias: a parameter whose layer also has a running mean; or, as fastai's
+    /// `norm_types` include `nn.LayerNorm`, a LayerNorm's (ConvNeXt, ViT).
     pub fn is_bn_param(&self, name: &str) -> bool {
         let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or("");
+        if let Some(l) = layer.strip_prefix(&format!("{BODY}.")) {
+            if (self.arch.is_convnext() && convnext::is_layer_norm(l))
+                || (self.arch.is_vit() && vit::is_layer_norm(l))
+            {
+                return true;
+            }
+        }
         self.vs
             .variables_
             .lock()
