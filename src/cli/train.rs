@@ -115,6 +115,14 @@ pub fn prepare(
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
     tch::manual_seed(cfg.seed as i64);
+    // A ViT cuts the image into 16-pixel patches: a smaller side would leave no patch at all.
+    anyhow::ensure!(
+        !model.arch.is_vit() || (cfg.size.w >= 16 && cfg.size.h >= 16),
+        "--size {}x{} is too small for {}: each side needs at least one 16-pixel patch",
+        cfg.size.w,
+        cfg.size.h,
+        model.arch
+    );
     let weights = if model.random_init {
         None
     } else {
