@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
+TIMM_VERSION=1.0.31
 VENV=${FINETUNE_VENV:-.venv}
 PY=${PYTHON:-python3}
 
@@ -28,6 +29,10 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have safetensors 0.0.0 2>/dev/null || "$VENV/bin/python" -c 'import safetensors' 2>/dev/null || need+=("safetensors")
   "$VENV/bin/python" -c 'import numpy' 2>/dev/null || need+=("numpy")
   "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")
+  # Parity references for timm checkpoints (code only: models built with pretrained=False) and
+  # the EfficientNet-Lite reference implementation the Lite0 weights were converted for.
+  have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
+  have efficientnet_lite_pytorch 0.1.0 || need+=("efficientnet_lite_pytorch==0.1.0")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

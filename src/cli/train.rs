@@ -2,7 +2,7 @@ use finetune::data::{DataConfig, DataLoaders, PadMode, ResizeMethod, Size};
 use finetune::infer::bundle::{
     self, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
-use finetune::model::{load_checkpoint, Arch, Network, Part};
+use finetune::model::{load_checkpoint, ArchSpec, Network, Part};
 use finetune::train::FineTune;
 use finetune::train::{AdamConfig, ConsoleReport, Learner};
 use std::path::PathBuf;
@@ -58,9 +58,12 @@ pub struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2 or mobilenet_v2.
+    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, mobilenet_v2,
+    /// mobilenet_v3_small/large, efficientnet_b0..b3, efficientnet_v2_s, efficientnet_lite0,
+    /// mobilenetv3_small_100/large_100, tf_efficientnetv2_s, or timm:NAME[.TAG] (a timm
+    /// checkpoint: its hub file and input statistics; see `finetune weights list`).
     #[arg(long, default_value = "resnet18")]
-    pub arch: Arch,
+    pub arch: ArchSpec,
     /// Pretrained weights file; default: the known ImageNet file (cache or download).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -152,7 +155,7 @@ pub fn prepare(
         dls.train.len(),
         dls.cfg.bs
     );
-    let net = Network::classifier(model.arch, dls.classes.len() as i64, device);
+    let net = Network::classifier(model.arch.arch, dls.classes.len() as i64, device);
     if let Some(w) = &weights {
         load_checkpoint(&net, w, Part::Body)?;
     }
@@ -236,7 +239,7 @@ fn plan_from_bundle(dir: &std::path::Path, data: Option<PathBuf>) -> anyhow::Res
         data: data.unwrap_or(d.source),
         out: dir.to_path_buf(),
         model: ModelArgs {
-            arch: info.arch,
+            arch: info.arch.into(),
             weights: None,
             random_init: true,
         },
@@ -277,14 +280,14 @@ fn model_info(
     ModelInfo {
         format_version: bundle::FORMAT_VERSION,
         finetune_version: env!("CARGO_PKG_VERSION").into(),
-        arch: p.model.arch,
+        arch: p.model.arch.arch,
         classes: learn.dls.classes.clone(),
         size: learn.dls.cfg.size,
         resize: learn.dls.cfg.method,
         pad_mode: learn.dls.cfg.pad,
         normalization: Normalization {
-            mean: finetune::data::tensor::IMAGENET_MEAN,
-            std: finetune::data::tensor::IMAGENET_STD,
+            mean: learn.mean,
+            std: learn.std,
         },
         training: Some(TrainingInfo {
             fine_tune: p.ft,
@@ -363,6 +366,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         plan.cfg.seed,
     );
+    // The statistics the pretrained weights expect (a resumed run keeps its bundle's).
+    (learn.mean, learn.std) = match &plan.resume {
+        Some((info, _)) => (info.normalization.mean, info.normalization.std),
+        None => plan.model.arch.normalization(),
+    };
     learn.label_smoothing = plan.label_smoothing;
     learn.augment = plan.augment;
     let plan = std::rc::Rc::new(plan);

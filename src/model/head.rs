@@ -72,23 +72,52 @@ impl ModuleT for FastaiHead {
     }
 }
 
-/// torchvision's own pooling + 1000-class classifier (`fc` for resnet, `classifier.1` for mobilenet_v2).
+/// The checkpoint's own pooling + 1000-class classifier, with its key names: `fc` (resnet),
+/// `classifier.1` (mobilenet_v2, EfficientNet), `classifier.0` + Hardswish + `classifier.3`
+/// (MobileNetV3), `_fc` (EfficientNet-Lite, lukemelas).
 #[derive(Debug)]
 pub struct ImagenetClassifier {
+    /// MobileNetV3's hidden Linear (followed by Hardswish).
+    hidden: Option<nn::Linear>,
     fc: nn::Linear,
-    /// mobilenet_v2's classifier starts with Dropout(0.2); resnet's `fc` has none.
+    /// Dropout before the last Linear (training only); resnet's `fc` has none.
     dropout: f64,
 }
 
 impl ImagenetClassifier {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
-        let path = match arch {
-            Arch::MobilenetV2 => p / "classifier" / "1",
-            _ => p / "fc",
+        let c = arch.body_channels();
+        let lin = |path, n_in| nn::linear(path, n_in, 1000, Default::default());
+        let (hidden, fc, dropout) = match arch {
+            Arch::MobilenetV3Small
+            | Arch::MobilenetV3Large
+            | Arch::Mobilenetv3Small100
+            | Arch::Mobilenetv3Large100 => {
+                let large = matches!(arch, Arch::MobilenetV3Large | Arch::Mobilenetv3Large100);
+                let h = super::mobilenet_v3::last_channel(large);
+                let hidden = nn::linear(p / "classifier" / "0", c, h, Default::default());
+                (Some(hidden), lin(p / "classifier" / "3", h), 0.2)
+            }
+            Arch::EfficientnetB2 | Arch::EfficientnetB3 => {
+                (None, lin(p / "classifier" / "1", c), 0.3)
+            }
+            Arch::MobilenetV2
+            | Arch::EfficientnetB0
+            | Arch::EfficientnetB1
+            | Arch::EfficientnetV2S
+            | Arch::TfEfficientnetV2S => (None, lin(p / "classifier" / "1", c), 0.2),
+            Arch::EfficientnetLite0 => (None, lin(p / "_fc", c), 0.2),
+            Arch::Resnet18
+            | Arch::Resnet34
+            | Arch::Resnet50
+            | Arch::Resnet101
+            | Arch::Resnet152
+            | Arch::Resnext50
+            | Arch::WideResnet50 => (None, lin(p / "fc", c), 0.0),
         };
-        let dropout = if arch == Arch::MobilenetV2 { 0.2 } else { 0.0 };
         ImagenetClassifier {
-            fc: nn::linear(path, arch.body_channels(), 1000, Default::default()),
+            hidden,
+            fc,
             dropout,
         }
     }
@@ -96,9 +125,10 @@ impl ImagenetClassifier {
 
 impl ModuleT for ImagenetClassifier {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(self.dropout, train)
-            .apply(&self.fc)
+        let mut y = x.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        if let Some(h) = &self.hidden {
+            y = y.apply(h).hardswish();
+        }
+        y.dropout(self.dropout, train).apply(&self.fc)
     }
 }

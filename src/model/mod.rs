@@ -1,15 +1,20 @@
 //! Architectures, weights and the fastai head.
 
 mod arch;
+mod efficientnet;
+mod efficientnet_lite;
 pub mod head;
 pub mod imagenet;
+mod layers;
 pub mod load;
 mod mobilenet_v2;
+mod mobilenet_v3;
 pub mod network;
 pub mod registry;
 mod resnet;
+pub mod timm;
 pub mod weights;
 
-pub use arch::{Arch, KnownWeights, UnknownArch};
+pub use arch::{Arch, ArchSpec, KnownWeights, UnknownArch, IMAGENET_STATS};
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use network::Network;
