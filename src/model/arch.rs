@@ -130,6 +130,15 @@ impl Arch {
         }
     }
 
+    /// Archs that exist only as timm models (timm's BatchNorm or padding differ from any
+    /// torchvision net's): they take timm checkpoints only, and their weights come from the hub.
+    pub fn timm_only(self) -> bool {
+        matches!(
+            self,
+            Arch::Mobilenetv3Small100 | Arch::Mobilenetv3Large100 | Arch::TfEfficientnetV2S
+        )
+    }
+
     /// Mean and std the pretrained weights expect, on `[0, 1]` RGB (the default weights'; a timm
     /// tag may differ, see [`ArchSpec::normalization`]).
     pub fn normalization(self) -> ([f64; 3], [f64; 3]) {

@@ -58,6 +58,13 @@ pub fn load_tensors(
         },
         looks_like: looks_like.clone(),
     };
+    // timm-only archs (timm's BatchNorm or padding) take timm's files only, the way torchvision's
+    // archs refuse timm's files: the same names would load the right shapes into the wrong net.
+    if family.is_none() && arch.timm_only() {
+        return Err(mismatch(format!(
+            "{arch} takes timm checkpoints, and this file is not in timm's layout"
+        )));
+    }
     // A timm checkpoint: renamed into our (torchvision) layout, if it is one of this arch's.
     if let Some(family) = family {
         if !family.archs.contains(&arch) {
