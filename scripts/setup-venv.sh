@@ -27,7 +27,6 @@ need=()
 have torch "$TORCH_VERSION" || need+=("torch==$TORCH_VERSION")
 if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have torchvision "$TORCHVISION_VERSION" || need+=("torchvision==$TORCHVISION_VERSION")
-  have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
   have safetensors 0.0.0 2>/dev/null || "$VENV/bin/python" -c 'import safetensors' 2>/dev/null || need+=("safetensors")
   "$VENV/bin/python" -c 'import numpy' 2>/dev/null || need+=("numpy")
   "$VENV/bin/python" -c 'import PIL' 2>/dev/null || need+=("pillow")
@@ -35,6 +34,10 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have playwright 1.65.2 || need+=("playwright==1.65.2")
   # The README's Python client examples are run against a live server (tests/serve.rs).
   "$VENV/bin/python" -c 'import requests' 2>/dev/null || need+=("requests")
+  # Parity references for timm checkpoints (code only: models built with pretrained=False) and
+  # the EfficientNet-Lite reference implementation the Lite0 weights were converted for.
+  have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
+  have efficientnet_lite_pytorch 0.1.0 || need+=("efficientnet_lite_pytorch==0.1.0")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

