@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
+# timm: test-only, for parity with its layouts (models built with pretrained=False; nothing downloaded).
+TIMM_VERSION=1.0.31
 VENV=${FINETUNE_VENV:-.venv}
 PY=${PYTHON:-python3}
 
@@ -35,6 +37,10 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   # `finetune export --format onnx` is checked with onnxruntime and onnx.checker (tests/export.rs).
   have onnxruntime 1.32.0 || need+=("onnxruntime==1.32.0")
   have onnx 1.23.2 || need+=("onnx==1.23.2")
+  # Parity references for timm checkpoints (code only: models built with pretrained=False) and
+  # the EfficientNet-Lite reference implementation the Lite0 weights were converted for.
+  have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
+  have efficientnet_lite_pytorch 0.1.0 || need+=("efficientnet_lite_pytorch==0.1.0")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-/// The fastai head's last Linear (`Sequential` index 8).
-const LAST_LINEAR: &str = "head.8.weight";
 const CLASSES: [&str; 5] = ["hat", "pants", "shoes", "t-shirt", "crème \"brûlée\", [x]"];
 
 /// Seven real photos from the embedded sample, from every class.
@@ -46,8 +44,8 @@ fn info(arch: Arch, size: Size, resize: ResizeMethod) -> ModelInfo {
         resize,
         pad_mode: PadMode::Reflection,
         normalization: Normalization {
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            mean: arch.normalization().0,
+            std: arch.normalization().1,
         },
         training: None,
         data: None,
@@ -100,8 +98,13 @@ fn make_bundle(dir: &Path, arch: Arch, size: Size, resize: ResizeMethod) -> Mode
         // 0.99), not the tens that a random deep ResNet's residual stream gives: float32 rounding is
         // relative (measured ≈ 1e-5 of the logits' scale), an export bug is of the logits' own size.
         let s = net.forward_t(&x, false).std(true).double_value(&[]);
+        // The head's last Linear: `Sequential` index 8, or 6 in the unpooled (ViT) head.
         let vars = net.vs.variables();
-        let mut last = vars[LAST_LINEAR].shallow_clone();
+        let last = ["head.8.weight", "head.6.weight"]
+            .iter()
+            .find_map(|k| vars.get(*k))
+            .unwrap();
+        let mut last = last.shallow_clone();
         let _ = last.g_mul_scalar_(2.0 / s);
     });
     bundle::save(dir, &net, &info, &[], None).unwrap();
@@ -209,6 +212,25 @@ parity_tests! {
     onnx_parity_resnext50_32x4d: Arch::Resnext50,
     onnx_parity_wide_resnet50_2: Arch::WideResnet50,
     onnx_parity_mobilenet_v2: Arch::MobilenetV2,
+    onnx_parity_regnet_y_400mf: Arch::RegnetY400mf,
+    onnx_parity_regnet_y_800mf: Arch::RegnetY800mf,
+    onnx_parity_regnet_y_1_6gf: Arch::RegnetY1_6gf,
+    onnx_parity_regnet_x_400mf: Arch::RegnetX400mf,
+    onnx_parity_convnext_tiny: Arch::ConvnextTiny,
+    onnx_parity_convnext_small: Arch::ConvnextSmall,
+    onnx_parity_vit_b_16: Arch::VitB16,
+    onnx_parity_vit_s_16: Arch::VitS16,
+    onnx_parity_mobilenet_v3_small: Arch::MobilenetV3Small,
+    onnx_parity_mobilenet_v3_large: Arch::MobilenetV3Large,
+    onnx_parity_efficientnet_b0: Arch::EfficientnetB0,
+    onnx_parity_efficientnet_b1: Arch::EfficientnetB1,
+    onnx_parity_efficientnet_b2: Arch::EfficientnetB2,
+    onnx_parity_efficientnet_b3: Arch::EfficientnetB3,
+    onnx_parity_efficientnet_v2_s: Arch::EfficientnetV2S,
+    onnx_parity_efficientnet_lite0: Arch::EfficientnetLite0,
+    onnx_parity_mobilenetv3_small_100: Arch::Mobilenetv3Small100,
+    onnx_parity_mobilenetv3_large_100: Arch::Mobilenetv3Large100,
+    onnx_parity_tf_efficientnetv2_s: Arch::TfEfficientnetV2S,
 }
 
 /// Every architecture the zoo has is covered by a parity test above.

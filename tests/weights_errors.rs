@@ -59,3 +59,115 @@ fn wrong_arch_names_key_and_guess() {
     let e = load_err(Arch::MobilenetV2, &bytes, "r18b.pth");
     assert!(e.contains("missing tensor `features.0.0.weight`"), "{e}");
 }
+
+/// timm checkpoints given to the wrong arch name the arch they fit (timm layouts load into it).
+#[test]
+fn wrong_arch_names_timm_and_torchvision_zoo2_files() {
+    for (file, given, want) in [
+        (
+            "zoo2_timm_convnext_tiny.safetensors",
+            Arch::Resnet50,
+            "convnext_tiny",
+        ),
+        (
+            "zoo2_convnext_small.pth",
+            Arch::ConvnextTiny,
+            "convnext_small",
+        ),
+        (
+            "zoo2_timm_regnety_016.safetensors",
+            Arch::RegnetY400mf,
+            "regnet_y_1_6gf",
+        ),
+        (
+            "zoo2_regnet_x_400mf.pth",
+            Arch::RegnetY800mf,
+            "regnet_x_400mf",
+        ),
+        (
+            "zoo2_timm_vit_small_patch16_224.safetensors",
+            Arch::VitB16,
+            "vit_s_16",
+        ),
+        ("zoo2_vit_s_16.pth", Arch::ConvnextTiny, "vit_s_16"),
+    ] {
+        let bytes = std::fs::read(reference().join(file)).unwrap();
+        let e = load_err(given, &bytes, file);
+        assert!(e.contains(&format!("looks like {want}")), "{file}: {e}");
+    }
+}
+
+/// The new families: every wrong pairing names what the file is, timm layouts included.
+#[test]
+fn wrong_arch_for_mobilenet_v3_efficientnet_and_timm_files() {
+    let file = |n: &str| std::fs::read(reference().join(n)).unwrap();
+    // A timm EfficientNet given to a ResNet: the message names the timm model, as an --arch.
+    let e = load_err(
+        Arch::Resnet50,
+        &file("timm_efficientnet_b0.safetensors"),
+        "b0.safetensors",
+    );
+    assert!(
+        e.contains("timm EfficientNet/MobileNetV3 checkpoint"),
+        "{e}"
+    );
+    assert!(e.contains("looks like efficientnet_b0"), "{e}");
+    // timm's MobileNetV3 is not torchvision's (BatchNorm eps): refused, with the arch to use.
+    let e = load_err(
+        Arch::MobilenetV3Large,
+        &file("timm_mobilenetv3_large_100.pth"),
+        "mnv3.pth",
+    );
+    assert!(e.contains("pass --arch mobilenetv3_large_100"), "{e}");
+    // timm's V2-S is the TensorFlow port ("SAME" padding): not torchvision's efficientnet_v2_s.
+    let e = load_err(
+        Arch::EfficientnetV2S,
+        &file("timm_tf_efficientnetv2_s.safetensors"),
+        "v2s.safetensors",
+    );
+    assert!(e.contains("looks like tf_efficientnetv2_s"), "{e}");
+    // A timm B2 into B1 (same names, wider tensors): caught after renaming, named by its shapes.
+    let e = load_err(
+        Arch::EfficientnetB1,
+        &file("timm_efficientnet_b2.safetensors"),
+        "b2.safetensors",
+    );
+    assert!(e.contains("after renaming timm's keys"), "{e}");
+    assert!(e.contains("looks like efficientnet_b2"), "{e}");
+    // torchvision files the other way round.
+    let e = load_err(
+        Arch::EfficientnetB1,
+        &file("efficientnet_b2.pth"),
+        "tv_b2.pth",
+    );
+    assert!(
+        e.contains("shape") && e.contains("looks like efficientnet_b2"),
+        "{e}"
+    );
+    let e = load_err(
+        Arch::Mobilenetv3Small100,
+        &file("mobilenet_v3_small.pth"),
+        "tv_s.pth",
+    );
+    assert!(e.contains("looks like mobilenet_v3_small"), "{e}");
+    let e = load_err(
+        Arch::EfficientnetB3,
+        &file("efficientnet_v2_s.pth"),
+        "tv_v2s.pth",
+    );
+    assert!(e.contains("looks like efficientnet_v2_s"), "{e}");
+    let e = load_err(
+        Arch::MobilenetV3Small,
+        &file("mobilenet_v3_large.pth"),
+        "tv_l.pth",
+    );
+    assert!(e.contains("looks like mobilenet_v3_large"), "{e}");
+    if let Some(w) = lite0_weights() {
+        let e = load_err(
+            Arch::EfficientnetB0,
+            &std::fs::read(w).unwrap(),
+            "lite0.pth",
+        );
+        assert!(e.contains("looks like efficientnet_lite0"), "{e}");
+    }
+}

@@ -1,12 +1,12 @@
 use finetune::infer::imagenet;
-use finetune::model::{load_checkpoint, Arch, Network, Part};
+use finetune::model::{load_checkpoint, ArchSpec, Network, Part};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// resnet18, resnet34, resnet50 or mobilenet_v2.
+    /// Any arch of `finetune weights list`, or timm:NAME[.TAG].
     #[arg(long)]
-    arch: Arch,
+    arch: ArchSpec,
     /// Weights file (.pth, .pt or .safetensors); default: the known file from the cache or its URL.
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -25,9 +25,14 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.compute.device()?;
     let path = super::weights_path(a.arch, a.weights.as_deref())?;
-    let net = Network::imagenet(a.arch, device);
+    let net = Network::imagenet(a.arch.arch, device);
     load_checkpoint(&net, &path, Part::BodyAndClassifier)?;
-    let results = imagenet::classify(&net, &a.images, a.top_k.clamp(1, 1000));
+    let results = imagenet::classify(
+        &net,
+        a.arch.normalization(),
+        &a.images,
+        a.top_k.clamp(1, 1000),
+    );
     let mut failed = 0;
     let mut json = Vec::new();
     for (p, r) in a.images.iter().zip(results) {

@@ -34,6 +34,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (net, dls, _) =
         super::train::prepare(&a.model, &a.data, a.data_opts.config()?, device, a.quiet)?;
     let mut learn = Learner::new(net, dls, AdamConfig::default(), a.data_opts.seed);
+    (learn.mean, learn.std) = a.model.arch.normalization();
     // As on a fresh fastai vision_learner: the pretrained body is frozen.
     learn.freeze();
     let mut report = ConsoleReport::new(a.quiet);

@@ -100,7 +100,7 @@ impl ComputeArgs {
 
 /// The weights file for `arch`: `--weights`, else the cache, else a download.
 pub fn weights_path(
-    arch: finetune::model::Arch,
+    arch: impl Into<finetune::model::ArchSpec>,
     explicit: Option<&std::path::Path>,
 ) -> anyhow::Result<std::path::PathBuf> {
     if let Some(p) = explicit {

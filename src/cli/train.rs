@@ -2,7 +2,7 @@ use finetune::data::{DataConfig, DataLoaders, PadMode, ResizeMethod, Size};
 use finetune::infer::bundle::{
     self, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
-use finetune::model::{load_checkpoint, Arch, Network, Part};
+use finetune::model::{load_checkpoint, ArchSpec, Network, Part};
 use finetune::train::FineTune;
 use finetune::train::{AdamConfig, ConsoleReport, Learner};
 use std::path::PathBuf;
@@ -58,9 +58,13 @@ pub struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2 or mobilenet_v2.
+    /// resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, mobilenet_v2,
+    /// mobilenet_v3_small/large, efficientnet_b0..b3, efficientnet_v2_s, efficientnet_lite0,
+    /// mobilenetv3_small_100/large_100, tf_efficientnetv2_s, regnet_y_400mf/800mf/1_6gf,
+    /// regnet_x_400mf, convnext_tiny/small, vit_b_16, vit_s_16, or timm:NAME[.TAG] (a timm
+    /// checkpoint: its hub file and input statistics; see `finetune weights list`).
     #[arg(long, default_value = "resnet18")]
-    pub arch: Arch,
+    pub arch: ArchSpec,
     /// Pretrained weights file; default: the known ImageNet file (cache or download).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -114,6 +118,14 @@ pub fn prepare(
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
     tch::manual_seed(cfg.seed as i64);
+    // A ViT cuts the image into 16-pixel patches: a smaller side would leave no patch at all.
+    anyhow::ensure!(
+        !model.arch.arch.is_vit() || (cfg.size.w >= 16 && cfg.size.h >= 16),
+        "--size {}x{} is too small for {}: each side needs at least one 16-pixel patch",
+        cfg.size.w,
+        cfg.size.h,
+        model.arch
+    );
     let weights = if model.random_init {
         None
     } else {
@@ -152,7 +164,7 @@ pub fn prepare(
         dls.train.len(),
         dls.cfg.bs
     );
-    let net = Network::classifier(model.arch, dls.classes.len() as i64, device);
+    let net = Network::classifier(model.arch.arch, dls.classes.len() as i64, device);
     if let Some(w) = &weights {
         load_checkpoint(&net, w, Part::Body)?;
     }
@@ -236,7 +248,7 @@ fn plan_from_bundle(dir: &std::path::Path, data: Option<PathBuf>) -> anyhow::Res
         data: data.unwrap_or(d.source),
         out: dir.to_path_buf(),
         model: ModelArgs {
-            arch: info.arch,
+            arch: info.arch.into(),
             weights: None,
             random_init: true,
         },
@@ -277,14 +289,14 @@ fn model_info(
     ModelInfo {
         format_version: bundle::FORMAT_VERSION,
         finetune_version: env!("CARGO_PKG_VERSION").into(),
-        arch: p.model.arch,
+        arch: p.model.arch.arch,
         classes: learn.dls.classes.clone(),
         size: learn.dls.cfg.size,
         resize: learn.dls.cfg.method,
         pad_mode: learn.dls.cfg.pad,
         normalization: Normalization {
-            mean: finetune::data::tensor::IMAGENET_MEAN,
-            std: finetune::data::tensor::IMAGENET_STD,
+            mean: learn.mean,
+            std: learn.std,
         },
         training: Some(TrainingInfo {
             fine_tune: p.ft,
@@ -363,6 +375,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         plan.cfg.seed,
     );
+    // The statistics the pretrained weights expect (a resumed run keeps its bundle's).
+    (learn.mean, learn.std) = match &plan.resume {
+        Some((info, _)) => (info.normalization.mean, info.normalization.std),
+        None => plan.model.arch.normalization(),
+    };
     learn.label_smoothing = plan.label_smoothing;
     learn.augment = plan.augment;
     let plan = std::rc::Rc::new(plan);

@@ -1,28 +1,62 @@
-use finetune::model::{registry, Arch};
+use finetune::model::{registry, timm, Arch, ArchSpec, KnownWeights};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Show the known weights, their size and whether they are cached.
+    /// Show every arch and timm checkpoint: input size, normalisation, weights file, size, cached.
     List,
-    /// Download the known weights of ARCH into the cache (checks the SHA-256).
-    Fetch { arch: Arch },
+    /// Download the known weights of ARCH (or timm:NAME[.TAG]) into the cache (checks the SHA-256
+    /// where one is known).
+    Fetch { arch: ArchSpec },
+}
+
+fn stats(s: ([f64; 3], [f64; 3])) -> String {
+    let f = |v: [f64; 3]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("{}/{}", f(s.0), f(s.1))
+}
+
+fn row(name: &str, size: i64, spec: ArchSpec, k: &KnownWeights) {
+    println!(
+        "{:<42} {:>4}  {:<29} {:>6.1}MB  {:<6} {}",
+        name,
+        size,
+        stats(spec.normalization()),
+        k.size_bytes as f64 / 1e6,
+        if registry::cached(spec).is_some() {
+            "yes"
+        } else {
+            "no"
+        },
+        k.file
+    );
 }
 
 pub fn run(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::List => {
             println!("cache: {}", registry::cache_dir().display());
-            println!("{:<16} {:>8}  {:<8} file", "arch", "size", "cached");
+            println!(
+                "{:<42} {:>4}  {:<29} {:>8}  {:<6} file",
+                "arch", "size", "mean/std", "weights", "cached"
+            );
             for arch in Arch::ALL {
-                let k = arch.known_weights();
-                let cached = registry::cached(arch).is_some();
-                println!(
-                    "{:<16} {:>6.1}MB  {:<8} {}",
+                row(
                     arch.name(),
-                    k.size_bytes as f64 / 1e6,
-                    if cached { "yes" } else { "no" },
-                    k.file
+                    arch.default_size(),
+                    arch.into(),
+                    &arch.known_weights(),
                 );
+            }
+            for t in timm::HUB {
+                let spec = ArchSpec {
+                    arch: t.arch,
+                    timm: Some(t),
+                };
+                row(&format!("timm:{}", t.name), t.size, spec, &t.known);
             }
         }
         Cmd::Fetch { arch } => {

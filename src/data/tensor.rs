@@ -3,9 +3,6 @@
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
-pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
-
 /// Stacks same-sized images into a u8 NHWC tensor (the cheap form kept in caches and moved to the
 /// device), leaving the float conversion to [`normalize`] on the device.
 pub fn stack_u8(images: &[&RgbImage]) -> Tensor {
@@ -17,7 +14,7 @@ pub fn stack_u8(images: &[&RgbImage]) -> Tensor {
     Tensor::from_slice(&buf).reshape([images.len() as i64, h as i64, w as i64, 3])
 }
 
-/// u8 NHWC → float NCHW in [0,1] → ImageNet-normalised, on `device`.
+/// u8 NHWC → float NCHW in [0,1] → normalised with the weights' `mean` and `std`, on `device`.
 pub fn normalize(batch_u8: &Tensor, device: Device, mean: [f64; 3], std: [f64; 3]) -> Tensor {
     let x = batch_u8
         .to_device(device)
@@ -39,8 +36,4 @@ pub fn normalize_float(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
         .to_device(device)
         .view([1, 3, 1, 1]);
     (x - m) / s
-}
-
-pub fn to_batch(images: &[&RgbImage], device: Device) -> Tensor {
-    normalize(&stack_u8(images), device, IMAGENET_MEAN, IMAGENET_STD)
 }

@@ -90,7 +90,7 @@ pub fn onnx_model(
     if !OPSETS.contains(&opset) {
         return Err(ExportError::Opset(opset));
     }
-    let mut g = Graph::new(opset);
+    let mut g = Graph::new(opset, (info.size.h as i64, info.size.w as i64));
     let logits = tch::no_grad(|| net.onnx(&mut g, "input"));
     g.rename(&logits, "logits");
     let probs = g.node(

@@ -3,7 +3,7 @@
 
 use crate::data::decode::{decode_file, DecodeError};
 use crate::data::{resize, tensor};
-use crate::model::{imagenet, Network};
+use crate::model::{imagenet, Arch, Network};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use tch::nn::ModuleT;
@@ -15,28 +15,34 @@ pub struct Scored {
     pub probability: f64,
 }
 
-/// torchvision's reference eval transform: resize short side 256, centre-crop 224.
-pub fn preprocess(path: &std::path::Path) -> Result<image::RgbImage, DecodeError> {
+/// The reference eval transform of the arch's weights: resize the short side, centre-crop
+/// (256 → 224 for most; see [`Arch::eval_resize`]). Bilinear, where torchvision's EfficientNet
+/// presets use bicubic.
+pub fn preprocess(path: &std::path::Path, arch: Arch) -> Result<image::RgbImage, DecodeError> {
+    let (short, crop) = arch.eval_resize();
     Ok(resize::resize_short_then_center_crop(
         &decode_file(path)?,
-        256,
-        224,
+        short as u32,
+        crop as u32,
     ))
 }
 
-/// Top-`k` per image; images that cannot be decoded come back as their error.
+/// Top-`k` per image; images that cannot be decoded come back as their error. `stats`: the
+/// mean and std the weights expect.
 pub fn classify(
     net: &Network,
+    stats: ([f64; 3], [f64; 3]),
     paths: &[PathBuf],
     k: usize,
 ) -> Vec<Result<Vec<Scored>, DecodeError>> {
     let labels = imagenet::labels();
-    let decoded: Vec<_> = paths.par_iter().map(|p| preprocess(p)).collect();
+    let arch = net.arch;
+    let decoded: Vec<_> = paths.par_iter().map(|p| preprocess(p, arch)).collect();
     let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
     let mut probs_iter = if ok.is_empty() {
         Vec::new().into_iter()
     } else {
-        let x = tensor::to_batch(&ok, net.device());
+        let x = tensor::normalize(&tensor::stack_u8(&ok), net.device(), stats.0, stats.1);
         let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
             .to_device(tch::Device::Cpu);
         let (p, i) = probs.topk(k as i64, -1, true, true);

@@ -1,7 +1,7 @@
 //! fastai's classification head (`create_head` with its defaults) and torchvision's ImageNet
 //! classifiers, which `classify-imagenet` uses instead of a head.
 
-use super::onnx::{Graph, OnnxExport, BN_EPS};
+use super::onnx::{Attr, Graph, OnnxExport, BN_EPS};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -11,6 +11,8 @@ use tch::Tensor;
 /// so a bundle's keys read like `learn.model[1].state_dict()`.
 #[derive(Debug)]
 pub struct FastaiHead {
+    /// fastai's `create_head(pool=...)`: false for bodies that already give a feature vector.
+    pool: bool,
     bn1: nn::BatchNorm,
     lin1: nn::Linear,
     bn2: nn::BatchNorm,
@@ -43,12 +45,29 @@ fn kaiming_linear(p: nn::Path, n_in: i64, n_out: i64) -> nn::Linear {
 
 impl FastaiHead {
     pub fn new(p: &nn::Path, n_features: i64, n_classes: i64) -> Self {
-        let nf = 2 * n_features;
+        Self::build(p, n_features, n_classes, true)
+    }
+
+    /// The head fastai builds for a timm model without a pooling map (ViT: `TimmBody` returns the
+    /// class token's features, `needs_pool` is false): `create_head(nf, n, pool=False)`, i.e. no
+    /// concat pool, `nf` (not 2·nf) inputs, and every Sequential index two lower (`0`, `2`, `4`, `6`).
+    pub fn unpooled(p: &nn::Path, n_features: i64, n_classes: i64) -> Self {
+        Self::build(p, n_features, n_classes, false)
+    }
+
+    fn build(p: &nn::Path, n_features: i64, n_classes: i64, pool: bool) -> Self {
+        let (nf, first) = if pool {
+            (2 * n_features, 2)
+        } else {
+            (n_features, 0)
+        };
+        let idx = |i: usize| p / (first + i).to_string();
         FastaiHead {
-            bn1: head_bn(p / "2", nf),
-            lin1: kaiming_linear(p / "4", nf, 512),
-            bn2: head_bn(p / "6", 512),
-            lin2: kaiming_linear(p / "8", 512, n_classes),
+            pool,
+            bn1: head_bn(idx(0), nf),
+            lin1: kaiming_linear(idx(2), nf, 512),
+            bn2: head_bn(idx(4), 512),
+            lin2: kaiming_linear(idx(6), 512, n_classes),
         }
     }
 }
@@ -62,8 +81,12 @@ pub fn concat_pool(x: &Tensor) -> Tensor {
 
 impl ModuleT for FastaiHead {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        concat_pool(x)
-            .apply_t(&self.bn1, train)
+        let x = if self.pool {
+            concat_pool(x)
+        } else {
+            x.shallow_clone()
+        };
+        x.apply_t(&self.bn1, train)
             .dropout(0.25, train)
             .apply(&self.lin1)
             .relu()
@@ -78,17 +101,17 @@ impl ModuleT for FastaiHead {
 pub fn concat_pool_onnx(g: &mut Graph, x: &str) -> String {
     let mx = g.node("GlobalMaxPool", &[x], vec![]);
     let avg = g.node("GlobalAveragePool", &[x], vec![]);
-    let cat = g.node(
-        "Concat",
-        &[&mx, &avg],
-        vec![("axis", super::onnx::Attr::Int(1))],
-    );
+    let cat = g.node("Concat", &[&mx, &avg], vec![("axis", Attr::Int(1))]);
     g.flatten(&cat)
 }
 
 impl OnnxExport for FastaiHead {
     fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let y = concat_pool_onnx(g, x);
+        let y = if self.pool {
+            concat_pool_onnx(g, x)
+        } else {
+            x.to_string()
+        };
         let y = g.batch_norm(&y, &self.bn1, BN_EPS);
         let y = g.linear(&y, &self.lin1);
         let y = g.relu(&y);
@@ -97,41 +120,113 @@ impl OnnxExport for FastaiHead {
     }
 }
 
-/// torchvision's own pooling + 1000-class classifier (`fc` for resnet, `classifier.1` for mobilenet_v2).
+/// The checkpoint's own pooling + 1000-class classifier, with its key names: `fc` (resnet, RegNet),
+/// `classifier.1` (mobilenet_v2, EfficientNet), `classifier.0` + Hardswish + `classifier.3`
+/// (MobileNetV3), `_fc` (EfficientNet-Lite, lukemelas), `classifier.0` LayerNorm2d + `classifier.2`
+/// (ConvNeXt), `heads.head` on the class token (ViT).
 #[derive(Debug)]
 pub struct ImagenetClassifier {
+    /// MobileNetV3's hidden Linear (followed by Hardswish).
+    hidden: Option<nn::Linear>,
+    /// ConvNeXt's final LayerNorm (on the pooled features), which fastai's body leaves out.
+    norm: Option<nn::LayerNorm>,
     fc: nn::Linear,
-    /// mobilenet_v2's classifier starts with Dropout(0.2); resnet's `fc` has none.
+    /// Dropout before the last Linear (training only); resnet's `fc` has none.
     dropout: f64,
+    /// ViT bodies already give [N, C] (the class token): nothing to pool.
+    pool: bool,
 }
+
+/// ConvNeXt's classifier LayerNorm epsilon.
+const CLASSIFIER_LN_EPS: f64 = 1e-6;
 
 impl ImagenetClassifier {
     pub fn new(p: &nn::Path, arch: Arch) -> Self {
-        let path = match arch {
-            Arch::MobilenetV2 => p / "classifier" / "1",
-            _ => p / "fc",
+        let c = arch.body_channels();
+        let lin = |path, n_in| nn::linear(path, n_in, 1000, Default::default());
+        let mut norm = None;
+        let (hidden, fc, dropout) = match arch {
+            Arch::MobilenetV3Small
+            | Arch::MobilenetV3Large
+            | Arch::Mobilenetv3Small100
+            | Arch::Mobilenetv3Large100 => {
+                let large = matches!(arch, Arch::MobilenetV3Large | Arch::Mobilenetv3Large100);
+                let h = super::mobilenet_v3::last_channel(large);
+                let hidden = nn::linear(p / "classifier" / "0", c, h, Default::default());
+                (Some(hidden), lin(p / "classifier" / "3", h), 0.2)
+            }
+            Arch::EfficientnetB2 | Arch::EfficientnetB3 => {
+                (None, lin(p / "classifier" / "1", c), 0.3)
+            }
+            Arch::MobilenetV2
+            | Arch::EfficientnetB0
+            | Arch::EfficientnetB1
+            | Arch::EfficientnetV2S
+            | Arch::TfEfficientnetV2S => (None, lin(p / "classifier" / "1", c), 0.2),
+            Arch::EfficientnetLite0 => (None, lin(p / "_fc", c), 0.2),
+            Arch::ConvnextTiny | Arch::ConvnextSmall => {
+                let cfg = nn::LayerNormConfig {
+                    eps: CLASSIFIER_LN_EPS,
+                    ..Default::default()
+                };
+                norm = Some(nn::layer_norm(p / "classifier" / "0", vec![c], cfg));
+                (None, lin(p / "classifier" / "2", c), 0.0)
+            }
+            Arch::VitB16 | Arch::VitS16 => (None, lin(p / "heads" / "head", c), 0.0),
+            Arch::Resnet18
+            | Arch::Resnet34
+            | Arch::Resnet50
+            | Arch::Resnet101
+            | Arch::Resnet152
+            | Arch::Resnext50
+            | Arch::WideResnet50
+            | Arch::RegnetY400mf
+            | Arch::RegnetY800mf
+            | Arch::RegnetY1_6gf
+            | Arch::RegnetX400mf => (None, lin(p / "fc", c), 0.0),
         };
-        let dropout = if arch == Arch::MobilenetV2 { 0.2 } else { 0.0 };
         ImagenetClassifier {
-            fc: nn::linear(path, arch.body_channels(), 1000, Default::default()),
+            hidden,
+            norm,
+            fc,
             dropout,
+            pool: !arch.is_vit(),
         }
     }
 }
 
 impl ModuleT for ImagenetClassifier {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(self.dropout, train)
-            .apply(&self.fc)
+        let mut y = if self.pool {
+            x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        } else {
+            x.shallow_clone()
+        };
+        if let Some(n) = &self.norm {
+            // LayerNorm2d on a 1×1 map is a LayerNorm over the channels.
+            y = y.apply(n);
+        }
+        if let Some(h) = &self.hidden {
+            y = y.apply(h).hardswish();
+        }
+        y.dropout(self.dropout, train).apply(&self.fc)
     }
 }
 
 impl OnnxExport for ImagenetClassifier {
     fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let y = g.node("GlobalAveragePool", &[x], vec![]);
-        let y = g.flatten(&y);
+        let mut y = x.to_string();
+        if self.pool {
+            let p = g.node("GlobalAveragePool", &[&y], vec![]);
+            y = g.flatten(&p);
+        }
+        if let Some(n) = &self.norm {
+            y = g.layer_norm(&y, n, CLASSIFIER_LN_EPS);
+        }
+        if let Some(h) = &self.hidden {
+            let z = g.linear(&y, h);
+            y = g.hardswish(&z);
+        }
         g.linear(&y, &self.fc)
     }
 }

@@ -2,6 +2,8 @@
 //! its exact shape, and nothing but BatchNorm counters and the replaced classifier may be left over.
 
 use super::network::{Network, BODY, HEAD, TOP};
+use super::timm::{self, Shapes};
+use super::timm_zoo2;
 use super::weights::{read_weights, NamedTensors, WeightsError};
 use super::Arch;
 use std::collections::HashMap;
@@ -18,10 +20,7 @@ pub enum Part {
 }
 
 fn is_classifier_key(arch: Arch, key: &str) -> bool {
-    match arch {
-        Arch::MobilenetV2 => key.starts_with("classifier."),
-        _ => key.starts_with("fc."),
-    }
+    key.starts_with(arch.classifier_prefix())
 }
 
 /// Reads `file` and loads it into `net` (see [`load_tensors`]).
@@ -47,13 +46,41 @@ pub fn load_tensors(
         })
         .collect();
     let arch = net.arch;
-    let mismatch = |by_key: &HashMap<String, Tensor>, msg: String| WeightsError::Mismatch {
+    // Names and shapes as in the file, for recognising its layout.
+    let shapes: Shapes = by_key.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    let looks_like = Arch::guess_weights(&shapes).filter(|g| g != arch.name());
+    let family = timm::family_of(&shapes);
+    let mismatch = |msg: String| WeightsError::Mismatch {
         path: file.to_path_buf(),
         arch: arch.name().to_string(),
-        msg,
-        looks_like: Arch::guess_from_keys(by_key.keys().map(String::as_str))
-            .filter(|g| g != arch.name()),
+        msg: match family {
+            Some(f) if f.archs.contains(&arch) => format!("{msg} (after renaming timm's keys)"),
+            _ => msg,
+        },
+        looks_like: looks_like.clone(),
     };
+    // timm-only archs (timm's BatchNorm or padding) take timm's files only, the way torchvision's
+    // archs refuse timm's files: the same names would load the right shapes into the wrong net.
+    if family.is_none() && arch.timm_only() {
+        return Err(mismatch(format!(
+            "{arch} takes timm checkpoints, and this file is not in timm's layout"
+        )));
+    }
+    // A timm checkpoint: renamed into our (torchvision) layout, if it is one of this arch's.
+    if let Some(family) = family {
+        if !family.archs.contains(&arch) {
+            return Err(mismatch(format!("it is a timm {} checkpoint", family.name)));
+        }
+        by_key =
+            (family.remap)(arch, by_key).map_err(|e| mismatch(format!("timm checkpoint: {e}")))?;
+    }
+    // RegNet, ConvNeXt and ViT timm layouts (their own family table).
+    if family.is_none() {
+        if let Some(f) = timm_zoo2::family_of(&shapes).filter(|f| f.archs.contains(&arch)) {
+            by_key = (f.remap)(arch, by_key)
+                .map_err(|e| mismatch(format!("timm {} checkpoint: {e}", f.name)))?;
+        }
+    }
     let vars = net.vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
@@ -73,17 +100,14 @@ pub fn load_tensors(
         };
         let var = &vars[name];
         let Some(t) = by_key.get(key) else {
-            return Err(mismatch(&by_key, format!("missing tensor `{key}`")));
+            return Err(mismatch(format!("missing tensor `{key}`")));
         };
         if t.size() != var.size() {
-            return Err(mismatch(
-                &by_key,
-                format!(
-                    "tensor `{key}` has shape {:?}, the model needs {:?}",
-                    t.size(),
-                    var.size()
-                ),
-            ));
+            return Err(mismatch(format!(
+                "tensor `{key}` has shape {:?}, the model needs {:?}",
+                t.size(),
+                var.size()
+            )));
         }
         assignments.push((key.to_string(), var.shallow_clone()));
     }
@@ -100,13 +124,10 @@ pub fn load_tensors(
         .collect();
     unexpected.sort();
     if let Some(first) = unexpected.first() {
-        return Err(mismatch(
-            &by_key,
-            format!(
-                "unexpected tensor `{first}` ({} tensors the model does not have)",
-                unexpected.len()
-            ),
-        ));
+        return Err(mismatch(format!(
+            "unexpected tensor `{first}` ({} tensors the model does not have)",
+            unexpected.len()
+        )));
     }
     tch::no_grad(|| {
         for (key, mut var) in assignments {

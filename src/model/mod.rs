@@ -1,16 +1,25 @@
 //! Architectures, weights and the fastai head.
 
 mod arch;
+mod convnext;
+mod efficientnet;
+mod efficientnet_lite;
 pub mod head;
 pub mod imagenet;
+mod layers;
 pub mod load;
 mod mobilenet_v2;
+mod mobilenet_v3;
 pub mod network;
 pub mod onnx;
 pub mod registry;
+mod regnet;
 mod resnet;
+pub mod timm_zoo2;
+mod vit;
 pub mod weights;
 
-pub use arch::{Arch, KnownWeights, UnknownArch};
+pub mod timm;
+pub use arch::{Arch, ArchSpec, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS};
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use network::Network;

@@ -1,9 +1,16 @@
 //! A network = pretrained body + top (fastai head or ImageNet classifier), owning its variables.
 
+use super::convnext::{self, ConvnextBody};
+use super::efficientnet::{EfficientnetBody, Variant};
+use super::efficientnet_lite::EfficientnetLiteBody;
 use super::head::{FastaiHead, ImagenetClassifier};
+use super::layers::{Norm, Pad};
 use super::mobilenet_v2::MobilenetV2Body;
+use super::mobilenet_v3::MobilenetV3Body;
 use super::onnx::{Graph, OnnxExport};
+use super::regnet::{self, RegnetBody};
 use super::resnet::{ResnetBody, Shape};
+use super::vit::{self, VitBody};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -55,7 +62,47 @@ fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn Part> {
             },
         )),
         Arch::MobilenetV2 => Box::new(MobilenetV2Body::new(p)),
+        Arch::RegnetY400mf => Box::new(RegnetBody::new(p, regnet::Y_400MF)),
+        Arch::RegnetY800mf => Box::new(RegnetBody::new(p, regnet::Y_800MF)),
+        Arch::RegnetY1_6gf => Box::new(RegnetBody::new(p, regnet::Y_1_6GF)),
+        Arch::RegnetX400mf => Box::new(RegnetBody::new(p, regnet::X_400MF)),
+        Arch::ConvnextTiny => Box::new(ConvnextBody::new(p, convnext::TINY)),
+        Arch::ConvnextSmall => Box::new(ConvnextBody::new(p, convnext::SMALL)),
+        Arch::VitB16 => Box::new(VitBody::new(p, vit::B16)),
+        Arch::VitS16 => Box::new(VitBody::new(p, vit::S16)),
+        Arch::MobilenetV3Small | Arch::MobilenetV3Large => Box::new(MobilenetV3Body::new(
+            p,
+            arch == Arch::MobilenetV3Large,
+            Norm {
+                eps: 1e-3,
+                momentum: 0.01,
+            },
+        )),
+        Arch::Mobilenetv3Small100 | Arch::Mobilenetv3Large100 => Box::new(MobilenetV3Body::new(
+            p,
+            arch == Arch::Mobilenetv3Large100,
+            Norm::TORCH,
+        )),
+        Arch::EfficientnetB0 => efficientnet(p, Variant::B0),
+        Arch::EfficientnetB1 => efficientnet(p, Variant::B1),
+        Arch::EfficientnetB2 => efficientnet(p, Variant::B2),
+        Arch::EfficientnetB3 => efficientnet(p, Variant::B3),
+        Arch::EfficientnetV2S => efficientnet(p, Variant::V2S),
+        // timm builds it without stochastic depth unless asked (fastai does not ask).
+        Arch::TfEfficientnetV2S => Box::new(EfficientnetBody::new(
+            p,
+            Variant::V2S,
+            Variant::V2S.norm(),
+            Pad::Same,
+            0.0,
+        )),
+        Arch::EfficientnetLite0 => Box::new(EfficientnetLiteBody::new(p)),
     }
+}
+
+/// torchvision's EfficientNet: symmetric padding, stochastic depth 0.2.
+fn efficientnet(p: &nn::Path, v: Variant) -> Box<dyn Part> {
+    Box::new(EfficientnetBody::new(p, v, v.norm(), Pad::Torch, 0.2))
 }
 
 impl Network {
@@ -64,11 +111,12 @@ impl Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
-        let top: Box<dyn Part> = Box::new(FastaiHead::new(
-            &(&root / HEAD),
-            arch.body_channels(),
-            n_classes,
-        ));
+        let head = &root / HEAD;
+        let top: Box<dyn Part> = Box::new(if arch.is_vit() {
+            FastaiHead::unpooled(&head, arch.body_channels(), n_classes)
+        } else {
+            FastaiHead::new(&head, arch.body_channels(), n_classes)
+        });
         Self::finish(arch, vs, body, top)
     }
 
@@ -106,9 +154,17 @@ impl Network {
         &self.params
     }
 
-    /// A BatchNorm weight or bias: a parameter whose layer also has a running mean.
+    /// A BatchNorm weight or bias: a parameter whose layer also has a running mean; or, as fastai's
+    /// `norm_types` include `nn.LayerNorm`, a LayerNorm's (ConvNeXt, ViT).
     pub fn is_bn_param(&self, name: &str) -> bool {
         let layer = name.rsplit_once('.').map(|(l, _)| l).unwrap_or("");
+        if let Some(l) = layer.strip_prefix(&format!("{BODY}.")) {
+            if (self.arch.is_convnext() && convnext::is_layer_norm(l))
+                || (self.arch.is_vit() && vit::is_layer_norm(l))
+            {
+                return true;
+            }
+        }
         self.vs
             .variables_
             .lock()

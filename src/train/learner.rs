@@ -5,7 +5,7 @@ use super::checkpoint::{epoch_seed, Checkpoint, RngState, TrainState};
 use super::optimizer::{Adam, AdamConfig};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
-use crate::data::tensor::{normalize, normalize_float, IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::tensor::{normalize, normalize_float};
 use crate::data::DataLoaders;
 use crate::model::Network;
 use rand::SeedableRng;
@@ -91,8 +91,10 @@ pub struct Learner {
     pub on_epoch_end: Option<EpochHook>,
     seed: u64,
     rng: rand_chacha::ChaCha8Rng,
-    mean: [f64; 3],
-    std: [f64; 3],
+    /// Input statistics the pretrained weights expect (the arch's by default; a timm tag or a
+    /// resumed bundle may set others). Recorded in the bundle, which predict and serve use.
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
@@ -120,6 +122,7 @@ pub fn opt_params(net: &Network) -> Vec<(String, Tensor, usize, bool, bool)> {
 impl Learner {
     pub fn new(net: Network, dls: DataLoaders, adam: AdamConfig, seed: u64) -> Self {
         let opt = Adam::new(opt_params(&net), adam);
+        let net_stats = net.arch.normalization();
         Learner {
             net,
             dls,
@@ -135,8 +138,8 @@ impl Learner {
             on_epoch_end: None,
             seed,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            mean: net_stats.0,
+            std: net_stats.1,
         }
     }
 

@@ -83,6 +83,11 @@ pub fn mobilenet_weights() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+pub fn lite0_weights() -> Option<PathBuf> {
+    let p = shared()?.join("weights/efficientnet-lite0-57934424.pth");
+    p.is_file().then_some(p)
+}
+
 pub fn python() -> PathBuf {
     std::env::var_os("FINETUNE_PYTHON")
         .map(PathBuf::from)

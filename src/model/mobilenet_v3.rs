@@ -1,0 +1,281 @@
+//! torchvision MobileNetV3 small/large (width 1.0), with torchvision's key names. timm's
+//! `mobilenetv3_*_100` is the same network with PyTorch-default BatchNorm (eps 1e-5); its
+//! checkpoints are renamed to these keys on load (`timm.rs`).
+
+use super::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad, SqueezeExcite};
+use super::network::Part;
+use super::onnx::{Graph, OnnxExport};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// torchvision's `_make_divisible(v, 8)`: round to the nearest multiple of 8, never more than 10%
+/// below `v`.
+pub fn make_divisible(v: f64, divisor: i64) -> i64 {
+    let d = divisor as f64;
+    let mut new = ((v + d / 2.0) as i64 / divisor * divisor).max(divisor);
+    if (new as f64) < 0.9 * v {
+        new += divisor;
+    }
+    new
+}
+
+/// One row of torchvision's `inverted_residual_setting`.
+struct Cfg {
+    c_in: i64,
+    k: i64,
+    expanded: i64,
+    c_out: i64,
+    se: bool,
+    hardswish: bool,
+    stride: i64,
+}
+
+const fn cfg(c_in: i64, k: i64, expanded: i64, c_out: i64, se: bool, hs: bool, stride: i64) -> Cfg {
+    Cfg {
+        c_in,
+        k,
+        expanded,
+        c_out,
+        se,
+        hardswish: hs,
+        stride,
+    }
+}
+
+const LARGE: [Cfg; 15] = [
+    cfg(16, 3, 16, 16, false, false, 1),
+    cfg(16, 3, 64, 24, false, false, 2),
+    cfg(24, 3, 72, 24, false, false, 1),
+    cfg(24, 5, 72, 40, true, false, 2),
+    cfg(40, 5, 120, 40, true, false, 1),
+    cfg(40, 5, 120, 40, true, false, 1),
+    cfg(40, 3, 240, 80, false, true, 2),
+    cfg(80, 3, 200, 80, false, true, 1),
+    cfg(80, 3, 184, 80, false, true, 1),
+    cfg(80, 3, 184, 80, false, true, 1),
+    cfg(80, 3, 480, 112, true, true, 1),
+    cfg(112, 3, 672, 112, true, true, 1),
+    cfg(112, 5, 672, 160, true, true, 2),
+    cfg(160, 5, 960, 160, true, true, 1),
+    cfg(160, 5, 960, 160, true, true, 1),
+];
+
+const SMALL: [Cfg; 11] = [
+    cfg(16, 3, 16, 16, true, false, 2),
+    cfg(16, 3, 72, 24, false, false, 2),
+    cfg(24, 3, 88, 24, false, false, 1),
+    cfg(24, 5, 96, 40, true, true, 2),
+    cfg(40, 5, 240, 40, true, true, 1),
+    cfg(40, 5, 240, 40, true, true, 1),
+    cfg(40, 5, 120, 48, true, true, 1),
+    cfg(48, 5, 144, 48, true, true, 1),
+    cfg(48, 5, 288, 96, true, true, 2),
+    cfg(96, 5, 576, 96, true, true, 1),
+    cfg(96, 5, 576, 96, true, true, 1),
+];
+
+/// Output channels of the body (`features`): 6 × the last block's.
+pub fn body_channels(large: bool) -> i64 {
+    if large {
+        960
+    } else {
+        576
+    }
+}
+
+/// Width of the classifier's hidden layer (`classifier.0`).
+pub fn last_channel(large: bool) -> i64 {
+    if large {
+        1280
+    } else {
+        1024
+    }
+}
+
+/// Expansion conv (when widening), depthwise conv, squeeze-excite, projection: `block.N`.
+#[derive(Debug)]
+struct InvertedResidual {
+    convs: Vec<ConvBnAct>,
+    se: Option<(usize, SqueezeExcite)>,
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(p: &nn::Path, c: &Cfg, norm: Norm) -> Self {
+        let b = p / "block";
+        let act = if c.hardswish {
+            Act::Hardswish
+        } else {
+            Act::Relu
+        };
+        let mut convs = Vec::new();
+        let mut idx = 0;
+        if c.expanded != c.c_in {
+            convs.push(ConvBnAct::new(
+                &(&b / "0"),
+                c.c_in,
+                c.expanded,
+                ConvSpec::pointwise(act),
+                norm,
+                Pad::Torch,
+            ));
+            idx += 1;
+        }
+        convs.push(ConvBnAct::new(
+            &(&b / idx.to_string()),
+            c.expanded,
+            c.expanded,
+            ConvSpec {
+                k: c.k,
+                stride: c.stride,
+                groups: c.expanded,
+                act,
+            },
+            norm,
+            Pad::Torch,
+        ));
+        idx += 1;
+        let se = c.se.then(|| {
+            let squeeze = make_divisible((c.expanded / 4) as f64, 8);
+            let m = SqueezeExcite::new(
+                &(&b / idx.to_string()),
+                c.expanded,
+                squeeze,
+                Act::Relu,
+                true,
+            );
+            idx += 1;
+            (convs.len(), m)
+        });
+        convs.push(ConvBnAct::new(
+            &(&b / idx.to_string()),
+            c.expanded,
+            c.c_out,
+            ConvSpec::pointwise(Act::None),
+            norm,
+            Pad::Torch,
+        ));
+        InvertedResidual {
+            convs,
+            se,
+            residual: c.stride == 1 && c.c_in == c.c_out,
+        }
+    }
+}
+
+impl ModuleT for InvertedResidual {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = y.apply(se);
+                }
+            }
+            y = c.forward_t(&y, train);
+        }
+        if self.residual {
+            y + x
+        } else {
+            y
+        }
+    }
+}
+
+impl OnnxExport for InvertedResidual {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = se.onnx(g, &y);
+                }
+            }
+            y = c.onnx(g, &y);
+        }
+        if self.residual {
+            g.add(&y, x)
+        } else {
+            y
+        }
+    }
+}
+
+/// `features`: fastai's body (cut before `avgpool`).
+#[derive(Debug)]
+pub struct MobilenetV3Body {
+    layers: Vec<Box<dyn Part>>,
+}
+
+impl MobilenetV3Body {
+    /// `norm`: torchvision's (eps 1e-3, momentum 0.01) or timm's (PyTorch defaults).
+    pub fn new(p: &nn::Path, large: bool, norm: Norm) -> Self {
+        let f = p / "features";
+        let settings: &[Cfg] = if large { &LARGE } else { &SMALL };
+        let stem = ConvSpec {
+            k: 3,
+            stride: 2,
+            groups: 1,
+            act: Act::Hardswish,
+        };
+        let mut layers: Vec<Box<dyn Part>> = vec![Box::new(ConvBnAct::new(
+            &(&f / "0"),
+            3,
+            16,
+            stem,
+            norm,
+            Pad::Torch,
+        ))];
+        for c in settings {
+            let idx = layers.len().to_string();
+            layers.push(Box::new(InvertedResidual::new(&(&f / idx), c, norm)));
+        }
+        let last = settings[settings.len() - 1].c_out;
+        let idx = layers.len().to_string();
+        layers.push(Box::new(ConvBnAct::new(
+            &(&f / idx),
+            last,
+            body_channels(large),
+            ConvSpec::pointwise(Act::Hardswish),
+            norm,
+            Pad::Torch,
+        )));
+        MobilenetV3Body { layers }
+    }
+}
+
+impl ModuleT for MobilenetV3Body {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for l in &self.layers {
+            y = l.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for MobilenetV3Body {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for l in &self.layers {
+            y = l.onnx(g, &y);
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        assert_eq!(make_divisible(4.0, 8), 8);
+        assert_eq!(make_divisible(18.0, 8), 24);
+        assert_eq!(make_divisible(120.0, 8), 120);
+        assert_eq!(make_divisible(168.0, 8), 168);
+        assert_eq!(make_divisible(35.2, 8), 32);
+        assert_eq!(make_divisible(38.4, 8), 40);
+        assert_eq!(make_divisible(17.6, 8), 16);
+    }
+}
