@@ -6,7 +6,7 @@ mod common;
 
 use common::{bin, run};
 use finetune::data::decode::decode_file;
-use finetune::data::tensor::{normalize, stack_u8, IMAGENET_MEAN, IMAGENET_STD};
+use finetune::data::tensor::{normalize, stack_u8};
 use finetune::data::{PadMode, ResizeMethod, Size};
 use finetune::infer::bundle::{self, ModelInfo, Normalization, FORMAT_VERSION};
 use finetune::infer::predict::preprocess;
@@ -261,8 +261,8 @@ fn metadata_and_signature() {
     assert_eq!(m["pad_mode"], "reflection");
     let mean: Vec<f64> = serde_json::from_str(m["mean"].as_str().unwrap()).unwrap();
     let std: Vec<f64> = serde_json::from_str(m["std"].as_str().unwrap()).unwrap();
-    assert_eq!(mean, IMAGENET_MEAN);
-    assert_eq!(std, IMAGENET_STD);
+    assert_eq!(mean, Arch::Resnet18.normalization().0);
+    assert_eq!(std, Arch::Resnet18.normalization().1);
     assert_eq!(m["finetune_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(r.meta["producer"], "finetune");
     assert_eq!(r.meta["opset"], serde_json::json!([["", 17]]));

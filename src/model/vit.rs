@@ -116,7 +116,7 @@ impl OnnxExport for SelfAttention {
                 self.in_proj_bias.narrow(0, i * c, c),
             )
         };
-        let mut heads = |g: &mut Graph, i: i64, perm: &[i64]| {
+        let heads = |g: &mut Graph, i: i64, perm: &[i64]| {
             let (w, b) = part(i);
             let wt = g.derived(
                 &self.in_proj_weight,
