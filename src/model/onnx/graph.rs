@@ -559,3 +559,36 @@ pub enum GraphError {
     #[error("cannot export a weight: {0}")]
     Tensor(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// proto2 semantics: an attribute whose value is 0 (`ceil_mode = 0`) is still written, and the
+    /// field numbers are onnx.proto's (name 1, i 3, type 20).
+    #[test]
+    fn zero_valued_attributes_are_written_with_onnx_field_numbers() {
+        let mut g = Graph::new(17, (8, 8));
+        g.node("MaxPool", &["x"], vec![("ceil_mode", Attr::Int(0))]);
+        let attr = g.nodes[0].attribute[0].encode_to_vec();
+        assert_eq!(
+            attr,
+            [
+                &[0x0a, 9][..],
+                b"ceil_mode",
+                &[0x18, 0x00],
+                &[0xa0, 0x01, AttributeType::Int as u8],
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn opset_too_old_for_an_op_is_refused() {
+        let mut g = Graph::new(16, (8, 8));
+        g.node("LayerNormalization", &["x", "w", "b"], vec![]);
+        let e = g.finish((8, 8), &[], vec![], "").unwrap_err().to_string();
+        assert!(e.contains("opset 17 or later (LayerNormalization)"), "{e}");
+    }
+}
