@@ -21,7 +21,7 @@ fn stats(s: ([f64; 3], [f64; 3])) -> String {
 
 fn row(name: &str, size: i64, spec: ArchSpec, k: &KnownWeights) {
     println!(
-        "{:<42} {:>4}  {:<29} {:>6.1}MB  {:<6} {}",
+        "{:<48} {:>4}  {:<35} {:>6.1}MB  {:<6} {}",
         name,
         size,
         stats(spec.normalization()),
@@ -40,7 +40,7 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
         Cmd::List => {
             println!("cache: {}", registry::cache_dir().display());
             println!(
-                "{:<42} {:>4}  {:<29} {:>8}  {:<6} file",
+                "{:<48} {:>4}  {:<35} {:>8}  {:<6} file",
                 "arch", "size", "mean/std", "weights", "cached"
             );
             for arch in Arch::ALL {

