@@ -119,6 +119,13 @@ pub fn decode_prepared(
         .collect()
 }
 
+/// The decoded items of a set, in order, with their labels and paths.
+struct Kept<P> {
+    pixels: Vec<P>,
+    labels: Vec<i64>,
+    paths: Vec<PathBuf>,
+}
+
 /// Keeps the decoded items, in order, with their labels; warns about (or, under `strict`, stops at)
 /// each one that failed.
 fn keep_decoded<P>(
@@ -127,7 +134,7 @@ fn keep_decoded<P>(
     classes: &[String],
     cfg: &DataConfig,
     skipped: &mut Vec<Skip>,
-) -> Result<(Vec<P>, Vec<i64>, Vec<PathBuf>), DataError> {
+) -> Result<Kept<P>, DataError> {
     let (mut pixels, mut labels, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     for (item, r) in items.iter().zip(decoded) {
         match r {
@@ -149,7 +156,11 @@ fn keep_decoded<P>(
             }
         }
     }
-    Ok((pixels, labels, paths))
+    Ok(Kept {
+        pixels,
+        labels,
+        paths,
+    })
 }
 
 fn load_set(
@@ -161,13 +172,15 @@ fn load_set(
 ) -> Result<ImageSet, DataError> {
     let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
     let decoded = decode_prepared(&paths, cfg, bar);
-    let (images, labels, paths) = keep_decoded(items, decoded, classes, cfg, skipped)?;
+    let k = keep_decoded(items, decoded, classes, cfg, skipped)?;
     Ok(ImageSet {
-        pixels: Pixels::Memory(images),
-        labels,
-        paths,
+        pixels: Pixels::Memory(k.pixels),
+        labels: k.labels,
+        paths: k.paths,
     })
 }
+
+type CachedSets = (ImageSet, ImageSet, cache::Summary);
 
 /// The train and valid sets located in the on-disk cache (decoding only what it lacks).
 fn load_cached(
@@ -178,7 +191,7 @@ fn load_cached(
     cache_cfg: &CacheConfig,
     skipped: &mut Vec<Skip>,
     bar: &indicatif::ProgressBar,
-) -> Result<Result<(ImageSet, ImageSet, cache::Summary), cache::CacheError>, DataError> {
+) -> Result<Result<CachedSets, cache::CacheError>, DataError> {
     let all: Vec<Item> = train.iter().chain(valid).cloned().collect();
     let t = cache::Transform {
         size: cfg.size,
@@ -192,14 +205,14 @@ fn load_cached(
     let mut results = p.results;
     let valid_results = results.split_off(train.len());
     let mut set = |items: &[Item], r| -> Result<ImageSet, DataError> {
-        let (locs, labels, paths) = keep_decoded(items, r, classes, cfg, skipped)?;
+        let k = keep_decoded(items, r, classes, cfg, skipped)?;
         Ok(ImageSet {
             pixels: Pixels::Cached {
                 shards: p.shards.clone(),
-                locs,
+                locs: k.pixels,
             },
-            labels,
-            paths,
+            labels: k.labels,
+            paths: k.paths,
         })
     };
     let train_set = set(train, results)?;
