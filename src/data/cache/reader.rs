@@ -2,14 +2,15 @@
 //!
 //! A batch is one `memcpy` per image from the mapping into the batch tensor. Before copying, the
 //! batch's records are announced with `MADV_WILLNEED` (the kernel reads them ahead, in parallel);
-//! after copying they are dropped from this process's page tables with `MADV_DONTNEED`. The bytes
-//! stay in the page cache (a later epoch maps them again with a minor fault) but stop counting in
-//! the process's resident memory, so a data set larger than RAM trains with the memory of a batch,
-//! and the kernel is free to evict cold shards under pressure.
+//! every 64 MiB gathered, the mapped pages are dropped from this process's page tables with
+//! `MADV_DONTNEED`. The bytes stay in the page cache (a later epoch maps them again with a minor
+//! fault) but stop counting in the process's resident memory, so a data set larger than RAM trains
+//! with bounded memory, and the kernel is free to evict cold shards under pressure.
 
 use image::RgbImage;
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// Where one image is: shard (index into [`Shards`]), byte offset into its data, size.
@@ -32,12 +33,16 @@ struct Mapped {
     path: PathBuf,
     map: Mmap,
     data_offset: usize,
+    /// Read since the last release of its pages.
+    touched: AtomicBool,
 }
 
 /// The shards a data set's images live in, mapped read-only.
 #[derive(Debug, Default)]
 pub struct Shards {
     maps: Vec<Mapped>,
+    /// Record bytes gathered since the mapped pages were last released.
+    gathered: AtomicU64,
 }
 
 impl Shards {
@@ -61,6 +66,7 @@ impl Shards {
             path: path.to_path_buf(),
             map,
             data_offset: data_offset as usize,
+            touched: AtomicBool::new(false),
         });
         Ok((self.maps.len() - 1) as u32)
     }
@@ -135,17 +141,36 @@ impl Shards {
         out
     }
 
-    /// Drops the records' pages from this process's page tables (they stay in the page cache).
+    /// Drops the shards' pages from this process's page tables (they stay in the page cache) once
+    /// [`RELEASE_EVERY`] bytes have been gathered since the last time. Whole shards, not just the
+    /// records: touching one page maps the cached pages around it too (fault-around, and whole
+    /// large folios on recent kernels), and those neighbours would otherwise stay resident.
+    /// Measured on Linux 6.18/ext4 over one pass of 20 000 images at 192 px: releasing each
+    /// record's own pages left 860 MB mapped, 64 KiB-aligned windows around them 410 MB. Releasing
+    /// after every batch bounds it too but makes every record fault again (half the throughput);
+    /// every 64 MiB keeps both small (README).
     fn release(&self, locs: &[Loc]) {
+        let mut bytes = 0u64;
         for l in locs {
-            let (m, start, len) = self.range(l);
-            // SAFETY: a read-only shared file mapping: after MADV_DONTNEED the next access faults
-            // the same file bytes back in, so no reader can observe a change; no slice into these
-            // pages outlives this call's callers (records are copied out first).
-            let _ = unsafe {
-                m.map
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
-            };
+            self.maps[l.shard as usize]
+                .touched
+                .store(true, Ordering::Relaxed);
+            bytes += l.bytes() as u64;
+        }
+        if self.gathered.fetch_add(bytes, Ordering::Relaxed) + bytes < RELEASE_EVERY {
+            return;
+        }
+        self.gathered.store(0, Ordering::Relaxed);
+        for m in &self.maps {
+            if m.touched.swap(false, Ordering::Relaxed) {
+                // SAFETY: a read-only shared file mapping: after MADV_DONTNEED the next access
+                // faults the same file bytes back in, so no reader (another thread included) sees
+                // a change.
+                let _ = unsafe { m.map.unchecked_advise(UncheckedAdvice::DontNeed) };
+            }
         }
     }
 }
+
+/// Bytes of records gathered between two releases of the mapped pages.
+const RELEASE_EVERY: u64 = 64 << 20;
