@@ -60,6 +60,15 @@ memory)
     run "pipeline $n no-cache" $E "$D" --no-cache --passes 1
     run "pipeline $n first run" $E "$D" --cache-dir "$C" --passes 1
     run "pipeline $n second run" $E "$D" --cache-dir "$C" --passes 1 --world 4
+    # The same with this data set's shards evicted from the page cache (reads from the disk).
+    "$PY" - "$C" <<'PYEOF'
+import glob, os, sys
+for p in glob.glob(os.path.join(sys.argv[1], "*", "*.npy")):
+    fd = os.open(p, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+PYEOF
+    run "pipeline $n second run, shards not in page cache" $E "$D" --cache-dir "$C" --passes 1
     L=(lr-find "$D" --arch mobilenet_v2 --weights "$W" --num-it 2 --plot "$WORK/lr.svg" --quiet)
     run "lr-find $n cache" $F "${L[@]}" --cache-dir "$C"
     run "lr-find $n no-cache" $F "${L[@]}" --no-cache
