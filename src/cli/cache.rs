@@ -67,7 +67,16 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
                             if d.root_exists { "" } else { " (gone)" }
                         );
                         if let Some(t) = d.transform {
-                            println!("  {} {:?}, pad mode {:?}", t.size, t.method, t.pad);
+                            use clap::ValueEnum;
+                            let name = |v: Option<clap::builder::PossibleValue>| {
+                                v.map(|v| v.get_name().to_string()).unwrap_or_default()
+                            };
+                            println!(
+                                "  --size {} --resize {} --pad-mode {}",
+                                t.size,
+                                name(t.method.to_possible_value()),
+                                name(t.pad.to_possible_value())
+                            );
                         }
                         println!(
                             "  {} images of {} classes in {} shard(s), {} ({} stale)",
