@@ -31,8 +31,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "need 0 < --start-lr < --end-lr"
     );
     let device = a.compute.device()?;
-    let (net, dls, _) =
-        super::train::prepare(&a.model, &a.data, a.data_opts.config()?, device, a.quiet)?;
+    let (net, dls, _) = super::train::prepare(
+        &a.model,
+        &a.data,
+        a.data_opts.config()?,
+        a.data_opts.cache().as_ref(),
+        device,
+        a.quiet,
+    )?;
     let mut learn = Learner::new(net, dls, AdamConfig::default(), a.data_opts.seed);
     (learn.mean, learn.std) = a.model.arch.normalization();
     // As on a fresh fastai vision_learner: the pretrained body is frozen.

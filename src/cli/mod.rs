@@ -1,5 +1,6 @@
 //! The command line: a thin layer over the library.
 
+mod cache;
 mod download;
 mod evaluate;
 mod export;
@@ -55,6 +56,9 @@ pub enum Command {
     /// List or download known pretrained weights.
     #[command(subcommand)]
     Weights(weights::Cmd),
+    /// Show or clear the on-disk cache of decoded images.
+    #[command(subcommand)]
+    Cache(cache::Cmd),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Export(a) => export::run(a),
         Command::Weights(c) => weights::run(c),
+        Command::Cache(c) => cache::run(c),
     }
 }
 

@@ -92,6 +92,13 @@ pub struct DataArgs {
     /// Make any unreadable image an error instead of a skipped file.
     #[arg(long)]
     pub strict: bool,
+    /// Where decoded, resized images are cached between runs (default: the finetune cache
+    /// folder's images/, e.g. ~/.cache/finetune/images).
+    #[arg(long, env = "FINETUNE_IMAGE_CACHE", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Decode every image into memory on each run, without the on-disk cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl DataArgs {
@@ -107,6 +114,17 @@ impl DataArgs {
             strict: self.strict,
         })
     }
+
+    /// The image cache to use, `None` with --no-cache.
+    pub fn cache(&self) -> Option<finetune::data::CacheConfig> {
+        (!self.no_cache).then(|| {
+            finetune::data::CacheConfig::new(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(finetune::data::CacheConfig::default_dir),
+            )
+        })
+    }
 }
 
 /// Loads data and a pretrained network ready for a Learner (shared by train and lr-find).
@@ -114,6 +132,7 @@ pub fn prepare(
     model: &ModelArgs,
     data: &std::path::Path,
     cfg: DataConfig,
+    cache: Option<&finetune::data::CacheConfig>,
     device: tch::Device,
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
@@ -144,9 +163,9 @@ pub fn prepare(
         b
     };
     let t0 = std::time::Instant::now();
-    let dls = DataLoaders::from_folder(data, cfg, &bar)?;
+    let dls = DataLoaders::from_folder_cached(data, cfg, cache, &bar)?;
     eprintln!(
-        "data: {} classes, {} train + {} valid images ({}), {} skipped, decoded in {:.1}s",
+        "data: {} classes, {} train + {} valid images ({}), {} skipped, {} in {:.1}s",
         dls.classes.len(),
         dls.train.len(),
         dls.valid.len(),
@@ -156,6 +175,15 @@ pub fn prepare(
                 format!("random {:.0}% split, seed {seed}", valid_pct * 100.0),
         },
         dls.skipped.len(),
+        match &dls.cache {
+            Some(c) => format!(
+                "image cache {} ({} reused, {} decoded)",
+                c.dir.display(),
+                c.reused,
+                c.decoded
+            ),
+            None => "decoded into memory".to_string(),
+        },
         t0.elapsed().as_secs_f64()
     );
     anyhow::ensure!(
@@ -332,7 +360,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(dir) => plan_from_bundle(dir, a.data.clone())?,
         None => plan_from_args(&a)?,
     };
-    let (net, dls, weights) = prepare(&plan.model, &plan.data, plan.cfg.clone(), device, a.quiet)?;
+    let (net, dls, weights) = prepare(
+        &plan.model,
+        &plan.data,
+        plan.cfg.clone(),
+        a.data_opts.cache().as_ref(),
+        device,
+        a.quiet,
+    )?;
     if let Some((info, ck)) = &plan.resume {
         let d = info.data.as_ref();
         anyhow::ensure!(

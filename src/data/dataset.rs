@@ -1,9 +1,11 @@
 //! Decoded, resized images held in memory, and the batches cut from them.
 //!
 //! Every image is decoded and resized once, on all cores, before the first epoch; epochs then only
-//! copy bytes. A file that fails to decode is skipped with one warning naming it (or is fatal under
-//! `strict`).
+//! copy bytes: from memory, or (with the on-disk cache, [`super::cache`]) from memory-mapped shards
+//! that later runs reuse. A file that fails to decode is skipped with one warning naming it (or is
+//! fatal under `strict`).
 
+use super::cache::{self, CacheConfig, Loc, Shards};
 use super::decode::{decode_file, DecodeError};
 use super::items::{self, Item, ItemsError, Skip, Split, SplitKind};
 use super::tensor::stack_u8;
@@ -12,7 +14,9 @@ use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::Tensor;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +61,45 @@ impl Default for DataConfig {
 /// Images ready for batching, with their labels (class indices) and source paths.
 #[derive(Debug, Default)]
 pub struct ImageSet {
-    pub images: Vec<RgbImage>,
+    pixels: Pixels,
     pub labels: Vec<i64>,
     pub paths: Vec<PathBuf>,
 }
 
+/// Where an image set's prepared pixels live.
+#[derive(Debug)]
+enum Pixels {
+    Memory(Vec<RgbImage>),
+    /// Memory-mapped cache shards (shared by the train and valid sets).
+    Cached {
+        shards: Arc<Shards>,
+        locs: Vec<Loc>,
+    },
+}
+
+impl Default for Pixels {
+    fn default() -> Self {
+        Pixels::Memory(Vec::new())
+    }
+}
+
 impl ImageSet {
     pub fn len(&self) -> usize {
-        self.images.len()
+        self.labels.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
+        self.labels.is_empty()
+    }
+    /// Whether the pixels are read from the on-disk cache (else they are held in memory).
+    pub fn is_cached(&self) -> bool {
+        matches!(self.pixels, Pixels::Cached { .. })
+    }
+    /// Image `i` as prepared (for crop: before the window is cut); borrowed when in memory.
+    pub fn image(&self, i: usize) -> Cow<'_, RgbImage> {
+        match &self.pixels {
+            Pixels::Memory(images) => Cow::Borrowed(&images[i]),
+            Pixels::Cached { shards, locs } => Cow::Owned(shards.image(&locs[i])),
+        }
     }
 }
 
@@ -87,25 +119,32 @@ pub fn decode_prepared(
         .collect()
 }
 
-fn load_set(
+/// The decoded items of a set, in order, with their labels and paths.
+struct Kept<P> {
+    pixels: Vec<P>,
+    labels: Vec<i64>,
+    paths: Vec<PathBuf>,
+}
+
+/// Keeps the decoded items, in order, with their labels; warns about (or, under `strict`, stops at)
+/// each one that failed.
+fn keep_decoded<P>(
     items: &[Item],
+    decoded: Vec<Result<P, DecodeError>>,
     classes: &[String],
     cfg: &DataConfig,
     skipped: &mut Vec<Skip>,
-    bar: &indicatif::ProgressBar,
-) -> Result<ImageSet, DataError> {
-    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-    let decoded = decode_prepared(&paths, cfg, bar);
-    let mut set = ImageSet::default();
+) -> Result<Kept<P>, DataError> {
+    let (mut pixels, mut labels, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     for (item, r) in items.iter().zip(decoded) {
         match r {
-            Ok(img) => {
+            Ok(p) => {
                 let Some(label) = classes.iter().position(|c| *c == item.label) else {
                     return Err(DataError::UnknownValidClass(item.label.clone()));
                 };
-                set.images.push(img);
-                set.labels.push(label as i64);
-                set.paths.push(item.path.clone());
+                pixels.push(p);
+                labels.push(label as i64);
+                paths.push(item.path.clone());
             }
             Err(e) if cfg.strict => return Err(DataError::Strict(e)),
             Err(e) => {
@@ -117,7 +156,68 @@ fn load_set(
             }
         }
     }
-    Ok(set)
+    Ok(Kept {
+        pixels,
+        labels,
+        paths,
+    })
+}
+
+fn load_set(
+    items: &[Item],
+    classes: &[String],
+    cfg: &DataConfig,
+    skipped: &mut Vec<Skip>,
+    bar: &indicatif::ProgressBar,
+) -> Result<ImageSet, DataError> {
+    let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
+    let decoded = decode_prepared(&paths, cfg, bar);
+    let k = keep_decoded(items, decoded, classes, cfg, skipped)?;
+    Ok(ImageSet {
+        pixels: Pixels::Memory(k.pixels),
+        labels: k.labels,
+        paths: k.paths,
+    })
+}
+
+type CachedSets = (ImageSet, ImageSet, cache::Summary);
+
+/// The train and valid sets located in the on-disk cache (decoding only what it lacks).
+fn load_cached(
+    root: &Path,
+    (train, valid): (&[Item], &[Item]),
+    classes: &[String],
+    cfg: &DataConfig,
+    cache_cfg: &CacheConfig,
+    skipped: &mut Vec<Skip>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Result<CachedSets, cache::CacheError>, DataError> {
+    let all: Vec<Item> = train.iter().chain(valid).cloned().collect();
+    let t = cache::Transform {
+        size: cfg.size,
+        method: cfg.method,
+        pad: cfg.pad,
+    };
+    let p = match cache::prepare(cache_cfg, root, &all, t, bar) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut results = p.results;
+    let valid_results = results.split_off(train.len());
+    let mut set = |items: &[Item], r| -> Result<ImageSet, DataError> {
+        let k = keep_decoded(items, r, classes, cfg, skipped)?;
+        Ok(ImageSet {
+            pixels: Pixels::Cached {
+                shards: p.shards.clone(),
+                locs: k.pixels,
+            },
+            labels: k.labels,
+            paths: k.paths,
+        })
+    };
+    let train_set = set(train, results)?;
+    let valid_set = set(valid, valid_results)?;
+    Ok(Ok((train_set, valid_set, p.summary)))
 }
 
 /// Training and validation data, like fastai's `DataLoaders`.
@@ -130,13 +230,28 @@ pub struct DataLoaders {
     pub split: SplitKind,
     /// Every file left out (warned about once each).
     pub skipped: Vec<Skip>,
+    /// What the on-disk cache reused and added; `None` when decoded into memory.
+    pub cache: Option<cache::Summary>,
 }
 
 impl DataLoaders {
-    /// Scans `root`, splits it (folders or seeded random), and decodes everything once.
+    /// Scans `root`, splits it (folders or seeded random), and decodes everything once into memory.
     pub fn from_folder(
         root: &Path,
         cfg: DataConfig,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Self, DataError> {
+        Self::from_folder_cached(root, cfg, None, bar)
+    }
+
+    /// As [`Self::from_folder`], with the images in the on-disk cache `cache` when given: decoded
+    /// only if missing or changed there, then read from memory-mapped shards. If the cache cannot
+    /// be used (unwritable folder, full disk), a warning says why and everything is decoded into
+    /// memory instead. Either way the batches are the same, byte for byte.
+    pub fn from_folder_cached(
+        root: &Path,
+        cfg: DataConfig,
+        cache: Option<&CacheConfig>,
         bar: &indicatif::ProgressBar,
     ) -> Result<Self, DataError> {
         let Split { train, valid, kind } = items::split(root, cfg.valid_pct, cfg.seed)?;
@@ -164,8 +279,27 @@ impl DataLoaders {
             _ => {}
         }
         bar.set_length((train.items.len() + valid.items.len()) as u64);
-        let train_set = load_set(&train.items, &classes, &cfg, &mut skipped, bar)?;
-        let valid_set = load_set(&valid.items, &classes, &cfg, &mut skipped, bar)?;
+        let mut cached = None;
+        if let Some(c) = cache {
+            let sets = (train.items.as_slice(), valid.items.as_slice());
+            match load_cached(root, sets, &classes, &cfg, c, &mut skipped, bar)? {
+                Ok(r) => cached = Some(r),
+                Err(e) => {
+                    eprintln!(
+                        "warning: image cache not usable ({e}); decoding into memory instead"
+                    );
+                    bar.set_position(0);
+                }
+            }
+        }
+        let (train_set, valid_set, summary) = match cached {
+            Some((t, v, s)) => (t, v, Some(s)),
+            None => (
+                load_set(&train.items, &classes, &cfg, &mut skipped, bar)?,
+                load_set(&valid.items, &classes, &cfg, &mut skipped, bar)?,
+                None,
+            ),
+        };
         bar.finish_and_clear();
         for (i, c) in classes.iter().enumerate() {
             if !train_set.labels.contains(&(i as i64)) {
@@ -189,6 +323,7 @@ impl DataLoaders {
             cfg,
             split: kind,
             skipped,
+            cache: summary,
         })
     }
 
@@ -213,13 +348,16 @@ impl DataLoaders {
         self.batch(&self.train, idx, true, rng)
     }
 
-    /// Validation batches in order, nothing dropped.
-    pub fn valid_batches(&self) -> Vec<(Tensor, Tensor)> {
-        let idx: Vec<usize> = (0..self.valid.len()).collect();
-        let mut rng = rand::rngs::mock::StepRng::new(0, 0);
-        idx.chunks(self.cfg.bs.max(1))
-            .map(|c| self.batch(&self.valid, c, false, &mut rng))
-            .collect()
+    /// Validation batches in order, nothing dropped; each is made only when reached, so the
+    /// validation set is never copied whole.
+    pub fn valid_batches(&self) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        let bs = self.cfg.bs.max(1);
+        let n = self.valid.len();
+        (0..n).step_by(bs).map(move |start| {
+            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
+            let mut rng = rand::rngs::mock::StepRng::new(0, 0);
+            self.batch(&self.valid, &idx, false, &mut rng)
+        })
     }
 
     fn batch<R: Rng>(
@@ -229,17 +367,22 @@ impl DataLoaders {
         train: bool,
         rng: &mut R,
     ) -> (Tensor, Tensor) {
-        let cut: Vec<RgbImage>;
-        let refs: Vec<&RgbImage> = if self.cfg.method == ResizeMethod::Crop {
-            cut = idx
-                .iter()
-                .map(|&i| crop_window(&set.images[i], self.cfg.size, train, rng))
-                .collect();
-            cut.iter().collect()
-        } else {
-            idx.iter().map(|&i| &set.images[i]).collect()
+        let x = match (&set.pixels, self.cfg.method) {
+            (_, ResizeMethod::Crop) => {
+                let cut: Vec<RgbImage> = idx
+                    .iter()
+                    .map(|&i| crop_window(&set.image(i), self.cfg.size, train, rng))
+                    .collect();
+                stack_u8(&cut.iter().collect::<Vec<_>>())
+            }
+            (Pixels::Memory(images), _) => {
+                stack_u8(&idx.iter().map(|&i| &images[i]).collect::<Vec<_>>())
+            }
+            (Pixels::Cached { shards, locs }, _) => {
+                shards.gather(&idx.iter().map(|&i| locs[i]).collect::<Vec<_>>())
+            }
         };
         let labels: Vec<i64> = idx.iter().map(|&i| set.labels[i]).collect();
-        (stack_u8(&refs), Tensor::from_slice(&labels))
+        (x, Tensor::from_slice(&labels))
     }
 }

