@@ -93,17 +93,18 @@ pub fn predict_each(
 }
 
 /// Probabilities of any kind of item (files, encoded bytes, pixel arrays): `decode` turns one into
-/// RGB pixels, in parallel, a chunk at a time; each result reaches `on_result` in input order.
-/// Everything that feeds the network goes through here, so all inputs get the same transform.
-pub fn predict_with<T: Sync>(
+/// RGB pixels (or an error of the caller's kind), in parallel, a chunk at a time; each result
+/// reaches `on_result` in input order. Everything that feeds the network goes through here, so
+/// all inputs get the same transform.
+pub fn predict_with<T: Sync, E: Send>(
     bundle: &Bundle,
     items: &[T],
-    decode: impl Fn(&T) -> Result<image::RgbImage, DecodeError> + Sync,
-    mut on_result: impl FnMut(&T, Result<Vec<f32>, DecodeError>),
+    decode: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,
+    mut on_result: impl FnMut(&T, Result<Vec<f32>, E>),
 ) {
     let info = &bundle.info;
     for chunk in items.chunks(CHUNK) {
-        let decoded: Vec<Result<image::RgbImage, DecodeError>> = chunk
+        let decoded: Vec<Result<image::RgbImage, E>> = chunk
             .par_iter()
             .map(|it| decode(it).map(|img| preprocess(&img, info)))
             .collect();
