@@ -32,6 +32,11 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have playwright 1.65.2 || need+=("playwright==1.65.2")
   # The README's Python client examples are run against a live server (tests/serve.rs).
   "$VENV/bin/python" -c 'import requests' 2>/dev/null || need+=("requests")
+  # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
+  # batch-prediction job on a local cluster (tests/python.rs).
+  have maturin 1.16.0 || need+=("maturin==1.16.0")
+  have pytest 9.2.0 || need+=("pytest==9.2.0")
+  have ray 2.60.0 || need+=("ray[data]==2.60.0")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

@@ -87,7 +87,11 @@ impl ItemError {
 
 /// Results as Python lists of `(label, score)`; a failed item raises, or with
 /// `return_exceptions` stands in the list as its exception (as `asyncio.gather` does).
-fn to_python(py: Python<'_>, results: Vec<Ranked>, return_exceptions: bool) -> PyResult<Py<PyList>> {
+fn to_python(
+    py: Python<'_>,
+    results: Vec<Ranked>,
+    return_exceptions: bool,
+) -> PyResult<Py<PyList>> {
     let out = PyList::empty(py);
     for r in results {
         match r {
@@ -171,11 +175,10 @@ fn rgb_of(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<image:
         }
     };
     match shape[..] {
-        [h, w, 3] if h > 0 && w > 0 => {
-            image::RgbImage::from_raw(w as u32, h as u32, data).ok_or_else(|| {
+        [h, w, 3] if h > 0 && w > 0 => image::RgbImage::from_raw(w as u32, h as u32, data)
+            .ok_or_else(|| {
                 PyValueError::new_err(format!("{what}: pixel buffer does not match its shape"))
-            })
-        }
+            }),
         _ => Err(PyValueError::new_err(format!(
             "{what}: expected uint8 RGB pixels of shape (H, W, 3), got shape {shape:?}"
         ))),
@@ -257,9 +260,10 @@ impl Model {
             let per = s[1] * s[2] * 3;
             for chunk in data.chunks_exact(per.max(1)) {
                 images.push(
-                    image::RgbImage::from_raw(s[2] as u32, s[1] as u32, chunk.to_vec()).ok_or_else(
-                        || PyValueError::new_err("arrays: pixel buffer does not match its shape"),
-                    )?,
+                    image::RgbImage::from_raw(s[2] as u32, s[1] as u32, chunk.to_vec())
+                        .ok_or_else(|| {
+                            PyValueError::new_err("arrays: pixel buffer does not match its shape")
+                        })?,
                 );
             }
         } else {
@@ -654,6 +658,10 @@ mod _finetune {
             finetune::data::files::set_max_file_bytes(mb.saturating_mul(1024 * 1024));
         }
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add(
+            "IMAGE_EXTENSIONS",
+            finetune::data::items::IMAGE_EXTS.to_vec(),
+        )?;
         Ok(())
     }
 }
