@@ -96,6 +96,7 @@ def _fetch(batch):
     """Reads the bytes of every listed path or URL; a failure becomes the row's error."""
     import urllib.request
 
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
     out = {"path": [], "bytes": [], "error": []}
@@ -121,7 +122,13 @@ def _fetch(batch):
         out["path"].append(uri)
         out["bytes"].append(data if data is not None else b"")
         out["error"].append(err)
-    return out
+    return pa.table(
+        {
+            "path": pa.array(out["path"], pa.string()),
+            "bytes": pa.array(out["bytes"], pa.large_binary()),
+            "error": pa.array(out["error"], pa.string()),
+        }
+    )
 
 
 def _is_list(inp):
@@ -160,10 +167,14 @@ def run(model, inp, output, num_workers=1, num_gpus_per_worker=0.0, batch_size=6
     if device is None:
         device = "cuda" if num_gpus_per_worker > 0 else "cpu"
     t0 = time.time()
+    # Under `ray job submit --working-dir`, every worker has its own copy of the working dir and a
+    # relative MODEL names the bundle in it; otherwise workers need the driver's absolute path.
+    if not (ray.get_runtime_context().runtime_env or {}).get("working_dir"):
+        model = os.path.abspath(model)
     ds, folder = read_images(inp)
     ds = ds.map_batches(
         Predictor,
-        fn_constructor_args=(os.path.abspath(model),),
+        fn_constructor_args=(model,),
         fn_constructor_kwargs={"top_k": top_k, "device": device, "drop_non_images": folder},
         batch_size=batch_size,
         batch_format="numpy",
