@@ -1,6 +1,7 @@
 """The README's "From Python" and "On a Ray cluster" examples run as written (in a scratch folder
 holding the repo's assets/, with the real mobilenet_v2 weights in the cache)."""
 
+import ast
 import os
 import re
 import subprocess
@@ -46,7 +47,8 @@ def test_python_example(scratch):
     )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[0].startswith("valid accuracy "), p.stdout
+    # quiet=True keeps the epoch tables (as `finetune train --quiet`); the example's prints follow.
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("valid accuracy ")):]
     assert float(lines[0].split()[-1].rstrip("%")) >= 75.0, p.stdout  # real weights learn
     assert lines[1] == "['hat', 'pants', 'shoes', 't-shirt']"
     assert lines[2].startswith("[[('shoes', ") and "[('hat', " in lines[2], p.stdout
@@ -67,6 +69,8 @@ def test_ray_example(scratch):
         assert p.returncode == 0, p.stderr
         runs.append(p)
     assert "40 images (0 unreadable)" in runs[0].stderr, runs[0].stderr
-    out = runs[1].stdout.splitlines()
-    assert out[0].split() == ["path", "label", "score", "label_2", "score_2", "error"], p.stdout
-    assert len(out) == 6
+    counts, unreadable = runs[1].stdout.strip().split(" unreadable: ")
+    counts = ast.literal_eval(counts)
+    assert set(counts) <= {"hat", "pants", "shoes", "t-shirt"} and sum(counts.values()) == 40
+    assert unreadable == "0"
+    print(runs[0].stderr.strip().splitlines()[-1])
