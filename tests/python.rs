@@ -87,8 +87,9 @@ fn python_package_and_ray_job() {
         "pytest failed:\n{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Only a missing Ray or ../shared (the README example's real weights) may skip tests.
     assert!(
-        !ray || !out.contains(" skipped"),
+        !ray || common::shared().is_none() || !out.contains(" skipped"),
         "pytest skipped tests the venv should run:\n{out}"
     );
 }

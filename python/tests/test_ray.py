@@ -75,3 +75,19 @@ def test_csv_list_with_missing_files_to_csv(cluster, bundle, tmp_path):
     assert got.pop(str(missing))["error"] == "does not exist"
     check(got, model, [*good, *bad], 1)
     shutil.rmtree(out)
+
+
+def test_glob_and_parquet_list(cluster, bundle, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model, _ = bundle
+    good = copy_photos(tmp_path / "g", 2)
+    out = tmp_path / "glob.parquet"
+    ray_predict.run(str(model), str(tmp_path / "g" / "*" / "*.jpg"), str(out), batch_size=4)
+    check(rows(out, "parquet"), model, good, 1)
+    listing = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"id": list(range(len(good))), "uri": [str(p) for p in good]}), listing)
+    out = tmp_path / "list-out.parquet"
+    ray_predict.run(str(model), str(listing), str(out), batch_size=4, top_k=3)
+    check(rows(out, "parquet"), model, good, 3)
