@@ -12,7 +12,7 @@ SETUP :=
 endif
 export FINETUNE_PYTHON := $(VENV)/bin/python
 
-.PHONY: setup build demo test lint clean-venv bench
+.PHONY: setup build demo test lint clean-venv bench wheel
 
 $(VENV)/.ready: scripts/setup-venv.sh
 	./scripts/setup-venv.sh
@@ -31,8 +31,17 @@ test: $(SETUP)
 	cargo test --release -- --test-threads=1
 
 lint: $(SETUP)
-	cargo fmt --check
+	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
+	PYO3_PYTHON=$(PYTHON) cargo clippy --release -p finetune-py -- -D warnings
+
+# The Python package (python/): a wheel for the venv's Python built by maturin (from PyPI, pinned in
+# scripts/setup-venv.sh), installed into the venv. It shares target/ with the main build.
+PYTHON := $(if $(LIBTORCH),python3,$(VENV)/bin/python)
+wheel: $(SETUP)
+	cd python && $(PYTHON) -m maturin build --release --interpreter $(PYTHON) --out $(CURDIR)/target/wheels
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps --force-reinstall \
+	  $$(ls -t $(CURDIR)/target/wheels/finetune-*.whl | head -1)
 
 clean-venv:
 	rm -rf $(VENV)

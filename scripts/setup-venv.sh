@@ -41,6 +41,11 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   # the EfficientNet-Lite reference implementation the Lite0 weights were converted for.
   have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
   have efficientnet_lite_pytorch 0.1.0 || need+=("efficientnet_lite_pytorch==0.1.0")
+  # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
+  # batch-prediction job on a local cluster (tests/python.rs).
+  have maturin 1.16.0 || need+=("maturin==1.16.0")
+  have pytest 9.2.0 || need+=("pytest==9.2.0")
+  have ray 2.60.0 || need+=("ray[data]==2.60.0")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

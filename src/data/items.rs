@@ -66,7 +66,8 @@ impl Scan {
     }
 }
 
-const IMAGE_EXTS: [&str; 10] = [
+/// File extensions of the formats we read (a file so named that is no image is reported).
+pub const IMAGE_EXTS: [&str; 10] = [
     "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif", "jpe",
 ];
 

@@ -79,11 +79,34 @@ pub fn predict_each(
     paths: &[PathBuf],
     mut on_result: impl FnMut(Result<Prediction, DecodeError>),
 ) {
+    predict_with(
+        bundle,
+        paths,
+        |p| decode_file(p),
+        |p, r| {
+            on_result(r.map(|probs| Prediction {
+                path: p.clone(),
+                probs,
+            }))
+        },
+    );
+}
+
+/// Probabilities of any kind of item (files, encoded bytes, pixel arrays): `decode` turns one into
+/// RGB pixels (or an error of the caller's kind), in parallel, a chunk at a time; each result
+/// reaches `on_result` in input order. Everything that feeds the network goes through here, so
+/// all inputs get the same transform.
+pub fn predict_with<T: Sync, E: Send>(
+    bundle: &Bundle,
+    items: &[T],
+    decode: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,
+    mut on_result: impl FnMut(&T, Result<Vec<f32>, E>),
+) {
     let info = &bundle.info;
-    for chunk in paths.chunks(CHUNK) {
-        let decoded: Vec<Result<image::RgbImage, DecodeError>> = chunk
+    for chunk in items.chunks(CHUNK) {
+        let decoded: Vec<Result<image::RgbImage, E>> = chunk
             .par_iter()
-            .map(|p| decode_file(p).map(|img| preprocess(&img, info)))
+            .map(|it| decode(it).map(|img| preprocess(&img, info)))
             .collect();
         let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
@@ -91,11 +114,8 @@ pub fn predict_each(
             probs.extend(probabilities(bundle, b));
         }
         let mut it = probs.into_iter();
-        for (p, r) in chunk.iter().zip(decoded) {
-            on_result(r.map(|_| Prediction {
-                path: p.clone(),
-                probs: it.next().unwrap_or_default(),
-            }));
+        for (item, r) in chunk.iter().zip(decoded) {
+            on_result(item, r.map(|_| it.next().unwrap_or_default()));
         }
     }
 }

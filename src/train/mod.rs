@@ -5,6 +5,7 @@ pub mod learner;
 pub mod lr_find;
 pub mod optimizer;
 pub mod report;
+pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, TrainState};

@@ -22,6 +22,26 @@ pub fn mmss(seconds: f64) -> String {
     format!("{:02}:{:02}", s / 60, s % 60)
 }
 
+/// The header of fastai's epoch table.
+pub fn table_header() -> String {
+    format!(
+        "{:>5}  {:>10}  {:>10}  {:>10}  {:>5}",
+        "epoch", "train_loss", "valid_loss", "error_rate", "time"
+    )
+}
+
+/// One line of fastai's epoch table.
+pub fn table_row(r: &EpochRow) -> String {
+    format!(
+        "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>5}",
+        r.epoch,
+        r.train_loss,
+        r.valid_loss,
+        r.error_rate,
+        mmss(r.seconds)
+    )
+}
+
 /// Receives training events; the CLI uses [`ConsoleReport`], tests and library users may pass
 /// [`SilentReport`] or their own.
 pub trait Report {
@@ -63,10 +83,7 @@ impl Report for ConsoleReport {
         if !self.quiet {
             println!("{phase}:");
         }
-        println!(
-            "{:>5}  {:>10}  {:>10}  {:>10}  {:>5}",
-            "epoch", "train_loss", "valid_loss", "error_rate", "time"
-        );
+        println!("{}", table_header());
     }
     fn begin_epoch(&mut self, epoch: usize, n_batches: usize) {
         self.n_batches = n_batches;
@@ -104,14 +121,7 @@ impl Report for ConsoleReport {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        println!(
-            "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>5}",
-            r.epoch,
-            r.train_loss,
-            r.valid_loss,
-            r.error_rate,
-            mmss(r.seconds)
-        );
+        println!("{}", table_row(r));
     }
     /// Warnings are shown even when quiet.
     fn message(&mut self, msg: &str) {

@@ -55,9 +55,13 @@ impl CacheConfig {
         }
     }
 
-    /// `<finetune cache folder>/images`, beside the weights cache.
+    /// `$FINETUNE_IMAGE_CACHE`, else `<finetune cache folder>/images` beside the weights cache
+    /// (the CLI's `--cache-dir` default; the Python package uses it too).
     pub fn default_dir() -> PathBuf {
-        crate::model::registry::cache_base().join("images")
+        match std::env::var_os("FINETUNE_IMAGE_CACHE") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => crate::model::registry::cache_base().join("images"),
+        }
     }
 }
 

@@ -1,0 +1,207 @@
+"""The Python package against the command line: same predictions, same metrics, same messages."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import finetune
+from conftest import REPO, SAMPLE, bad_files, cli, cli_error, cli_predict
+
+TOL = 1e-6
+
+
+def assert_same(a, b):
+    assert [lab for lab, _ in a] == [lab for lab, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert abs(x - y) <= TOL, (a, b)
+
+
+def test_torch_and_extension_share_one_libtorch():
+    import torch
+
+    maps = open("/proc/self/maps").read().splitlines()
+    libs = {line.split()[-1] for line in maps if line.endswith("libtorch_cpu.so")}
+    assert len(libs) == 1, libs
+    assert libs.pop().startswith(torch.__path__[0])
+
+
+def test_train_returns_the_bundles_metrics(bundle):
+    out, metrics = bundle
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(metrics["history"]) == len(rows) == 2
+    for got, want in zip(metrics["history"], rows):
+        assert got["phase"] == want["phase"] and got["epoch"] == int(want["epoch"])
+        for k in ("train_loss", "valid_loss", "error_rate", "accuracy"):
+            assert abs(got[k] - float(want[k])) <= 1e-6, (k, got, want)
+    last = rows[-1]
+    for k in ("train_loss", "valid_loss", "error_rate", "accuracy"):
+        assert abs(metrics[k] - float(last[k])) <= 1e-6
+    info = json.loads((out / "model.json").read_text())
+    assert metrics["classes"] == info["classes"] == ["hat", "pants", "shoes", "t-shirt"]
+    assert metrics["model"] == str(out) and not metrics["interrupted"]
+    assert info["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-12)
+
+
+def test_model_describes_its_bundle(bundle):
+    out, _ = bundle
+    m = finetune.load(str(out), device="cpu")
+    assert m.classes == ["hat", "pants", "shoes", "t-shirt"]
+    assert m.info == json.loads((out / "model.json").read_text())
+    assert m.info["arch"] == "resnet18" and m.path == out
+    assert m.device == "cpu" and "resnet18" in repr(m)
+
+
+def test_predict_equals_the_cli(bundle, photos):
+    out, _ = bundle
+    m = finetune.load(out, device="cpu")
+    want, skipped = cli_predict(out, photos, 3)
+    assert not skipped
+    got = m.predict(photos, top_k=3)
+    assert len(got) == len(photos)
+    for p, g in zip(photos, got):
+        assert len(g) == 3
+        assert_same(g, want[str(p)])
+    # top_k is clamped to the number of classes, as in the CLI.
+    assert [len(r) for r in m.predict(photos[:2], top_k=99)] == [4, 4]
+    assert sum(s for _, s in m.predict(photos[:1], top_k=4)[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_arrays_and_encoded_equal_predict(bundle, photos, tmp_path):
+    m = finetune.load(bundle[0], device="cpu")
+    want = m.predict(photos, top_k=2)
+    # finetune's own decoder: identical pixels, identical scores.
+    pixels = [finetune.read_image(p) for p in photos]
+    assert pixels[0].dtype == np.uint8 and pixels[0].shape[2] == 3
+    for g, w in zip(m.predict_arrays(pixels, top_k=2), want):
+        assert_same(g, w)
+    # One (N, H, W, 3) array of same-sized images.
+    same = [p for p in pixels if p.shape == pixels[0].shape]
+    batch = m.predict_arrays(np.stack(same), top_k=2)
+    assert batch == m.predict_arrays(same, top_k=2)
+    # PNG decodes the same everywhere, so PIL's pixels give predict's scores too.
+    pngs = []
+    for i, p in enumerate(photos[:3]):
+        q = tmp_path / f"{i}.png"
+        Image.open(p).convert("RGB").save(q)
+        pngs.append(q)
+    for g, w in zip(m.predict_arrays([np.asarray(Image.open(q)) for q in pngs]), m.predict(pngs)):
+        assert_same(g, w)
+    # Encoded bytes, as Ray passes them.
+    for g, w in zip(m.predict_encoded([p.read_bytes() for p in photos], top_k=2), want):
+        assert_same(g, w)
+
+
+def test_bad_images_raise_the_clis_message(bundle, photos, tmp_path):
+    out, _ = bundle
+    m = finetune.load(out, device="cpu")
+    bad = bad_files(tmp_path)
+    _, skipped = cli_predict(out, [photos[0], *bad], 1)
+    assert len(skipped) == 3
+    for b in bad:
+        with pytest.raises(finetune.FinetuneError) as e:
+            m.predict([photos[0], b])
+        assert str(e.value) == f"{b}: {skipped[str(b)]}"
+    got = m.predict([photos[0], *bad], return_exceptions=True)
+    assert isinstance(got[0], list)
+    assert [str(e) for e in got[1:]] == [f"{b}: {skipped[str(b)]}" for b in bad]
+    enc = m.predict_encoded([b.read_bytes() for b in bad], names=[str(b) for b in bad], return_exceptions=True)
+    assert [str(e) for e in enc] == [f"{b}: {skipped[str(b)]}" for b in bad]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        m.predict([tmp_path / "missing.jpg"])
+    with pytest.raises(ValueError, match="shape"):
+        m.predict_arrays([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(TypeError):
+        m.predict_arrays([np.zeros((8, 8, 3), np.float32)])
+
+
+def test_load_errors_are_the_clis(bundle, tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError) as e:
+        finetune.load(missing)
+    assert str(e.value) == cli_error("predict", missing, SAMPLE / "test")
+    old = tmp_path / "old"
+    old.mkdir()
+    info = json.loads((bundle[0] / "model.json").read_text())
+    info["format_version"] = 0
+    (old / "model.json").write_text(json.dumps(info))
+    with pytest.raises(finetune.FinetuneError) as e:
+        finetune.load(old)
+    assert "format version 0" in str(e.value)
+    assert str(e.value) == cli_error("predict", old, SAMPLE / "test")
+    with pytest.raises(ValueError, match="unknown device"):
+        finetune.load(bundle[0], device="tpu")
+
+
+def test_train_errors_are_the_clis(bundle, tmp_path):
+    out, _ = bundle
+    with pytest.raises(finetune.FinetuneError) as e:
+        finetune.train(SAMPLE / "train", out=out, random_init=True, size=32)
+    assert str(e.value) == cli_error("train", "--random-init", "--out", out, SAMPLE / "train")
+    with pytest.raises(FileNotFoundError) as e:
+        finetune.train(tmp_path / "nothing", out=tmp_path / "m", random_init=True)
+    assert str(e.value) == cli_error("train", "--random-init", "--out", tmp_path / "m", tmp_path / "nothing")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        finetune.train(SAMPLE / "train", arch="vgg", out=tmp_path / "m")
+    assert issubclass(finetune.FinetuneError, Exception)
+
+
+def test_predict_releases_the_gil(bundle, photos):
+    m = finetune.load(bundle[0], device="cpu")
+    many = photos * 20
+    done = threading.Event()
+    span = []
+
+    def work():
+        t = time.perf_counter()
+        m.predict(many)
+        span.append((t, time.perf_counter()))
+        done.set()
+
+    ticks = []
+    th = threading.Thread(target=work)
+    th.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    th.join()
+    t0, t1 = span[0]
+    inside = [t for t in ticks if t0 <= t <= t1]
+    gaps = np.diff([t0, *inside, t1])
+    # Holding the GIL would freeze this loop for the whole call.
+    assert t1 - t0 > 0.2 and gaps.max() < 0.5 * (t1 - t0), (t1 - t0, gaps.max())
+
+
+SCRIPT = """
+import sys, finetune
+finetune.train(sys.argv[1], out=sys.argv[2], random_init=True, size=32, bs=16, epochs=50, device="cpu")
+"""
+
+
+def test_ctrl_c_saves_a_resumable_bundle(tmp_path):
+    out = tmp_path / "m"
+    p = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(SAMPLE / "train"), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.strip().startswith("0 "):  # the first epoch's table row: a checkpoint exists
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode != 0 and "KeyboardInterrupt: training stopped" in err, err
+    assert f"continue it with finetune.train(resume='{out}')" in err
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["interrupted"] and (out / "resume" / "state.json").is_file()
