@@ -345,14 +345,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "model: {} ({}), device {}",
+        "model: {} ({}), device {}, {}",
         plan.model.arch,
         match (&plan.resume, &weights) {
             (Some(_), _) => "resumed checkpoint".to_string(),
             (None, Some(w)) => format!("pretrained {}", w.display()),
             (None, None) => "random init".into(),
         },
-        finetune::device::describe(device)
+        finetune::device::describe(device),
+        net.memory_format()
     );
     let mut learn = Learner::new(
         net,

@@ -36,7 +36,11 @@ pub fn classify(
     let mut probs_iter = if ok.is_empty() {
         Vec::new().into_iter()
     } else {
-        let x = tensor::to_batch(&ok, net.device());
+        let x = net.input(
+            &tensor::stack_u8(&ok),
+            tensor::IMAGENET_MEAN,
+            tensor::IMAGENET_STD,
+        );
         let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
             .to_device(tch::Device::Cpu);
         let (p, i) = probs.topk(k as i64, -1, true, true);

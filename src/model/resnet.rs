@@ -65,14 +65,18 @@ impl ModuleT for Block {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             y = y.apply(c).apply_t(b, train);
             if i != last {
-                y = y.relu();
+                let _ = y.relu_();
             }
         }
         let identity = match &self.downsample {
             Some(d) => x.apply(&d.conv).apply_t(&d.bn, train),
             None => x.shallow_clone(),
         };
-        (y + identity).relu()
+        // In place, as torchvision (`out += identity; relu(inplace=True)`): BatchNorm's backward
+        // does not need its output, so two activation-sized buffers per block are never made.
+        let _ = y.g_add_(&identity);
+        let _ = y.relu_();
+        y
     }
 }
 
@@ -168,7 +172,7 @@ impl ModuleT for ResnetBody {
         let mut y = x
             .apply(&self.conv1)
             .apply_t(&self.bn1, train)
-            .relu()
+            .relu_()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.layers {
             y = b.forward_t(&y, train);
