@@ -6,7 +6,10 @@
 //!     [--bs 64] [--passes 1] [--world W]
 
 use finetune::data::cache::RankSplit;
-use finetune::data::tensor::{normalize, IMAGENET_MEAN, IMAGENET_STD};
+use finetune::data::tensor::normalize;
+use finetune::model::IMAGENET_STATS;
+const IMAGENET_MEAN: [f64; 3] = IMAGENET_STATS.0;
+const IMAGENET_STD: [f64; 3] = IMAGENET_STATS.1;
 use finetune::data::{CacheConfig, DataConfig, DataLoaders, Size};
 use rand::SeedableRng;
 use std::time::Instant;

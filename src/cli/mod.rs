@@ -92,13 +92,24 @@ pub struct ComputeArgs {
     /// CPU threads for libtorch (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Memory format of activations and convolution weights: nhwc (channels-last), nchw, or auto
+    /// (per device and architecture, from measurements). Files are written NCHW either way.
+    #[arg(
+        long,
+        value_enum,
+        env = "FINETUNE_MEMORY_FORMAT",
+        default_value_t = finetune::model::FormatChoice::Auto
+    )]
+    pub memory_format: finetune::model::FormatChoice,
 }
 
 impl ComputeArgs {
+    /// The device, with libtorch's thread count and the networks' memory format set for the process.
     pub fn device(&self) -> anyhow::Result<tch::Device> {
         if let Some(t) = self.threads {
             tch::set_num_threads(t.max(1));
         }
+        finetune::model::memory_format::set_default(self.memory_format);
         Ok(finetune::device::parse_device(&self.device)?)
     }
 }

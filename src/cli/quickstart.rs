@@ -89,6 +89,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         os("--force"),
         os("--device"),
         dev.clone(),
+        os("--memory-format"),
+        os(a.compute.memory_format.name()),
     ])?;
     println!("4/4 evaluating on the held-out test images");
     super::run_argv(vec![
@@ -98,5 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         data.join("test").into(),
         os("--device"),
         dev,
+        os("--memory-format"),
+        os(a.compute.memory_format.name()),
     ])
 }

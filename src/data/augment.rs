@@ -14,8 +14,40 @@ pub const MAX_LIGHTING: f64 = 0.2;
 
 /// `x`: float NCHW in [0,1] (before normalisation); returns a batch of the same shape in [0,1].
 pub fn augment<R: Rng>(x: &Tensor, rng: &mut R) -> Tensor {
-    let size = x.size();
-    let n = size[0] as usize;
+    apply(x, &draw(x.size()[0] as usize, rng))
+}
+
+/// One batch's random draws, as small CPU tensors: what [`apply`] needs. The batch producer draws
+/// them in the same order as the serial loop did, so a seed gives the same augmentation wherever it
+/// is applied; on CUDA they travel pinned, with the images, so applying them never waits on the host.
+#[derive(Debug)]
+pub struct AugParams {
+    /// `[n, 2, 3]` affine matrices (output → input sampling coordinates).
+    theta: Tensor,
+    /// `[n, 1, 1, 1]` each.
+    bright: Tensor,
+    contrast: Tensor,
+}
+
+impl AugParams {
+    pub fn len(&self) -> usize {
+        self.bright.size()[0] as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// In page-locked memory, for asynchronous copies to `device`.
+    pub fn pinned(self, device: tch::Device) -> Self {
+        AugParams {
+            theta: self.theta.pin_memory(device),
+            bright: self.bright.pin_memory(device),
+            contrast: self.contrast.pin_memory(device),
+        }
+    }
+}
+
+/// Draws the augmentation of `n` images.
+pub fn draw<R: Rng>(n: usize, rng: &mut R) -> AugParams {
     let mut theta = Vec::with_capacity(n * 6);
     let mut bright = Vec::with_capacity(n);
     let mut contrast = Vec::with_capacity(n);
@@ -52,22 +84,24 @@ pub fn augment<R: Rng>(x: &Tensor, rng: &mut R) -> Tensor {
             contrast.push(1.0);
         }
     }
+    let n = n as i64;
+    let t = |v: &[f64], shape: &[i64]| Tensor::from_slice(v).to_kind(Kind::Float).view(shape);
+    AugParams {
+        theta: t(&theta, &[n, 2, 3]),
+        bright: t(&bright, &[n, 1, 1, 1]),
+        contrast: t(&contrast, &[n, 1, 1, 1]),
+    }
+}
+
+/// Applies drawn augmentations to `x` (float NCHW in [0,1], `p.len()` images) on `x`'s device.
+pub fn apply(x: &Tensor, p: &AugParams) -> Tensor {
+    let size = x.size();
     let dev = x.device();
-    let theta = Tensor::from_slice(&theta)
-        .to_kind(Kind::Float)
-        .to_device(dev)
-        .view([n as i64, 2, 3]);
-    let grid = Tensor::affine_grid_generator(&theta, size.as_slice(), false);
+    let to = |t: &Tensor| t.to_device_(dev, Kind::Float, true, false);
+    let grid = Tensor::affine_grid_generator(&to(&p.theta), size.as_slice(), false);
     // interpolation 0 = bilinear, padding 2 = reflection.
     let y = Tensor::grid_sampler(x, &grid, 0, 2, false);
-    let b = Tensor::from_slice(&bright)
-        .to_kind(Kind::Float)
-        .to_device(dev)
-        .view([n as i64, 1, 1, 1]);
-    let c = Tensor::from_slice(&contrast)
-        .to_kind(Kind::Float)
-        .to_device(dev)
-        .view([n as i64, 1, 1, 1]);
+    let (b, c) = (to(&p.bright), to(&p.contrast));
     // fastai's lighting works in logit space: brightness adds logit(b), contrast scales.
     let eps = 1e-6;
     ((y.clamp(eps, 1.0 - eps).logit(None) + b.logit(None)) * c).sigmoid()

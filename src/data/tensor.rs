@@ -1,5 +1,6 @@
-//! Images to normalised NCHW float tensors.
+//! Images to normalised float tensors of logical shape NCHW (in either memory format).
 
+use crate::model::MemoryFormat;
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
@@ -14,14 +15,23 @@ pub fn stack_u8(images: &[&RgbImage]) -> Tensor {
     Tensor::from_slice(&buf).reshape([images.len() as i64, h as i64, w as i64, 3])
 }
 
-/// u8 NHWC → float NCHW in [0,1] → normalised with the weights' `mean` and `std`, on `device`.
+/// u8 NHWC → float `[N, 3, H, W]` in [0,1] → normalised with the weights' `mean` and `std`, on
+/// `device`, channels-last (the permuted u8 batch's own strides; every elementwise step keeps them).
 pub fn normalize(batch_u8: &Tensor, device: Device, mean: [f64; 3], std: [f64; 3]) -> Tensor {
-    let x = batch_u8
-        .to_device(device)
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float)
-        / 255.0;
-    normalize_float(&x, mean, std)
+    normalize_as(batch_u8, device, mean, std, MemoryFormat::Nhwc)
+}
+
+/// [`normalize`] into `format`. NHWC needs no reordering at all; NCHW reorders the u8 bytes (a
+/// quarter of the floats' size) before the conversion. The values are the same either way.
+pub fn normalize_as(
+    batch_u8: &Tensor,
+    device: Device,
+    mean: [f64; 3],
+    std: [f64; 3],
+    format: MemoryFormat,
+) -> Tensor {
+    let x = format.apply(&batch_u8.to_device(device).permute([0, 3, 1, 2]));
+    normalize_float(&(x.to_kind(Kind::Float) / 255.0), mean, std)
 }
 
 /// Float NCHW in [0,1] → normalised, on the tensor's device.

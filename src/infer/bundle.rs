@@ -137,8 +137,14 @@ pub fn save(
     written
 }
 
+/// Every tensor is written contiguous (a no-op for those that already are), so channels-last
+/// weights and moments land in the standard layout that PyTorch and safetensors readers expect.
 fn write_safetensors(path: &Path, vars: &[(String, tch::Tensor)]) -> Result<(), BundleError> {
-    tch::Tensor::write_safetensors(vars, path).map_err(|e| BundleError::Io {
+    let vars: Vec<(&str, tch::Tensor)> = vars
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.contiguous()))
+        .collect();
+    tch::Tensor::write_safetensors(&vars, path).map_err(|e| BundleError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
@@ -158,7 +164,8 @@ fn write_contents(
         .vs
         .variables()
         .into_iter()
-        .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu)))
+        // Contiguous (NCHW) whatever the network's memory format: the layout PyTorch writes.
+        .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous()))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     write_safetensors(&dir.join("model.safetensors"), &vars)?;

@@ -42,7 +42,7 @@ pub fn classify(
     let mut probs_iter = if ok.is_empty() {
         Vec::new().into_iter()
     } else {
-        let x = tensor::normalize(&tensor::stack_u8(&ok), net.device(), stats.0, stats.1);
+        let x = net.input(&tensor::stack_u8(&ok), stats.0, stats.1);
         let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
             .to_device(tch::Device::Cpu);
         let (p, i) = probs.topk(k as i64, -1, true, true);

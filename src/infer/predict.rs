@@ -2,7 +2,7 @@
 
 use super::bundle::{Bundle, ModelInfo};
 use crate::data::decode::{decode_file, DecodeError};
-use crate::data::tensor::{normalize, stack_u8};
+use crate::data::tensor::stack_u8;
 use crate::data::transform::{crop_window, prepare};
 use rayon::prelude::*;
 use std::path::PathBuf;
@@ -42,9 +42,8 @@ pub fn probabilities(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Vec<f3
         return Vec::new();
     }
     let info = &bundle.info;
-    let x = normalize(
+    let x = bundle.net.input(
         &stack_u8(images),
-        bundle.net.device(),
         info.normalization.mean,
         info.normalization.std,
     );

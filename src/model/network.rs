@@ -5,6 +5,7 @@ use super::efficientnet::{EfficientnetBody, Variant};
 use super::efficientnet_lite::EfficientnetLiteBody;
 use super::head::{FastaiHead, ImagenetClassifier};
 use super::layers::{Norm, Pad};
+use super::memory_format::{self, MemoryFormat};
 use super::mobilenet_v2::MobilenetV2Body;
 use super::mobilenet_v3::MobilenetV3Body;
 use super::onnx::{Graph, OnnxExport};
@@ -34,6 +35,8 @@ pub struct Network {
     /// Names of the learnable parameters (not BN running statistics), recorded at construction
     /// because freezing later changes `requires_grad`.
     params: Vec<String>,
+    /// The layout of the convolution weights and of every activation (see [`MemoryFormat`]).
+    format: MemoryFormat,
 }
 
 fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn Part> {
@@ -137,13 +140,42 @@ impl Network {
             .map(|(k, _)| k)
             .collect();
         params.sort();
-        Network {
+        let mut net = Network {
             arch,
             vs,
             body,
             top,
             params,
-        }
+            format: MemoryFormat::Nchw,
+        };
+        let device = net.device();
+        net.set_memory_format(memory_format::default_choice().resolve(device, arch));
+        net
+    }
+
+    pub fn memory_format(&self) -> MemoryFormat {
+        self.format
+    }
+
+    /// Puts every 4-D variable (the convolution weights) into `format`, in place: the variables
+    /// keep their identity (optimizer and checkpoints hold the same tensors) and their values,
+    /// so weights loaded before or after this are the same network. Inputs follow in `forward_t`.
+    pub fn set_memory_format(&mut self, format: MemoryFormat) {
+        tch::no_grad(|| {
+            for (_, mut v) in self.vs.variables() {
+                if v.dim() == 4 && !format.holds(&v) {
+                    let t = format.apply(&v.detach());
+                    v.set_data(&t);
+                }
+            }
+        });
+        self.format = format;
+    }
+
+    /// A u8 NHWC batch as this network's normalised float input on its device: in channels-last the
+    /// permuted u8 batch already has the right strides, so the only copy is the float conversion.
+    pub fn input(&self, batch_u8: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
+        crate::data::tensor::normalize_as(batch_u8, self.device(), mean, std, self.format)
     }
 
     pub fn device(&self) -> Device {
@@ -177,8 +209,11 @@ impl Network {
 }
 
 impl ModuleT for Network {
+    /// `x` is taken in the network's memory format (converted when it is not, e.g. a contiguous
+    /// NCHW batch given to a channels-last network).
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.top.forward_t(&self.body.forward_t(x, train), train)
+        let x = self.format.apply(x);
+        self.top.forward_t(&self.body.forward_t(&x, train), train)
     }
 }
 

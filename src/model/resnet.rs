@@ -94,14 +94,18 @@ impl ModuleT for Block {
         for (i, c) in self.convs.iter().enumerate() {
             y = c.forward_t(&y, train);
             if i != last {
-                y = y.relu();
+                let _ = y.relu_();
             }
         }
         let identity = match &self.downsample {
             Some(d) => d.forward_t(x, train),
             None => x.shallow_clone(),
         };
-        (y + identity).relu()
+        // In place, as torchvision (`out += identity; relu(inplace=True)`): BatchNorm's backward
+        // does not need its output, so two activation-sized buffers per block are never made.
+        let _ = y.g_add_(&identity);
+        let _ = y.relu_();
+        y
     }
 }
 
@@ -235,7 +239,7 @@ impl ModuleT for ResnetBody {
         let mut y =
             self.stem
                 .forward_t(x, train)
-                .relu()
+                .relu_()
                 .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.layers {
             y = b.forward_t(&y, train);

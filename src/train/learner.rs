@@ -3,17 +3,18 @@
 
 use super::checkpoint::{epoch_seed, Checkpoint, RngState, TrainState};
 use super::optimizer::{Adam, AdamConfig};
+use super::pipeline::{overlapped, InputSpec};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
-use crate::data::tensor::{normalize, normalize_float};
+use crate::data::augment;
 use crate::data::DataLoaders;
 use crate::model::Network;
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::nn::ModuleT;
-use tch::{Kind, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 /// `fine_tune`'s arguments, with fastai's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,9 +96,127 @@ pub struct Learner {
     /// resumed bundle may set others). Recorded in the bundle, which predict and serve use.
     pub mean: [f64; 3],
     pub std: [f64; 3],
+    /// `FINETUNE_PROFILE`: time every part of the loop (see [`PhaseTimes`]).
+    profile: bool,
 }
 
 pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
+
+/// Where an epoch's time went, summed over its batches; printed after every epoch when the
+/// environment variable `FINETUNE_PROFILE` is set. On CUDA the device is synchronised around each
+/// part when profiling (only then), so the parts are real GPU times.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PhaseTimes {
+    pub batches: usize,
+    /// Producer thread preparing batches (gather, crop, augmentation, u8 → float), overlapped.
+    pub prepare: Duration,
+    /// Training loop waiting for the producer (the part of `prepare` not hidden).
+    pub wait: Duration,
+    pub forward: Duration,
+    pub backward: Duration,
+    pub step: Duration,
+    /// Reading losses back to the host.
+    pub read: Duration,
+    pub validate: Duration,
+}
+
+impl PhaseTimes {
+    pub fn line(&self, phase: &str, epoch: usize, total: f64) -> String {
+        let s = |d: Duration| d.as_secs_f64();
+        format!(
+            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + loss reads {:.2}s + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
+            self.batches,
+            s(self.wait),
+            s(self.forward),
+            s(self.backward),
+            s(self.step),
+            s(self.read),
+            s(self.validate),
+            (total
+                - s(self.wait)
+                - s(self.forward)
+                - s(self.backward)
+                - s(self.step)
+                - s(self.read)
+                - s(self.validate))
+            .max(0.0),
+            s(self.prepare),
+        )
+    }
+}
+
+/// Times one part of the loop when profiling (synchronising CUDA first, so the work is counted
+/// where it runs).
+struct Timer {
+    on: bool,
+    device: Device,
+    t: Instant,
+}
+
+impl Timer {
+    fn start(on: bool, device: Device) -> Self {
+        let t = Timer {
+            on,
+            device,
+            t: Instant::now(),
+        };
+        t.sync();
+        Timer {
+            t: Instant::now(),
+            ..t
+        }
+    }
+    fn sync(&self) {
+        if let (true, Device::Cuda(i)) = (self.on, self.device) {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+    /// Adds the time since the last lap to `into`.
+    fn lap(&mut self, into: &mut Duration) {
+        if self.on {
+            self.sync();
+            let now = Instant::now();
+            *into += now - self.t;
+            self.t = now;
+        }
+    }
+}
+
+/// How many training losses stay on the device before they are read for the progress bar: reading
+/// one waits for the GPU to finish everything queued before it.
+fn loss_read_every(device: Device) -> usize {
+    if device.is_cuda() {
+        8
+    } else {
+        1
+    }
+}
+
+/// One optimisation step on a batch already on the device; returns the loss (detached, on the
+/// device, not read: reading it would synchronise with a GPU).
+#[allow(clippy::too_many_arguments)]
+fn step(
+    net: &Network,
+    opt: &mut Adam,
+    label_smoothing: f64,
+    x: &Tensor,
+    y: &Tensor,
+    lrs: &[f64],
+    mom: f64,
+    times: &mut PhaseTimes,
+    profile: bool,
+) -> Tensor {
+    let mut t = Timer::start(profile, net.device());
+    let logits = net.forward_t(x, true);
+    let loss = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, label_smoothing);
+    t.lap(&mut times.forward);
+    opt.zero_grad();
+    loss.backward();
+    t.lap(&mut times.backward);
+    opt.step(lrs, mom);
+    t.lap(&mut times.step);
+    loss.detach()
+}
 
 /// (name, tensor, group, do_wd, is_bn) for every learnable parameter, in fastai's terms:
 /// BatchNorm parameters and biases get no weight decay.
@@ -140,6 +259,17 @@ impl Learner {
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
             mean: net_stats.0,
             std: net_stats.1,
+            profile: std::env::var_os("FINETUNE_PROFILE").is_some_and(|v| !v.is_empty()),
+        }
+    }
+
+    /// How batches become this network's input (device, memory format, normalisation).
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            device: self.net.device(),
+            format: self.net.memory_format(),
+            mean: self.mean,
+            std: self.std,
         }
     }
 
@@ -167,55 +297,70 @@ impl Learner {
         self.net.arch.n_groups()
     }
 
+    /// A u8 NHWC batch as the network's normalised input, on its device, in its memory format.
     pub fn input(&self, batch_u8: &Tensor) -> Tensor {
-        normalize(batch_u8, self.net.device(), self.mean, self.std)
+        self.net.input(batch_u8, self.mean, self.std)
     }
 
     fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
         logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, self.label_smoothing)
     }
 
-    /// Runs one training batch with the given hypers; returns the batch loss.
+    /// Runs one training batch (u8 NHWC images, labels) with the given hypers, serially; returns the
+    /// batch loss. [`Self::fit_one_cycle`] does the same with the input prepared ahead.
     pub fn train_batch(&mut self, xb: &Tensor, yb: &Tensor, lrs: &[f64], mom: f64) -> f64 {
-        let x = if self.augment {
-            let raw = xb
-                .to_device(self.net.device())
-                .permute([0, 3, 1, 2])
-                .to_kind(Kind::Float)
-                / 255.0;
-            let aug = crate::data::augment::augment(&raw, &mut self.rng);
-            normalize_float(&aug, self.mean, self.std)
-        } else {
-            self.input(xb)
-        };
-        let y = yb.to_device(self.net.device());
-        let loss = self.loss(&self.net.forward_t(&x, true), &y);
-        self.opt.zero_grad();
-        loss.backward();
-        self.opt.step(lrs, mom);
-        loss.double_value(&[])
+        let aug = self
+            .augment
+            .then(|| augment::draw(xb.size()[0] as usize, &mut self.rng));
+        let spec = self.input_spec();
+        let x = spec.to_input(&xb.to_device(spec.device), aug.as_ref());
+        let y = yb.to_device(spec.device);
+        let mut times = PhaseTimes::default();
+        let ls = self.label_smoothing;
+        step(
+            &self.net,
+            &mut self.opt,
+            ls,
+            &x,
+            &y,
+            lrs,
+            mom,
+            &mut times,
+            false,
+        )
+        .double_value(&[])
     }
 
-    /// Size-weighted mean validation loss and error rate, in eval mode.
+    /// Size-weighted mean validation loss and error rate, in eval mode. Batches are prepared on a
+    /// producer thread; the per-batch results stay on the device until the end.
     pub fn validate(&self) -> (f64, f64) {
+        let spec = self.input_spec();
+        let n_batches = self.dls.valid.len().div_ceil(self.dls.cfg.bs.max(1));
+        let mut batches = self.dls.valid_batches();
+        let mut results: Vec<(Tensor, Tensor, i64)> = Vec::new();
+        tch::no_grad(|| {
+            overlapped(
+                n_batches,
+                |_| batches.next().map(|(xb, yb)| spec.prepare(xb, yb, None)),
+                |_, b| {
+                    let Some(b) = b else { return false };
+                    let (x, y) = spec.finish(b);
+                    let logits = self.net.forward_t(&x, false);
+                    let bs = y.size()[0];
+                    let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+                    results.push((self.loss(&logits, &y), correct, bs));
+                    true
+                },
+            );
+        });
         let mut loss_sum = 0.0;
         let mut correct = 0i64;
         let mut n = 0i64;
-        tch::no_grad(|| {
-            for (xb, yb) in self.dls.valid_batches() {
-                let x = self.input(&xb);
-                let y = yb.to_device(self.net.device());
-                let logits = self.net.forward_t(&x, false);
-                let bs = y.size()[0];
-                loss_sum += self.loss(&logits, &y).double_value(&[]) * bs as f64;
-                correct += logits
-                    .argmax(-1, false)
-                    .eq_tensor(&y)
-                    .sum(Kind::Int64)
-                    .int64_value(&[]);
-                n += bs;
-            }
-        });
+        for (loss, c, bs) in results {
+            loss_sum += loss.double_value(&[]) * bs as f64;
+            correct += c.int64_value(&[]);
+            n += bs;
+        }
         if n == 0 {
             return (f64::NAN, f64::NAN);
         }
@@ -244,24 +389,68 @@ impl Learner {
             let t0 = Instant::now();
             tch::manual_seed(epoch_seed(self.seed, phase, epoch));
             report.begin_epoch(epoch, n_batches);
-            let mut ran = 0;
-            for (i, idx) in self.epoch_order().iter().enumerate() {
-                let (xb, yb) = self.load_batch(idx);
-                let pos = (epoch * n_batches + i) as f64 / total;
-                let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
-                let mom = sched.mom(pos);
-                let loss = self.train_batch(&xb, &yb, &lrs, mom);
-                self.hypers
-                    .push((phase.to_string(), BatchHypers { lrs, mom }));
-                report.batch(i, smooth.add(loss));
-                ran += 1;
-                if self.stop.load(Ordering::Relaxed) {
-                    self.interrupted = true;
-                    break;
-                }
+            let order = self.epoch_order();
+            let spec = self.input_spec();
+            let read_every = loss_read_every(spec.device);
+            let profile = self.profile;
+            let mut times = PhaseTimes::default();
+            // Losses not yet read back, with their batch index.
+            let mut unread: Vec<(usize, Tensor)> = Vec::new();
+            let Learner {
+                net,
+                dls,
+                opt,
+                rng,
+                hypers,
+                stop,
+                augment: do_augment,
+                label_smoothing,
+                ..
+            } = &mut *self;
+            let (dls, do_augment, label_smoothing) = (&*dls, *do_augment, *label_smoothing);
+            let (ran, overlap) = overlapped(
+                order.len(),
+                |i| spec.prepare_train(dls, &order[i], rng, do_augment),
+                |i, batch| {
+                    let (x, y) = spec.finish(batch);
+                    let pos = (epoch * n_batches + i) as f64 / total;
+                    let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
+                    let mom = sched.mom(pos);
+                    let loss = step(
+                        net,
+                        opt,
+                        label_smoothing,
+                        &x,
+                        &y,
+                        &lrs,
+                        mom,
+                        &mut times,
+                        profile,
+                    );
+                    hypers.push((phase.to_string(), BatchHypers { lrs, mom }));
+                    unread.push((i, loss));
+                    let stopping = stop.load(Ordering::Relaxed);
+                    if unread.len() >= read_every || stopping || i + 1 == n_batches {
+                        let t = Instant::now();
+                        read_losses(&mut unread, &mut smooth, report);
+                        times.read += t.elapsed();
+                    }
+                    !stopping
+                },
+            );
+            let t = Instant::now();
+            read_losses(&mut unread, &mut smooth, report);
+            times.read += t.elapsed();
+            times.batches = ran;
+            times.prepare = overlap.produce;
+            times.wait = overlap.wait;
+            if self.stop.load(Ordering::Relaxed) {
+                self.interrupted = true;
             }
             report.begin_validate();
+            let t = Instant::now();
             let (valid_loss, error_rate) = self.validate();
+            times.validate = t.elapsed();
             let row = EpochRow {
                 phase: phase.to_string(),
                 epoch,
@@ -272,6 +461,9 @@ impl Learner {
                 seconds: t0.elapsed().as_secs_f64(),
             };
             report.end_epoch(&row);
+            if self.profile {
+                eprintln!("{}", times.line(phase, epoch, row.seconds));
+            }
             self.rows.push(row);
             if ran == n_batches {
                 self.last_checkpoint = Some(self.snapshot(phase, epoch + 1, smooth));
@@ -288,13 +480,11 @@ impl Learner {
     }
 
     /// The state right now, as a checkpoint that `phase` has `epochs_done` epochs done.
+    /// Tensors are contiguous CPU copies whatever the network's memory format.
     fn snapshot(&self, phase: &str, epochs_done: usize, smooth: SmoothLoss) -> Checkpoint {
         let (mut tensors, steps) = self.opt.state();
         for (k, v) in self.net.vs.variables() {
-            tensors.push((
-                format!("model.{k}"),
-                v.detach().to_device(tch::Device::Cpu).copy(),
-            ));
+            tensors.push((format!("model.{k}"), cpu_copy(&v.detach())));
         }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Checkpoint {
@@ -422,5 +612,124 @@ impl Learner {
             sched,
             report,
         );
+    }
+}
+
+/// A deep, contiguous (NCHW for 4-D) copy on the CPU: what checkpoints and files hold.
+pub(crate) fn cpu_copy(t: &Tensor) -> Tensor {
+    let out = Tensor::empty(t.size(), (t.kind(), Device::Cpu));
+    tch::no_grad(|| out.shallow_clone().copy_(t));
+    out
+}
+
+/// Reads the losses still on the device (one synchronisation for all of them) and reports each,
+/// in batch order, through the smoothed loss.
+fn read_losses(
+    unread: &mut Vec<(usize, Tensor)>,
+    smooth: &mut SmoothLoss,
+    report: &mut dyn Report,
+) {
+    if unread.is_empty() {
+        return;
+    }
+    let values: Vec<f64> = if unread.len() == 1 {
+        vec![unread[0].1.double_value(&[])]
+    } else {
+        let all = Tensor::stack(
+            &unread
+                .iter()
+                .map(|(_, l)| l.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(Device::Cpu);
+        Vec::<f64>::try_from(all.to_kind(Kind::Double)).unwrap_or_default()
+    };
+    for ((i, _), v) in unread.drain(..).zip(values) {
+        report.batch(i, smooth.add(v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{DataConfig, ResizeMethod, Size};
+    use crate::model::{Arch, MemoryFormat};
+    use crate::train::SilentReport;
+
+    /// Two classes of small noisy PNGs, `n` each.
+    fn images(dir: &std::path::Path, n: u32) {
+        for (c, base) in [("red", [200u8, 40, 40]), ("blue", [40u8, 40, 200])] {
+            std::fs::create_dir_all(dir.join(c)).unwrap();
+            for i in 0..n {
+                image::RgbImage::from_fn(20, 18, |x, y| {
+                    let v = ((x * 7 + y * 13 + i * 31) % 50) as u8;
+                    image::Rgb(base.map(|b| b.saturating_add(v)))
+                })
+                .save(dir.join(c).join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+
+    fn learner(dir: &std::path::Path, format: MemoryFormat) -> Learner {
+        tch::manual_seed(0);
+        let cfg = DataConfig {
+            size: Size { w: 16, h: 16 },
+            // Random crops and augmentation: both draw from the data RNG.
+            method: ResizeMethod::Crop,
+            bs: 4,
+            ..Default::default()
+        };
+        let dls = DataLoaders::from_folder(dir, cfg, &indicatif::ProgressBar::hidden()).unwrap();
+        let mut net = Network::classifier(Arch::Resnet18, 2, Device::Cpu);
+        net.set_memory_format(format);
+        let mut l = Learner::new(net, dls, AdamConfig::default(), 5);
+        l.augment = true;
+        l
+    }
+
+    /// The overlapped loop trains on exactly the batches the serial loop made (same shuffle, crops
+    /// and augmentation draws, in the same order), so losses and weights are bit-identical.
+    #[test]
+    fn overlapped_input_gives_the_serial_runs_losses_and_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        images(dir.path(), 10);
+        for format in [MemoryFormat::Nhwc, MemoryFormat::Nchw] {
+            let mut a = learner(dir.path(), format);
+            let mut b = learner(dir.path(), format);
+            let sched = OneCycle::default();
+            let lr = LrSpec::Max(1e-3);
+            a.fit_one_cycle("frozen", 2, lr, sched, &mut SilentReport);
+
+            // The serial loop, written out: what fit_one_cycle did before the producer thread.
+            let lr_max = lr.per_group(b.n_groups());
+            let n_batches = b.dls.n_train_batches();
+            let total = (n_batches * 2) as f64;
+            let mut smooth = SmoothLoss::default();
+            for epoch in 0..2 {
+                tch::manual_seed(epoch_seed(b.seed, "frozen", epoch));
+                for (i, idx) in b.epoch_order().iter().enumerate() {
+                    let (xb, yb) = b.load_batch(idx);
+                    let pos = (epoch * n_batches + i) as f64 / total;
+                    let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
+                    smooth.add(b.train_batch(&xb, &yb, &lrs, sched.mom(pos)));
+                }
+                let (valid_loss, error_rate) = b.validate();
+                let row = &a.rows[epoch];
+                assert_eq!(row.valid_loss.to_bits(), valid_loss.to_bits(), "{format}");
+                assert_eq!(row.error_rate.to_bits(), error_rate.to_bits());
+            }
+            assert_eq!(a.rows[1].train_loss.to_bits(), smooth.value().to_bits());
+            let vb = b.net.vs.variables();
+            for (k, v) in a.net.vs.variables() {
+                assert!(v.equal(&vb[&k]), "{format}: {k} differs");
+            }
+            assert_eq!(
+                RngState::of(&a.rng),
+                RngState::of(&b.rng),
+                "the data RNG ends in the same place"
+            );
+        }
     }
 }

@@ -4,12 +4,13 @@ pub mod checkpoint;
 pub mod learner;
 pub mod lr_find;
 pub mod optimizer;
+pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, TrainState};
-pub use learner::{FineTune, Learner};
+pub use learner::{FineTune, Learner, PhaseTimes};
 pub use optimizer::AdamConfig;
 pub use report::{ConsoleReport, EpochRow, Report, SilentReport};
 pub use schedule::{LrSpec, OneCycle};

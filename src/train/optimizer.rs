@@ -91,7 +91,7 @@ impl Adam {
         self.clear_state();
     }
 
-    /// Deep CPU copies of the moments (`grad_avg.<name>`, `sqr_avg.<name>`) and the step counts of
+    /// Deep, contiguous CPU copies of the moments (`grad_avg.<name>`, `sqr_avg.<name>`) and the step counts of
     /// every parameter that has taken a step, for a checkpoint.
     pub fn state(
         &self,
@@ -107,11 +107,11 @@ impl Adam {
             };
             tensors.push((
                 format!("grad_avg.{}", p.name),
-                ga.to_device(tch::Device::Cpu).copy(),
+                crate::train::learner::cpu_copy(ga),
             ));
             tensors.push((
                 format!("sqr_avg.{}", p.name),
-                sa.to_device(tch::Device::Cpu).copy(),
+                crate::train::learner::cpu_copy(sa),
             ));
             steps.insert(p.name.clone(), p.step);
         }
@@ -142,7 +142,10 @@ impl Adam {
                         p.tensor.size()
                     ));
                 }
-                Ok(t.to_device(p.tensor.device()).copy())
+                // In the parameter's own layout (channels-last weights get channels-last moments).
+                let mut m = p.tensor.detach().empty_like();
+                m.copy_(t);
+                Ok(m)
             };
             p.grad_avg = Some(get(format!("grad_avg.{}", p.name))?);
             p.sqr_avg = Some(get(format!("sqr_avg.{}", p.name))?);
@@ -164,19 +167,72 @@ impl Adam {
                 if p.do_wd && wd != 0.0 {
                     let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
                 }
+                // The same operations, in the same order, as
+                //   ga = ga·mom + g·(1−mom);  sa = sa·sqr_mom + g·g·(1−sqr_mom)
+                //   p −= ga / (sqrt(sa / debias2) + eps) · (lr / debias1)
+                // but every intermediate goes through one scratch tensor instead of eight fresh
+                // parameter-sized temporaries (bit-identical results).
+                let mut tmp = g.empty_like();
                 let ga = p.grad_avg.get_or_insert_with(|| g.zeros_like());
                 let _ = ga.g_mul_scalar_(mom);
-                let _ = ga.g_add_(&(&g * (1.0 - mom)));
+                let _ = g.mul_scalar_out(&tmp, 1.0 - mom);
+                let _ = ga.g_add_(&tmp);
                 let sa = p.sqr_avg.get_or_insert_with(|| g.zeros_like());
                 let _ = sa.g_mul_scalar_(sqr_mom);
-                let _ = sa.g_add_(&(&g * &g * (1.0 - sqr_mom)));
+                let _ = g.mul_out(&tmp, &g);
+                let _ = tmp.g_mul_scalar_(1.0 - sqr_mom);
+                let _ = sa.g_add_(&tmp);
                 p.step += 1;
                 let debias1 = 1.0 - mom.powi(p.step as i32);
                 let debias2 = 1.0 - sqr_mom.powi(p.step as i32);
-                let denom = (&*sa / debias2).sqrt() + eps;
-                let upd = &*ga / denom * (lr / debias1);
-                let _ = p.tensor.g_sub_(&upd);
+                tmp.copy_(sa);
+                let _ = tmp.g_div_scalar_(debias2);
+                let _ = tmp.sqrt_();
+                let _ = tmp.g_add_scalar_(eps);
+                let _ = ga.div_out(&tmp, &tmp);
+                let _ = tmp.g_mul_scalar_(lr / debias1);
+                let _ = p.tensor.g_sub_(&tmp);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The in-place step computes exactly what the out-of-place formula does, bit for bit, in both
+    /// memory formats of a convolution weight.
+    #[test]
+    fn in_place_step_equals_the_formula_bitwise() {
+        for channels_last in [false, true] {
+            tch::manual_seed(1);
+            let mut w = Tensor::randn([8, 3, 3, 3], (Kind::Float, Device::Cpu));
+            if channels_last {
+                w = w.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            }
+            let p = w.copy().set_requires_grad(true);
+            let cfg = AdamConfig::default();
+            let mut opt = Adam::new(vec![("w".into(), p.shallow_clone(), 0, true, false)], cfg);
+            let (mut want, mut ga, mut sa) = (w.copy(), w.zeros_like(), w.zeros_like());
+            for (step, (lr, mom)) in [(1e-2, 0.95), (5e-3, 0.9), (1e-3, 0.85)].iter().enumerate() {
+                let g = Tensor::randn([8, 3, 3, 3], (Kind::Float, Device::Cpu));
+                opt.zero_grad();
+                (&p * &g).sum(Kind::Float).backward();
+                opt.step(&[*lr], *mom);
+                // The formula as it was written before the scratch tensor.
+                want = &want * (1.0 - lr * cfg.wd);
+                ga = &ga * *mom + &g * (1.0 - mom);
+                sa = &sa * cfg.sqr_mom + &g * &g * (1.0 - cfg.sqr_mom);
+                let n = step as i32 + 1;
+                let denom = (&sa / (1.0 - cfg.sqr_mom.powi(n))).sqrt() + cfg.eps;
+                want = &want - &ga / denom * (lr / (1.0 - mom.powi(n)));
+                assert!(
+                    p.detach().equal(&want),
+                    "step {n}, channels-last {channels_last}"
+                );
+            }
+        }
     }
 }

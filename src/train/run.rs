@@ -393,14 +393,15 @@ impl Session {
             ));
         }
         (fb.log)(&format!(
-            "model: {} ({}), device {}",
+            "model: {} ({}), device {}, {}",
             plan.arch,
             match (&plan.resume, &weights) {
                 (Some(_), _) => "resumed checkpoint".to_string(),
                 (None, Some(w)) => format!("pretrained {}", w.display()),
                 (None, None) => "random init".into(),
             },
-            crate::device::describe(device)
+            crate::device::describe(device),
+            net.memory_format()
         ));
         let mut learn = Learner::new(
             net,
