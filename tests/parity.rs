@@ -310,3 +310,36 @@ fn efficientnet_lite0_real_weights() {
         "efficientnet_lite0_io.safetensors",
     );
 }
+
+/// `finetune weights list`'s parameters and GFLOPs (multiply-adds at the eval size) are what
+/// PyTorch counts on the same models (torch.utils.flop_counter; tests/reference/make_reference.py),
+/// and the parameter count is also that of the network we build.
+#[test]
+fn arch_costs_match_pytorch() {
+    let path = reference().join("arch_costs.json");
+    let costs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for arch in Arch::ALL {
+        let Some(want) = costs.get(arch.name()) else {
+            // Only efficientnet_lite0 may be missing (reference package absent), and says so.
+            assert_eq!(arch, Arch::EfficientnetLite0, "{arch} missing in {path:?}");
+            continue;
+        };
+        let (params, gmacs) = arch.cost();
+        assert_eq!(want["size"].as_i64(), Some(arch.default_size()), "{arch}");
+        assert_eq!(want["params"].as_u64(), Some(params), "{arch}: parameters");
+        let g = want["gmacs"].as_f64().unwrap();
+        assert!(
+            (gmacs - g).abs() <= 0.005 * g,
+            "{arch}: {gmacs} GFLOPs in the table, PyTorch counts {g}"
+        );
+        let net = Network::imagenet(arch, tch::Device::Cpu);
+        let vars = net.vs.variables();
+        let ours: i64 = net
+            .param_names()
+            .iter()
+            .map(|k| vars[k].numel() as i64)
+            .sum();
+        assert_eq!(ours as u64, params, "{arch}: our network's parameter count");
+    }
+}

@@ -2,7 +2,8 @@ use finetune::model::{registry, timm, Arch, ArchSpec, KnownWeights};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Show every arch and timm checkpoint: input size, normalisation, weights file, size, cached.
+    /// Show every arch and timm checkpoint: parameters, GFLOPs, input size, normalisation, weights
+    /// file, size, cached.
     List,
     /// Download the known weights of ARCH (or timm:NAME[.TAG]) into the cache (checks the SHA-256
     /// where one is known).
@@ -20,9 +21,19 @@ fn stats(s: ([f64; 3], [f64; 3])) -> String {
 }
 
 fn row(name: &str, size: i64, spec: ArchSpec, k: &KnownWeights) {
+    let (params, gmacs) = spec.arch.cost();
+    // The table's multiply-adds are at the arch's eval size; a timm tag evaluated at another size
+    // costs otherwise (not proportional to the pixels for every family), so it shows none.
+    let gflops = if size == spec.arch.default_size() {
+        format!("{gmacs:.2}")
+    } else {
+        "-".into()
+    };
     println!(
-        "{:<48} {:>4}  {:<35} {:>6.1}MB  {:<6} {}",
+        "{:<48} {:>7.2}M {:>6} {:>4}  {:<35} {:>6.1}MB  {:<6} {}",
         name,
+        params as f64 / 1e6,
+        gflops,
         size,
         stats(spec.normalization()),
         k.size_bytes as f64 / 1e6,
@@ -40,8 +51,8 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
         Cmd::List => {
             println!("cache: {}", registry::cache_dir().display());
             println!(
-                "{:<48} {:>4}  {:<35} {:>8}  {:<6} file",
-                "arch", "size", "mean/std", "weights", "cached"
+                "{:<48} {:>8} {:>6} {:>4}  {:<35} {:>8}  {:<6} file",
+                "arch", "params", "GFLOPs", "size", "mean/std", "weights", "cached"
             );
             for arch in Arch::ALL {
                 row(

@@ -198,6 +198,44 @@ impl Arch {
     }
 
     /// The input size the pretrained weights are evaluated at (torchvision's / timm's eval crop).
+    /// Parameters and GFLOPs (multiply-adds of the convolutions and matrix products, torchvision's
+    /// "GFLOPS" convention) of the arch with its ImageNet classifier at its eval input size
+    /// ([`Arch::default_size`]), as `torch.utils.flop_counter` counts them on the PyTorch model
+    /// (`tests/reference/make_reference.py`; `tests/parity.rs` checks this table against it and the
+    /// parameter count against the network we build). A table, because counting needs a forward
+    /// pass of every network, which `finetune weights list` should not pay for.
+    pub fn cost(self) -> (u64, f64) {
+        match self {
+            Arch::Resnet18 => (11689512, 1.8141),
+            Arch::Resnet34 => (21797672, 3.6638),
+            Arch::Resnet50 => (25557032, 4.0892),
+            Arch::Resnet101 => (44549160, 7.8014),
+            Arch::Resnet152 => (60192808, 11.5136),
+            Arch::Resnext50 => (25028904, 4.2305),
+            Arch::WideResnet50 => (68883240, 11.3980),
+            Arch::MobilenetV2 => (3504872, 0.3008),
+            Arch::RegnetY400mf => (4344144, 0.4018),
+            Arch::RegnetY800mf => (6432512, 0.8339),
+            Arch::RegnetY1_6gf => (11202430, 1.6121),
+            Arch::RegnetX400mf => (5495976, 0.4138),
+            Arch::ConvnextTiny => (28589128, 4.4555),
+            Arch::ConvnextSmall => (50223688, 8.6837),
+            Arch::VitB16 => (86567656, 16.8485),
+            Arch::VitS16 => (22050664, 4.2412),
+            Arch::MobilenetV3Small => (2542856, 0.0565),
+            Arch::MobilenetV3Large => (5483032, 0.2166),
+            Arch::EfficientnetB0 => (5288548, 0.3858),
+            Arch::EfficientnetB1 => (7794184, 0.6868),
+            Arch::EfficientnetB2 => (9109994, 1.0875),
+            Arch::EfficientnetB3 => (12233232, 1.8271),
+            Arch::EfficientnetV2S => (21458488, 8.3656),
+            Arch::EfficientnetLite0 => (4652008, 0.3852),
+            Arch::Mobilenetv3Small100 => (2542856, 0.0565),
+            Arch::Mobilenetv3Large100 => (5483032, 0.2166),
+            Arch::TfEfficientnetV2S => (21458488, 8.3656),
+        }
+    }
+
     pub fn default_size(self) -> i64 {
         self.eval_resize().1
     }

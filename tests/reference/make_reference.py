@@ -350,6 +350,47 @@ def bad_inputs():
 
 bad_inputs()
 
+
+def arch_costs():
+    """Parameters and multiply-adds of every arch with its ImageNet classifier at its eval input
+    size, counted by torch.utils.flop_counter (convolutions and matrix products, as torchvision's
+    published GFLOPS), for `finetune weights list` (tests/parity.rs checks its table)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    timm_names = {"vit_s_16": "vit_small_patch16_224", "mobilenetv3_small_100": "mobilenetv3_small_100",
+                  "mobilenetv3_large_100": "mobilenetv3_large_100", "tf_efficientnetv2_s": "tf_efficientnetv2_s"}
+    sizes = {"efficientnet_b1": 240, "efficientnet_b2": 288, "efficientnet_b3": 300,
+             "efficientnet_v2_s": 384, "tf_efficientnetv2_s": 384}
+    names = ("resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d wide_resnet50_2 mobilenet_v2 "
+             "regnet_y_400mf regnet_y_800mf regnet_y_1_6gf regnet_x_400mf convnext_tiny convnext_small "
+             "vit_b_16 vit_s_16 mobilenet_v3_small mobilenet_v3_large efficientnet_b0 efficientnet_b1 "
+             "efficientnet_b2 efficientnet_b3 efficientnet_v2_s efficientnet_lite0 mobilenetv3_small_100 "
+             "mobilenetv3_large_100 tf_efficientnetv2_s").split()
+    costs = {}
+    for name in names:
+        if name == "efficientnet_lite0":
+            try:
+                from efficientnet_lite_pytorch import EfficientNet
+            except ImportError:
+                skipped.append("arch costs: efficientnet_lite_pytorch missing")
+                continue
+            m = EfficientNet.from_name("efficientnet-lite0")
+        elif name in timm_names:
+            m = timm.create_model(timm_names[name], pretrained=False)
+        else:
+            m = getattr(torchvision.models, name)(weights=None)
+        size = sizes.get(name, 224)
+        # Gradients on: torchvision's MultiheadAttention takes a fused fast path under no_grad that the
+        # counter does not see.
+        with FlopCounterMode(display=False) as fc:
+            m.eval()(torch.zeros(1, 3, size, size))
+        costs[name] = {"params": sum(p.numel() for p in m.parameters()), "size": size,
+                       "gmacs": fc.get_total_flops() / 2 / 1e9}
+    with open(f"{out}/arch_costs.json", "w") as f:
+        json.dump(costs, f, indent=1)
+
+
+arch_costs()
+
 open(f"{out}/skipped.txt", "w").write("\n".join(skipped))
 import hashlib
 open(f"{out}/done", "w").write(hashlib.sha256(open(__file__, "rb").read()).hexdigest())
