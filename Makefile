@@ -48,6 +48,7 @@ clean-venv:
 
 # finetune vs fastai 2.8 (installs fastai into the venv once). PER_CLASS=0 uses all of clothing-small.
 PER_CLASS ?= 60
+ARCHS ?= mobilenet_v2,resnet18
 bench: build
 	$(VENV)/bin/python -c 'import fastai' 2>/dev/null || $(VENV)/bin/python -m pip install -q fastai==2.8.12
-	$(VENV)/bin/python bench/bench.py --per-class $(PER_CLASS)
+	$(VENV)/bin/python bench/bench.py --per-class $(PER_CLASS) --archs $(ARCHS)
