@@ -1039,3 +1039,64 @@ fn fine_tune_efficientnet_lite0_for_real() {
         assert!(acc >= 0.85, "shared test accuracy {acc}");
     }
 }
+
+/// One training step of the deeper, grouped and wide ResNets (random init, 32 px), frozen then
+/// unfrozen, with fastai's `_resnet_split` (3 groups): frozen, only the head, BatchNorm parameters
+/// and running statistics change; unfrozen, every parameter of all three groups changes.
+#[test]
+fn resnet_family_one_step_frozen_then_unfrozen() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), 5); // 10 images: 8 train (one batch of 8), 2 valid
+    for arch in [
+        Arch::Resnet34,
+        Arch::Resnet50,
+        Arch::Resnet101,
+        Arch::Resnet152,
+        Arch::Resnext50,
+        Arch::WideResnet50,
+    ] {
+        tch::manual_seed(0);
+        let cfg = DataConfig {
+            size: Size { w: 32, h: 32 },
+            bs: 8,
+            ..Default::default()
+        };
+        let dls =
+            DataLoaders::from_folder(dir.path(), cfg, &indicatif::ProgressBar::hidden()).unwrap();
+        let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
+        let mut learn = Learner::new(net, dls, AdamConfig::default(), 42);
+        assert_eq!(arch.n_groups(), 3, "{arch}: fastai's _resnet_split");
+        let params: std::collections::HashSet<String> =
+            learn.net.param_names().iter().cloned().collect();
+        let mut one_step = |learn: &mut Learner, phase: &str| {
+            learn.fit_one_cycle(
+                phase,
+                1,
+                LrSpec::Max(1e-2),
+                OneCycle::default(),
+                &mut SilentReport,
+            )
+        };
+        let before = variables(&learn);
+        learn.freeze();
+        one_step(&mut learn, "frozen");
+        for (name, ch) in changed(&learn, &before) {
+            let should = name.starts_with("head.")
+                || name.ends_with("running_mean")
+                || name.ends_with("running_var")
+                || learn.net.is_bn_param(&name);
+            assert_eq!(ch, should, "{arch}: {name} (frozen step)");
+        }
+        let before = variables(&learn);
+        learn.unfreeze();
+        one_step(&mut learn, "unfrozen");
+        let mut per_group = vec![0; 3];
+        for (name, ch) in changed(&learn, &before) {
+            if params.contains(&name) {
+                assert!(ch, "{arch}: {name} must train when unfrozen");
+                per_group[arch.group_of(&name)] += 1;
+            }
+        }
+        assert!(per_group.iter().all(|&n| n > 0), "{arch}: {per_group:?}");
+    }
+}
