@@ -1068,7 +1068,7 @@ fn resnet_family_one_step_frozen_then_unfrozen() {
         assert_eq!(arch.n_groups(), 3, "{arch}: fastai's _resnet_split");
         let params: std::collections::HashSet<String> =
             learn.net.param_names().iter().cloned().collect();
-        let mut one_step = |learn: &mut Learner, phase: &str| {
+        let one_step = |learn: &mut Learner, phase: &str| {
             learn.fit_one_cycle(
                 phase,
                 1,
