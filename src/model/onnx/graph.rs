@@ -100,25 +100,7 @@ impl Graph {
             }
             _ => self.fresh(hint),
         };
-        let t = t
-            .detach()
-            .to_device(tch::Device::Cpu)
-            .to_kind(tch::Kind::Float)
-            .contiguous();
-        let values: Vec<f32> = match Vec::try_from(t.flatten(0, -1)) {
-            Ok(v) => v,
-            Err(e) => {
-                self.error.get_or_insert(format!("cannot read {name}: {e}"));
-                Vec::new()
-            }
-        };
-        self.initializers.push(TensorProto {
-            dims: t.size(),
-            data_type: data_type::FLOAT,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
+        self.push_tensor(&name, t);
         self.stored.insert(key, name.clone());
         name
     }
@@ -132,7 +114,15 @@ impl Graph {
             .cloned()
             .unwrap_or_else(|| "weight".into());
         let name = self.fresh(&format!("{base}{suffix}"));
-        let t = value
+        self.push_tensor(&name, value);
+        name
+    }
+
+    /// Stores `t` as the float32 initializer `name`, in logical (NCHW) order whatever its strides
+    /// (`contiguous` reorders a channels-last weight); a tensor that cannot be read is recorded as
+    /// the export's error.
+    fn push_tensor(&mut self, name: &str, t: &Tensor) {
+        let t = t
             .detach()
             .to_device(tch::Device::Cpu)
             .to_kind(tch::Kind::Float)
@@ -144,26 +134,23 @@ impl Graph {
                 Vec::new()
             }
         };
+        self.push_floats(name, &t.size(), &values);
+    }
+
+    fn push_floats(&mut self, name: &str, dims: &[i64], values: &[f32]) {
         self.initializers.push(TensorProto {
-            dims: t.size(),
+            dims: dims.to_vec(),
             data_type: data_type::FLOAT,
-            name: name.clone(),
+            name: name.to_string(),
             raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         });
-        name
     }
 
     /// A float constant of the given shape (e.g. Clip's bounds, a scalar `[]`).
     pub fn constant(&mut self, hint: &str, dims: &[i64], values: &[f32]) -> String {
         let name = self.fresh(hint);
-        self.initializers.push(TensorProto {
-            dims: dims.to_vec(),
-            data_type: data_type::FLOAT,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
+        self.push_floats(&name, dims, values);
         name
     }
 
