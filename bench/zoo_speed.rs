@@ -12,17 +12,11 @@
 use finetune::model::{Arch, Network};
 use finetune::train::learner::opt_params;
 use finetune::train::optimizer::{Adam, AdamConfig};
-use std::time::Instant;
+#[path = "common.rs"]
+mod common;
+use common::{arg, time};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Reduction, Tensor};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn main() -> anyhow::Result<()> {
     let arch: Arch = std::env::args()
@@ -74,14 +68,4 @@ fn main() -> anyhow::Result<()> {
         bs as f64 / infer
     );
     Ok(())
-}
-
-/// Seconds per call, after one untimed warm-up call (the value read back forces completion).
-fn time(iters: usize, f: &mut dyn FnMut() -> f64) -> f64 {
-    std::hint::black_box(f());
-    let t = Instant::now();
-    for _ in 0..iters {
-        std::hint::black_box(f());
-    }
-    t.elapsed().as_secs_f64() / iters.max(1) as f64
 }
