@@ -15,6 +15,7 @@ ap.add_argument("--shared", default="../shared")
 ap.add_argument("--per-class", type=int, default=60, help="training images per class (0 = all)")
 ap.add_argument("--archs", default="mobilenet_v2,resnet18")
 ap.add_argument("--work", default="target/bench")
+ap.add_argument("--seeds", default="42", help="comma-separated seeds; each runs both tools, then mean ± spread")
 args = ap.parse_args()
 
 src = f"{args.shared}/data/clothing-small"
@@ -44,12 +45,12 @@ def timed(cmd, **kw):
     return p, time.time() - t0, int(open(rss_file).read().split()[-1])
 
 
-def run_finetune(arch):
-    out = f"{args.work}/model-{arch}"
+def run_finetune(arch, seed):
+    out = f"{args.work}/model-{arch}-{seed}"
     w = ["--weights", weights] if arch == "mobilenet_v2" else ["--random-init"]
     t0 = time.time()
     p, train_s, rss = timed(["./target/release/finetune", "train", data, "--arch", arch, *w, "--epochs", "3", "--size", "192",
-                             "--bs", "64", "--out", out, "--force", "--quiet"])
+                             "--bs", "64", "--seed", str(seed), "--out", out, "--force", "--quiet"])
     p2, _, rss2 = timed(["./target/release/finetune", "evaluate", out, f"{data}/test", "--json"])
     total = time.time() - t0
     rows = [l.split(",") for l in open(f"{out}/metrics.csv").read().splitlines()[1:]]
@@ -66,10 +67,10 @@ def run_finetune(arch):
     }
 
 
-def run_fastai(arch):
-    out = f"{args.work}/fastai-{arch}.json"
+def run_fastai(arch, seed):
+    out = f"{args.work}/fastai-{arch}-{seed}.json"
     env = dict(os.environ, TORCH_HOME=os.path.abspath(f"{args.work}/torch-home"))
-    timed([sys.executable, "bench/fastai_run.py", data, arch, weights if arch == "mobilenet_v2" else "none", out], env=env)
+    timed([sys.executable, "bench/fastai_run.py", data, arch, weights if arch == "mobilenet_v2" else "none", out, str(seed)], env=env)
     return json.load(open(out))
 
 
@@ -82,14 +83,32 @@ def summary(r):
             f"{r['peak_rss_mb']:.0f}", f"{r['valid_error']:.4f}", f"{100 * r['test_accuracy']:.2f}%"]
 
 
+def mean_spread(xs, fmt):
+    """Mean ± half the range: with 3 seeds a standard deviation says little more than the range does."""
+    m = sum(xs) / len(xs)
+    return f"{fmt(m)} ± {fmt((max(xs) - min(xs)) / 2)}"
+
+
+seeds = [int(s) for s in args.seeds.split(",")]
+tools = [("finetune", run_finetune), ("fastai 2.8.12", run_fastai)]
 print(f"data: clothing-small, {args.per_class or 'all'} train images per class, validation/ as valid, test/ as test; "
-      f"fine_tune(3), 192 px squish, bs 64; {os.cpu_count()} CPU cores\n")
-print("| arch | tool | frozen epoch s | unfrozen epoch s | train img/s (unfrozen) | total wall s | peak RSS MB | valid error | test accuracy |")
-print("|---|---|---|---|---|---|---|---|---|")
+      f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}; {os.cpu_count()} CPU cores\n")
+print("| arch | tool | seed | frozen epoch s | unfrozen epoch s | train img/s (unfrozen) | total wall s | peak RSS MB | valid error | test accuracy |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for arch in args.archs.split(","):
-    results = {}
-    for tool, fn in [("finetune", run_finetune), ("fastai 2.8.12", run_fastai)]:
-        results[tool] = fn(arch)
-        print(f"| {arch}{' (random init)' if arch != 'mobilenet_v2' else ''} | {tool} | " + " | ".join(summary(results[tool])) + " |", flush=True)
-    ratio = results["fastai 2.8.12"]["total_seconds"] / results["finetune"]["total_seconds"]
-    print(f"| {arch} | fastai/finetune wall-time ratio | | | | {ratio:.2f}× | | | |", flush=True)
+    name = f"{arch}{' (random init)' if arch != 'mobilenet_v2' else ''}"
+    results = {tool: [] for tool, _ in tools}
+    for seed in seeds:
+        for tool, fn in tools:
+            r = fn(arch, seed)
+            results[tool].append(r)
+            json.dump(r, open(f"{args.work}/result-{arch}-{tool.split()[0]}-{seed}.json", "w"), indent=1)
+            print(f"| {name} | {tool} | {seed} | " + " | ".join(summary(r)) + " |", flush=True)
+    mean_total = {t: sum(r["total_seconds"] for r in rs) / len(rs) for t, rs in results.items()}
+    if len(seeds) > 1:
+        for tool, rs in results.items():
+            print(f"| {name} | {tool} | mean ± spread | | | | {mean_spread([r['total_seconds'] for r in rs], lambda x: f'{x:.0f}')} | | "
+                  f"{mean_spread([r['valid_error'] for r in rs], lambda x: f'{x:.4f}')} | "
+                  f"{mean_spread([100 * r['test_accuracy'] for r in rs], lambda x: f'{x:.2f}%')} |", flush=True)
+    ratio = mean_total["fastai 2.8.12"] / mean_total["finetune"]
+    print(f"| {arch} | fastai/finetune wall-time ratio | | | | | {ratio:.2f}× | | | |", flush=True)

@@ -1,6 +1,6 @@
 """fastai 2.8 side of the benchmark: the same fine_tune as `finetune train`, timed per epoch.
 
-Usage: fastai_run.py DATA ARCH WEIGHTS|none OUT_JSON
+Usage: fastai_run.py DATA ARCH WEIGHTS|none OUT_JSON [SEED]
 DATA holds train/, valid/ and test/. ARCH is mobilenet_v2 or resnet18.
 """
 import json
@@ -12,11 +12,13 @@ t_start = time.time()
 import torch
 import torchvision
 from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, ResizeMethod, error_rate, imagenet_stats,
-                               vision_learner, get_image_files, Callback, default_split)
+                               vision_learner, get_image_files, Callback, default_split, set_seed)
 from fastai.vision.learner import model_meta
 
 data, arch, weights, out = sys.argv[1:5]
-torch.manual_seed(42)
+seed = int(sys.argv[5]) if len(sys.argv) > 5 else 42
+# fastai's set_seed seeds Python, NumPy and torch; reproducible=False keeps cudnn/threads as users run it.
+set_seed(seed)
 
 
 def mobilenet_v2(pretrained=True, **kw):
@@ -45,7 +47,7 @@ class EpochTimer(Callback):
 # fastai adds ImageNet normalisation itself only for archs with known stats and pretrained weights;
 # add it explicitly so both sides see the same inputs (SPEC §1).
 dls = ImageDataLoaders.from_folder(data, train="train", valid="valid", item_tfms=Resize(192, method=ResizeMethod.Squish),
-                                   batch_tfms=Normalize.from_stats(*imagenet_stats), bs=64, seed=42)
+                                   batch_tfms=Normalize.from_stats(*imagenet_stats), bs=64, seed=seed)
 if arch == "mobilenet_v2":
     learn = vision_learner(dls, mobilenet_v2, metrics=error_rate, pretrained=weights != "none")
 else:

@@ -39,6 +39,17 @@ pub fn parse_device(s: &str) -> Result<Device, DeviceError> {
     }
 }
 
+/// [`parse_device`], then the process set up for it: on CUDA, cuDNN's benchmark mode (every batch
+/// of a run has the same shape, so timing the candidate convolution algorithms once, on the first
+/// batch, and keeping the fastest pays back within a few batches; fastai turns it on too).
+pub fn select(s: &str) -> Result<Device, DeviceError> {
+    let device = parse_device(s)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(device)
+}
+
 pub fn describe(d: Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),

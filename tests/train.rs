@@ -1100,3 +1100,108 @@ fn resnet_family_one_step_frozen_then_unfrozen() {
         assert!(per_group.iter().all(|&n| n > 0), "{arch}: {per_group:?}");
     }
 }
+
+/// `--precision bf16|fp16` trains end to end on the CPU (libtorch's autocast; fp16 adds loss
+/// scaling) and the bundle it writes is an ordinary fp32 one that evaluates in any precision.
+#[test]
+fn mixed_precision_trains_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 16);
+    for p in ["bf16", "fp16"] {
+        let out = dir.path().join(format!("model-{p}"));
+        let o = bin()
+            .args([
+                "train",
+                "--random-init",
+                "--size",
+                "32",
+                "--bs",
+                "8",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--precision",
+                p,
+                "--out",
+            ])
+            .arg(&out)
+            .arg(&data)
+            .output()
+            .unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{p}: {log}");
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with("model:") && l.ends_with(&format!(", {p}"))),
+            "{p}: the model line names the precision: {log}"
+        );
+        let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        for row in csv.lines().skip(1) {
+            let f: Vec<f64> = row.split(',').skip(2).map(|v| v.parse().unwrap()).collect();
+            assert!(f.iter().all(|v| v.is_finite()), "{p}: {row}");
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
+                .unwrap();
+        assert_eq!(info["training"]["precision"], p);
+        let st = tch::Tensor::read_safetensors(out.join("model.safetensors")).unwrap();
+        assert!(st
+            .iter()
+            .filter(|(_, t)| t.is_floating_point())
+            .all(|(_, t)| t.kind() == tch::Kind::Float));
+        for eval_p in ["fp32", p] {
+            let e = bin()
+                .args([
+                    "evaluate",
+                    "--json",
+                    "--device",
+                    "cpu",
+                    "--precision",
+                    eval_p,
+                ])
+                .arg(&out)
+                .arg(&data)
+                .output()
+                .unwrap();
+            assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+            assert!(v["accuracy"].as_f64().unwrap().is_finite());
+        }
+    }
+}
+
+/// fp16 training keeps its loss scale in the resumable checkpoint (a resumed run goes on with
+/// it instead of re-learning it by skipping steps); fp32 has none.
+#[test]
+fn fp16_checkpoints_carry_the_loss_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), 8);
+    for (precision, scaled) in [
+        (finetune::model::Precision::Fp32, false),
+        (finetune::model::Precision::Fp16, true),
+    ] {
+        let mut learn = tiny_learner(dir.path(), 8);
+        learn.net.set_precision(precision);
+        learn.scaler = finetune::train::GradScaler::new(scaled);
+        learn.fit_one_cycle(
+            "frozen",
+            1,
+            LrSpec::Max(1e-3),
+            OneCycle::default(),
+            &mut SilentReport,
+        );
+        let ck = learn.last_checkpoint.as_ref().unwrap();
+        assert_eq!(
+            ck.state.loss_scale,
+            scaled.then(|| learn.scaler.state()),
+            "{precision}"
+        );
+        assert!(learn.rows[0].train_loss.is_finite(), "{precision}");
+    }
+}

@@ -7,7 +7,7 @@
 
 use finetune::data::decode::{decode_bytes, decode_file, DecodeError};
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
-use finetune::device::{parse_device, DeviceError};
+use finetune::device::{select as parse_device, DeviceError};
 use finetune::infer::bundle::{self, Bundle, BundleError};
 use finetune::infer::predict::{predict_with, Prediction};
 use finetune::model::ArchSpec;
@@ -460,7 +460,7 @@ fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<'py, PyDict
     lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=false,
     size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
-    quiet=false
+    precision="auto", quiet=false
 ))]
 #[allow(clippy::too_many_arguments)]
 fn train<'py>(
@@ -489,9 +489,14 @@ fn train<'py>(
     force: bool,
     resume: Option<PathBuf>,
     device: &str,
+    precision: &str,
     quiet: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dev = parse_device(device).map_err(device_err)?;
+    let precision = precision
+        .parse::<finetune::model::PrecisionChoice>()
+        .map_err(PyValueError::new_err)?;
+    finetune::model::precision::set_default(precision);
     let plan = match resume {
         Some(dir) => Plan::resume(&dir, data),
         None => {

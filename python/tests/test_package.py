@@ -151,6 +151,8 @@ def test_train_errors_are_the_clis(bundle, tmp_path):
     assert str(e.value) == cli_error("train", "--random-init", "--out", tmp_path / "m", tmp_path / "nothing")
     with pytest.raises(ValueError, match="unknown architecture"):
         finetune.train(SAMPLE / "train", arch="vgg", out=tmp_path / "m")
+    with pytest.raises(ValueError, match="unknown precision `fp8`; use auto, fp32, bf16 or fp16"):
+        finetune.train(SAMPLE / "train", precision="fp8", out=tmp_path / "m")
     assert issubclass(finetune.FinetuneError, Exception)
 
 

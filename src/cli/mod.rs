@@ -101,6 +101,15 @@ pub struct ComputeArgs {
         default_value_t = finetune::model::FormatChoice::Auto
     )]
     pub memory_format: finetune::model::FormatChoice,
+    /// Numeric precision: fp32, bf16 or fp16 mixed precision (autocast; fp16 adds loss scaling),
+    /// or auto (bf16 on GPUs with bf16 tensor cores, fp16 on older GPUs, fp32 on the CPU).
+    #[arg(
+        long,
+        value_enum,
+        env = "FINETUNE_PRECISION",
+        default_value_t = finetune::model::PrecisionChoice::Auto
+    )]
+    pub precision: finetune::model::PrecisionChoice,
 }
 
 impl ComputeArgs {
@@ -110,7 +119,8 @@ impl ComputeArgs {
             tch::set_num_threads(t.max(1));
         }
         finetune::model::memory_format::set_default(self.memory_format);
-        Ok(finetune::device::parse_device(&self.device)?)
+        finetune::model::precision::set_default(self.precision);
+        Ok(finetune::device::select(&self.device)?)
     }
 }
 

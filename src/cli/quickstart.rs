@@ -91,6 +91,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         dev.clone(),
         os("--memory-format"),
         os(a.compute.memory_format.name()),
+        os("--precision"),
+        os(a.compute.precision.name()),
     ])?;
     println!("4/4 evaluating on the held-out test images");
     super::run_argv(vec![
@@ -102,5 +104,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         dev,
         os("--memory-format"),
         os(a.compute.memory_format.name()),
+        os("--precision"),
+        os(a.compute.precision.name()),
     ])
 }

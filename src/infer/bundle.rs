@@ -52,6 +52,9 @@ pub struct TrainingInfo {
     pub augment: bool,
     pub pretrained_weights: Option<String>,
     pub device: String,
+    /// What the forward passes computed in (absent in bundles from before `--precision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::model::Precision>,
     pub interrupted: bool,
     pub seconds: f64,
 }

@@ -13,6 +13,7 @@ mod mobilenet_v2;
 mod mobilenet_v3;
 pub mod network;
 pub mod onnx;
+pub mod precision;
 pub mod registry;
 mod regnet;
 mod resnet;
@@ -25,3 +26,4 @@ pub use arch::{Arch, ArchSpec, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPT
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use memory_format::{FormatChoice, MemoryFormat};
 pub use network::Network;
+pub use precision::{Precision, PrecisionChoice};

@@ -9,6 +9,7 @@ use super::memory_format::{self, MemoryFormat};
 use super::mobilenet_v2::MobilenetV2Body;
 use super::mobilenet_v3::MobilenetV3Body;
 use super::onnx::{Graph, OnnxExport};
+use super::precision::{self, Autocast, Precision};
 use super::regnet::{self, RegnetBody};
 use super::resnet::{ResnetBody, Shape};
 use super::vit::{self, VitBody};
@@ -37,6 +38,8 @@ pub struct Network {
     params: Vec<String>,
     /// The layout of the convolution weights and of every activation (see [`MemoryFormat`]).
     format: MemoryFormat,
+    /// fp32, or the autocast type of every forward pass (see [`Precision`]).
+    precision: Precision,
 }
 
 fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn Part> {
@@ -147,10 +150,22 @@ impl Network {
             top,
             params,
             format: MemoryFormat::Nchw,
+            precision: Precision::Fp32,
         };
         let device = net.device();
         net.set_memory_format(memory_format::default_choice().resolve(device, arch));
+        net.precision = precision::default_choice().resolve(device);
         net
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Mixed precision is a property of the forward pass only (weights stay fp32), so switching
+    /// needs no conversion.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn memory_format(&self) -> MemoryFormat {
@@ -213,7 +228,10 @@ impl ModuleT for Network {
     /// NCHW batch given to a channels-last network).
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let x = self.format.apply(x);
-        self.top.forward_t(&self.body.forward_t(&x, train), train)
+        let _autocast = Autocast::enter(self.device(), self.precision);
+        let y = self.top.forward_t(&self.body.forward_t(&x, train), train);
+        // Logits leave as fp32 whatever ran inside (a no-op for fp32).
+        y.to_kind(tch::Kind::Float)
     }
 }
 

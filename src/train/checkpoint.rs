@@ -22,6 +22,9 @@ pub struct TrainState {
     pub rng: RngState,
     /// Adam's step count per parameter (only parameters that have taken a step).
     pub steps: BTreeMap<String, u64>,
+    /// fp16 training's loss scale and clean-step count (absent otherwise, and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<(f64, u32)>,
 }
 
 /// ChaCha8's full state: seed, stream and position (a u128, kept as a string for JSON).

@@ -2,13 +2,14 @@
 //! `fine_tune` exactly as fastai schedules them.
 
 use super::checkpoint::{epoch_seed, Checkpoint, RngState, TrainState};
+use super::grad_scaler::GradScaler;
 use super::optimizer::{Adam, AdamConfig};
 use super::pipeline::{overlapped, InputSpec};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
 use crate::data::augment;
 use crate::data::DataLoaders;
-use crate::model::Network;
+use crate::model::{Network, Precision};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub struct Learner {
     pub net: Network,
     pub dls: DataLoaders,
     pub opt: Adam,
+    /// Loss scaling, enabled when the network computes in fp16.
+    pub scaler: GradScaler,
     pub label_smoothing: f64,
     /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms).
     pub augment: bool,
@@ -198,6 +201,7 @@ fn loss_read_every(device: Device) -> usize {
 fn step(
     net: &Network,
     opt: &mut Adam,
+    scaler: &mut GradScaler,
     label_smoothing: f64,
     x: &Tensor,
     y: &Tensor,
@@ -211,9 +215,14 @@ fn step(
     let loss = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, label_smoothing);
     t.lap(&mut times.forward);
     opt.zero_grad();
-    loss.backward();
+    scaler.scale_loss(&loss).backward();
     t.lap(&mut times.backward);
-    opt.step(lrs, mom);
+    // fp16: a step whose gradients overflowed is skipped (the schedule goes on, as in PyTorch).
+    let finite = scaler.unscale(&opt.grads());
+    if finite {
+        opt.step(lrs, mom);
+    }
+    scaler.update(finite);
     t.lap(&mut times.step);
     loss.detach()
 }
@@ -242,10 +251,12 @@ impl Learner {
     pub fn new(net: Network, dls: DataLoaders, adam: AdamConfig, seed: u64) -> Self {
         let opt = Adam::new(opt_params(&net), adam);
         let net_stats = net.arch.normalization();
+        let scaler = GradScaler::new(net.precision() == Precision::Fp16);
         Learner {
             net,
             dls,
             opt,
+            scaler,
             label_smoothing: 0.0,
             augment: false,
             rows: Vec::new(),
@@ -320,6 +331,7 @@ impl Learner {
         step(
             &self.net,
             &mut self.opt,
+            &mut self.scaler,
             ls,
             &x,
             &y,
@@ -400,6 +412,7 @@ impl Learner {
                 net,
                 dls,
                 opt,
+                scaler,
                 rng,
                 hypers,
                 stop,
@@ -419,6 +432,7 @@ impl Learner {
                     let loss = step(
                         net,
                         opt,
+                        scaler,
                         label_smoothing,
                         &x,
                         &y,
@@ -496,6 +510,7 @@ impl Learner {
                 smooth_count: smooth.count,
                 rng: RngState::of(&self.rng),
                 steps,
+                loss_scale: self.scaler.is_enabled().then(|| self.scaler.state()),
             },
             tensors,
         }
@@ -563,6 +578,9 @@ impl Learner {
         let _ = self.opt.load_state(&map, &ck.state.steps);
         if let Some(r) = ck.state.rng.restore() {
             self.rng = r;
+        }
+        if let Some((scale, tracker)) = ck.state.loss_scale {
+            self.scaler.restore(scale, tracker);
         }
         self.rows = ck.state.rows;
         (

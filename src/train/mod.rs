@@ -1,6 +1,7 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
 pub mod checkpoint;
+pub mod grad_scaler;
 pub mod learner;
 pub mod lr_find;
 pub mod optimizer;
@@ -10,6 +11,7 @@ pub mod run;
 pub mod schedule;
 
 pub use checkpoint::{Checkpoint, TrainState};
+pub use grad_scaler::GradScaler;
 pub use learner::{FineTune, Learner, PhaseTimes};
 pub use optimizer::AdamConfig;
 pub use report::{ConsoleReport, EpochRow, Report, SilentReport};

@@ -72,6 +72,16 @@ impl Adam {
         }
     }
 
+    /// The gradients the next step would apply (trainable parameters with one).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .filter(|p| p.tensor.requires_grad())
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             let mut g = p.tensor.grad();

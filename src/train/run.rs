@@ -310,6 +310,7 @@ impl Plan {
                 augment: self.augment,
                 pretrained_weights: pretrained,
                 device: crate::device::describe(device),
+                precision: Some(learn.net.precision()),
                 interrupted,
                 seconds,
             }),
@@ -393,7 +394,7 @@ impl Session {
             ));
         }
         (fb.log)(&format!(
-            "model: {} ({}), device {}, {}",
+            "model: {} ({}), device {}, {}, {}",
             plan.arch,
             match (&plan.resume, &weights) {
                 (Some(_), _) => "resumed checkpoint".to_string(),
@@ -401,7 +402,8 @@ impl Session {
                 (None, None) => "random init".into(),
             },
             crate::device::describe(device),
-            net.memory_format()
+            net.memory_format(),
+            net.precision()
         ));
         let mut learn = Learner::new(
             net,

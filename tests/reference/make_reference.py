@@ -389,6 +389,26 @@ def arch_costs():
         json.dump(costs, f, indent=1)
 
 
+def autocast_references():
+    """The same networks under PyTorch's CPU autocast, bf16 and fp16, eval mode (`--precision`;
+    tests/parity.rs `mixed_precision_matches_pytorch_autocast`), next to their fp32 outputs."""
+    for arch, size in [("resnet18", 96), ("mobilenet_v2", 96), ("efficientnet_b0", 64)]:
+        torch.manual_seed(7)
+        m = randomize_linear(randomize(getattr(torchvision.models, arch)(weights=None)))
+        torch.save(m.state_dict(), f"{out}/amp_{arch}.pth")
+        x = torch.randn(2, 3, size, size)
+        tensors = {"input": x}
+        with torch.no_grad():
+            tensors["fp32"] = m(x)
+            for name, dtype in [("bf16", torch.bfloat16), ("fp16", torch.float16)]:
+                with torch.autocast("cpu", dtype=dtype):
+                    y = m(x)
+                assert y.dtype == dtype, (arch, y.dtype)
+                tensors[name] = y.float()
+        save_file(tensors, f"{out}/amp_{arch}_io.safetensors")
+
+
+autocast_references()
 arch_costs()
 
 open(f"{out}/skipped.txt", "w").write("\n".join(skipped))
