@@ -3,15 +3,17 @@
 //! network in PyTorch eager.
 //!
 //! cargo run --release --example zoo_speed -- ARCH [--bs 32] [--size 192] [--iters 2]
+//!     [--device cpu|cuda|cuda:N] [--precision auto|fp32|bf16|fp16]
 //!
 //! The network is the arch with its ImageNet classifier (1000 classes; the same definition on both
 //! sides), random weights. Training = forward + cross-entropy + backward + fastai-Adam step of every
 //! parameter; inference = eval forward under no_grad. One untimed warm-up step per case; prints one
 //! JSON line.
 
-use finetune::model::{Arch, Network};
+use finetune::model::{Arch, Network, Precision, PrecisionChoice};
 use finetune::train::learner::opt_params;
 use finetune::train::optimizer::{Adam, AdamConfig};
+use finetune::train::GradScaler;
 #[path = "common.rs"]
 mod common;
 use common::{arg, time};
@@ -26,9 +28,14 @@ fn main() -> anyhow::Result<()> {
     let bs: i64 = arg("--bs", "32").parse()?;
     let size: i64 = arg("--size", "192").parse()?;
     let iters: usize = arg("--iters", "2").parse()?;
-    let device = Device::Cpu;
+    let device = finetune::device::select(&arg("--device", "cpu"))?;
+    let precision: PrecisionChoice = arg("--precision", "auto")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    finetune::model::precision::set_default(precision);
     tch::manual_seed(0);
     let net = Network::imagenet(arch, device);
+    let mut scaler = GradScaler::new(net.precision() == Precision::Fp16);
     let params: i64 = net
         .param_names()
         .iter()
@@ -38,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let mut opt = Adam::new(opt_params(&net), AdamConfig::default());
     let groups = arch.n_groups();
     let xb = Tensor::randint(256, [bs, size, size, 3], (Kind::Uint8, Device::Cpu));
-    let y = Tensor::randint(1000, [bs], (Kind::Int64, device));
+    let y = Tensor::randint(1000, [bs], (Kind::Int64, Device::Cpu)).to_device(device);
     let mut train_step = || {
         let x = net.input(&xb, mean, std);
         let loss = net.forward_t(&x, true).cross_entropy_loss::<Tensor>(
@@ -49,8 +56,12 @@ fn main() -> anyhow::Result<()> {
             0.0,
         );
         opt.zero_grad();
-        loss.backward();
-        opt.step(&vec![1e-4; groups], 0.9);
+        scaler.scale_loss(&loss).backward();
+        let finite = scaler.unscale(&opt.grads());
+        if finite {
+            opt.step(&vec![1e-4; groups], 0.9);
+        }
+        scaler.update(finite);
         loss.double_value(&[])
     };
     let train = time(iters, &mut train_step);
@@ -62,8 +73,10 @@ fn main() -> anyhow::Result<()> {
     };
     let infer = time(iters, &mut infer_step);
     println!(
-        "{{\"arch\": \"{arch}\", \"params\": {params}, \"format\": \"{}\", \"train\": {:.2}, \"infer\": {:.2}}}",
+        "{{\"arch\": \"{arch}\", \"params\": {params}, \"format\": \"{}\", \"precision\": \"{}\", \"device\": \"{}\", \"train\": {:.2}, \"infer\": {:.2}}}",
         net.memory_format(),
+        net.precision(),
+        finetune::device::describe(device),
         bs as f64 / train,
         bs as f64 / infer
     );

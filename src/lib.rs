@@ -8,6 +8,7 @@ pub mod download;
 pub mod export;
 pub mod infer;
 pub mod model;
+pub mod paths;
 pub mod search;
 pub mod serve;
 pub mod train;

@@ -19,24 +19,8 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let data = tmp.path().join("data");
         common::synthetic(&data, 8);
         let model = tmp.path().join("pets");
-        let out = bin()
-            .args([
-                "train",
-                "--random-init",
-                "--arch",
-                "resnet18",
-                "--size",
-                "32",
-                "--bs",
-                "8",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                "--out",
-            ])
+        let out = common::tiny_train(1)
+            .args(["--arch", "resnet18", "--threads", "1", "--out"])
             .arg(&model)
             .arg(&data)
             .output()

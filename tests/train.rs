@@ -621,21 +621,8 @@ fn ctrl_c_saves_what_was_learnt() {
     let dir = tempfile::tempdir().unwrap();
     synthetic(dir.path(), 40);
     let out = dir.path().join("model");
-    let mut child = bin()
-        .args([
-            "train",
-            "--random-init",
-            "--size",
-            "32",
-            "--bs",
-            "8",
-            "--epochs",
-            "500",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--out",
-        ])
+    let mut child = tiny_train(500)
+        .args(["--quiet", "--out"])
         .arg(&out)
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
@@ -1110,22 +1097,8 @@ fn mixed_precision_trains_end_to_end() {
     synthetic(&data, 16);
     for p in ["bf16", "fp16"] {
         let out = dir.path().join(format!("model-{p}"));
-        let o = bin()
-            .args([
-                "train",
-                "--random-init",
-                "--size",
-                "32",
-                "--bs",
-                "8",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--precision",
-                p,
-                "--out",
-            ])
+        let o = tiny_train(1)
+            .args(["--precision", p, "--out"])
             .arg(&out)
             .arg(&data)
             .output()

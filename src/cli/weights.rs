@@ -62,7 +62,7 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
                     &arch.known_weights(),
                 );
             }
-            for t in timm::HUB {
+            for t in timm::hub() {
                 let spec = ArchSpec {
                     arch: t.arch,
                     timm: Some(t),

@@ -27,6 +27,11 @@ pub fn preprocess(path: &std::path::Path, arch: Arch) -> Result<image::RgbImage,
     ))
 }
 
+/// Images decoded at once, and images per forward pass: memory stays bounded however many paths
+/// are given (as in `predict`).
+const CHUNK: usize = 256;
+const BATCH: usize = 64;
+
 /// Top-`k` per image; images that cannot be decoded come back as their error. `stats`: the
 /// mean and std the weights expect.
 pub fn classify(
@@ -37,17 +42,17 @@ pub fn classify(
 ) -> Vec<Result<Vec<Scored>, DecodeError>> {
     let labels = imagenet::labels();
     let arch = net.arch;
-    let decoded: Vec<_> = paths.par_iter().map(|p| preprocess(p, arch)).collect();
-    let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let mut probs_iter = if ok.is_empty() {
-        Vec::new().into_iter()
-    } else {
-        let x = net.input(&tensor::stack_u8(&ok), stats.0, stats.1);
-        let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
-            .to_device(tch::Device::Cpu);
-        let (p, i) = probs.topk(k as i64, -1, true, true);
-        let rows: Vec<Vec<Scored>> = (0..ok.len() as i64)
-            .map(|r| {
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(CHUNK) {
+        let decoded: Vec<_> = chunk.par_iter().map(|p| preprocess(p, arch)).collect();
+        let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut rows: Vec<Vec<Scored>> = Vec::with_capacity(ok.len());
+        for batch in ok.chunks(BATCH) {
+            let x = net.input(&tensor::stack_u8(batch), stats.0, stats.1);
+            let probs = tch::no_grad(|| net.forward_t(&x, false).softmax(-1, tch::Kind::Float))
+                .to_device(tch::Device::Cpu);
+            let (p, i) = probs.topk(k as i64, -1, true, true);
+            rows.extend((0..batch.len() as i64).map(|r| {
                 (0..k as i64)
                     .map(|c| {
                         let index = i.int64_value(&[r, c]);
@@ -62,12 +67,14 @@ pub fn classify(
                         }
                     })
                     .collect()
-            })
-            .collect();
-        rows.into_iter()
-    };
-    decoded
-        .into_iter()
-        .map(|r| r.map(|_| probs_iter.next().unwrap_or_default()))
-        .collect()
+            }));
+        }
+        let mut rows = rows.into_iter();
+        out.extend(
+            decoded
+                .into_iter()
+                .map(|r| r.map(|_| rows.next().unwrap_or_default())),
+        );
+    }
+    out
 }

@@ -553,7 +553,7 @@ impl fmt::Display for Arch {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown architecture `{0}`; choose one of: {names}, or timm:NAME[.TAG] with one of: {timm}", names = Arch::ALL.map(Arch::name).join(", "), timm = super::timm::HUB.iter().map(|w| w.name).collect::<Vec<_>>().join(", "))]
+#[error("unknown architecture `{0}`; choose one of: {names}, or timm:NAME[.TAG] with one of: {timm}", names = Arch::ALL.map(Arch::name).join(", "), timm = super::timm::hub().map(|w| w.name).collect::<Vec<_>>().join(", "))]
 pub struct UnknownArch(pub String);
 
 /// What `--arch` names: an architecture, and for `timm:NAME[.TAG]` which timm checkpoint of it

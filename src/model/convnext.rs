@@ -2,7 +2,7 @@
 //! `convnext_*` layout is mapped onto these names on load ([`from_timm`]).
 
 use super::onnx::{Graph, OnnxExport};
-use super::timm_zoo2::{Shapes, Tensors};
+use super::timm::{Shapes, Tensors};
 use super::Arch;
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};

@@ -3,7 +3,7 @@
 //! `tf_efficientnetv2_s` is V2-S with TensorFlow "SAME" padding (built here with [`Pad::Same`]).
 //! Their checkpoints are renamed to these keys on load (`timm.rs`).
 
-use super::layers::{stochastic_depth, Act, ConvBnAct, ConvSpec, Norm, Pad, SqueezeExcite};
+use super::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
 use super::mobilenet_v3::make_divisible;
 use super::network::Part;
 use super::onnx::{Graph, OnnxExport};
@@ -120,133 +120,84 @@ impl Variant {
 
 /// `MBConv` (expand 1×1, depthwise k×k, squeeze-excite, project 1×1) or `FusedMBConv`
 /// (k×k expansion, project 1×1), with the residual and its stochastic depth.
-#[derive(Debug)]
-struct Block {
-    convs: Vec<ConvBnAct>,
-    se: Option<(usize, SqueezeExcite)>,
-    residual: bool,
-    sd_prob: f64,
-}
-
-impl Block {
-    fn new(p: &nn::Path, s: &Stage, c_in: i64, stride: i64, norm: Norm, pad: Pad, sd: f64) -> Self {
-        let b = p / "block";
-        let expanded = make_divisible((c_in * s.expand) as f64, 8);
-        let mut convs = Vec::new();
-        let mut se = None;
-        let path = |i: usize| &b / i.to_string();
-        let spec = |k, stride, groups, act| ConvSpec {
-            k,
-            stride,
-            groups,
-            act,
-        };
-        if s.fused {
-            if expanded != c_in {
-                convs.push(ConvBnAct::new(
-                    &path(0),
-                    c_in,
-                    expanded,
-                    spec(s.k, stride, 1, Act::Silu),
-                    norm,
-                    pad,
-                ));
-                convs.push(ConvBnAct::new(
-                    &path(1),
-                    expanded,
-                    s.c_out,
-                    ConvSpec::pointwise(Act::None),
-                    norm,
-                    pad,
-                ));
-            } else {
-                convs.push(ConvBnAct::new(
-                    &path(0),
-                    c_in,
-                    s.c_out,
-                    spec(s.k, stride, 1, Act::Silu),
-                    norm,
-                    pad,
-                ));
-            }
-        } else {
-            if expanded != c_in {
-                convs.push(ConvBnAct::new(
-                    &path(0),
-                    c_in,
-                    expanded,
-                    ConvSpec::pointwise(Act::Silu),
-                    norm,
-                    pad,
-                ));
-            }
+fn block(p: &nn::Path, s: &Stage, c_in: i64, stride: i64, norm: Norm, pad: Pad, sd: f64) -> MbConv {
+    let b = p / "block";
+    let expanded = make_divisible((c_in * s.expand) as f64, 8);
+    let mut convs = Vec::new();
+    let mut se = None;
+    let path = |i: usize| &b / i.to_string();
+    let spec = |k, stride, groups, act| ConvSpec {
+        k,
+        stride,
+        groups,
+        act,
+    };
+    if s.fused {
+        if expanded != c_in {
             convs.push(ConvBnAct::new(
-                &path(convs.len()),
+                &path(0),
+                c_in,
                 expanded,
-                expanded,
-                spec(s.k, stride, expanded, Act::Silu),
+                spec(s.k, stride, 1, Act::Silu),
                 norm,
                 pad,
             ));
-            let squeeze = (c_in / 4).max(1);
-            se = Some((
-                convs.len(),
-                SqueezeExcite::new(&path(convs.len()), expanded, squeeze, Act::Silu, false),
-            ));
             convs.push(ConvBnAct::new(
-                &path(convs.len() + 1),
+                &path(1),
                 expanded,
                 s.c_out,
                 ConvSpec::pointwise(Act::None),
                 norm,
                 pad,
             ));
-        }
-        Block {
-            convs,
-            se,
-            residual: stride == 1 && c_in == s.c_out,
-            sd_prob: sd,
-        }
-    }
-}
-
-impl ModuleT for Block {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for (i, c) in self.convs.iter().enumerate() {
-            if let Some((at, se)) = &self.se {
-                if *at == i {
-                    y = y.apply(se);
-                }
-            }
-            y = c.forward_t(&y, train);
-        }
-        if self.residual {
-            stochastic_depth(y, self.sd_prob, train) + x
         } else {
-            y
+            convs.push(ConvBnAct::new(
+                &path(0),
+                c_in,
+                s.c_out,
+                spec(s.k, stride, 1, Act::Silu),
+                norm,
+                pad,
+            ));
         }
+    } else {
+        if expanded != c_in {
+            convs.push(ConvBnAct::new(
+                &path(0),
+                c_in,
+                expanded,
+                ConvSpec::pointwise(Act::Silu),
+                norm,
+                pad,
+            ));
+        }
+        convs.push(ConvBnAct::new(
+            &path(convs.len()),
+            expanded,
+            expanded,
+            spec(s.k, stride, expanded, Act::Silu),
+            norm,
+            pad,
+        ));
+        let squeeze = (c_in / 4).max(1);
+        se = Some((
+            convs.len(),
+            SqueezeExcite::new(&path(convs.len()), expanded, squeeze, Act::Silu, false),
+        ));
+        convs.push(ConvBnAct::new(
+            &path(convs.len() + 1),
+            expanded,
+            s.c_out,
+            ConvSpec::pointwise(Act::None),
+            norm,
+            pad,
+        ));
     }
-}
-
-impl OnnxExport for Block {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for (i, c) in self.convs.iter().enumerate() {
-            if let Some((at, se)) = &self.se {
-                if *at == i {
-                    y = se.onnx(g, &y);
-                }
-            }
-            y = c.onnx(g, &y);
-        }
-        // Stochastic depth is the identity in eval mode.
-        if self.residual {
-            g.add(&y, x)
-        } else {
-            y
-        }
+    MbConv {
+        convs,
+        se,
+        residual: stride == 1 && c_in == s.c_out,
+        sd_prob: sd,
     }
 }
 
@@ -281,7 +232,7 @@ impl EfficientnetBody {
         let mut id = 0;
         for (si, s) in stages.iter().enumerate() {
             let sp = &f / (si + 1).to_string();
-            let blocks: Vec<Block> = (0..s.n)
+            let blocks: Vec<MbConv> = (0..s.n)
                 .map(|i| {
                     let (c_in, stride) = if i == 0 {
                         (s.c_in, s.stride)
@@ -290,7 +241,7 @@ impl EfficientnetBody {
                     };
                     let sd = drop_path * id as f64 / total as f64;
                     id += 1;
-                    Block::new(&(&sp / i.to_string()), s, c_in, stride, norm, pad, sd)
+                    block(&(&sp / i.to_string()), s, c_in, stride, norm, pad, sd)
                 })
                 .collect();
             layers.push(Box::new(Sequential(blocks)));
@@ -309,7 +260,7 @@ impl EfficientnetBody {
 }
 
 #[derive(Debug)]
-struct Sequential(Vec<Block>);
+struct Sequential(Vec<MbConv>);
 
 impl ModuleT for Sequential {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {

@@ -272,6 +272,58 @@ impl OnnxExport for SqueezeExcite {
     }
 }
 
+/// The inverted-residual block of MobileNetV3 and EfficientNet (`MBConv`, `FusedMBConv`): its
+/// convolutions in order (expansion, depthwise, projection; fused: k×k expansion, projection), a
+/// squeeze-excite before the convolution at index `se.0`, and the residual when the shape is kept,
+/// with stochastic depth `sd_prob` (0 for MobileNetV3). The two families differ only in how they
+/// build it (activations, SE widths, padding), not in how it runs.
+#[derive(Debug)]
+pub struct MbConv {
+    pub convs: Vec<ConvBnAct>,
+    pub se: Option<(usize, SqueezeExcite)>,
+    pub residual: bool,
+    pub sd_prob: f64,
+}
+
+impl ModuleT for MbConv {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = y.apply(se);
+                }
+            }
+            y = c.forward_t(&y, train);
+        }
+        if self.residual {
+            stochastic_depth(y, self.sd_prob, train) + x
+        } else {
+            y
+        }
+    }
+}
+
+impl OnnxExport for MbConv {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for (i, c) in self.convs.iter().enumerate() {
+            if let Some((at, se)) = &self.se {
+                if *at == i {
+                    y = se.onnx(g, &y);
+                }
+            }
+            y = c.onnx(g, &y);
+        }
+        // Stochastic depth is the identity in eval mode.
+        if self.residual {
+            g.add(&y, x)
+        } else {
+            y
+        }
+    }
+}
+
 /// torchvision's `StochasticDepth(p, "row")` (= lukemelas' `drop_connect`): in training, each
 /// sample's residual branch is dropped with probability `p` and the survivors scaled by
 /// `1/(1-p)`; identity in eval mode. Draws from libtorch's generator, like dropout.

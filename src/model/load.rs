@@ -3,7 +3,6 @@
 
 use super::network::{Network, BODY, HEAD, TOP};
 use super::timm::{self, Shapes};
-use super::timm_zoo2;
 use super::weights::{read_weights, NamedTensors, WeightsError};
 use super::Arch;
 use std::collections::HashMap;
@@ -71,15 +70,8 @@ pub fn load_tensors(
         if !family.archs.contains(&arch) {
             return Err(mismatch(format!("it is a timm {} checkpoint", family.name)));
         }
-        by_key =
-            (family.remap)(arch, by_key).map_err(|e| mismatch(format!("timm checkpoint: {e}")))?;
-    }
-    // RegNet, ConvNeXt and ViT timm layouts (their own family table).
-    if family.is_none() {
-        if let Some(f) = timm_zoo2::family_of(&shapes).filter(|f| f.archs.contains(&arch)) {
-            by_key = (f.remap)(arch, by_key)
-                .map_err(|e| mismatch(format!("timm {} checkpoint: {e}", f.name)))?;
-        }
+        by_key = (family.remap)(arch, by_key)
+            .map_err(|e| mismatch(format!("timm {} checkpoint: {e}", family.name)))?;
     }
     let vars = net.vs.variables();
     let mut names: Vec<&String> = vars.keys().collect();

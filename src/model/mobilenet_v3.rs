@@ -2,7 +2,7 @@
 //! `mobilenetv3_*_100` is the same network with PyTorch-default BatchNorm (eps 1e-5); its
 //! checkpoints are renamed to these keys on load (`timm.rs`).
 
-use super::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad, SqueezeExcite};
+use super::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
 use super::network::Part;
 use super::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
@@ -93,111 +93,65 @@ pub fn last_channel(large: bool) -> i64 {
 }
 
 /// Expansion conv (when widening), depthwise conv, squeeze-excite, projection: `block.N`.
-#[derive(Debug)]
-struct InvertedResidual {
-    convs: Vec<ConvBnAct>,
-    se: Option<(usize, SqueezeExcite)>,
-    residual: bool,
-}
-
-impl InvertedResidual {
-    fn new(p: &nn::Path, c: &Cfg, norm: Norm) -> Self {
-        let b = p / "block";
-        let act = if c.hardswish {
-            Act::Hardswish
-        } else {
-            Act::Relu
-        };
-        let mut convs = Vec::new();
-        let mut idx = 0;
-        if c.expanded != c.c_in {
-            convs.push(ConvBnAct::new(
-                &(&b / "0"),
-                c.c_in,
-                c.expanded,
-                ConvSpec::pointwise(act),
-                norm,
-                Pad::Torch,
-            ));
-            idx += 1;
-        }
+fn inverted_residual(p: &nn::Path, c: &Cfg, norm: Norm) -> MbConv {
+    let b = p / "block";
+    let act = if c.hardswish {
+        Act::Hardswish
+    } else {
+        Act::Relu
+    };
+    let mut convs = Vec::new();
+    let mut idx = 0;
+    if c.expanded != c.c_in {
         convs.push(ConvBnAct::new(
-            &(&b / idx.to_string()),
+            &(&b / "0"),
+            c.c_in,
             c.expanded,
-            c.expanded,
-            ConvSpec {
-                k: c.k,
-                stride: c.stride,
-                groups: c.expanded,
-                act,
-            },
+            ConvSpec::pointwise(act),
             norm,
             Pad::Torch,
         ));
         idx += 1;
-        let se = c.se.then(|| {
-            let squeeze = make_divisible((c.expanded / 4) as f64, 8);
-            let m = SqueezeExcite::new(
-                &(&b / idx.to_string()),
-                c.expanded,
-                squeeze,
-                Act::Relu,
-                true,
-            );
-            idx += 1;
-            (convs.len(), m)
-        });
-        convs.push(ConvBnAct::new(
+    }
+    convs.push(ConvBnAct::new(
+        &(&b / idx.to_string()),
+        c.expanded,
+        c.expanded,
+        ConvSpec {
+            k: c.k,
+            stride: c.stride,
+            groups: c.expanded,
+            act,
+        },
+        norm,
+        Pad::Torch,
+    ));
+    idx += 1;
+    let se = c.se.then(|| {
+        let squeeze = make_divisible((c.expanded / 4) as f64, 8);
+        let m = SqueezeExcite::new(
             &(&b / idx.to_string()),
             c.expanded,
-            c.c_out,
-            ConvSpec::pointwise(Act::None),
-            norm,
-            Pad::Torch,
-        ));
-        InvertedResidual {
-            convs,
-            se,
-            residual: c.stride == 1 && c.c_in == c.c_out,
-        }
-    }
-}
-
-impl ModuleT for InvertedResidual {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for (i, c) in self.convs.iter().enumerate() {
-            if let Some((at, se)) = &self.se {
-                if *at == i {
-                    y = y.apply(se);
-                }
-            }
-            y = c.forward_t(&y, train);
-        }
-        if self.residual {
-            y + x
-        } else {
-            y
-        }
-    }
-}
-
-impl OnnxExport for InvertedResidual {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for (i, c) in self.convs.iter().enumerate() {
-            if let Some((at, se)) = &self.se {
-                if *at == i {
-                    y = se.onnx(g, &y);
-                }
-            }
-            y = c.onnx(g, &y);
-        }
-        if self.residual {
-            g.add(&y, x)
-        } else {
-            y
-        }
+            squeeze,
+            Act::Relu,
+            true,
+        );
+        idx += 1;
+        (convs.len(), m)
+    });
+    convs.push(ConvBnAct::new(
+        &(&b / idx.to_string()),
+        c.expanded,
+        c.c_out,
+        ConvSpec::pointwise(Act::None),
+        norm,
+        Pad::Torch,
+    ));
+    MbConv {
+        convs,
+        se,
+        residual: c.stride == 1 && c.c_in == c.c_out,
+        sd_prob: 0.0,
     }
 }
 
@@ -228,7 +182,7 @@ impl MobilenetV3Body {
         ))];
         for c in settings {
             let idx = layers.len().to_string();
-            layers.push(Box::new(InvertedResidual::new(&(&f / idx), c, norm)));
+            layers.push(Box::new(inverted_residual(&(&f / idx), c, norm)));
         }
         let last = settings[settings.len() - 1].c_out;
         let idx = layers.len().to_string();

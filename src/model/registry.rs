@@ -33,14 +33,7 @@ pub enum RegistryError {
     },
 }
 
-/// `$FINETUNE_CACHE`, else the platform cache dir (`~/.cache/finetune` on Linux): the base of the
-/// weights cache and the image cache.
-pub fn cache_base() -> PathBuf {
-    std::env::var_os("FINETUNE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("finetune")))
-        .unwrap_or_else(|| PathBuf::from(".finetune-cache"))
-}
+pub use crate::paths::cache_base;
 
 /// `<cache base>/weights` (`~/.cache/finetune/weights` on Linux).
 pub fn cache_dir() -> PathBuf {

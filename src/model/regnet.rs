@@ -3,7 +3,7 @@
 //! ([`from_timm_key`]).
 
 use super::onnx::{Graph, OnnxExport, BN_EPS};
-use super::timm_zoo2::{Shapes, Tensors};
+use super::timm::{Shapes, Tensors};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;

@@ -41,7 +41,7 @@ const IDENTITY: ([f64; 3], [f64; 3]) = ([0.0; 3], [1.0; 3]);
 
 /// A hub row. Sizes are approximate (the progress bar without a Content-Length); the hub publishes
 /// no hash we could pin offline, so a download is checked by strict loading only.
-macro_rules! hub {
+macro_rules! hub_row {
     ($name:literal, $arch:expr, $stats:expr, $size:expr, $classes:expr, $bytes:expr) => {
         TimmWeights {
             name: $name,
@@ -63,10 +63,12 @@ macro_rules! hub {
         }
     };
 }
+pub(crate) use hub_row;
 
-/// Known timm checkpoints; for each model the first row is timm's default tag.
+/// Known timm checkpoints of the EfficientNet/MobileNetV3 builder; for each model the first row is
+/// timm's default tag. [`hub`] lists these and the other families' ([`super::timm_zoo2`]).
 pub const HUB: &[TimmWeights] = &[
-    hub!(
+    hub_row!(
         "efficientnet_b0.ra_in1k",
         Arch::EfficientnetB0,
         IMAGENET,
@@ -74,7 +76,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         21_400_000
     ),
-    hub!(
+    hub_row!(
         "efficientnet_b0.ra4_e3600_r224_in1k",
         Arch::EfficientnetB0,
         INCEPTION,
@@ -82,7 +84,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         21_400_000
     ),
-    hub!(
+    hub_row!(
         "efficientnet_b1.ra4_e3600_r240_in1k",
         Arch::EfficientnetB1,
         INCEPTION,
@@ -90,7 +92,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         31_500_000
     ),
-    hub!(
+    hub_row!(
         "efficientnet_b1.ft_in1k",
         Arch::EfficientnetB1,
         IMAGENET,
@@ -98,7 +100,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         31_500_000
     ),
-    hub!(
+    hub_row!(
         "efficientnet_b2.ra_in1k",
         Arch::EfficientnetB2,
         IMAGENET,
@@ -106,7 +108,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         36_800_000
     ),
-    hub!(
+    hub_row!(
         "efficientnet_b3.ra2_in1k",
         Arch::EfficientnetB3,
         IMAGENET,
@@ -114,7 +116,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         49_300_000
     ),
-    hub!(
+    hub_row!(
         "tf_efficientnetv2_s.in21k_ft_in1k",
         Arch::TfEfficientnetV2S,
         INCEPTION,
@@ -122,7 +124,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         86_500_000
     ),
-    hub!(
+    hub_row!(
         "tf_efficientnetv2_s.in1k",
         Arch::TfEfficientnetV2S,
         INCEPTION,
@@ -130,7 +132,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         86_500_000
     ),
-    hub!(
+    hub_row!(
         "tf_efficientnetv2_s.in21k",
         Arch::TfEfficientnetV2S,
         INCEPTION,
@@ -138,7 +140,7 @@ pub const HUB: &[TimmWeights] = &[
         21843,
         139_000_000
     ),
-    hub!(
+    hub_row!(
         "mobilenetv3_large_100.ra_in1k",
         Arch::Mobilenetv3Large100,
         IMAGENET,
@@ -146,7 +148,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         22_100_000
     ),
-    hub!(
+    hub_row!(
         "mobilenetv3_large_100.miil_in21k_ft_in1k",
         Arch::Mobilenetv3Large100,
         IDENTITY,
@@ -154,7 +156,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         22_100_000
     ),
-    hub!(
+    hub_row!(
         "mobilenetv3_large_100.ra4_e3600_r224_in1k",
         Arch::Mobilenetv3Large100,
         INCEPTION,
@@ -162,7 +164,7 @@ pub const HUB: &[TimmWeights] = &[
         1000,
         22_100_000
     ),
-    hub!(
+    hub_row!(
         "mobilenetv3_small_100.lamb_in1k",
         Arch::Mobilenetv3Small100,
         IMAGENET,
@@ -172,18 +174,23 @@ pub const HUB: &[TimmWeights] = &[
     ),
 ];
 
-/// `NAME` (timm's default tag) or `NAME.TAG`.
+/// Every known timm checkpoint, of every family.
+pub fn hub() -> impl Iterator<Item = &'static TimmWeights> {
+    HUB.iter().chain(super::timm_zoo2::HUB_ZOO2)
+}
+
+/// `NAME` (timm's default tag) or `NAME.TAG`, with or without the `timm:` prefix.
 pub fn lookup(name: &str) -> Option<&'static TimmWeights> {
     let name = name.to_ascii_lowercase();
-    HUB.iter()
+    let name = name.strip_prefix("timm:").unwrap_or(&name);
+    hub()
         .find(|w| w.name == name)
-        .or_else(|| HUB.iter().find(|w| w.model() == name))
+        .or_else(|| hub().find(|w| w.model() == name))
 }
 
 /// timm's default checkpoint of an arch that only exists as a timm model.
 pub fn default_for(arch: Arch) -> Option<&'static TimmWeights> {
-    HUB.iter()
-        .find(|w| w.arch == arch && w.model() == arch.name())
+    hub().find(|w| w.arch == arch && w.model() == arch.name())
 }
 
 /// A timm model family whose checkpoints we rename into our layout.
@@ -215,8 +222,12 @@ pub const FAMILIES: &[Family] = &[Family {
     remap: effnet_remap,
 }];
 
+/// The timm family whose layout a checkpoint has, of every family's table.
 pub fn family_of(shapes: &Shapes) -> Option<&'static Family> {
-    FAMILIES.iter().find(|f| (f.detect)(shapes))
+    FAMILIES
+        .iter()
+        .chain(super::timm_zoo2::FAMILIES_ZOO2)
+        .find(|f| (f.detect)(shapes))
 }
 
 /// The arch a timm checkpoint was saved from, if it is one we know.

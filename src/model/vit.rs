@@ -8,7 +8,7 @@
 //! class token's entry kept apart), i.e. timm's `dynamic_img_size` behaviour.
 
 use super::onnx::{Attr, Graph, OnnxExport};
-use super::timm_zoo2::{Shapes, Tensors};
+use super::timm::{Shapes, Tensors};
 use super::Arch;
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;

@@ -141,6 +141,25 @@ pub fn bin() -> Command {
     c
 }
 
+/// `finetune train` from random weights at 32 px, bs 8, on the CPU, for `epochs` epochs (after the
+/// one frozen epoch): the quick training run most tests need; add the rest, then `--out` and data.
+#[allow(dead_code)]
+pub fn tiny_train(epochs: usize) -> Command {
+    let mut c = bin();
+    c.args([
+        "train",
+        "--random-init",
+        "--size",
+        "32",
+        "--bs",
+        "8",
+        "--device",
+        "cpu",
+    ])
+    .args(["--epochs", &epochs.to_string()]);
+    c
+}
+
 pub struct Output {
     pub status: std::process::ExitStatus,
     pub stdout: String,

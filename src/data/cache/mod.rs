@@ -60,7 +60,7 @@ impl CacheConfig {
     pub fn default_dir() -> PathBuf {
         match std::env::var_os("FINETUNE_IMAGE_CACHE") {
             Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => crate::model::registry::cache_base().join("images"),
+            _ => crate::paths::cache_base().join("images"),
         }
     }
 }

@@ -1,0 +1,131 @@
+"""Benchmark: `finetune predict` vs PyTorch eager on the same images, decode included on both sides.
+
+Usage (from the repo root, after `make build` and a trained bundle, e.g. from `make bench`):
+  python bench/predict_bench.py --model target/bench/model-mobilenet_v2-42 --images ../shared/data/clothing-small/train
+
+PyTorch side: the same network — torchvision's mobilenet_v2 body + fastai's head (`create_head`,
+the head `finetune train` builds), random weights (speed does not depend on their values) — NCHW,
+`torch.inference_mode()`, the bundle's batch size of `predict` (64), PIL decode + squish resize to
+the bundle's size (bilinear, antialiased) + ImageNet normalisation, as a PyTorch user writes it;
+once with decoding in the main process and once with a 2-worker DataLoader, the faster counts.
+finetune side: `finetune predict MODEL IMAGES --csv`, one process.
+
+Images/s is measured without start-up on both sides: every run is done on the first half of the
+images and on all of them, and the rate is (all − half) images / (time(all) − time(half)); end-to-end
+wall time for all images is reported beside it. Runs one job at a time.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", required=True, help="a bundle folder from `finetune train`")
+ap.add_argument("--images", required=True, help="a folder of images (searched recursively)")
+ap.add_argument("--bs", type=int, default=64)
+ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+ap.add_argument("--list", help=argparse.SUPPRESS)
+args = ap.parse_args()
+
+EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def image_files(root):
+    out = []
+    for d, _, files in os.walk(root):
+        out += [os.path.join(d, f) for f in files if f.lower().endswith(EXTS)]
+    return sorted(out)
+
+
+def torch_side():
+    """One PyTorch run over the files in args.list; prints the seconds from the first decode on."""
+    import torch
+    import torchvision
+    from PIL import Image
+    from fastai.vision.learner import create_head
+
+    info = json.load(open(os.path.join(args.model, "model.json")))
+    w, h = info["size"]["w"], info["size"]["h"]
+    mean = torch.tensor(info["normalization"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(info["normalization"]["std"]).view(1, 3, 1, 1)
+    body = torchvision.models.mobilenet_v2().features
+    model = torch.nn.Sequential(body, create_head(1280, len(info["classes"]))).eval()
+    files = open(args.list).read().splitlines()
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            img = Image.open(files[i]).convert("RGB").resize((w, h), Image.BILINEAR)
+            return torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)
+
+    dl = torch.utils.data.DataLoader(Files(), batch_size=args.bs, num_workers=args.workers)
+    t0 = time.time()
+    n = 0
+    with torch.inference_mode():
+        for xb in dl:
+            x = (xb.float() / 255 - mean) / std
+            p = model(x).softmax(-1)
+            n += len(p)
+    print(json.dumps({"seconds": time.time() - t0, "n": n}))
+
+
+if args.torch_only:
+    torch_side()
+    sys.exit()
+
+files = image_files(args.images)
+half = files[: len(files) // 2]
+os.makedirs("target/bench", exist_ok=True)
+
+
+def wall(cmd):
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return time.time() - t, p.stdout
+
+
+def finetune(subset):
+    lst = f"target/bench/predict-files-{len(subset)}"
+    # Symlinks in one folder: the same files, given as one folder argument (no argv limit).
+    d = f"{lst}.d"
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        for i, f in enumerate(subset):
+            os.symlink(os.path.abspath(f), f"{d}/{i:06d}{os.path.splitext(f)[1]}")
+    t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv"])
+    assert len(out.strip().splitlines()) == len(subset) + 1, "one CSV row per image"
+    return t
+
+
+def pytorch(subset, workers):
+    lst = f"target/bench/predict-files-{len(subset)}.txt"
+    open(lst, "w").write("\n".join(os.path.abspath(f) for f in subset))
+    t, out = wall([sys.executable, __file__, "--torch-only", "--model", args.model, "--images", args.images,
+                   "--bs", str(args.bs), "--workers", str(workers), "--list", lst])
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["n"] == len(subset)
+    return t
+
+
+rows = []
+for name, fn in [("finetune predict", finetune),
+                 ("PyTorch eager, decode in the main process", lambda s: pytorch(s, 0)),
+                 ("PyTorch eager, DataLoader 2 workers", lambda s: pytorch(s, 2))]:
+    fn(half[:64])  # warm the page cache and the libraries
+    t_half, t_all = fn(half), fn(files)
+    rate = (len(files) - len(half)) / (t_all - t_half)
+    rows.append((name, t_all, rate))
+    print(f"{name}: {len(files)} images in {t_all:.1f} s end to end; {rate:.1f} img/s without start-up", flush=True)
+
+best_torch = max(r[2] for r in rows[1:])
+print(f"\n| side | images | end-to-end wall s | img/s (start-up excluded) |\n|---|---:|---:|---:|")
+for name, t, rate in rows:
+    print(f"| {name} | {len(files)} | {t:.1f} | {rate:.1f} |")
+print(f"| finetune / best PyTorch | | | **{rows[0][2] / best_torch:.2f}×** |")
