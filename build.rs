@@ -1,9 +1,9 @@
-//! Makes the binary find libtorch by itself and really use CUDA when libtorch has it.
+//! Makes the binary find libtorch by itself.
 //!
-//! torch-sys tells us where libtorch's libraries are (`DEP_TCH_LIBTORCH_LIB`, from its `links`).
-//! - rpath to that directory, so users need no LD_LIBRARY_PATH;
-//! - libtorch_cuda is linked with `--no-as-needed`: nothing in our code references its symbols, so
-//!   the default `--as-needed` drops it and CUDA then never registers (`Cuda::is_available()` false).
+//! torch-sys tells us where libtorch's libraries are (`DEP_TCH_LIBTORCH_LIB`, from its `links`):
+//! an rpath to that directory, so users need no LD_LIBRARY_PATH. libtorch_cuda is not linked: the
+//! binary loads it at run time when the machine has an NVIDIA driver (`device::load_cuda` says
+//! why), found through this same rpath.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -15,9 +15,4 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    let dir = std::path::Path::new(&lib);
-    if target_os == "linux" && dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-search=native={lib}");
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
 }

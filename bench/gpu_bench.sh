@@ -5,13 +5,15 @@
 # LD_LIBRARY_PATH at that machine's torch and its CUDA libraries.
 #
 #   bench/gpu_bench.sh                 # on the GPU
-#   DEVICE=cpu BS=8 ITERS=1 bench/gpu_bench.sh   # a dry run of the script itself on a CPU
+#   DEVICE=cpu BS=8 ITERS=1 REPEAT=1 EPOCHS=0 bench/gpu_bench.sh   # a dry run of the script on a CPU
 #
 # Prints JSON lines (zoo_speed) and one line for the seed-sized fine_tune(3).
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 BS=${BS:-256}
 ITERS=${ITERS:-20}
+REPEAT=${REPEAT:-5}
+EPOCHS=${EPOCHS:-3}
 PY=${PYTHON:-python3}
 TORCH=$($PY -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 SITE=$(dirname "$TORCH")
@@ -40,13 +42,13 @@ trap 'rm -rf "$WORK"' EXIT
 for cls in assets/sample/train/*/; do
   c=$(basename "$cls")
   mkdir -p "$WORK/data/train/$c" "$WORK/data/valid/$c"
-  for k in 1 2 3 4 5; do
+  for k in $(seq "$REPEAT"); do
     for f in "$cls"*; do ln -s "$PWD/$f" "$WORK/data/train/$c/$k-$(basename "$f")"; done
   done
   for f in assets/sample/test/"$c"/*; do ln -s "$PWD/$f" "$WORK/data/valid/$c/"; done
 done
 start=$(date +%s.%N)
-$BIN train "$WORK/data" --arch resnet18 --random-init --epochs 3 --size 192 --bs 64 \
+$BIN train "$WORK/data" --arch resnet18 --random-init --epochs "$EPOCHS" --size 192 --bs 64 \
   --device "$DEVICE" --precision auto --out "$WORK/model" --no-cache --quiet
 end=$(date +%s.%N)
 $PY - "$WORK/model" "$start" "$end" <<'EOF'
