@@ -3,8 +3,8 @@
 Usage (from the repo root, after `make build` and a trained bundle, e.g. from `make bench`):
   python bench/predict_bench.py --model target/bench/model-mobilenet_v2-42 --images ../shared/data/clothing-small/train
 
-PyTorch side: the same network — torchvision's mobilenet_v2 body + fastai's head (`create_head`,
-the head `finetune train` builds), random weights (speed does not depend on their values) — NCHW,
+PyTorch side: the same network — torchvision's mobilenet_v2 body + fastai's head (`create_head`, written
+out in plain PyTorch; the head `finetune train` builds), random weights (speed does not depend on their values) — NCHW,
 `torch.inference_mode()`, the bundle's batch size of `predict` (64), PIL decode + squish resize to
 the bundle's size (bilinear, antialiased) + ImageNet normalisation, as a PyTorch user writes it;
 once with decoding in the main process and once with a 2-worker DataLoader, the faster counts.
@@ -45,7 +45,18 @@ def torch_side():
     import torch
     import torchvision
     from PIL import Image
-    from fastai.vision.learner import create_head
+    from torch import nn
+
+    class ConcatPool(nn.Module):  # fastai's AdaptiveConcatPool2d
+        def forward(self, x):
+            return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
+
+    def create_head(nf, n):
+        """fastai 2.8's create_head(nf, n) (concat pool, first BN, 512 hidden), written out so the
+        timing does not include importing fastai."""
+        return nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(2 * nf), nn.Dropout(0.25),
+                             nn.Linear(2 * nf, 512, bias=False), nn.ReLU(inplace=True), nn.BatchNorm1d(512),
+                             nn.Dropout(0.5), nn.Linear(512, n, bias=False))
 
     info = json.load(open(os.path.join(args.model, "model.json")))
     w, h = info["size"]["w"], info["size"]["h"]
