@@ -57,11 +57,7 @@ fn main() -> anyhow::Result<()> {
         );
         opt.zero_grad();
         scaler.scale_loss(&loss).backward();
-        let finite = scaler.unscale(&opt.grads());
-        if finite {
-            opt.step(&vec![1e-4; groups], 0.9);
-        }
-        scaler.update(finite);
+        scaler.step(&mut opt, &vec![1e-4; groups], 0.9);
         loss.double_value(&[])
     };
     let train = time(iters, &mut train_step);

@@ -10,7 +10,8 @@ use finetune::train::optimizer::Adam;
 use finetune::train::{AdamConfig, FineTune, Learner, LrSpec, OneCycle, SilentReport};
 use std::path::Path;
 
-fn tiny_learner(dir: &Path, bs: usize) -> Learner {
+/// A learner for `arch` (random init, seeded) on the 32-px images of `dir`, in batches of `bs`.
+fn learner_for(arch: Arch, dir: &Path, bs: usize) -> Learner {
     tch::manual_seed(0);
     let cfg = DataConfig {
         size: Size { w: 32, h: 32 },
@@ -18,8 +19,12 @@ fn tiny_learner(dir: &Path, bs: usize) -> Learner {
         ..Default::default()
     };
     let dls = DataLoaders::from_folder(dir, cfg, &indicatif::ProgressBar::hidden()).unwrap();
-    let net = Network::classifier(Arch::Resnet18, dls.classes.len() as i64, tch::Device::Cpu);
+    let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
     Learner::new(net, dls, AdamConfig::default(), 42)
+}
+
+fn tiny_learner(dir: &Path, bs: usize) -> Learner {
+    learner_for(Arch::Resnet18, dir, bs)
 }
 
 /// fastai's formulas, written out independently of the library.
@@ -782,19 +787,10 @@ fn zoo2_one_step_frozen_then_unfrozen() {
         )
     };
     for arch in ZOO2 {
-        tch::manual_seed(0);
-        let cfg = DataConfig {
-            size: Size { w: 32, h: 32 },
-            bs: 8,
-            ..Default::default()
-        };
-        let dls =
-            DataLoaders::from_folder(dir.path(), cfg, &indicatif::ProgressBar::hidden()).unwrap();
-        assert_eq!(dls.n_train_batches(), 1);
-        let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
+        let mut learn = learner_for(arch, dir.path(), 8);
+        assert_eq!(learn.dls.n_train_batches(), 1);
         let w = reference().join(format!("zoo2_{arch}.pth"));
-        load_checkpoint(&net, &w, Part::Body).unwrap();
-        let mut learn = Learner::new(net, dls, AdamConfig::default(), 42);
+        load_checkpoint(&learn.net, &w, Part::Body).unwrap();
         assert_eq!(arch.n_groups(), 2, "{arch}: fastai's default split");
         let params: std::collections::HashSet<String> =
             learn.net.param_names().iter().cloned().collect();
@@ -889,17 +885,8 @@ fn one_step_of_every_mobile_arch_trains_the_right_parameters() {
         Arch::Mobilenetv3Large100,
         Arch::TfEfficientnetV2S,
     ] {
-        tch::manual_seed(0);
-        let cfg = DataConfig {
-            size: Size { w: 32, h: 32 },
-            bs: 4,
-            ..Default::default()
-        };
-        let dls =
-            DataLoaders::from_folder(dir.path(), cfg, &indicatif::ProgressBar::hidden()).unwrap();
-        let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
+        let mut learn = learner_for(arch, dir.path(), 4);
         assert_eq!(arch.n_groups(), 2, "{arch}: fastai's default split");
-        let mut learn = Learner::new(net, dls, AdamConfig::default(), 42);
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
         let order = learn.dls.train_order(&mut rng);
         let (xb, yb) = learn.dls.train_batch(&order[0], &mut rng);
@@ -1042,16 +1029,7 @@ fn resnet_family_one_step_frozen_then_unfrozen() {
         Arch::Resnext50,
         Arch::WideResnet50,
     ] {
-        tch::manual_seed(0);
-        let cfg = DataConfig {
-            size: Size { w: 32, h: 32 },
-            bs: 8,
-            ..Default::default()
-        };
-        let dls =
-            DataLoaders::from_folder(dir.path(), cfg, &indicatif::ProgressBar::hidden()).unwrap();
-        let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
-        let mut learn = Learner::new(net, dls, AdamConfig::default(), 42);
+        let mut learn = learner_for(arch, dir.path(), 8);
         assert_eq!(arch.n_groups(), 3, "{arch}: fastai's _resnet_split");
         let params: std::collections::HashSet<String> =
             learn.net.param_names().iter().cloned().collect();

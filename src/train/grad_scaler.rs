@@ -6,6 +6,7 @@
 //! halved, and after `growth_interval` clean steps in a row it doubles. bf16 and fp32 have fp32's
 //! range and need none of this: the scaler is then disabled and every call is a no-op.
 
+use super::optimizer::Adam;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +83,16 @@ impl GradScaler {
             .to_kind(Kind::Int64)
             .int64_value(&[])
             == 1
+    }
+
+    /// Unscales the gradients, then takes `opt`'s step unless one overflowed (the schedule goes on,
+    /// as in PyTorch), and updates the scale.
+    pub fn step(&mut self, opt: &mut Adam, lrs: &[f64], mom: f64) {
+        let finite = self.unscale(&opt.grads());
+        if finite {
+            opt.step(lrs, mom);
+        }
+        self.update(finite);
     }
 
     /// After a step: back off on overflow, grow after `growth_interval` clean steps.

@@ -217,12 +217,7 @@ fn step(
     opt.zero_grad();
     scaler.scale_loss(&loss).backward();
     t.lap(&mut times.backward);
-    // fp16: a step whose gradients overflowed is skipped (the schedule goes on, as in PyTorch).
-    let finite = scaler.unscale(&opt.grads());
-    if finite {
-        opt.step(lrs, mom);
-    }
-    scaler.update(finite);
+    scaler.step(opt, lrs, mom);
     t.lap(&mut times.step);
     loss.detach()
 }
