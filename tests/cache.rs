@@ -429,28 +429,13 @@ fn same_seed_same_metrics_with_and_without_the_cache() {
     synthetic(&data, 10);
     let store = dir.path().join("cache");
     let train = |out: &str, extra: &[&str]| {
-        let mut c = bin();
-        c.args([
-            "train",
-            "--random-init",
-            "--size",
-            "32",
-            "--bs",
-            "4",
-            "--epochs",
-            "1",
-            "--seed",
-            "3",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--cache-dir",
-        ])
-        .arg(&store)
-        .args(extra)
-        .arg("--out")
-        .arg(dir.path().join(out))
-        .arg(&data);
+        let mut c = tiny_train_bs(1, 4);
+        c.args(["--seed", "3", "--quiet", "--cache-dir"])
+            .arg(&store)
+            .args(extra)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg(&data);
         let o = run(&mut c);
         assert!(o.status.success(), "{}", o.stderr);
         let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();

@@ -287,22 +287,8 @@ fn bad_files_are_skipped_with_one_warning_each() {
     )
     .unwrap();
     let out = dir.path().join("model");
-    let o = run(bin()
-        .args([
-            "train",
-            "--random-init",
-            "--arch",
-            "resnet18",
-            "--size",
-            "32",
-            "--bs",
-            "8",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-        ])
+    let o = run(tiny_train(1)
+        .args(["--arch", "resnet18", "--out"])
         .arg(&out)
         .arg(dir.path()));
     assert!(o.status.success(), "{}", o.stderr);
@@ -681,23 +667,10 @@ fn augment_changes_training_only() {
     let data = dir.path().join("data");
     synthetic(&data, 12);
     let train = |aug: bool, out: &str| {
-        let mut c = bin();
-        c.args([
-            "train",
-            "--random-init",
-            "--size",
-            "32",
-            "--bs",
-            "4",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(dir.path().join(out))
-        .arg(&data);
+        let mut c = tiny_train_bs(1, 4);
+        c.args(["--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .arg(&data);
         if aug {
             c.arg("--augment");
         }

@@ -1,6 +1,6 @@
 //! Images to normalised float tensors of logical shape NCHW (in either memory format).
 
-use crate::model::MemoryFormat;
+use super::layout::MemoryFormat;
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 

@@ -84,6 +84,31 @@ pub struct KnownWeights {
     pub size_bytes: u64,
 }
 
+/// The network family of an arch: the body's code, how fastai splits it into parameter groups,
+/// where its ImageNet classifier's keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Resnet,
+    Regnet,
+    Convnext,
+    Vit,
+    MobilenetV2,
+    MobilenetV3,
+    Efficientnet,
+    EfficientnetLite,
+}
+
+/// One row of [`Arch::facts`].
+struct Facts {
+    name: &'static str,
+    family: Family,
+    cost: (u64, f64),
+    eval_resize: (i64, i64),
+    body_channels: i64,
+    stats: ([f64; 3], [f64; 3]),
+    timm_only: bool,
+}
+
 impl Arch {
     pub const ALL: [Arch; 27] = [
         Arch::Resnet18,
@@ -115,185 +140,227 @@ impl Arch {
         Arch::TfEfficientnetV2S,
     ];
 
+    /// Everything the pipeline needs to know about an arch, in one row per arch, so that a new
+    /// arch is its module file, a row here, its checkpoint in [`Arch::known_weights`] and its
+    /// constructor in `network::build_body` (its family decides the rest: split, classifier keys).
+    ///
+    /// `cost`: parameters and GFLOPs (multiply-adds of the convolutions and matrix products,
+    /// torchvision's "GFLOPS" convention) with the ImageNet classifier at the eval input size, as
+    /// `torch.utils.flop_counter` counts them on the PyTorch model (`tests/reference/
+    /// make_reference.py`; `tests/parity.rs` checks them against it and the parameter count against
+    /// the network we build). A table, because counting needs a forward pass of every network,
+    /// which `finetune weights list` should not pay for.
+    /// `eval_resize`: the reference evaluation transform, (resize the short side to, centre-crop
+    /// to): torchvision's `ImageClassification` presets of the default weights, timm's `crop_pct`
+    /// for timm archs.
+    fn facts(self) -> Facts {
+        use Family::*;
+        let row = |name: &'static str,
+                   family: Family,
+                   cost: (u64, f64),
+                   eval_resize: (i64, i64),
+                   body_channels: i64| Facts {
+            name,
+            family,
+            cost,
+            eval_resize,
+            body_channels,
+            stats: IMAGENET_STATS,
+            timm_only: false,
+        };
+        const R: (i64, i64) = (256, 224);
+        let v3_small = super::mobilenet_v3::body_channels(false);
+        let v3_large = super::mobilenet_v3::body_channels(true);
+        let timm_only = |f: Facts| Facts {
+            timm_only: true,
+            ..f
+        };
+        match self {
+            Arch::Resnet18 => row("resnet18", Resnet, (11689512, 1.8141), R, 512),
+            Arch::Resnet34 => row("resnet34", Resnet, (21797672, 3.6638), R, 512),
+            Arch::Resnet50 => row("resnet50", Resnet, (25557032, 4.0892), R, 2048),
+            Arch::Resnet101 => row("resnet101", Resnet, (44549160, 7.8014), R, 2048),
+            Arch::Resnet152 => row("resnet152", Resnet, (60192808, 11.5136), R, 2048),
+            Arch::Resnext50 => row("resnext50_32x4d", Resnet, (25028904, 4.2305), R, 2048),
+            Arch::WideResnet50 => row("wide_resnet50_2", Resnet, (68883240, 11.3980), R, 2048),
+            Arch::MobilenetV2 => row("mobilenet_v2", MobilenetV2, (3504872, 0.3008), R, 1280),
+            Arch::RegnetY400mf => row("regnet_y_400mf", Regnet, (4344144, 0.4018), R, 440),
+            Arch::RegnetY800mf => row("regnet_y_800mf", Regnet, (6432512, 0.8339), R, 784),
+            Arch::RegnetY1_6gf => row("regnet_y_1_6gf", Regnet, (11202430, 1.6121), R, 888),
+            Arch::RegnetX400mf => row("regnet_x_400mf", Regnet, (5495976, 0.4138), R, 400),
+            Arch::ConvnextTiny => row(
+                "convnext_tiny",
+                Convnext,
+                (28589128, 4.4555),
+                (236, 224),
+                768,
+            ),
+            Arch::ConvnextSmall => row(
+                "convnext_small",
+                Convnext,
+                (50223688, 8.6837),
+                (230, 224),
+                768,
+            ),
+            Arch::VitB16 => row("vit_b_16", Vit, (86567656, 16.8485), R, 768),
+            Arch::VitS16 => Facts {
+                stats: INCEPTION_STATS,
+                ..row("vit_s_16", Vit, (22050664, 4.2412), (248, 224), 384)
+            },
+            Arch::MobilenetV3Small => row(
+                "mobilenet_v3_small",
+                MobilenetV3,
+                (2542856, 0.0565),
+                R,
+                v3_small,
+            ),
+            Arch::MobilenetV3Large => row(
+                "mobilenet_v3_large",
+                MobilenetV3,
+                (5483032, 0.2166),
+                (232, 224),
+                v3_large,
+            ),
+            Arch::EfficientnetB0 => row(
+                "efficientnet_b0",
+                Efficientnet,
+                (5288548, 0.3858),
+                R,
+                Variant::B0.body_channels(),
+            ),
+            Arch::EfficientnetB1 => row(
+                "efficientnet_b1",
+                Efficientnet,
+                (7794184, 0.6868),
+                (255, 240),
+                Variant::B1.body_channels(),
+            ),
+            Arch::EfficientnetB2 => row(
+                "efficientnet_b2",
+                Efficientnet,
+                (9109994, 1.0875),
+                (288, 288),
+                Variant::B2.body_channels(),
+            ),
+            Arch::EfficientnetB3 => row(
+                "efficientnet_b3",
+                Efficientnet,
+                (12233232, 1.8271),
+                (320, 300),
+                Variant::B3.body_channels(),
+            ),
+            Arch::EfficientnetV2S => row(
+                "efficientnet_v2_s",
+                Efficientnet,
+                (21458488, 8.3656),
+                (384, 384),
+                Variant::V2S.body_channels(),
+            ),
+            Arch::EfficientnetLite0 => Facts {
+                stats: LITE_STATS,
+                ..row(
+                    "efficientnet_lite0",
+                    EfficientnetLite,
+                    (4652008, 0.3852),
+                    R,
+                    super::efficientnet_lite::BODY_CHANNELS,
+                )
+            },
+            Arch::Mobilenetv3Small100 => timm_only(row(
+                "mobilenetv3_small_100",
+                MobilenetV3,
+                (2542856, 0.0565),
+                R,
+                v3_small,
+            )),
+            Arch::Mobilenetv3Large100 => timm_only(row(
+                "mobilenetv3_large_100",
+                MobilenetV3,
+                (5483032, 0.2166),
+                R,
+                v3_large,
+            )),
+            Arch::TfEfficientnetV2S => timm_only(Facts {
+                stats: INCEPTION_STATS,
+                ..row(
+                    "tf_efficientnetv2_s",
+                    Efficientnet,
+                    (21458488, 8.3656),
+                    (384, 384),
+                    Variant::V2S.body_channels(),
+                )
+            }),
+        }
+    }
+
+    pub fn family(self) -> Family {
+        self.facts().family
+    }
+
     /// The torchvision ResNet family (fastai's `_resnet_split`, 2048 or 512 body channels).
     fn is_resnet(self) -> bool {
-        matches!(
-            self,
-            Arch::Resnet18
-                | Arch::Resnet34
-                | Arch::Resnet50
-                | Arch::Resnet101
-                | Arch::Resnet152
-                | Arch::Resnext50
-                | Arch::WideResnet50
-        )
+        self.family() == Family::Resnet
     }
 
     pub fn is_regnet(self) -> bool {
-        matches!(
-            self,
-            Arch::RegnetY400mf | Arch::RegnetY800mf | Arch::RegnetY1_6gf | Arch::RegnetX400mf
-        )
+        self.family() == Family::Regnet
     }
 
     pub fn is_convnext(self) -> bool {
-        matches!(self, Arch::ConvnextTiny | Arch::ConvnextSmall)
+        self.family() == Family::Convnext
     }
 
     /// Vision transformers: their body gives one feature vector (the class token), not a map.
     pub fn is_vit(self) -> bool {
-        matches!(self, Arch::VitB16 | Arch::VitS16)
+        self.family() == Family::Vit
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet34 => "resnet34",
-            Arch::Resnet50 => "resnet50",
-            Arch::Resnet101 => "resnet101",
-            Arch::Resnet152 => "resnet152",
-            Arch::Resnext50 => "resnext50_32x4d",
-            Arch::WideResnet50 => "wide_resnet50_2",
-            Arch::MobilenetV2 => "mobilenet_v2",
-            Arch::RegnetY400mf => "regnet_y_400mf",
-            Arch::RegnetY800mf => "regnet_y_800mf",
-            Arch::RegnetY1_6gf => "regnet_y_1_6gf",
-            Arch::RegnetX400mf => "regnet_x_400mf",
-            Arch::ConvnextTiny => "convnext_tiny",
-            Arch::ConvnextSmall => "convnext_small",
-            Arch::VitB16 => "vit_b_16",
-            Arch::VitS16 => "vit_s_16",
-            Arch::MobilenetV3Small => "mobilenet_v3_small",
-            Arch::MobilenetV3Large => "mobilenet_v3_large",
-            Arch::EfficientnetB0 => "efficientnet_b0",
-            Arch::EfficientnetB1 => "efficientnet_b1",
-            Arch::EfficientnetB2 => "efficientnet_b2",
-            Arch::EfficientnetB3 => "efficientnet_b3",
-            Arch::EfficientnetV2S => "efficientnet_v2_s",
-            Arch::EfficientnetLite0 => "efficientnet_lite0",
-            Arch::Mobilenetv3Small100 => "mobilenetv3_small_100",
-            Arch::Mobilenetv3Large100 => "mobilenetv3_large_100",
-            Arch::TfEfficientnetV2S => "tf_efficientnetv2_s",
-        }
+        self.facts().name
     }
 
     /// Archs that exist only as timm models (timm's BatchNorm or padding differ from any
     /// torchvision net's): they take timm checkpoints only, and their weights come from the hub.
     pub fn timm_only(self) -> bool {
-        matches!(
-            self,
-            Arch::Mobilenetv3Small100 | Arch::Mobilenetv3Large100 | Arch::TfEfficientnetV2S
-        )
+        self.facts().timm_only
     }
 
     /// Mean and std the pretrained weights expect, on `[0, 1]` RGB (the default weights'; a timm
     /// tag may differ, see [`ArchSpec::normalization`]).
     pub fn normalization(self) -> ([f64; 3], [f64; 3]) {
-        match self {
-            Arch::EfficientnetLite0 => LITE_STATS,
-            Arch::TfEfficientnetV2S => INCEPTION_STATS,
-            Arch::VitS16 => INCEPTION_STATS,
-            _ => IMAGENET_STATS,
-        }
+        self.facts().stats
+    }
+
+    /// Parameters and GFLOPs with the ImageNet classifier at [`Arch::default_size`] (see `facts`).
+    pub fn cost(self) -> (u64, f64) {
+        self.facts().cost
     }
 
     /// The input size the pretrained weights are evaluated at (torchvision's / timm's eval crop).
-    /// Parameters and GFLOPs (multiply-adds of the convolutions and matrix products, torchvision's
-    /// "GFLOPS" convention) of the arch with its ImageNet classifier at its eval input size
-    /// ([`Arch::default_size`]), as `torch.utils.flop_counter` counts them on the PyTorch model
-    /// (`tests/reference/make_reference.py`; `tests/parity.rs` checks this table against it and the
-    /// parameter count against the network we build). A table, because counting needs a forward
-    /// pass of every network, which `finetune weights list` should not pay for.
-    pub fn cost(self) -> (u64, f64) {
-        match self {
-            Arch::Resnet18 => (11689512, 1.8141),
-            Arch::Resnet34 => (21797672, 3.6638),
-            Arch::Resnet50 => (25557032, 4.0892),
-            Arch::Resnet101 => (44549160, 7.8014),
-            Arch::Resnet152 => (60192808, 11.5136),
-            Arch::Resnext50 => (25028904, 4.2305),
-            Arch::WideResnet50 => (68883240, 11.3980),
-            Arch::MobilenetV2 => (3504872, 0.3008),
-            Arch::RegnetY400mf => (4344144, 0.4018),
-            Arch::RegnetY800mf => (6432512, 0.8339),
-            Arch::RegnetY1_6gf => (11202430, 1.6121),
-            Arch::RegnetX400mf => (5495976, 0.4138),
-            Arch::ConvnextTiny => (28589128, 4.4555),
-            Arch::ConvnextSmall => (50223688, 8.6837),
-            Arch::VitB16 => (86567656, 16.8485),
-            Arch::VitS16 => (22050664, 4.2412),
-            Arch::MobilenetV3Small => (2542856, 0.0565),
-            Arch::MobilenetV3Large => (5483032, 0.2166),
-            Arch::EfficientnetB0 => (5288548, 0.3858),
-            Arch::EfficientnetB1 => (7794184, 0.6868),
-            Arch::EfficientnetB2 => (9109994, 1.0875),
-            Arch::EfficientnetB3 => (12233232, 1.8271),
-            Arch::EfficientnetV2S => (21458488, 8.3656),
-            Arch::EfficientnetLite0 => (4652008, 0.3852),
-            Arch::Mobilenetv3Small100 => (2542856, 0.0565),
-            Arch::Mobilenetv3Large100 => (5483032, 0.2166),
-            Arch::TfEfficientnetV2S => (21458488, 8.3656),
-        }
-    }
-
     pub fn default_size(self) -> i64 {
         self.eval_resize().1
     }
 
-    /// The reference evaluation transform: (resize the short side to, centre-crop to). torchvision's
-    /// `ImageClassification` presets of the default weights; timm's `crop_pct` for timm archs.
+    /// The reference evaluation transform: (resize the short side to, centre-crop to).
     pub fn eval_resize(self) -> (i64, i64) {
-        match self {
-            Arch::MobilenetV3Large => (232, 224),
-            Arch::EfficientnetB1 => (255, 240),
-            Arch::EfficientnetB2 => (288, 288),
-            Arch::EfficientnetB3 => (320, 300),
-            Arch::EfficientnetV2S | Arch::TfEfficientnetV2S => (384, 384),
-            Arch::ConvnextTiny => (236, 224),
-            Arch::ConvnextSmall => (230, 224),
-            Arch::VitS16 => (248, 224),
-            _ => (256, 224),
-        }
+        self.facts().eval_resize
     }
 
     /// The key prefix of the checkpoint's own ImageNet classifier (dropped for a fine-tune).
     pub fn classifier_prefix(self) -> &'static str {
-        if self.is_resnet() || self.is_regnet() {
-            "fc."
-        } else if self.is_vit() {
-            "heads."
-        } else if self == Arch::EfficientnetLite0 {
-            "_fc."
-        } else {
-            "classifier."
+        match self.family() {
+            Family::Resnet | Family::Regnet => "fc.",
+            Family::Vit => "heads.",
+            Family::EfficientnetLite => "_fc.",
+            Family::MobilenetV2 | Family::MobilenetV3 | Family::Efficientnet | Family::Convnext => {
+                "classifier."
+            }
         }
     }
 
     /// Channels coming out of the body, i.e. what the head's pooling sees.
     pub fn body_channels(self) -> i64 {
-        match self {
-            Arch::Resnet18 | Arch::Resnet34 => 512,
-            Arch::MobilenetV2 => 1280,
-            Arch::RegnetY400mf => 440,
-            Arch::RegnetY800mf => 784,
-            Arch::RegnetY1_6gf => 888,
-            Arch::RegnetX400mf => 400,
-            Arch::ConvnextTiny | Arch::ConvnextSmall | Arch::VitB16 => 768,
-            Arch::VitS16 => 384,
-            Arch::MobilenetV3Small | Arch::Mobilenetv3Small100 => {
-                super::mobilenet_v3::body_channels(false)
-            }
-            Arch::MobilenetV3Large | Arch::Mobilenetv3Large100 => {
-                super::mobilenet_v3::body_channels(true)
-            }
-            Arch::EfficientnetB0 => Variant::B0.body_channels(),
-            Arch::EfficientnetB1 => Variant::B1.body_channels(),
-            Arch::EfficientnetB2 => Variant::B2.body_channels(),
-            Arch::EfficientnetB3 => Variant::B3.body_channels(),
-            Arch::EfficientnetV2S | Arch::TfEfficientnetV2S => Variant::V2S.body_channels(),
-            Arch::EfficientnetLite0 => super::efficientnet_lite::BODY_CHANNELS,
-            _ => 2048,
-        }
+        self.facts().body_channels
     }
 
     /// Number of parameter groups (fastai splitter): resnet has two body groups plus the head;

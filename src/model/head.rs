@@ -2,7 +2,7 @@
 //! classifiers, which `classify-imagenet` uses instead of a head.
 
 use super::onnx::{Attr, Graph, OnnxExport, BN_EPS};
-use super::Arch;
+use super::{Arch, Family};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -145,26 +145,22 @@ impl ImagenetClassifier {
         let c = arch.body_channels();
         let lin = |path, n_in| nn::linear(path, n_in, 1000, Default::default());
         let mut norm = None;
-        let (hidden, fc, dropout) = match arch {
-            Arch::MobilenetV3Small
-            | Arch::MobilenetV3Large
-            | Arch::Mobilenetv3Small100
-            | Arch::Mobilenetv3Large100 => {
+        let (hidden, fc, dropout) = match arch.family() {
+            Family::MobilenetV3 => {
                 let large = matches!(arch, Arch::MobilenetV3Large | Arch::Mobilenetv3Large100);
                 let h = super::mobilenet_v3::last_channel(large);
                 let hidden = nn::linear(p / "classifier" / "0", c, h, Default::default());
                 (Some(hidden), lin(p / "classifier" / "3", h), 0.2)
             }
-            Arch::EfficientnetB2 | Arch::EfficientnetB3 => {
-                (None, lin(p / "classifier" / "1", c), 0.3)
+            Family::MobilenetV2 | Family::Efficientnet => {
+                let dropout = match arch {
+                    Arch::EfficientnetB2 | Arch::EfficientnetB3 => 0.3,
+                    _ => 0.2,
+                };
+                (None, lin(p / "classifier" / "1", c), dropout)
             }
-            Arch::MobilenetV2
-            | Arch::EfficientnetB0
-            | Arch::EfficientnetB1
-            | Arch::EfficientnetV2S
-            | Arch::TfEfficientnetV2S => (None, lin(p / "classifier" / "1", c), 0.2),
-            Arch::EfficientnetLite0 => (None, lin(p / "_fc", c), 0.2),
-            Arch::ConvnextTiny | Arch::ConvnextSmall => {
+            Family::EfficientnetLite => (None, lin(p / "_fc", c), 0.2),
+            Family::Convnext => {
                 let cfg = nn::LayerNormConfig {
                     eps: CLASSIFIER_LN_EPS,
                     ..Default::default()
@@ -172,18 +168,8 @@ impl ImagenetClassifier {
                 norm = Some(nn::layer_norm(p / "classifier" / "0", vec![c], cfg));
                 (None, lin(p / "classifier" / "2", c), 0.0)
             }
-            Arch::VitB16 | Arch::VitS16 => (None, lin(p / "heads" / "head", c), 0.0),
-            Arch::Resnet18
-            | Arch::Resnet34
-            | Arch::Resnet50
-            | Arch::Resnet101
-            | Arch::Resnet152
-            | Arch::Resnext50
-            | Arch::WideResnet50
-            | Arch::RegnetY400mf
-            | Arch::RegnetY800mf
-            | Arch::RegnetY1_6gf
-            | Arch::RegnetX400mf => (None, lin(p / "fc", c), 0.0),
+            Family::Vit => (None, lin(p / "heads" / "head", c), 0.0),
+            Family::Resnet | Family::Regnet => (None, lin(p / "fc", c), 0.0),
         };
         ImagenetClassifier {
             hidden,

@@ -1,24 +1,15 @@
-//! Memory format of a network's activations and convolution weights: NCHW (contiguous) or NHWC
-//! ("channels-last", PyTorch's `torch.channels_last`: the logical shape stays `[N, C, H, W]`, the
-//! strides are those of an `[N, H, W, C]` array).
+//! Which memory format a network runs in (the [`MemoryFormat`] type itself is a data layout, in
+//! `data::layout`): NCHW (contiguous) or NHWC ("channels-last").
 //!
 //! Channels-last lets oneDNN (CPU) and cuDNN (GPU) run convolutions, BatchNorm and pooling without
-//! reordering every activation, and the decoded images already are NHWC: a u8 `[N, H, W, 3]` batch
-//! permuted to `[N, 3, H, W]` *is* a channels-last tensor, so the network's input costs no copy.
-//! Weights are converted once, when the network is built; files are always written contiguous
-//! (NCHW), as PyTorch writes them.
+//! reordering every activation, and the decoded images already are NHWC, so the network's input
+//! costs no copy. Weights are converted once, when the network is built; files are always written
+//! contiguous (NCHW), as PyTorch writes them.
 
 use super::Arch;
+pub use crate::data::layout::MemoryFormat;
 use std::sync::atomic::{AtomicU8, Ordering};
-use tch::{Device, Tensor};
-
-/// The layout a network runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemoryFormat {
-    Nchw,
-    Nhwc,
-}
+use tch::Device;
 
 /// `--memory-format`: a layout, or `auto` (per device and architecture, see [`auto`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -95,67 +86,9 @@ pub fn default_choice() -> FormatChoice {
     }
 }
 
-impl MemoryFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            MemoryFormat::Nchw => "nchw",
-            MemoryFormat::Nhwc => "nhwc",
-        }
-    }
-
-    /// `x` (4-D) in this layout: itself, without a copy, when it already is; anything else unchanged.
-    pub fn apply(self, x: &Tensor) -> Tensor {
-        if x.dim() != 4 {
-            return x.shallow_clone();
-        }
-        match self {
-            MemoryFormat::Nchw => x.contiguous(),
-            // contiguous() of the NHWC view is a no-op when `x` already is channels-last.
-            MemoryFormat::Nhwc => x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]),
-        }
-    }
-
-    /// Whether `x`'s strides are this layout's (for a 4-D tensor).
-    pub fn holds(self, x: &Tensor) -> bool {
-        if x.dim() != 4 {
-            return false;
-        }
-        match self {
-            MemoryFormat::Nchw => x.is_contiguous(),
-            MemoryFormat::Nhwc => x.permute([0, 2, 3, 1]).is_contiguous(),
-        }
-    }
-}
-
-impl std::fmt::Display for MemoryFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
-
-    #[test]
-    fn nhwc_is_a_view_of_the_u8_batch_and_nchw_a_copy() {
-        let u8 = Tensor::arange(2 * 5 * 4 * 3, (Kind::Uint8, Device::Cpu)).view([2, 5, 4, 3]);
-        let x = u8.permute([0, 3, 1, 2]);
-        assert!(MemoryFormat::Nhwc.holds(&x) && !MemoryFormat::Nchw.holds(&x));
-        let cl = MemoryFormat::Nhwc.apply(&x);
-        assert_eq!(
-            cl.data_ptr(),
-            u8.data_ptr(),
-            "already channels-last: no copy"
-        );
-        let c = MemoryFormat::Nchw.apply(&x);
-        assert!(MemoryFormat::Nchw.holds(&c) && !MemoryFormat::Nhwc.holds(&c));
-        assert_ne!(c.data_ptr(), u8.data_ptr());
-        assert!(c.equal(&x) && cl.equal(&x), "same values either way");
-        let back = MemoryFormat::Nhwc.apply(&c);
-        assert!(MemoryFormat::Nhwc.holds(&back) && back.equal(&x));
-    }
 
     #[test]
     fn explicit_choices_win_over_auto() {

@@ -22,7 +22,9 @@ mod vit;
 pub mod weights;
 
 pub mod timm;
-pub use arch::{Arch, ArchSpec, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS};
+pub use arch::{
+    Arch, ArchSpec, Family, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS,
+};
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use memory_format::{FormatChoice, MemoryFormat};
 pub use network::Network;

@@ -1,11 +1,11 @@
 //! The model bundle: `model.safetensors` (every variable, BatchNorm statistics included),
 //! `model.json` (what is needed to use it, and how it was made), `metrics.csv`.
 
+use super::{Checkpoint, EpochRow, FineTune};
 use crate::data::items::SplitKind;
 use crate::data::{PadMode, ResizeMethod, Size};
 use crate::model::weights::WeightsError;
 use crate::model::{Arch, Network};
-use crate::train::{Checkpoint, EpochRow, FineTune};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod grad_scaler;
 pub mod learner;

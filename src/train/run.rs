@@ -2,12 +2,12 @@
 //! package both go through here, so they refuse the same folders, save after every epoch, resume
 //! the same way and write the same bundle.
 
+use super::bundle::{
+    self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
+};
 use super::{AdamConfig, Checkpoint, EpochRow, FineTune, Learner, Report};
 use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
-use crate::infer::bundle::{
-    self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
-};
 use crate::model::registry::RegistryError;
 use crate::model::weights::WeightsError;
 use crate::model::{load_checkpoint, ArchSpec, Network, Part};

@@ -145,18 +145,15 @@ pub fn bin() -> Command {
 /// one frozen epoch): the quick training run most tests need; add the rest, then `--out` and data.
 #[allow(dead_code)]
 pub fn tiny_train(epochs: usize) -> Command {
+    tiny_train_bs(epochs, 8)
+}
+
+/// [`tiny_train`] with another batch size (the smallest data sets need 4).
+pub fn tiny_train_bs(epochs: usize, bs: usize) -> Command {
     let mut c = bin();
-    c.args([
-        "train",
-        "--random-init",
-        "--size",
-        "32",
-        "--bs",
-        "8",
-        "--device",
-        "cpu",
-    ])
-    .args(["--epochs", &epochs.to_string()]);
+    c.args(["train", "--random-init", "--size", "32", "--device", "cpu"])
+        .args(["--bs", &bs.to_string()])
+        .args(["--epochs", &epochs.to_string()]);
     c
 }
 
