@@ -12,7 +12,7 @@ pub const MAX_ROTATE_DEG: f64 = 10.0;
 pub const MAX_ZOOM: f64 = 1.1;
 pub const MAX_LIGHTING: f64 = 0.2;
 
-/// `x`: float NCHW in [0,1] (before normalisation); returns a batch of the same shape in [0,1].
+/// `x`: float NCHW in `[0, 1]` (before normalisation); returns a batch of the same shape in `[0, 1]`.
 pub fn augment<R: Rng>(x: &Tensor, rng: &mut R) -> Tensor {
     apply(x, &draw(x.size()[0] as usize, rng))
 }
@@ -93,7 +93,7 @@ pub fn draw<R: Rng>(n: usize, rng: &mut R) -> AugParams {
     }
 }
 
-/// Applies drawn augmentations to `x` (float NCHW in [0,1], `p.len()` images) on `x`'s device.
+/// Applies drawn augmentations to `x` (float NCHW in `[0, 1]`, `p.len()` images) on `x`'s device.
 pub fn apply(x: &Tensor, p: &AugParams) -> Tensor {
     let size = x.size();
     let dev = x.device();

@@ -15,7 +15,7 @@ pub fn stack_u8(images: &[&RgbImage]) -> Tensor {
     Tensor::from_slice(&buf).reshape([images.len() as i64, h as i64, w as i64, 3])
 }
 
-/// u8 NHWC → float `[N, 3, H, W]` in [0,1] → normalised with the weights' `mean` and `std`, on
+/// u8 NHWC → float `[N, 3, H, W]` in `[0, 1]` → normalised with the weights' `mean` and `std`, on
 /// `device`, channels-last (the permuted u8 batch's own strides; every elementwise step keeps them).
 pub fn normalize(batch_u8: &Tensor, device: Device, mean: [f64; 3], std: [f64; 3]) -> Tensor {
     normalize_as(batch_u8, device, mean, std, MemoryFormat::Nhwc)
@@ -34,7 +34,7 @@ pub fn normalize_as(
     normalize_float(&(x.to_kind(Kind::Float) / 255.0), mean, std)
 }
 
-/// Float NCHW in [0,1] → normalised, on the tensor's device.
+/// Float NCHW in `[0, 1]` → normalised, on the tensor's device.
 pub fn normalize_float(x: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
     let device = x.device();
     let m = Tensor::from_slice(&mean)

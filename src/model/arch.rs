@@ -375,7 +375,7 @@ impl Arch {
     }
 
     /// Group of a model variable, by its name (`body.<torchvision key>` or `head.<index>...`).
-    /// resnet: [conv1, bn1, layer1, layer2], [layer3, layer4], [head] (fastai `_resnet_split`).
+    /// resnet: `[conv1, bn1, layer1, layer2], [layer3, layer4], [head]` (fastai `_resnet_split`).
     pub fn group_of(self, var: &str) -> usize {
         if var.starts_with("head.") {
             return self.n_groups() - 1;
