@@ -169,11 +169,11 @@ impl Arch {
             timm_only: false,
         };
         const R: (i64, i64) = (256, 224);
-        let v3_small = super::mobilenet_v3::body_channels(false);
-        let v3_large = super::mobilenet_v3::body_channels(true);
-        let timm_only = |f: Facts| Facts {
+        // timm's own builds of a torchvision network: the same layers, so the same cost and width.
+        let timm_twin = |name: &'static str, twin: Arch| Facts {
+            name,
             timm_only: true,
-            ..f
+            ..twin.facts()
         };
         match self {
             Arch::Resnet18 => row("resnet18", Resnet, (11689512, 1.8141), R, 512),
@@ -212,14 +212,14 @@ impl Arch {
                 MobilenetV3,
                 (2542856, 0.0565),
                 R,
-                v3_small,
+                super::mobilenet_v3::body_channels(false),
             ),
             Arch::MobilenetV3Large => row(
                 "mobilenet_v3_large",
                 MobilenetV3,
                 (5483032, 0.2166),
                 (232, 224),
-                v3_large,
+                super::mobilenet_v3::body_channels(true),
             ),
             Arch::EfficientnetB0 => row(
                 "efficientnet_b0",
@@ -266,30 +266,15 @@ impl Arch {
                     super::efficientnet_lite::BODY_CHANNELS,
                 )
             },
-            Arch::Mobilenetv3Small100 => timm_only(row(
-                "mobilenetv3_small_100",
-                MobilenetV3,
-                (2542856, 0.0565),
-                R,
-                v3_small,
-            )),
-            Arch::Mobilenetv3Large100 => timm_only(row(
-                "mobilenetv3_large_100",
-                MobilenetV3,
-                (5483032, 0.2166),
-                R,
-                v3_large,
-            )),
-            Arch::TfEfficientnetV2S => timm_only(Facts {
+            Arch::Mobilenetv3Small100 => timm_twin("mobilenetv3_small_100", Arch::MobilenetV3Small),
+            Arch::Mobilenetv3Large100 => Facts {
+                eval_resize: R,
+                ..timm_twin("mobilenetv3_large_100", Arch::MobilenetV3Large)
+            },
+            Arch::TfEfficientnetV2S => Facts {
                 stats: INCEPTION_STATS,
-                ..row(
-                    "tf_efficientnetv2_s",
-                    Efficientnet,
-                    (21458488, 8.3656),
-                    (384, 384),
-                    Variant::V2S.body_channels(),
-                )
-            }),
+                ..timm_twin("tf_efficientnetv2_s", Arch::EfficientnetV2S)
+            },
         }
     }
 

@@ -33,7 +33,7 @@ pub enum RegistryError {
     },
 }
 
-pub use crate::paths::cache_base;
+use crate::paths::cache_base;
 
 /// `<cache base>/weights` (`~/.cache/finetune/weights` on Linux).
 pub fn cache_dir() -> PathBuf {
