@@ -143,7 +143,6 @@ pub fn bin() -> Command {
 
 /// `finetune train` from random weights at 32 px, bs 8, on the CPU, for `epochs` epochs (after the
 /// one frozen epoch): the quick training run most tests need; add the rest, then `--out` and data.
-#[allow(dead_code)]
 pub fn tiny_train(epochs: usize) -> Command {
     tiny_train_bs(epochs, 8)
 }
