@@ -26,9 +26,12 @@ build: $(SETUP)
 demo: build
 	./scripts/demo.sh
 
+# Skipped tests are recorded in target/test-skips.tsv and listed at the end, pass or fail;
+# FINETUNE_REQUIRE_ALL=1 (as .ci/run sets) turns any skip into a failure.
 test: $(SETUP)
 	cargo build --release
-	cargo test --release -- --test-threads=1
+	rm -f target/test-skips.tsv
+	cargo test --release -- --test-threads=1; rc=$$?; ./scripts/skips.sh target/test-skips.tsv; exit $$rc
 
 lint: $(SETUP)
 	cargo fmt --all --check

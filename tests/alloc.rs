@@ -9,7 +9,10 @@ use common::*;
 #[test]
 fn libtorch_allocates_through_the_binarys_malloc() {
     if !cfg!(target_os = "linux") {
-        return skip("LD_DEBUG bindings are a glibc feature");
+        return skip(
+            "LD_DEBUG bindings are a glibc feature",
+            "run the suite on a glibc Linux",
+        );
     }
     let o = run(bin()
         .arg("--version")
@@ -71,7 +74,10 @@ fn mapped(name: &str) -> Vec<String> {
 #[test]
 fn libtorch_cuda_loads_only_on_demand() {
     if !cfg!(target_os = "linux") {
-        return skip("LD_DEBUG=files is a glibc feature");
+        return skip(
+            "LD_DEBUG=files is a glibc feature",
+            "run the suite on a glibc Linux",
+        );
     }
     let loaded = |args: &[&str]| {
         let o = run(bin().args(args).env("LD_DEBUG", "files"));

@@ -6,7 +6,10 @@ use common::*;
 #[test]
 fn real_photos_match_torchvision_top5() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent: real-photo check not run");
+        return skip(
+            "../shared/weights absent: real-photo check not run",
+            common::NEEDS_SHARED,
+        );
     };
     same_top5_as_python("mobilenet_v2", &w, "photos_top5.json");
 }
@@ -16,7 +19,10 @@ fn real_photos_match_torchvision_top5() {
 #[test]
 fn efficientnet_lite0_photos_match_the_reference_top5() {
     let Some(w) = lite0_weights() else {
-        return skip("../shared/weights absent: efficientnet_lite0 real-photo check not run");
+        return skip(
+            "../shared/weights absent: efficientnet_lite0 real-photo check not run",
+            common::NEEDS_SHARED,
+        );
     };
     same_top5_as_python("efficientnet_lite0", &w, "photos_lite0_top5.json");
 }
@@ -94,7 +100,7 @@ fn same_top5_as_python(arch: &str, w: &std::path::Path, json: &str) {
 #[test]
 fn shoe_photo_is_footwear() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent");
+        return skip("../shared/weights absent", common::NEEDS_SHARED);
     };
     let shared = shared().unwrap();
     let dir = shared.join("data/clothing-small/test/shoes");
@@ -126,7 +132,7 @@ fn shoe_photo_is_footwear() {
 #[test]
 fn unreadable_image_is_skipped_with_warning() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent");
+        return skip("../shared/weights absent", common::NEEDS_SHARED);
     };
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("not an image [1].jpg");
@@ -146,7 +152,7 @@ fn unreadable_image_is_skipped_with_warning() {
 #[test]
 fn weights_fetch_checks_hash_and_caches() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent");
+        return skip("../shared/weights absent", common::NEEDS_SHARED);
     };
     let good = std::fs::read(w).unwrap();
     let base = serve(vec![

@@ -57,7 +57,10 @@ fn alterations(img: &image::RgbImage) -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn near_duplicates_are_found_and_distinct_photos_kept() {
     let Some(shared) = common::shared() else {
-        return common::skip("../shared not found (clothing-small validation photos)");
+        return common::skip(
+            "../shared not found (clothing-small validation photos)",
+            common::NEEDS_SHARED,
+        );
     };
     let root = shared.join("data/clothing-small/validation");
     let (files, _) = finetune::data::items::image_files(&root).unwrap();

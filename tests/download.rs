@@ -577,7 +577,10 @@ fn near_duplicate_twins_never_straddle_train_and_test() {
 #[test]
 fn distinct_photos_are_all_kept() {
     let Some(shared) = shared() else {
-        return skip("../shared not found (clothing-small photos)");
+        return skip(
+            "../shared not found (clothing-small photos)",
+            common::NEEDS_SHARED,
+        );
     };
     let mut files = std::collections::HashMap::new();
     let mut lines = vec!["class,url".to_string()];
@@ -751,7 +754,7 @@ fn search_driven_download_end_to_end() {
 fn a_full_disk_stops_download_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = Tmpfs::new(&dir.path().join("disk"), "400k") else {
-        return skip("cannot mount a tmpfs here (needs root)");
+        return skip("cannot mount a tmpfs here", common::NEEDS_ROOT);
     };
     let mut files = std::collections::HashMap::new();
     let mut lines = vec!["class,url".to_string()];

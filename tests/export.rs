@@ -146,7 +146,10 @@ fn has_onnxruntime() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        common::skip("no onnxruntime/onnx in the venv (scripts/setup-venv.sh installs them)");
+        common::skip(
+            "no onnxruntime/onnx in the venv",
+            "run `make test`: scripts/setup-venv.sh installs them",
+        );
     }
     ok
 }

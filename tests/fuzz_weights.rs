@@ -824,7 +824,7 @@ fn fuzz_weight_readers() {
         "peak RSS grew by {rss_growth} bytes: some input made libtorch allocate too much"
     );
     assert!(
-        slowest.0 < Duration::from_secs(2),
+        slowest.0 < Duration::from_secs(10),
         "input {:#x} took {:?}",
         slowest.1,
         slowest.0
@@ -869,7 +869,7 @@ fn hostile_pickles_are_bounded() {
     LARGEST_NOW.store(0, Ordering::SeqCst);
     let t = Instant::now();
     assert!(pickle_err(&p).contains("size limit"), "{}", pickle_err(&p));
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // A 4 GB string length in a 20-byte file.
     assert!(pickle_err(b"\x80\x02X\xff\xff\xff\xffab.").contains("ends early"));
     assert!(LARGEST_NOW.load(Ordering::SeqCst) < ALLOC_LIMIT);

@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::nn::ModuleT;
 
 fn check(arch: Arch, weights: &Path, io: &str) {
-    let (x, want) = read_io(&reference().join(io));
+    let (x, want_nchw, want_nhwc) = read_io_formats(&reference().join(io));
     assert!(MemoryFormat::Nchw.holds(&x), "PyTorch's input is NCHW");
     for format in [MemoryFormat::Nchw, MemoryFormat::Nhwc] {
         let mut net = Network::imagenet(arch, tch::Device::Cpu);
@@ -25,23 +25,27 @@ fn check(arch: Arch, weights: &Path, io: &str) {
             .collect();
         assert!(!convs.is_empty() && convs.iter().all(|v| format.holds(v)));
         let got = tch::no_grad(|| net.forward_t(&x, false));
-        let d = max_abs_diff(&got, &want);
-        let scale = want.abs().max().double_value(&[]);
-        // NCHW runs PyTorch's own kernels in PyTorch's order: 1e-4 absolute (measured: 0). The
-        // channels-last kernels sum in another order, so float32 rounding grows with the logits'
-        // size; these random deep ResNets reach |logit| ~ 1e9 (resnet152), where one ulp is 64.
-        // The bound is 1e-4 relative to the largest logit, i.e. 1e-4 absolute for logits up to 1.
-        // Measured here: resnet34 7.0e-4 at |logit| 985, resnet101 0.78 at 6.6e5, RegNetY-1.6GF
-        // 2.9e-4 at 5.9, the rest ≤ 2e-5.
-        let bound = match format {
-            MemoryFormat::Nchw => 1e-4,
-            MemoryFormat::Nhwc => 1e-4 * scale.max(1.0),
+        // Each format against PyTorch in the same format, 1e-4 absolute (the logits are of order
+        // 1-10: real weights, or random ones calibrated by make_reference.py). Channels-last kernels
+        // sum in another order than NCHW ones, and in PyTorch itself the two formats differ by up to
+        // 2e-3 for resnet152 (printed below): that is libtorch's rounding, not ours, so our
+        // channels-last network is compared with PyTorch's channels-last model.
+        let want = match format {
+            MemoryFormat::Nchw => &want_nchw,
+            MemoryFormat::Nhwc => &want_nhwc,
         };
+        let d = max_abs_diff(&got, want);
+        let scale = want.abs().max().double_value(&[]);
+        let pytorch_formats = max_abs_diff(&want_nchw, &want_nhwc);
         eprintln!(
-            "{arch} {format} {} max|Δlogit| = {d:.2e} (max |logit| {scale:.3e}, bound {bound:.1e})",
+            "{arch} {format} {} max|Δlogit| = {d:.2e} (max |logit| {scale:.3e}; PyTorch's NCHW vs channels-last {pytorch_formats:.2e})",
             weights.display()
         );
-        assert!(d <= bound, "{arch} {format}: max |Δlogit| {d} > {bound}");
+        assert!(
+            scale < 100.0,
+            "{io}: logits of {scale} make an absolute bound meaningless; calibrate the reference"
+        );
+        assert!(d <= 1e-4, "{arch} {format}: max |Δlogit| {d} > 1e-4");
     }
 }
 
@@ -149,7 +153,10 @@ fn deeper_grouped_and_wide_resnets() {
 #[test]
 fn mobilenet_v2_real_legacy_pth() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent: mobilenet_v2 parity not run");
+        return skip(
+            "../shared/weights absent: mobilenet_v2 parity not run",
+            common::NEEDS_SHARED,
+        );
     };
     check(Arch::MobilenetV2, &w, "mobilenet_v2_io.safetensors");
 }
@@ -157,7 +164,10 @@ fn mobilenet_v2_real_legacy_pth() {
 #[test]
 fn mobilenet_v2_fp16_zip_pth() {
     if mobilenet_weights().is_none() {
-        return skip("../shared/weights absent: fp16 parity not run");
+        return skip(
+            "../shared/weights absent: fp16 parity not run",
+            common::NEEDS_SHARED,
+        );
     }
     check(
         Arch::MobilenetV2,
@@ -302,7 +312,10 @@ fn timm_checkpoints() {
 #[test]
 fn efficientnet_lite0_real_weights() {
     let Some(w) = lite0_weights() else {
-        return skip("../shared/weights absent: efficientnet_lite0 parity not run");
+        return skip(
+            "../shared/weights absent: efficientnet_lite0 parity not run",
+            common::NEEDS_SHARED,
+        );
     };
     check(
         Arch::EfficientnetLite0,

@@ -18,10 +18,10 @@ fn venv_has(module: &str) -> bool {
 fn python_package_and_ray_job() {
     for m in ["maturin", "pytest", "numpy", "PIL"] {
         if !venv_has(m) {
-            skip(&format!(
-                "{} has no `{m}`; run `make test` (scripts/setup-venv.sh installs it from PyPI)",
-                python().display()
-            ));
+            skip(
+                &format!("{} has no `{m}`", python().display()),
+                "run `make test`: scripts/setup-venv.sh installs it from PyPI",
+            );
             return;
         }
     }
@@ -77,7 +77,10 @@ fn python_package_and_ray_job() {
     .env("FINETUNE_BIN", env!("CARGO_BIN_EXE_finetune"));
     let ray = venv_has("ray");
     if !ray {
-        skip("no `ray` in the venv: the Ray tests are skipped (make test installs ray[data])");
+        skip(
+            "no `ray` in the venv: the Ray tests did not run",
+            "run `make test`: scripts/setup-venv.sh installs ray[data]",
+        );
     }
     let o = cmd.output().expect("run pytest");
     let out = String::from_utf8_lossy(&o.stdout);

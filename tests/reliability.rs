@@ -243,7 +243,7 @@ fn a_full_disk_gives_a_clear_error_and_keeps_the_previous_bundle() {
     synthetic(&data, 24);
     // resnet18's bundle is ~45 MB: one fits, a second (or its checkpoint) does not.
     let Some(disk) = Tmpfs::new(&dir.path().join("disk"), "70m") else {
-        return skip("cannot mount a tmpfs here (needs root)");
+        return skip("cannot mount a tmpfs here", common::NEEDS_ROOT);
     };
     let out = disk.0.join("model");
     let o = run(&mut train_epochs(&out, &data, 1));

@@ -567,14 +567,33 @@ fn load_is_batched_and_overload_is_503() {
     );
 }
 
+/// Waits until `n` images are queued in `model` (the batch is still being gathered), so a test
+/// acts on the server's state instead of on how long a request takes to arrive.
+fn wait_queued(s: &Server, model: &str, n: u64) {
+    let t = std::time::Instant::now();
+    loop {
+        let card = get(&s.url(&format!("/models/{model}"))).json();
+        if card["serving"]["queued"] == n {
+            return;
+        }
+        // A hang guard only: queuing takes milliseconds.
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "never saw {n} queued: {card}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn full_queue_answers_503_with_retry_after() {
     // Two images wait in a batch that is still being gathered; a third finds the queue full.
+    // The batching delay only has to outlast the polling that sees them queued.
     let s = Server::start(&[
         "--max-batch",
         "64",
         "--max-batch-delay-ms",
-        "1500",
+        "5000",
         "--queue",
         "2",
     ]);
@@ -584,7 +603,7 @@ fn full_queue_answers_503_with_retry_after() {
         let hs: Vec<_> = (0..2)
             .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
             .collect();
-        std::thread::sleep(Duration::from_millis(500));
+        wait_queued(&s, "pets", 2);
         let r = post(&url, "image/png", &png);
         assert_eq!(r.status, 503, "{}", r.body);
         assert_eq!(r.retry_after.as_deref(), Some("1"));
@@ -602,14 +621,14 @@ fn full_queue_answers_503_with_retry_after() {
 #[test]
 fn sigint_lets_requests_in_flight_finish() {
     // A long batching delay keeps the requests inside the server when the signal arrives.
-    let mut s = Server::start(&["--max-batch", "64", "--max-batch-delay-ms", "1500"]);
+    let mut s = Server::start(&["--max-batch", "64", "--max-batch-delay-ms", "5000"]);
     let png = std::fs::read(&images()[0]).unwrap();
     let url = s.url("/predictions/pets");
     let results = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..4)
             .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
             .collect();
-        std::thread::sleep(Duration::from_millis(500));
+        wait_queued(&s, "pets", 4);
         let pid = s.child.id() as i32;
         assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
         hs.into_iter()
@@ -862,6 +881,56 @@ fn stalled_body_times_out() {
     assert!(t.elapsed() >= Duration::from_secs(2), "answered too early");
 }
 
+/// Clients that connect and then send nothing, or only part of their headers, are cut off after
+/// `--header-timeout-s` (nginx's client_header_timeout), and while 200 of them hang on, everyone
+/// else is answered.
+#[test]
+fn silent_and_slow_clients_are_cut_off_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let s = Server::start(&["--header-timeout-s", "3"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"POST /predictions/pets HTTP/1.1\r\nHost: x\r\nContent-Ty")
+                    .unwrap();
+            }
+            c
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let png = std::fs::read(&images()[0]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(&s.url("/ping")).status, 200);
+        let r = post(&s.url("/predictions/pets"), "image/png", &png);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let answered_while_held = t.elapsed();
+    for (i, mut c) in idle.into_iter().enumerate() {
+        // A hang guard far beyond the 3 s deadline: a connection never closed fails here.
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut buf = [0u8; 512];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                let head = String::from_utf8_lossy(&buf[..n]);
+                assert!(head.starts_with("HTTP/1.1 408"), "connection {i}: {head}");
+            }
+            Err(e) => assert!(
+                e.kind() == std::io::ErrorKind::ConnectionReset,
+                "connection {i} was not closed: {e}"
+            ),
+        }
+    }
+    println!(
+        "6 requests answered in {answered_while_held:?} beside 200 silent or slow connections, \
+         all 200 closed after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(get(&s.url("/ping")).status, 200);
+}
+
 /// The web page in a real headless Chromium (Debian's `chromium`, Playwright for Python from the
 /// venv): every input (keyboard-opened file chooser, drop, paste, a large photo downscaled in the
 /// browser, the fake webcam) shows exactly what the API answers for the bytes the page sent.
@@ -871,7 +940,8 @@ fn browser_page_matches_the_api() {
         std::env::var("FINETUNE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !std::path::Path::new(&chromium).exists() {
         return common::skip(
-            "no chromium (apt-get install chromium): the browser test did not run",
+            "no Chromium at /usr/bin/chromium (or $FINETUNE_CHROMIUM)",
+            "apt-get install chromium",
         );
     }
     let py = common::python();
@@ -880,7 +950,10 @@ fn browser_page_matches_the_api() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_playwright {
-        return common::skip("no playwright in the venv (scripts/setup-venv.sh installs it)");
+        return common::skip(
+            "no playwright in the venv",
+            "run `make test`: scripts/setup-venv.sh installs it",
+        );
     }
     let s = Server::start(&[]);
     let files = images();
@@ -915,7 +988,10 @@ fn readme_python_examples_run() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_requests {
-        return common::skip("no requests in the venv (scripts/setup-venv.sh installs it)");
+        return common::skip(
+            "no requests in the venv",
+            "run `make test`: scripts/setup-venv.sh installs it",
+        );
     }
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     let serve = &readme[readme.find("## Serve").unwrap()..];

@@ -423,7 +423,10 @@ fn folder_errors_are_clear() {
 #[test]
 fn fine_tune_mobilenet_v2_for_real() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent: real fine-tune not run");
+        return skip(
+            "../shared/weights absent: real fine-tune not run",
+            common::NEEDS_SHARED,
+        );
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
@@ -923,7 +926,10 @@ fn one_step_of_every_mobile_arch_trains_the_right_parameters() {
 #[test]
 fn fine_tune_efficientnet_lite0_for_real() {
     let Some(w) = lite0_weights() else {
-        return skip("../shared/weights absent: efficientnet_lite0 fine-tune not run");
+        return skip(
+            "../shared/weights absent: efficientnet_lite0 fine-tune not run",
+            common::NEEDS_SHARED,
+        );
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");

@@ -26,7 +26,7 @@ fn truncated_zip_checkpoint() {
 #[test]
 fn truncated_legacy_checkpoint() {
     let Some(w) = mobilenet_weights() else {
-        return skip("../shared/weights absent");
+        return skip("../shared/weights absent", common::NEEDS_SHARED);
     };
     let full = std::fs::read(w).unwrap();
     let e = load_err(Arch::MobilenetV2, &full[..full.len() - 1000], "cut.pth");

@@ -10,6 +10,40 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "assets" / "sample"
+REQUIRE_ALL = os.environ.get("FINETUNE_REQUIRE_ALL") == "1"
+
+
+def _record_skip(report):
+    """As the Rust tests' `common::skip`: every skip is appended to target/test-skips.tsv, which
+    `make test` sums up; under FINETUNE_REQUIRE_ALL=1 (CI) a skip fails instead."""
+    why = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    why = why.removeprefix("Skipped: ").replace("\t", " ").replace("\n", " ")
+    if REQUIRE_ALL:
+        report.outcome = "failed"
+        report.longrepr = f"would skip ({why}), and FINETUNE_REQUIRE_ALL=1 allows no skip"
+        return
+    log = Path(os.environ.get("FINETUNE_SKIP_LOG") or REPO / "target" / "test-skips.tsv")
+    try:
+        with open(log, "a") as f:
+            f.write(f"pytest::{report.nodeid}\t{why}\trun `make test`, which installs what it needs\n")
+    except OSError as e:
+        print(f"warning: could not record the skip in {log}: {e}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        _record_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        _record_skip(report)
 
 
 def finetune_bin():

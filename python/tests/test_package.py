@@ -157,33 +157,48 @@ def test_train_errors_are_the_clis(bundle, tmp_path):
 
 
 def test_predict_releases_the_gil(bundle, photos):
+    """While `predict` runs in one thread, another Python thread keeps running. The work is sized
+    by doubling until one call lasts at least a second, so the check does not depend on how fast
+    the machine is; what it asserts is what a thread observes, not a duration."""
     m = finetune.load(bundle[0], device="cpu")
-    many = photos * 20
-    done = threading.Event()
-    span = []
 
-    def work():
-        t = time.perf_counter()
-        m.predict(many)
-        span.append((t, time.perf_counter()))
-        done.set()
+    def observe(many):
+        done = threading.Event()
+        span = []
 
-    ticks = []
-    th = threading.Thread(target=work)
-    th.start()
-    while not done.is_set():
-        ticks.append(time.perf_counter())
-        time.sleep(0.001)
-    th.join()
-    t0, t1 = span[0]
-    inside = [t for t in ticks if t0 <= t <= t1]
-    gaps = np.diff([t0, *inside, t1])
-    # Holding the GIL would freeze this loop for the whole call.
-    assert t1 - t0 > 0.2 and gaps.max() < 0.5 * (t1 - t0), (t1 - t0, gaps.max())
+        def work():
+            t = time.perf_counter()
+            m.predict(many)
+            span.append((t, time.perf_counter()))
+            done.set()
+
+        ticks = []
+        th = threading.Thread(target=work)
+        th.start()
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+        th.join()
+        t0, t1 = span[0]
+        return t1 - t0, np.diff([t0, *[t for t in ticks if t0 <= t <= t1], t1])
+
+    many = photos
+    for _ in range(16):
+        secs, gaps = observe(many)
+        if secs >= 1.0:
+            break
+        many = many * 2
+    assert secs >= 1.0, f"predict of {len(many)} photos still took only {secs:.3f} s"
+    # Holding the GIL would freeze this loop for the whole call: one gap as long as the call.
+    assert len(gaps) > 10 and gaps.max() < 0.5 * secs, (secs, len(gaps), gaps.max())
 
 
+# The child restores Python's own Ctrl-C handler: a process started in the background by a
+# non-interactive shell (as CI may start the suite) inherits SIGINT as ignored, and Python then
+# leaves it ignored, so the signal would never arrive. A user at a terminal has the default.
 SCRIPT = """
-import sys, finetune
+import signal, sys, finetune
+signal.signal(signal.SIGINT, signal.default_int_handler)
 finetune.train(sys.argv[1], out=sys.argv[2], random_init=True, size=32, bs=16, epochs=50, device="cpu")
 """
 

@@ -32,6 +32,10 @@ pub struct Args {
     /// Seconds a request body may take to arrive (20 MB in 30 s is about 5 Mbit/s); slower is 408.
     #[arg(long, default_value_t = 30.0)]
     body_timeout_s: f64,
+    /// Seconds a client may take to send a request's headers (and an idle keep-alive connection
+    /// may stay open) before the connection is closed, like nginx's client_header_timeout.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_s: f64,
     #[command(flatten)]
     compute: super::ComputeArgs,
 }
@@ -47,12 +51,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         device,
         token: a.token,
         cors: a.cors,
-        body_timeout: Duration::try_from_secs_f64(a.body_timeout_s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                anyhow::anyhow!("--body-timeout-s must be a positive number of seconds")
-            })?,
+        body_timeout: seconds("--body-timeout-s", a.body_timeout_s)?,
+        header_timeout: seconds("--header-timeout-s", a.header_timeout_s)?,
     };
     serve::run(&a.models, opts, |addr| {
         let mut out = std::io::stdout().lock();
@@ -60,4 +60,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = out.flush();
     })?;
     Ok(())
+}
+
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("{flag} must be a positive number of seconds"))
 }

@@ -228,13 +228,14 @@ mod tests {
     #[test]
     fn hanging_dns_lookup_is_cut_at_the_deadline() {
         fn slow(_: &str) -> std::io::Result<Vec<SocketAddr>> {
-            std::thread::sleep(Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(60));
             Ok(vec![])
         }
         let t = Instant::now();
         let e =
             resolve_with_deadline("slow.example:80", Duration::from_millis(200), slow).unwrap_err();
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Well short of the resolver's 60 s: the deadline, not the lookup, ended the wait.
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         assert!(e.to_string().contains("slow.example:80"), "{e}");
         fn fast(_: &str) -> std::io::Result<Vec<SocketAddr>> {

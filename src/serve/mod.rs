@@ -3,6 +3,7 @@
 //! Routes (see README "Serve"): `POST /predictions/{model}`, `GET /ping`, `GET /models`,
 //! `GET /models/{model}`, `GET /metrics`.
 
+mod listen;
 pub mod metrics;
 mod routes;
 pub mod worker;
@@ -50,6 +51,9 @@ pub struct Options {
     pub cors: Option<String>,
     /// How long a request body may take to arrive before the answer is 408.
     pub body_timeout: Duration,
+    /// How long a client may take to send a request's headers before its connection is closed
+    /// (also how long an idle keep-alive connection stays open).
+    pub header_timeout: Duration,
 }
 
 /// One served model: its card data and its worker's queue.
@@ -164,9 +168,7 @@ pub fn run(
             Some(origin) => app.layer(routes::cors(origin)?),
             None => app,
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        listen::serve(listener, app, opts.header_timeout, shutdown_signal()).await;
         Ok::<(), ServeError>(())
     })?;
     // The router (and every queue sender) is dropped: the workers finish their last batch and end.

@@ -73,9 +73,41 @@ pub fn jpeg(img: &image::RgbImage, q: u8) -> Vec<u8> {
     out
 }
 
-pub fn skip(why: &str) {
-    eprintln!("SKIPPED: {why}");
-    println!("SKIPPED: {why}");
+/// How to enable the tests that need ../shared.
+pub const NEEDS_SHARED: &str =
+    "put the project's shared/ folder beside the checkout as ../shared, or set FINETUNE_SHARED";
+/// How to enable the tests that fill a small disk.
+pub const NEEDS_ROOT: &str = "run the suite as root, which may mount a tmpfs";
+
+/// Every skip goes through here, so none goes unseen: it is appended to `target/test-skips.tsv`
+/// (test, reason, how to enable), which `make test` sums up at the end. Under
+/// `FINETUNE_REQUIRE_ALL=1` (CI) a skip is a failure instead: CI installs everything the suite needs.
+pub fn skip(why: &str, enable: &str) {
+    let test = format!(
+        "{}::{}",
+        env!("CARGO_CRATE_NAME"),
+        std::thread::current().name().unwrap_or("?")
+    );
+    if std::env::var("FINETUNE_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{test} would skip ({why}), and FINETUNE_REQUIRE_ALL=1 allows no skip; to run it: {enable}");
+    }
+    eprintln!("SKIPPED: {why} (to run it: {enable})");
+    println!("SKIPPED: {why} (to run it: {enable})");
+    let log = std::env::var_os("FINETUNE_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-skips.tsv"));
+    let line = format!("{test}\t{why}\t{enable}\n").replace(['\r'], " ");
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = appended {
+        eprintln!(
+            "warning: could not record the skip in {}: {e}",
+            log.display()
+        );
+    }
 }
 
 pub fn mobilenet_weights() -> Option<PathBuf> {
@@ -204,11 +236,22 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
 }
 
 pub fn read_io(path: &Path) -> (tch::Tensor, tch::Tensor) {
+    let (x, y, _) = read_io_formats(path);
+    (x, y)
+}
+
+/// The input, PyTorch's NCHW logits and PyTorch's channels-last logits (`make_reference.py`'s
+/// `save_io`).
+pub fn read_io_formats(path: &Path) -> (tch::Tensor, tch::Tensor, tch::Tensor) {
     let mut m: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(path)
         .unwrap()
         .into_iter()
         .collect();
-    (m.remove("input").unwrap(), m.remove("logits").unwrap())
+    (
+        m.remove("input").unwrap(),
+        m.remove("logits").unwrap(),
+        m.remove("logits_channels_last").unwrap(),
+    )
 }
 
 /// A scriptable HTTP/1.1 server on 127.0.0.1 for the download and search tests.

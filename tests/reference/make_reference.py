@@ -32,10 +32,45 @@ def randomize(model):
     return model.eval()
 
 
+def calibrated_resnet(model, x):
+    """Random weights whose logits are of order 1 at any depth, so an absolute bound means the same
+    for resnet18 and resnet152. Plain random BN statistics let the residual sums grow block after
+    block (resnet152's logits reached 1e9, where one float32 ulp is 64 and no bound can fail).
+    Data-dependent init: every BN's running statistics are those of its input on `x` (one
+    train-mode pass with a cumulative average), then moved by a random amount so eval-mode BN is
+    still not the identity; finally the classifier is scaled to a logit std of about 2."""
+    randomize(model)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()(x)
+        for m in bns:
+            m.momentum = 0.1
+            m.running_mean.add_(0.1 * m.running_var.sqrt() * torch.randn_like(m.running_mean))
+            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.8, 1.25))
+        model.eval()
+        k = 2.0 / model(x).std()
+        model.fc.weight.mul_(k)
+        model.fc.bias.mul_(k)
+    return model
+
+
 def save_io(name, model, x):
+    """The input, PyTorch's NCHW logits and its channels-last logits (a copy of the model converted
+    with `to(memory_format=torch.channels_last)`, as a PyTorch user would): channels-last kernels
+    sum in another order, so the two differ by float32 rounding that grows with depth (up to 2e-3
+    for resnet152 at logits of order 7), and our channels-last network is held to PyTorch's."""
+    import copy
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with torch.no_grad():
         y = model(x)
-    save_file({"input": x.contiguous(), "logits": y.contiguous()}, f"{out}/{name}_io.safetensors")
+        y_cl = cl(x.to(memory_format=torch.channels_last))
+    save_file(
+        {"input": x.contiguous(), "logits": y.contiguous(), "logits_channels_last": y_cl.contiguous()},
+        f"{out}/{name}_io.safetensors",
+    )
 
 
 def plain_sd(model):
@@ -44,22 +79,25 @@ def plain_sd(model):
 
 # resnet18 / resnet50: random weights, zip .pth (torch >= 1.6 format).
 for arch, size in [("resnet18", 224), ("resnet50", 160)]:
-    m = randomize(getattr(torchvision.models, arch)(weights=None))
+    x = torch.randn(2, 3, size, size)
+    m = calibrated_resnet(getattr(torchvision.models, arch)(weights=None), x)
     torch.save(m.state_dict(), f"{out}/{arch}.pth")
-    save_io(arch, m, torch.randn(2, 3, size, size))
+    save_io(arch, m, x)
     if arch == "resnet18":
         save_file(plain_sd(m), f"{out}/resnet18.safetensors")
 
 # The deeper, grouped and wide bottleneck ResNets: random weights, small inputs (parity only).
 for arch in ["resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"]:
-    m = randomize(getattr(torchvision.models, arch)(weights=None))
+    x = torch.randn(2, 3, 64, 64)
+    m = calibrated_resnet(getattr(torchvision.models, arch)(weights=None), x)
     torch.save(m.state_dict(), f"{out}/{arch}.pth")
-    save_io(arch, m, torch.randn(2, 3, 64, 64))
+    save_io(arch, m, x)
 
 # resnet34: parity, and the wrong-arch error test (it holds every resnet18 key).
-m = randomize(torchvision.models.resnet34(weights=None))
+x = torch.randn(2, 3, 128, 128)
+m = calibrated_resnet(torchvision.models.resnet34(weights=None), x)
 torch.save(m.state_dict(), f"{out}/resnet34.pth")
-save_io("resnet34", m, torch.randn(2, 3, 128, 128))
+save_io("resnet34", m, x)
 
 mnv2 = f"{shared}/weights/mobilenet_v2-b0353104.pth" if shared else None
 if mnv2 and os.path.exists(mnv2):
