@@ -12,7 +12,7 @@ SETUP :=
 endif
 export FINETUNE_PYTHON := $(VENV)/bin/python
 
-.PHONY: setup build demo test lint clean-venv bench wheel
+.PHONY: setup build demo test lint clean-venv bench bench-all wheel
 
 $(VENV)/.ready: scripts/setup-venv.sh
 	./scripts/setup-venv.sh
@@ -55,3 +55,7 @@ ARCHS ?= mobilenet_v2,resnet18
 bench: build
 	$(VENV)/bin/python -c 'import fastai' 2>/dev/null || $(VENV)/bin/python -m pip install -q fastai==2.8.12
 	$(VENV)/bin/python bench/bench.py --per-class $(PER_CLASS) --archs $(ARCHS)
+
+# Every benchmark table of the README, regenerated one after the other (hours; a quiet machine; not CI).
+bench-all: build
+	./scripts/bench-all.sh

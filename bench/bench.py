@@ -1,7 +1,14 @@
 """Benchmark: finetune vs fastai 2.8 on the same fine_tune(3), 192 px squish, bs 64, same data.
 
 Usage (from the repo root, after `make build`): python bench/bench.py [--per-class N] [--archs a,b]
-Prints a markdown table. Runs one job at a time (timings side by side are worthless).
+    [--seeds 42,1,2] [--protocol folders|seed]
+Prints a markdown table, the mean ± standard deviation over the seeds and the wall-time ratio of the
+means. Runs one job at a time (timings side by side are worthless).
+
+Protocols: `folders` (default) trains on clothing-small's train/, validates on its validation/ folder
+and tests on test/. `seed` is the seed workflow's: train/ alone, split 80/20 at random by each tool
+with the run's seed (finetune's --valid-pct 0.2 --seed S, fastai's RandomSplitter(0.2, seed=S)), test/
+as the test set; the split seed varies with the seed on both sides.
 """
 import argparse
 import json
@@ -15,8 +22,11 @@ ap.add_argument("--shared", default="../shared")
 ap.add_argument("--per-class", type=int, default=60, help="training images per class (0 = all)")
 ap.add_argument("--archs", default="mobilenet_v2,resnet18")
 ap.add_argument("--work", default="target/bench")
-ap.add_argument("--seeds", default="42", help="comma-separated seeds; each runs both tools, then mean ± spread")
+ap.add_argument("--seeds", default="42", help="comma-separated seeds; each runs both tools, then mean ± sd")
+ap.add_argument("--protocol", choices=["folders", "seed"], default="folders")
 args = ap.parse_args()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 src = f"{args.shared}/data/clothing-small"
 data = os.path.abspath(f"{args.work}/data")
@@ -45,13 +55,27 @@ def timed(cmd, **kw):
     return p, time.time() - t0, int(open(rss_file).read().split()[-1])
 
 
+# The seed protocol: train/ alone (its class folders) as one data folder, test/ beside it.
+seed_data = os.path.abspath(f"{args.work}/seed-protocol")
+if args.protocol == "seed" and not os.path.exists(f"{seed_data}/.done"):
+    subprocess.run(["rm", "-rf", seed_data], check=True)
+    for split_src, split_dst in [("train", "train"), ("test", "test")]:
+        os.makedirs(f"{seed_data}/{split_dst}")
+        for cls in sorted(os.listdir(f"{src}/{split_src}")):
+            os.symlink(os.path.abspath(f"{src}/{split_src}/{cls}"), f"{seed_data}/{split_dst}/{cls}")
+    open(f"{seed_data}/.done", "w").close()
+train_data = data if args.protocol == "folders" else f"{seed_data}/train"
+test_data = f"{data}/test" if args.protocol == "folders" else f"{seed_data}/test"
+
+
 def run_finetune(arch, seed):
-    out = f"{args.work}/model-{arch}-{seed}"
+    out = f"{args.work}/model-{args.protocol}-{arch}-{seed}"
     w = ["--weights", weights] if arch == "mobilenet_v2" else ["--random-init"]
+    split = ["--valid-pct", "0.2"] if args.protocol == "seed" else []
     t0 = time.time()
-    p, train_s, rss = timed(["./target/release/finetune", "train", data, "--arch", arch, *w, "--epochs", "3", "--size", "192",
-                             "--bs", "64", "--seed", str(seed), "--out", out, "--force", "--quiet"])
-    p2, _, rss2 = timed(["./target/release/finetune", "evaluate", out, f"{data}/test", "--json"])
+    p, train_s, rss = timed(["./target/release/finetune", "train", train_data, "--arch", arch, *w, "--epochs", "3", "--size", "192",
+                             "--bs", "64", "--seed", str(seed), *split, "--out", out, "--force", "--quiet"])
+    p2, _, rss2 = timed(["./target/release/finetune", "evaluate", out, test_data, "--json"])
     total = time.time() - t0
     rows = [l.split(",") for l in open(f"{out}/metrics.csv").read().splitlines()[1:]]
     info = json.load(open(f"{out}/model.json"))
@@ -68,9 +92,11 @@ def run_finetune(arch, seed):
 
 
 def run_fastai(arch, seed):
-    out = f"{args.work}/fastai-{arch}-{seed}.json"
+    out = f"{args.work}/fastai-{args.protocol}-{arch}-{seed}.json"
     env = dict(os.environ, TORCH_HOME=os.path.abspath(f"{args.work}/torch-home"))
-    timed([sys.executable, "bench/fastai_run.py", data, arch, weights if arch == "mobilenet_v2" else "none", out, str(seed)], env=env)
+    split = [] if args.protocol == "folders" else ["0.2", test_data]
+    timed([sys.executable, "bench/fastai_run.py", train_data, arch, weights if arch == "mobilenet_v2" else "none", out,
+           str(seed), *split], env=env)
     return json.load(open(out))
 
 
@@ -83,16 +109,22 @@ def summary(r):
             f"{r['peak_rss_mb']:.0f}", f"{r['valid_error']:.4f}", f"{100 * r['test_accuracy']:.2f}%"]
 
 
-def mean_spread(xs, fmt):
-    """Mean ± half the range: with 3 seeds a standard deviation says little more than the range does."""
+def mean_sd(xs, fmt):
+    """Mean ± sample standard deviation over the seeds."""
     m = sum(xs) / len(xs)
-    return f"{fmt(m)} ± {fmt((max(xs) - min(xs)) / 2)}"
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+    return f"{fmt(m)} ± {fmt(sd)}"
 
 
 seeds = [int(s) for s in args.seeds.split(",")]
 tools = [("finetune", run_finetune), ("fastai 2.8.12", run_fastai)]
-print(f"data: clothing-small, {args.per_class or 'all'} train images per class, validation/ as valid, test/ as test; "
-      f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}; {os.cpu_count()} CPU cores\n")
+print(f"{provenance.line()}\n")
+if args.protocol == "folders":
+    print(f"data: clothing-small, {args.per_class or 'all'} train images per class, validation/ as valid, test/ as test; "
+          f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}\n")
+else:
+    print(f"data: clothing-small train/ split 80/20 at random with each run's seed by each tool, test/ as test; "
+          f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}\n")
 print("| arch | tool | seed | frozen epoch s | unfrozen epoch s | train img/s (unfrozen) | total wall s | peak RSS MB | valid error | test accuracy |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for arch in args.archs.split(","):
@@ -102,13 +134,14 @@ for arch in args.archs.split(","):
         for tool, fn in tools:
             r = fn(arch, seed)
             results[tool].append(r)
-            json.dump(r, open(f"{args.work}/result-{arch}-{tool.split()[0]}-{seed}.json", "w"), indent=1)
+            json.dump(r, open(f"{args.work}/result-{args.protocol}-{arch}-{tool.split()[0]}-{seed}.json", "w"), indent=1)
             print(f"| {name} | {tool} | {seed} | " + " | ".join(summary(r)) + " |", flush=True)
     mean_total = {t: sum(r["total_seconds"] for r in rs) / len(rs) for t, rs in results.items()}
     if len(seeds) > 1:
         for tool, rs in results.items():
-            print(f"| {name} | {tool} | mean ± spread | | | | {mean_spread([r['total_seconds'] for r in rs], lambda x: f'{x:.0f}')} | | "
-                  f"{mean_spread([r['valid_error'] for r in rs], lambda x: f'{x:.4f}')} | "
-                  f"{mean_spread([100 * r['test_accuracy'] for r in rs], lambda x: f'{x:.2f}%')} |", flush=True)
+            print(f"| {name} | {tool} | mean ± sd, {len(rs)} seeds | | | | {mean_sd([r['total_seconds'] for r in rs], lambda x: f'{x:.0f}')} | | "
+                  f"{mean_sd([r['valid_error'] for r in rs], lambda x: f'{x:.4f}')} | "
+                  f"{mean_sd([100 * r['test_accuracy'] for r in rs], lambda x: f'{x:.2f}%')} |", flush=True)
     ratio = mean_total["fastai 2.8.12"] / mean_total["finetune"]
-    print(f"| {arch} | fastai/finetune wall-time ratio | | | | | {ratio:.2f}× | | | |", flush=True)
+    print(f"| {arch} | fastai/finetune wall-time ratio (means over {len(seeds)} seed(s)) | | | | | **{ratio:.2f}×** | | | |",
+          flush=True)

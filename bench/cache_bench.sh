@@ -4,6 +4,7 @@
 # --no-cache, and peak RSS on generated 2 000- and 20 000-image sets with and without the cache.
 # From the repo root, after `cargo build --release --bin finetune --example data_pipeline`:
 #   bench/cache_bench.sh startup|memory     (one at a time; timings side by side are worthless)
+#   bench/cache_bench.sh report             (the README's two tables, from the last runs' results)
 set -euo pipefail
 SHARED=${FINETUNE_SHARED:-../shared}
 WORK=${WORK:-/tmp/finetune-cache-bench}
@@ -75,8 +76,46 @@ PYEOF
   done
   du -sh "$WORK"/cache-syn/* >&2
   ;;
+report)
+  "$PY" - "$OUT" <<'PYEOF'
+import json, sys
+sys.path.insert(0, "bench")
+import provenance
+rows = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    rows[d["name"]] = d  # the last run of each name counts
+print(provenance.line(["bench/cache_bench.sh", "startup", "&&", "bench/cache_bench.sh", "memory"]) + "\n")
+print("| run | data ready s | process start → first batch s | `train --freeze-epochs 0 --epochs 0` (mobilenet_v2) wall s | peak RSS MB (pipeline / train) |")
+print("|---|---|---|---|---|")
+for key, label in [("no-cache", "`--no-cache` (decode into memory)"), ("first run", "first run (decode, write the shards)"),
+                   ("second run", "second run (check and map the shards)")]:
+    p, t = rows.get(f"pipeline {key}"), rows.get(f"train {key}")
+    if p and t:
+        print(f"| {label} | {p['load_s']:.2f} | {p['start_to_first_batch_s']:.2f} | {t['wall_s']:.2f} | "
+              f"{p['gnu_time_peak_rss_mb']:.0f} / {t['gnu_time_peak_rss_mb']:.0f} |")
+if rows.get("pipeline first run") and rows.get("pipeline second run"):
+    a, b = rows["pipeline first run"], rows["pipeline second run"]
+    print(f"\nsecond run, process start → first batch: {100 * b['start_to_first_batch_s'] / a['start_to_first_batch_s']:.1f} % of the first run's")
+print("\n| images | mode | data ready s | peak RSS MB, data pipeline, one full pass | peak RSS MB, `lr-find --num-it 2` mobilenet_v2 (model included) |")
+print("|---|---|---|---|---|")
+for n in (2000, 20000):
+    for key, label, lr in [("no-cache", "`--no-cache`", "no-cache"), ("first run", "cache, first run", None),
+                           ("second run", "cache, second run", "cache")]:
+        p = rows.get(f"pipeline {n} {key}")
+        l = rows.get(f"lr-find {n} {lr}") if lr else None
+        if p:
+            print(f"| {n:,} | {label} | {p['load_s']:.2f} | {p['gnu_time_peak_rss_mb']:.0f} | "
+                  f"{'' if not l else format(l['gnu_time_peak_rss_mb'], '.0f')} |".replace(",", " "))
+a, b = rows.get("pipeline 2000 second run"), rows.get("pipeline 20000 second run")
+c, d = rows.get("pipeline 2000 no-cache"), rows.get("pipeline 20000 no-cache")
+if a and b and c and d:
+    print(f"\nfrom 2 000 to 20 000 images, peak RSS grows by {b['gnu_time_peak_rss_mb'] - a['gnu_time_peak_rss_mb']:.0f} MB "
+          f"with the cache (second run) and by {d['gnu_time_peak_rss_mb'] - c['gnu_time_peak_rss_mb']:.0f} MB without it")
+PYEOF
+  ;;
 *)
-  echo "usage: bench/cache_bench.sh startup|memory" >&2
+  echo "usage: bench/cache_bench.sh startup|memory|report" >&2
   exit 2
   ;;
 esac

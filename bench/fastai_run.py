@@ -1,7 +1,9 @@
 """fastai 2.8 side of the benchmark: the same fine_tune as `finetune train`, timed per epoch.
 
-Usage: fastai_run.py DATA ARCH WEIGHTS|none OUT_JSON [SEED]
-DATA holds train/, valid/ and test/. ARCH is mobilenet_v2 or resnet18.
+Usage: fastai_run.py DATA ARCH WEIGHTS|none OUT_JSON [SEED [VALID_PCT TEST_DIR]]
+DATA holds train/, valid/ and test/; or, with VALID_PCT (the seed's protocol), DATA is one folder of
+class folders split at random by fastai's RandomSplitter(VALID_PCT, seed=SEED), and TEST_DIR the test
+set. ARCH is mobilenet_v2 or resnet18.
 """
 import json
 import resource
@@ -17,6 +19,8 @@ from fastai.vision.learner import model_meta
 
 data, arch, weights, out = sys.argv[1:5]
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 42
+valid_pct = float(sys.argv[6]) if len(sys.argv) > 6 else None
+test_dir = sys.argv[7] if len(sys.argv) > 7 else f"{data}/test"
 # fastai's set_seed seeds Python, NumPy and torch; reproducible=False keeps cudnn/threads as users run it.
 set_seed(seed)
 
@@ -46,7 +50,8 @@ class EpochTimer(Callback):
 
 # fastai adds ImageNet normalisation itself only for archs with known stats and pretrained weights;
 # add it explicitly so both sides see the same inputs (SPEC §1).
-dls = ImageDataLoaders.from_folder(data, train="train", valid="valid", item_tfms=Resize(192, method=ResizeMethod.Squish),
+split = dict(train="train", valid="valid") if valid_pct is None else dict(train=".", valid_pct=valid_pct)
+dls = ImageDataLoaders.from_folder(data, **split, item_tfms=Resize(192, method=ResizeMethod.Squish),
                                    batch_tfms=Normalize.from_stats(*imagenet_stats), bs=64, seed=seed)
 if arch == "mobilenet_v2":
     learn = vision_learner(dls, mobilenet_v2, metrics=error_rate, pretrained=weights != "none")
@@ -58,7 +63,7 @@ t0 = time.time()
 learn.fine_tune(3)
 train_s = time.time() - t0
 valid_error = float(learn.recorder.values[-1][2])
-test_dl = learn.dls.test_dl(get_image_files(f"{data}/test"), with_labels=True)
+test_dl = learn.dls.test_dl(get_image_files(test_dir), with_labels=True)
 _, err = learn.validate(dl=test_dl)
 rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 json.dump({

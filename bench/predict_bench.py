@@ -8,7 +8,13 @@ out in plain PyTorch; the head `finetune train` builds), random weights (speed d
 `torch.inference_mode()`, the bundle's batch size of `predict` (64), PIL decode + squish resize to
 the bundle's size (bilinear, antialiased) + ImageNet normalisation, as a PyTorch user writes it;
 once with decoding in the main process and once with a 2-worker DataLoader, the faster counts.
-finetune side: `finetune predict MODEL IMAGES --csv`, one process.
+finetune side: `finetune predict MODEL IMAGES --csv --threads T`, one process.
+onnxruntime side (the runtime CPU users pick for inference): the bundle exported by
+`finetune export --format onnx`, `onnxruntime.InferenceSession` with T intra-op threads, PIL decode +
+squish + normalisation in NumPy as the README's ONNX snippet does, batch 64, decode in the main
+process and with a 2-worker DataLoader-style pool, the faster counts.
+Every side uses the same images and T threads (default 2, all the cores of the machine it was made
+for); decode is included everywhere.
 
 Images/s is measured without start-up on both sides: every run is done on the first half of the
 images and on all of them, and the rate is (all − half) images / (time(all) − time(half)); end-to-end
@@ -21,11 +27,16 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True, help="a bundle folder from `finetune train`")
 ap.add_argument("--images", required=True, help="a folder of images (searched recursively)")
 ap.add_argument("--bs", type=int, default=64)
+ap.add_argument("--threads", type=int, default=2, help="compute threads on every side")
 ap.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+ap.add_argument("--ort-only", help=argparse.SUPPRESS)
 ap.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
 ap.add_argument("--list", help=argparse.SUPPRESS)
 args = ap.parse_args()
@@ -46,6 +57,8 @@ def torch_side():
     import torchvision
     from PIL import Image
     from torch import nn
+
+    torch.set_num_threads(args.threads)
 
     class ConcatPool(nn.Module):  # fastai's AdaptiveConcatPool2d
         def forward(self, x):
@@ -85,8 +98,56 @@ def torch_side():
     print(json.dumps({"seconds": time.time() - t0, "n": n}))
 
 
+def ort_side(onnx_path):
+    """One onnxruntime run over the files in args.list; prints the seconds from the first decode on."""
+    import multiprocessing
+
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["resize_method"] == "squish", meta["resize_method"]
+    files = open(args.list).read().splitlines()
+    t0 = time.time()
+    n = 0
+    jobs = [[(f, meta["input_width"], meta["input_height"], meta["mean"], meta["std"]) for f in files[i : i + args.bs]]
+            for i in range(0, len(files), args.bs)]
+    if args.workers:
+        # As a DataLoader with workers: the next batch is decoded while this one runs.
+        pool = multiprocessing.Pool(args.workers)
+        pending = pool.map_async(ort_load, jobs[0])
+        for k in range(len(jobs)):
+            xs = pending.get()
+            if k + 1 < len(jobs):
+                pending = pool.map_async(ort_load, jobs[k + 1])
+            n += len(sess.run(["probabilities"], {"input": np.stack(xs)})[0])
+        pool.close()
+    else:
+        for job in jobs:
+            n += len(sess.run(["probabilities"], {"input": np.stack([ort_load(j) for j in job])})[0])
+    print(json.dumps({"seconds": time.time() - t0, "n": n}))
+
+
+def ort_load(job):
+    """The README's ONNX snippet: PIL decode (EXIF applied), squish, ImageNet normalisation, CHW."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    path, w, h, mean, std = job
+    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((int(w), int(h)), Image.BILINEAR)
+    x = (np.asarray(img, np.float32) / 255 - np.array(json.loads(mean), np.float32)) / np.array(json.loads(std), np.float32)
+    return x.transpose(2, 0, 1).astype(np.float32)
+
+
 if args.torch_only:
     torch_side()
+    sys.exit()
+if args.ort_only:
+    ort_side(args.ort_only)
     sys.exit()
 
 files = image_files(args.images)
@@ -110,7 +171,7 @@ def finetune(subset):
         os.makedirs(d)
         for i, f in enumerate(subset):
             os.symlink(os.path.abspath(f), f"{d}/{i:06d}{os.path.splitext(f)[1]}")
-    t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv"])
+    t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv", "--threads", str(args.threads)])
     assert len(out.strip().splitlines()) == len(subset) + 1, "one CSV row per image"
     return t
 
@@ -119,24 +180,43 @@ def pytorch(subset, workers):
     lst = f"target/bench/predict-files-{len(subset)}.txt"
     open(lst, "w").write("\n".join(os.path.abspath(f) for f in subset))
     t, out = wall([sys.executable, __file__, "--torch-only", "--model", args.model, "--images", args.images,
-                   "--bs", str(args.bs), "--workers", str(workers), "--list", lst])
+                   "--bs", str(args.bs), "--workers", str(workers), "--list", lst, "--threads", str(args.threads)])
     r = json.loads(out.strip().splitlines()[-1])
     assert r["n"] == len(subset)
+    return t
+
+
+ONNX = "target/bench/predict-model.onnx"
+wall(["./target/release/finetune", "export", args.model, "--format", "onnx", "--out", ONNX])
+
+
+def onnxruntime(subset, workers):
+    lst = f"target/bench/predict-files-{len(subset)}.txt"
+    open(lst, "w").write("\n".join(os.path.abspath(f) for f in subset))
+    t, out = wall([sys.executable, __file__, "--ort-only", ONNX, "--model", args.model, "--images", args.images,
+                   "--bs", str(args.bs), "--workers", str(workers), "--list", lst, "--threads", str(args.threads)])
+    assert json.loads(out.strip().splitlines()[-1])["n"] == len(subset)
     return t
 
 
 rows = []
 for name, fn in [("finetune predict", finetune),
                  ("PyTorch eager, decode in the main process", lambda s: pytorch(s, 0)),
-                 ("PyTorch eager, DataLoader 2 workers", lambda s: pytorch(s, 2))]:
+                 ("PyTorch eager, DataLoader 2 workers", lambda s: pytorch(s, 2)),
+                 ("onnxruntime (finetune export), decode in the main process", lambda s: onnxruntime(s, 0)),
+                 ("onnxruntime (finetune export), 2 decode workers", lambda s: onnxruntime(s, 2))]:
     fn(half[:64])  # warm the page cache and the libraries
     t_half, t_all = fn(half), fn(files)
     rate = (len(files) - len(half)) / (t_all - t_half)
     rows.append((name, t_all, rate))
     print(f"{name}: {len(files)} images in {t_all:.1f} s end to end; {rate:.1f} img/s without start-up", flush=True)
 
-best_torch = max(r[2] for r in rows[1:])
-print(f"\n| side | images | end-to-end wall s | img/s (start-up excluded) |\n|---|---:|---:|---:|")
+best_torch = max(r[2] for r in rows[1:3])
+best_ort = max(r[2] for r in rows[3:5])
+print(f"\n{provenance.line()}\n")
+print(f"{len(files)} images from {args.images}, model {args.model}, bs {args.bs}, {args.threads} threads on every side\n")
+print("| side | images | end-to-end wall s | img/s (start-up excluded) |\n|---|---:|---:|---:|")
 for name, t, rate in rows:
     print(f"| {name} | {len(files)} | {t:.1f} | {rate:.1f} |")
-print(f"| finetune / best PyTorch | | | **{rows[0][2] / best_torch:.2f}×** |")
+print(f"| finetune / best PyTorch eager | | | **{rows[0][2] / best_torch:.2f}×** |")
+print(f"| finetune / best onnxruntime | | | **{rows[0][2] / best_ort:.2f}×** |")

@@ -1,11 +1,14 @@
 """Per-architecture speed: finetune vs PyTorch eager on the same network definition.
 
 Usage (repo root, after `cargo build --release --example zoo_speed`):
-    python bench/zoo_bench.py [--archs a,b,...] [--bs 32] [--size 192] [--iters 2]
+    python bench/zoo_bench.py [--archs a,b,...] [--bs 32] [--size 192] [--iters 3] [--threads 2]
 Prints a markdown table. One job at a time: timings taken beside another job are worthless.
 
 Both sides: the arch with its ImageNet classifier (1000 classes), random weights, a random uint8
-batch [bs, size, size, 3] normalised as the arch's weights expect, 2 threads. Training = forward +
+batch [bs, size, size, 3] normalised as the arch's weights expect, the same thread count on both sides.
+The PyTorch definitions: torchvision's for the torchvision archs (vit_b_16 included), timm's for
+vit_s_16 (torchvision has none; finetune reads both layouts) and the timm-only archs,
+efficientnet_lite_pytorch for efficientnet_lite0. Training = forward +
 cross-entropy + backward + Adam step of every parameter (PyTorch: torch.optim.AdamW, its default
 foreach implementation; finetune: fastai's Adam with decoupled weight decay); inference = eval forward
 under torch.inference_mode. One untimed warm-up step per case. PyTorch runs NCHW, as a model built by
@@ -27,7 +30,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--archs", default=",".join(ALL))
 ap.add_argument("--bs", type=int, default=32)
 ap.add_argument("--size", type=int, default=192)
-ap.add_argument("--iters", type=int, default=2)
+ap.add_argument("--iters", type=int, default=3)
+ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--torch-one", help=argparse.SUPPRESS)
 args = ap.parse_args()
 
@@ -37,20 +41,22 @@ def torch_model(arch):
     if arch == "efficientnet_lite0":
         from efficientnet_lite_pytorch import EfficientNet
         return EfficientNet.from_name("efficientnet-lite0")
-    timm_names = {"vit_b_16": "vit_base_patch16_224", "vit_s_16": "vit_small_patch16_224",
+    timm_names = {"vit_s_16": "vit_small_patch16_224",
                   "mobilenetv3_small_100": "mobilenetv3_small_100",
                   "mobilenetv3_large_100": "mobilenetv3_large_100", "tf_efficientnetv2_s": "tf_efficientnetv2_s"}
     if arch in timm_names:
         import timm
         kw = {"dynamic_img_size": True} if arch.startswith("vit") else {}
         return timm.create_model(timm_names[arch], pretrained=False, **kw)
+    if arch == "vit_b_16":  # torchvision's ViT is built for one input size
+        return torchvision.models.vit_b_16(weights=None, image_size=args.size)
     return getattr(torchvision.models, arch)(weights=None)
 
 
 def torch_one(arch):
     """Runs in its own process (as finetune's side does), prints one JSON line."""
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     m = torch_model(arch)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -99,8 +105,12 @@ def run(cmd):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-common = ["--bs", str(args.bs), "--size", str(args.size), "--iters", str(args.iters)]
-print(f"bs {args.bs}, {args.size} px, {args.iters} timed steps after one warm-up, 2 threads\n")
+common = ["--bs", str(args.bs), "--size", str(args.size), "--iters", str(args.iters), "--threads", str(args.threads)]
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+import provenance  # noqa: E402
+
+print(f"{provenance.line()}\n")
+print(f"bs {args.bs}, {args.size} px, {args.iters} timed steps after one warm-up, {args.threads} threads on both sides\n")
 print("| arch | params | format | train img/s finetune | train img/s PyTorch | × | inference img/s finetune | inference img/s PyTorch | × |")
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for arch in args.archs.split(","):

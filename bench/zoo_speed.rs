@@ -23,11 +23,17 @@ use tch::{Device, Kind, Reduction, Tensor};
 fn main() -> anyhow::Result<()> {
     let arch: Arch = std::env::args()
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: zoo_speed ARCH [--bs 32] [--size 192] [--iters 2]"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "usage: zoo_speed ARCH [--bs 32] [--size 192] [--iters 2] [--threads 2]"
+            )
+        })?
         .parse()?;
     let bs: i64 = arg("--bs", "32").parse()?;
     let size: i64 = arg("--size", "192").parse()?;
     let iters: usize = arg("--iters", "2").parse()?;
+    // The same thread count as the PyTorch side sets (torch.set_num_threads), not libtorch's default.
+    tch::set_num_threads(arg("--threads", "2").parse()?);
     let device = finetune::device::select(&arg("--device", "cpu"))?;
     let precision: PrecisionChoice = arg("--precision", "auto")
         .parse()
