@@ -16,6 +16,13 @@ def machine():
                 break
     except OSError:
         pass
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+        # Hosts of one name differ here, and libtorch's kernels with them (AVX-512 about doubles
+        # some convolutions), so figures from different days compare only as ratios within a run.
+        cpu += ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+    except (OSError, StopIteration):
+        pass
     mem = ""
     try:
         kb = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1])
