@@ -34,6 +34,7 @@ test: $(SETUP)
 	cargo test --release -- --test-threads=1; rc=$$?; ./scripts/skips.sh target/test-skips.tsv; exit $$rc
 
 lint: $(SETUP)
+	python3 scripts/check_layers.py
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
 	PYO3_PYTHON=$(PYTHON) cargo clippy --release -p finetune-py -- -D warnings
