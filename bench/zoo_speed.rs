@@ -38,9 +38,14 @@ fn main() -> anyhow::Result<()> {
     let precision: PrecisionChoice = arg("--precision", "auto")
         .parse()
         .map_err(anyhow::Error::msg)?;
-    finetune::model::precision::set_default(precision);
     tch::manual_seed(0);
-    let net = Network::imagenet(arch, device);
+    let net = Network::imagenet(
+        arch,
+        finetune::model::Runtime {
+            precision,
+            ..finetune::model::Runtime::from(device)
+        },
+    );
     let mut scaler = GradScaler::new(net.precision() == Precision::Fp16);
     let params: i64 = net
         .param_names()

@@ -398,7 +398,7 @@ fn download_handles_every_kind_of_url_and_resumes() {
         assert!(r.file.ends_with(".jpg") && r.sha256.len() == 64 && !r.phash.is_empty());
         assert!(out
             .join(&r.file)
-            .starts_with(out.join(&r.status).join("cats")));
+            .starts_with(out.join(r.status.as_str()).join("cats")));
     }
     // Shrunk to 200 px on the longer side, aspect kept; small images never enlarged; EXIF applied.
     assert_eq!(

@@ -978,8 +978,8 @@ fn browser_page_matches_the_api() {
     assert!(v["checked_requests"].as_u64().unwrap() >= 3);
 }
 
-/// The README's Python client examples (requests; TorchServe, Hugging Face and KServe v2 shapes) run
-/// as written against a live server, with the README's file and model names.
+/// The Python client examples of docs/serving.md (requests; TorchServe, Hugging Face and KServe v2
+/// shapes) run as written against a live server, with the page's file and model names.
 #[test]
 fn readme_python_examples_run() {
     let py = common::python();
@@ -993,7 +993,7 @@ fn readme_python_examples_run() {
             "run `make test`: scripts/setup-venv.sh installs it",
         );
     }
-    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(common::repo().join("docs/serving.md")).unwrap();
     let serve = &readme[readme.find("## Serve").unwrap()..];
     let start = serve.find("```python\n").unwrap() + "```python\n".len();
     let code = &serve[start..start + serve[start..].find("```").unwrap()];

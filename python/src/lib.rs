@@ -496,7 +496,11 @@ fn train<'py>(
     let precision = precision
         .parse::<finetune::model::PrecisionChoice>()
         .map_err(PyValueError::new_err)?;
-    finetune::model::precision::set_default(precision);
+    // This call's choice only: a later load() in the same process takes its own defaults.
+    let rt = finetune::model::Runtime {
+        precision,
+        ..finetune::model::Runtime::from(dev)
+    };
     let plan = match resume {
         Some(dir) => Plan::resume(&dir, data),
         None => {
@@ -597,7 +601,7 @@ fn train<'py>(
                     download_bar: false,
                     log: &mut log,
                 };
-                let mut session = Session::start(plan, dev, &mut fb)?;
+                let mut session = Session::start(plan, rt, &mut fb)?;
                 session.learn.stop = stop_worker;
                 session.run(&mut PyReport { quiet })
             })();

@@ -1,5 +1,6 @@
-"""The README's "From Python" and "On a Ray cluster" examples run as written (in a scratch folder
-holding the repo's assets/, with the real mobilenet_v2 weights in the cache)."""
+"""The "From Python" and "On a Ray cluster" examples of docs/python.md run as written (in a scratch
+folder holding the repo's assets/ and README.md, which the example reads as a file that is not an
+image, with the real mobilenet_v2 weights in the cache)."""
 
 import ast
 import os
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import REPO
 
-README = (REPO / "README.md").read_text()
+README = (REPO / "docs" / "python.md").read_text()
 
 
 def block(section, lang):

@@ -24,8 +24,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = a.compute.device()?;
-    let b = bundle::load(&a.model, device)?;
+    let b = bundle::load(&a.model, a.compute.runtime()?)?;
     let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses)?;
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());

@@ -23,9 +23,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = a.compute.device()?;
+    let rt = a.compute.runtime()?;
     let path = super::weights_path(a.arch, a.weights.as_deref())?;
-    let net = Network::imagenet(a.arch.arch, device);
+    let net = Network::imagenet(a.arch.arch, rt);
     load_checkpoint(&net, &path, Part::BodyAndClassifier)?;
     let results = imagenet::classify(
         &net,

@@ -30,13 +30,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.start_lr > 0.0 && a.end_lr > a.start_lr,
         "need 0 < --start-lr < --end-lr"
     );
-    let device = a.compute.device()?;
+    let rt = a.compute.runtime()?;
     let (net, dls, _) = super::train::prepare(
         &a.model,
         &a.data,
         a.data_opts.config()?,
         a.data_opts.cache().as_ref(),
-        device,
+        rt,
         a.quiet,
     )?;
     let mut learn = Learner::new(net, dls, AdamConfig::default(), a.data_opts.seed);

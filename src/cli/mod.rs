@@ -113,14 +113,17 @@ pub struct ComputeArgs {
 }
 
 impl ComputeArgs {
-    /// The device, with libtorch's thread count and the networks' memory format set for the process.
-    pub fn device(&self) -> anyhow::Result<tch::Device> {
+    /// Where and how networks compute, passed to whatever builds one. The thread count is
+    /// libtorch's own process-wide setting, so it is set here, once.
+    pub fn runtime(&self) -> anyhow::Result<finetune::model::Runtime> {
         if let Some(t) = self.threads {
             tch::set_num_threads(t.max(1));
         }
-        finetune::model::memory_format::set_default(self.memory_format);
-        finetune::model::precision::set_default(self.precision);
-        Ok(finetune::device::select(&self.device)?)
+        Ok(finetune::model::Runtime {
+            device: finetune::device::select(&self.device)?,
+            memory_format: self.memory_format,
+            precision: self.precision,
+        })
     }
 }
 

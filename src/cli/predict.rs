@@ -50,8 +50,7 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = a.compute.device()?;
-    let b = bundle::load(&a.model, device)?;
+    let b = bundle::load(&a.model, a.compute.runtime()?)?;
     let paths = expand(&a.inputs)?;
     anyhow::ensure!(!paths.is_empty(), "no images found in the given inputs");
     let k = a.top_k.clamp(1, b.info.classes.len());

@@ -41,14 +41,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = a.compute.device()?;
+    let runtime = a.compute.runtime()?;
     let opts = serve::Options {
         host: a.host,
         port: a.port,
         max_batch: a.max_batch.max(1),
         max_batch_delay: Duration::from_millis(a.max_batch_delay_ms),
         queue: a.queue.max(1),
-        device,
+        runtime,
         token: a.token,
         cors: a.cors,
         body_timeout: seconds("--body-timeout-s", a.body_timeout_s)?,

@@ -140,7 +140,7 @@ pub fn prepare(
     data: &std::path::Path,
     cfg: DataConfig,
     cache: Option<&finetune::data::CacheConfig>,
-    device: tch::Device,
+    rt: finetune::model::Runtime,
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
     Ok(run::prepare(
@@ -149,7 +149,7 @@ pub fn prepare(
         data,
         cfg,
         cache,
-        device,
+        rt,
         &mut Feedback {
             bar: &progress_bar(quiet),
             download_bar: super::console::stderr_is_tty(),
@@ -171,7 +171,7 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let device = a.compute.device()?;
+    let rt = a.compute.runtime()?;
     let mut plan = match &a.resume {
         Some(dir) => Plan::resume(dir, a.data.clone())?,
         None => Plan::new(
@@ -199,7 +199,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     plan.cache = a.data_opts.cache();
     let session = Session::start(
         plan,
-        device,
+        rt,
         &mut Feedback {
             bar: &progress_bar(a.quiet),
             download_bar: super::console::stderr_is_tty(),

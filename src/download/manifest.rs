@@ -17,18 +17,67 @@ pub struct Row {
     pub height: u32,
     pub sha256: String,
     pub phash: String,
-    /// `train`, `test`, `failed`, `duplicate`, `near_duplicate`, `label_conflict`, `invalid`, or
-    /// `missing` (a kept file deleted outside finetune).
-    pub status: String,
+    pub status: Status,
     pub reason: String,
     /// For a near-duplicate: the sha256 of the image kept in its place (its path is in `reason`).
     #[serde(default)]
     pub duplicate_of: String,
 }
 
+/// What became of a URL, written to `manifest.csv` as its snake_case name (`near_duplicate`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Kept, in `train/<class>/`.
+    Train,
+    /// Kept, in `test/<class>/`.
+    Test,
+    /// Not kept: the fetch or the write failed (`reason` says why, its first word the column).
+    #[default]
+    Failed,
+    /// The same bytes as an image kept for another URL.
+    Duplicate,
+    /// Visually the same as a kept image (`duplicate_of`).
+    NearDuplicate,
+    /// The same image found for two classes: kept for neither.
+    LabelConflict,
+    /// A kept file that no longer decodes.
+    Invalid,
+    /// A kept file deleted outside finetune.
+    Missing,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Train => "train",
+            Status::Test => "test",
+            Status::Failed => "failed",
+            Status::Duplicate => "duplicate",
+            Status::NearDuplicate => "near_duplicate",
+            Status::LabelConflict => "label_conflict",
+            Status::Invalid => "invalid",
+            Status::Missing => "missing",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// So that a row reads as the CSV does: `row.status == "duplicate"`.
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl Row {
     pub fn is_kept(&self) -> bool {
-        self.status == "train" || self.status == "test"
+        matches!(self.status, Status::Train | Status::Test)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::data::decode::{decode_bytes, decode_file};
 use crate::data::resize::resize;
 use crate::search::{Provider, SearchError, SearchResult};
 use fetch::{FailReason, Fetcher};
-use manifest::Row;
+use manifest::{Row, Status};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
@@ -185,10 +185,10 @@ pub fn run(
             &fetcher, class, &query, &todo, need, cfg, &dir, progress, &disk_full, &listed,
         );
         for r in &new_rows {
-            match r.status.as_str() {
-                "train" => s.downloaded += 1,
-                "duplicate" => s.duplicates += 1,
-                "failed" => {
+            match r.status {
+                Status::Train => s.downloaded += 1,
+                Status::Duplicate => s.duplicates += 1,
+                Status::Failed => {
                     *s.failed
                         .entry(r.reason.split(':').next().unwrap_or("").to_string())
                         .or_default() += 1
@@ -221,11 +221,11 @@ pub fn run(
     for s in &mut summaries {
         s.train = rows
             .iter()
-            .filter(|r| r.class == s.class && r.status == "train")
+            .filter(|r| r.class == s.class && r.status == Status::Train)
             .count();
         s.test = rows
             .iter()
-            .filter(|r| r.class == s.class && r.status == "test")
+            .filter(|r| r.class == s.class && r.status == Status::Test)
             .count();
         progress.finish_class(s);
     }
@@ -291,7 +291,7 @@ fn download_class(
                         row.width = w;
                         row.height = h;
                         if !fresh || exists {
-                            row.status = "duplicate".into();
+                            row.status = Status::Duplicate;
                             row.reason = "same content as another download".into();
                         } else if kept.fetch_add(1, Ordering::SeqCst) >= need {
                             // Enough kept while this one was in flight: drop it unrecorded, so a later
@@ -303,7 +303,7 @@ fn download_class(
                             match crate::atomic::write_file(&dest, &jpeg) {
                                 Ok(()) => {
                                     row.file = rel;
-                                    row.status = "train".into();
+                                    row.status = Status::Train;
                                 }
                                 Err(e) => {
                                     // Nothing half-written stays (write_file removes its
@@ -315,14 +315,14 @@ fn download_class(
                                         }
                                         continue;
                                     }
-                                    row.status = "failed".into();
+                                    row.status = Status::Failed;
                                     row.reason = format!("write: {e}");
                                 }
                             }
                         }
                     }
                     Err(reason) => {
-                        row.status = "failed".into();
+                        row.status = Status::Failed;
                         row.reason = format!("{}: {reason}", reason.column());
                         failed.fetch_add(1, Ordering::SeqCst);
                     }
@@ -355,14 +355,14 @@ fn download_class(
     // Of identical downloads the first in search order keeps the file, whichever finished first.
     let mut first: std::collections::HashMap<String, usize> = Default::default();
     for i in 0..rows.len() {
-        if rows[i].status != "train" && rows[i].status != "duplicate" {
+        if rows[i].status != Status::Train && rows[i].status != Status::Duplicate {
             continue;
         }
         match first.get(&rows[i].sha256) {
             None => {
                 first.insert(rows[i].sha256.clone(), i);
             }
-            Some(&j) if rows[i].status == "train" && rows[j].status == "duplicate" => {
+            Some(&j) if rows[i].status == Status::Train && rows[j].status == Status::Duplicate => {
                 let (a, b) = rows.split_at_mut(i);
                 std::mem::swap(&mut a[j].file, &mut b[0].file);
                 std::mem::swap(&mut a[j].status, &mut b[0].status);
@@ -387,7 +387,7 @@ fn verify(out: &Path, rows: &mut [Row], class: &str) {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                r.status = "invalid".into();
+                r.status = Status::Invalid;
                 r.reason = format!("decode: {e}");
                 r.file.clear();
             }
@@ -425,7 +425,7 @@ fn drop_near_duplicates(
             );
             for &i in &members {
                 doomed.push(out.join(&rows[i].file));
-                rows[i].status = "label_conflict".into();
+                rows[i].status = Status::LabelConflict;
                 rows[i].reason = reason.clone();
                 rows[i].file.clear();
                 dropped.entry(rows[i].class.clone()).or_default().1 += 1;
@@ -434,13 +434,13 @@ fn drop_near_duplicates(
         }
         let keep = *members
             .iter()
-            .max_by_key(|&&i| (rows[i].status == "test", std::cmp::Reverse(i)))
+            .max_by_key(|&&i| (rows[i].status == Status::Test, std::cmp::Reverse(i)))
             .unwrap_or(&members[0]);
         let keep_sha = rows[keep].sha256.clone();
         for &i in &members {
             if i != keep {
                 doomed.push(out.join(&rows[i].file));
-                rows[i].status = "near_duplicate".into();
+                rows[i].status = Status::NearDuplicate;
                 rows[i].duplicate_of = keep_sha.clone();
                 rows[i].file.clear();
                 dropped.entry(rows[i].class.clone()).or_default().0 += 1;
@@ -462,17 +462,17 @@ fn reconcile(out: &Path, rows: &mut [Row]) {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let found = ["train", "test"].into_iter().find_map(|split| {
+        let found = [Status::Train, Status::Test].into_iter().find_map(|split| {
             let rel = format!("{split}/{}/{name}", r.class);
             out.join(&rel).is_file().then_some((split, rel))
         });
         match found {
             Some((split, rel)) => {
                 r.file = rel;
-                r.status = split.into();
+                r.status = split;
             }
             None => {
-                r.status = "missing".into();
+                r.status = Status::Missing;
                 r.reason = format!("{} was deleted outside finetune", r.file);
                 r.file.clear();
             }
@@ -487,7 +487,10 @@ fn name_kept_files(rows: &mut [Row]) {
         .filter(|r| r.is_kept())
         .map(|r| (r.sha256.clone(), r.file.clone()))
         .collect();
-    for r in rows.iter_mut().filter(|r| r.status == "near_duplicate") {
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.status == Status::NearDuplicate)
+    {
         r.reason = match kept.get(&r.duplicate_of) {
             Some(f) => format!("near-duplicate of {f}"),
             None => "near-duplicate of an image no longer kept".into(),
@@ -507,13 +510,13 @@ fn split_test(
     for class in classes {
         let have = rows
             .iter()
-            .filter(|r| &r.class == class && r.status == "test")
+            .filter(|r| &r.class == class && r.status == Status::Test)
             .count();
         if have >= n {
             continue;
         }
         let mut cand: Vec<usize> = (0..rows.len())
-            .filter(|&i| &rows[i].class == class && rows[i].status == "train")
+            .filter(|&i| &rows[i].class == class && rows[i].status == Status::Train)
             .collect();
         cand.sort_by(|&a, &b| rows[a].file.cmp(&rows[b].file));
         cand.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
@@ -527,7 +530,7 @@ fn split_test(
             let from = out.join(&rows[i].file);
             std::fs::rename(&from, dir.join(&name)).map_err(|e| io_err(&from, e))?;
             rows[i].file = format!("test/{class}/{}", name.to_string_lossy());
-            rows[i].status = "test".into();
+            rows[i].status = Status::Test;
         }
     }
     Ok(())

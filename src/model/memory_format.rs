@@ -8,7 +8,6 @@
 
 use super::Arch;
 pub use crate::data::layout::MemoryFormat;
-use std::sync::atomic::{AtomicU8, Ordering};
 use tch::Device;
 
 /// `--memory-format`: a layout, or `auto` (per device and architecture, see [`auto`]).
@@ -66,23 +65,6 @@ impl FormatChoice {
             FormatChoice::Nchw => MemoryFormat::Nchw,
             FormatChoice::Nhwc => MemoryFormat::Nhwc,
         }
-    }
-}
-
-/// The process-wide choice that networks take when they are built (set once from
-/// `--memory-format`, like libtorch's thread count), so every command and every architecture
-/// follows it without each call site passing it along.
-static DEFAULT: AtomicU8 = AtomicU8::new(0);
-
-pub fn set_default(choice: FormatChoice) {
-    DEFAULT.store(choice as u8, Ordering::Relaxed);
-}
-
-pub fn default_choice() -> FormatChoice {
-    match DEFAULT.load(Ordering::Relaxed) {
-        1 => FormatChoice::Nchw,
-        2 => FormatChoice::Nhwc,
-        _ => FormatChoice::Auto,
     }
 }
 

@@ -5,13 +5,14 @@ use super::efficientnet::{EfficientnetBody, Variant};
 use super::efficientnet_lite::EfficientnetLiteBody;
 use super::head::{FastaiHead, ImagenetClassifier};
 use super::layers::{Norm, Pad};
-use super::memory_format::{self, MemoryFormat};
+use super::memory_format::MemoryFormat;
 use super::mobilenet_v2::MobilenetV2Body;
 use super::mobilenet_v3::MobilenetV3Body;
 use super::onnx::{Graph, OnnxExport};
-use super::precision::{self, Autocast, Precision};
+use super::precision::{Autocast, Precision};
 use super::regnet::{self, RegnetBody};
 use super::resnet::{ResnetBody, Shape};
+use super::runtime::Runtime;
 use super::vit::{self, VitBody};
 use super::Arch;
 use tch::nn::{self, ModuleT};
@@ -112,9 +113,11 @@ fn efficientnet(p: &nn::Path, v: Variant) -> Box<dyn Part> {
 }
 
 impl Network {
-    /// fastai's `Sequential(body, head)` for `n_classes`, head freshly initialised.
-    pub fn classifier(arch: Arch, n_classes: i64, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
+    /// fastai's `Sequential(body, head)` for `n_classes`, head freshly initialised, on `rt` (a
+    /// device alone takes the `auto` memory format and precision).
+    pub fn classifier(arch: Arch, n_classes: i64, rt: impl Into<Runtime>) -> Self {
+        let rt = rt.into();
+        let vs = nn::VarStore::new(rt.device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
         let head = &root / HEAD;
@@ -123,19 +126,26 @@ impl Network {
         } else {
             FastaiHead::new(&head, arch.body_channels(), n_classes)
         });
-        Self::finish(arch, vs, body, top)
+        Self::finish(arch, vs, body, top, rt)
     }
 
     /// The torchvision network with its 1000-class ImageNet classifier.
-    pub fn imagenet(arch: Arch, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
+    pub fn imagenet(arch: Arch, rt: impl Into<Runtime>) -> Self {
+        let rt = rt.into();
+        let vs = nn::VarStore::new(rt.device);
         let root = vs.root();
         let body = build_body(arch, &(&root / BODY));
         let top: Box<dyn Part> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
-        Self::finish(arch, vs, body, top)
+        Self::finish(arch, vs, body, top, rt)
     }
 
-    fn finish(arch: Arch, vs: nn::VarStore, body: Box<dyn Part>, top: Box<dyn Part>) -> Self {
+    fn finish(
+        arch: Arch,
+        vs: nn::VarStore,
+        body: Box<dyn Part>,
+        top: Box<dyn Part>,
+        rt: Runtime,
+    ) -> Self {
         let mut params: Vec<String> = vs
             .variables()
             .into_iter()
@@ -153,8 +163,8 @@ impl Network {
             precision: Precision::Fp32,
         };
         let device = net.device();
-        net.set_memory_format(memory_format::default_choice().resolve(device, arch));
-        net.precision = precision::default_choice().resolve(device);
+        net.set_memory_format(rt.memory_format.resolve(device, arch));
+        net.precision = rt.precision.resolve(device);
         net
     }
 

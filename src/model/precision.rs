@@ -13,7 +13,6 @@
 //! Itanium C++ ABI passes as plain integers; the functions only read and write thread-local state
 //! and do not throw. No crate offers this.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use tch::{Device, Kind};
 
 /// What a network computes in.
@@ -106,23 +105,6 @@ impl Precision {
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The process-wide choice networks take when they are built (set once from `--precision`, as the
-/// memory format), so every command follows it without each call site passing it along.
-static DEFAULT: AtomicU8 = AtomicU8::new(0);
-
-pub fn set_default(choice: PrecisionChoice) {
-    DEFAULT.store(choice as u8, Ordering::Relaxed);
-}
-
-pub fn default_choice() -> PrecisionChoice {
-    match DEFAULT.load(Ordering::Relaxed) {
-        1 => PrecisionChoice::Fp32,
-        2 => PrecisionChoice::Bf16,
-        3 => PrecisionChoice::Fp16,
-        _ => PrecisionChoice::Auto,
     }
 }
 

@@ -1,11 +1,11 @@
-//! `finetune serve`: an HTTP server over one or more model bundles, with dynamic batching.
-//!
-//! Routes (see README "Serve"): `POST /predictions/{model}`, `GET /ping`, `GET /models`,
-//! `GET /models/{model}`, `GET /metrics`.
+//! `finetune serve`: an HTTP server over one or more model bundles, with dynamic batching, in
+//! text-embeddings-inference's layers: `listen` (connections) → `http` (routes, one file per job) →
+//! `infer` (the facade) → `worker` (one batching thread per model, owning the network).
 
+mod http;
+pub mod infer;
 mod listen;
 pub mod metrics;
-mod routes;
 pub mod worker;
 
 use crate::infer::{bundle, BundleError, ModelInfo};
@@ -45,7 +45,8 @@ pub struct Options {
     pub max_batch: usize,
     pub max_batch_delay: Duration,
     pub queue: usize,
-    pub device: tch::Device,
+    /// Where and how the models compute.
+    pub runtime: crate::model::Runtime,
     pub token: Option<String>,
     /// Origin allowed to call the API from a browser (`*` for any); no CORS headers without it.
     pub cors: Option<String>,
@@ -129,7 +130,7 @@ pub fn run(
         if models.contains_key(&name) {
             return Err(ServeError::DuplicateName(name));
         }
-        let b = bundle::load(dir, opts.device)?;
+        let b = bundle::load(dir, opts.runtime)?;
         let info = b.info.clone();
         let (queue, handle) = worker::spawn(&name, b, &settings, metrics.clone())?;
         workers.push(handle);
@@ -163,9 +164,9 @@ pub fn run(
                 source,
             })?;
         on_listening(listener.local_addr()?);
-        let app = routes::router(state);
+        let app = http::router(state);
         let app = match &opts.cors {
-            Some(origin) => app.layer(routes::cors(origin)?),
+            Some(origin) => app.layer(http::cors(origin)?),
             None => app,
         };
         listen::serve(listener, app, opts.header_timeout, shutdown_signal()).await;

@@ -272,9 +272,10 @@ pub struct Bundle {
     pub net: Network,
 }
 
-pub fn load(dir: &Path, device: tch::Device) -> Result<Bundle, BundleError> {
+/// Loads the bundle in `dir` onto `rt` (a device alone: the `auto` memory format and precision).
+pub fn load(dir: &Path, rt: impl Into<crate::model::Runtime>) -> Result<Bundle, BundleError> {
     let info = read_info(dir)?;
-    let net = Network::classifier(info.arch, info.classes.len() as i64, device);
+    let net = Network::classifier(info.arch, info.classes.len() as i64, rt);
     let path = dir.join("model.safetensors");
     let tensors = crate::model::weights::read_weights(&path)?;
     crate::model::load::load_exact(&net, &path, tensors)?;

@@ -8,7 +8,7 @@ use super::report::EpochRow;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// Everything but the tensors, as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,4 +82,11 @@ pub fn epoch_seed(seed: u64, phase: &str, epoch: usize) -> i64 {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
     }
     (h >> 1) as i64
+}
+
+/// A deep, contiguous (NCHW for 4-D) copy on the CPU: what checkpoints and files hold.
+pub(crate) fn cpu_copy(t: &Tensor) -> Tensor {
+    let out = Tensor::empty(t.size(), (t.kind(), Device::Cpu));
+    tch::no_grad(|| out.shallow_clone().copy_(t));
+    out
 }

@@ -1,19 +1,21 @@
 //! The `Learner`: a network, its data and fastai's optimizer, trained with `fit_one_cycle` and
 //! `fine_tune` exactly as fastai schedules them.
 
-use super::checkpoint::{epoch_seed, Checkpoint, RngState, TrainState};
+use super::checkpoint::{cpu_copy, epoch_seed, Checkpoint, RngState, TrainState};
 use super::grad_scaler::GradScaler;
 use super::optimizer::{Adam, AdamConfig};
 use super::pipeline::{overlapped, InputSpec};
+use super::profile::{PhaseTimes, Timer};
 use super::report::{EpochRow, Report};
 use super::schedule::{LrSpec, OneCycle};
+pub use super::smooth_loss::SmoothLoss;
 use crate::data::augment;
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -46,28 +48,6 @@ impl Default for FineTune {
 pub struct BatchHypers {
     pub lrs: Vec<f64>,
     pub mom: f64,
-}
-
-/// Exponentially smoothed, debiased loss (fastai `AvgSmoothLoss(beta=0.98)`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmoothLoss {
-    pub val: f64,
-    pub count: i32,
-}
-
-impl SmoothLoss {
-    pub const BETA: f64 = 0.98;
-    pub fn add(&mut self, loss: f64) -> f64 {
-        self.count += 1;
-        self.val = Self::BETA * self.val + (1.0 - Self::BETA) * loss;
-        self.value()
-    }
-    pub fn value(&self) -> f64 {
-        if self.count == 0 {
-            return f64::NAN;
-        }
-        self.val / (1.0 - Self::BETA.powi(self.count))
-    }
 }
 
 pub struct Learner {
@@ -104,86 +84,6 @@ pub struct Learner {
 }
 
 pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
-
-/// Where an epoch's time went, summed over its batches; printed after every epoch when the
-/// environment variable `FINETUNE_PROFILE` is set. On CUDA the device is synchronised around each
-/// part when profiling (only then), so the parts are real GPU times.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PhaseTimes {
-    pub batches: usize,
-    /// Producer thread preparing batches (gather, crop, augmentation, u8 → float), overlapped.
-    pub prepare: Duration,
-    /// Training loop waiting for the producer (the part of `prepare` not hidden).
-    pub wait: Duration,
-    pub forward: Duration,
-    pub backward: Duration,
-    pub step: Duration,
-    /// Reading losses back to the host.
-    pub read: Duration,
-    pub validate: Duration,
-}
-
-impl PhaseTimes {
-    pub fn line(&self, phase: &str, epoch: usize, total: f64) -> String {
-        let s = |d: Duration| d.as_secs_f64();
-        format!(
-            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + loss reads {:.2}s + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
-            self.batches,
-            s(self.wait),
-            s(self.forward),
-            s(self.backward),
-            s(self.step),
-            s(self.read),
-            s(self.validate),
-            (total
-                - s(self.wait)
-                - s(self.forward)
-                - s(self.backward)
-                - s(self.step)
-                - s(self.read)
-                - s(self.validate))
-            .max(0.0),
-            s(self.prepare),
-        )
-    }
-}
-
-/// Times one part of the loop when profiling (synchronising CUDA first, so the work is counted
-/// where it runs).
-struct Timer {
-    on: bool,
-    device: Device,
-    t: Instant,
-}
-
-impl Timer {
-    fn start(on: bool, device: Device) -> Self {
-        let t = Timer {
-            on,
-            device,
-            t: Instant::now(),
-        };
-        t.sync();
-        Timer {
-            t: Instant::now(),
-            ..t
-        }
-    }
-    fn sync(&self) {
-        if let (true, Device::Cuda(i)) = (self.on, self.device) {
-            tch::Cuda::synchronize(i as i64);
-        }
-    }
-    /// Adds the time since the last lap to `into`.
-    fn lap(&mut self, into: &mut Duration) {
-        if self.on {
-            self.sync();
-            let now = Instant::now();
-            *into += now - self.t;
-            self.t = now;
-        }
-    }
-}
 
 /// How many training losses stay on the device before they are read for the progress bar: reading
 /// one waits for the GPU to finish everything queued before it.
@@ -626,13 +526,6 @@ impl Learner {
             report,
         );
     }
-}
-
-/// A deep, contiguous (NCHW for 4-D) copy on the CPU: what checkpoints and files hold.
-pub(crate) fn cpu_copy(t: &Tensor) -> Tensor {
-    let out = Tensor::empty(t.size(), (t.kind(), Device::Cpu));
-    tch::no_grad(|| out.shallow_clone().copy_(t));
-    out
 }
 
 /// Reads the losses still on the device (one synchronisation for all of them) and reports each,

@@ -7,13 +7,17 @@ pub mod learner;
 pub mod lr_find;
 pub mod optimizer;
 pub mod pipeline;
+pub mod profile;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod smooth_loss;
 
 pub use checkpoint::{Checkpoint, TrainState};
 pub use grad_scaler::GradScaler;
-pub use learner::{FineTune, Learner, PhaseTimes};
+pub use learner::{FineTune, Learner};
 pub use optimizer::AdamConfig;
+pub use profile::PhaseTimes;
 pub use report::{ConsoleReport, EpochRow, Report, SilentReport};
 pub use schedule::{LrSpec, OneCycle};
+pub use smooth_loss::SmoothLoss;

@@ -117,11 +117,11 @@ impl Adam {
             };
             tensors.push((
                 format!("grad_avg.{}", p.name),
-                crate::train::learner::cpu_copy(ga),
+                super::checkpoint::cpu_copy(ga),
             ));
             tensors.push((
                 format!("sqr_avg.{}", p.name),
-                crate::train::learner::cpu_copy(sa),
+                super::checkpoint::cpu_copy(sa),
             ));
             steps.insert(p.name.clone(), p.step);
         }

@@ -10,7 +10,7 @@ use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
 use crate::model::registry::RegistryError;
 use crate::model::weights::WeightsError;
-use crate::model::{load_checkpoint, ArchSpec, Network, Part};
+use crate::model::{load_checkpoint, ArchSpec, Network, Part, Runtime};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
@@ -108,7 +108,7 @@ pub fn prepare(
     data: &Path,
     cfg: DataConfig,
     cache: Option<&CacheConfig>,
-    device: tch::Device,
+    rt: Runtime,
     fb: &mut Feedback,
 ) -> Result<(Network, DataLoaders, Option<PathBuf>), RunError> {
     tch::manual_seed(cfg.seed as i64);
@@ -151,7 +151,7 @@ pub fn prepare(
             bs: dls.cfg.bs,
         });
     }
-    let net = Network::classifier(arch.arch, dls.classes.len() as i64, device);
+    let net = Network::classifier(arch.arch, dls.classes.len() as i64, rt);
     if let Some(w) = &weights {
         load_checkpoint(&net, w, Part::Body)?;
     }
@@ -358,14 +358,21 @@ pub struct Outcome {
 impl Session {
     /// Decodes the data, loads the pretrained body (or the checkpoint being resumed) and checks that
     /// resumed data is unchanged.
-    pub fn start(plan: Plan, device: tch::Device, fb: &mut Feedback) -> Result<Session, RunError> {
+    /// `rt`: where and how to compute (a device alone: the `auto` memory format and precision).
+    pub fn start(
+        plan: Plan,
+        rt: impl Into<Runtime>,
+        fb: &mut Feedback,
+    ) -> Result<Session, RunError> {
+        let rt: Runtime = rt.into();
+        let device = rt.device;
         let (net, dls, weights) = prepare(
             plan.arch,
             &plan.pretrained,
             &plan.data,
             plan.cfg.clone(),
             plan.cache.as_ref(),
-            device,
+            rt,
             fb,
         )?;
         if let Some((info, ck)) = &plan.resume {

@@ -1,0 +1,191 @@
+//! The native and TorchServe-style routes: the page, health, the model list and card, metrics, and
+//! `POST /predictions/{model}`.
+
+use super::body::read_images;
+use super::{model, timed, ApiError, St};
+use crate::serve::infer;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// The web page: one embedded file, no CDN, works offline.
+const PAGE: &str = include_str!("../page.html");
+
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// The confusion matrix that `evaluate --save` put in the bundle. Served as an image with a policy
+/// that keeps any script in it from running, even when opened directly.
+pub async fn confusion_svg(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let m = model(&st, &name)?;
+    let svg = m.confusion_svg.clone().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("{name} has no saved evaluation; run `finetune evaluate MODEL TESTDIR --save`"),
+        )
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+pub async fn ping() -> Json<Value> {
+    Json(json!({"status": "Healthy"}))
+}
+
+pub async fn list_models(State(st): St) -> Json<Value> {
+    let models: Vec<Value> = st
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "arch": m.info.arch,
+                "num_classes": m.info.classes.len(),
+                "predictions": format!("/predictions/{}", m.name),
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+pub async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = model(&st, &name)?;
+    let i = &m.info;
+    let valid_error = i.metrics.as_ref().map(|x| x.error_rate).or_else(|| {
+        m.final_metrics
+            .as_ref()
+            .and_then(|r| r.get("error_rate"))
+            .and_then(|v| v.parse().ok())
+    });
+    let s = &m.queue.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(Json(json!({
+        "name": m.name,
+        "arch": i.arch,
+        "classes": i.classes,
+        "num_classes": i.classes.len(),
+        "input_size": {"width": i.size.w, "height": i.size.h},
+        "resize": i.resize,
+        "pad_mode": i.pad_mode,
+        "normalization": i.normalization,
+        "training": i.training,
+        // The folder name only: the server's paths are not the client's business.
+        "data": i.data.as_ref().map(|d| {
+            let mut v = json!(d);
+            v["source"] = json!(d.source.file_name().map(|n| n.to_string_lossy()));
+            v
+        }),
+        "metrics": i.metrics,
+        "final_epoch": m.final_metrics,
+        "valid_error_rate": valid_error,
+        // From `finetune evaluate MODEL TESTDIR --save`, when it was run.
+        "confusion_svg": m.confusion_svg.as_ref().map(|_| format!("/models/{}/confusion.svg", m.name)),
+        "test_accuracy": m.evaluation.as_ref().and_then(|e| e.get("accuracy").cloned()),
+        "evaluation": m.evaluation.as_ref().map(|e| json!({
+            "accuracy": e.get("accuracy"),
+            "correct": e.get("correct"),
+            "total": e.get("total"),
+            "test_dir": e.get("test_dir"),
+            "per_class": e.get("per_class"),
+            "confusion": e.get("confusion"),
+        })),
+        "finetune_version": i.finetune_version,
+        "serving": {
+            "batches": s.batches.load(Relaxed),
+            "images": s.images.load(Relaxed),
+            "largest_batch": s.largest_batch.load(Relaxed),
+            "queued": s.queued.load(Relaxed),
+        },
+    })))
+}
+
+pub async fn metrics(State(st): St) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let queues: Vec<(String, usize, u64)> = st
+        .models
+        .values()
+        .map(|m| {
+            let s = &m.queue.stats;
+            (
+                m.name.clone(),
+                s.queued.load(Relaxed),
+                s.images.load(Relaxed),
+            )
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&queues),
+    )
+        .into_response()
+}
+
+fn parse_top_k(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("top_k=") {
+            return v.parse::<usize>().map(Some).map_err(|_| {
+                ApiError::bad(format!("top_k must be a positive integer, not {v:?}"))
+            });
+        }
+    }
+    Ok(None)
+}
+
+fn top(probs: &[f32], classes: &[String], k: usize) -> Value {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    Value::Array(
+        idx.into_iter()
+            .take(k)
+            .map(|i| json!({"label": classes.get(i), "score": probs[i]}))
+            .collect(),
+    )
+}
+
+pub async fn predictions(
+    State(st): St,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let m = model(&st, &name)?;
+    let classes = &m.info.classes;
+    let k = parse_top_k(q.as_deref())?
+        .unwrap_or(5)
+        .clamp(1, classes.len().max(1));
+    let (images, several) = read_images(req, st.body_timeout).await?;
+    let t = Instant::now();
+    let probs = infer::images(m, images).await?;
+    let lists: Vec<Value> = probs.iter().map(|p| top(p, classes, k)).collect();
+    Ok(timed(
+        t,
+        Json(if several {
+            Value::Array(lists)
+        } else {
+            lists.into_iter().next().unwrap_or(Value::Array(vec![]))
+        }),
+    ))
+}

@@ -1,0 +1,61 @@
+//! The inference facade between HTTP and the batching worker, as in text-embeddings-inference: the
+//! routes hand it encoded images or ready tensors and get probabilities back, or an [`InferError`]
+//! that says which part failed. It knows nothing of HTTP.
+
+use super::worker::{Input, Job};
+use super::Model;
+use crate::data::decode::decode_bytes;
+use crate::infer::predict::preprocess;
+use axum::body::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("the model's queue is full; retry later")]
+    QueueFull,
+    #[error("the inference worker stopped")]
+    WorkerGone,
+    /// The decoder's reason (the file-style message when several images were sent).
+    #[error("{0}")]
+    Decode(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers.
+pub async fn images(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, InferError> {
+    let info = m.info.clone();
+    let several = images.len() > 1;
+    let prepared = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name = format!("image {}", i + 1);
+                decode_bytes(std::path::Path::new(&name), b)
+                    .map(|img| preprocess(&img, &info))
+                    .map_err(|e| if several { e.to_string() } else { e.reason() })
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| InferError::Internal(e.to_string()))?
+    .map_err(InferError::Decode)?;
+    inputs(m, prepared.into_iter().map(Input::Image).collect()).await
+}
+
+/// Queues each input to the model's worker and waits for the answers, in order.
+pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Vec<f32>>, InferError> {
+    let mut waits = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        m.queue
+            .submit(Job { input, reply: tx })
+            .map_err(|_| InferError::QueueFull)?;
+        waits.push(rx);
+    }
+    let mut out = Vec::with_capacity(waits.len());
+    for rx in waits {
+        out.push(rx.await.map_err(|_| InferError::WorkerGone)?);
+    }
+    Ok(out)
+}
