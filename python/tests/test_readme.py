@@ -18,7 +18,8 @@ README = (REPO / "docs" / "python.md").read_text()
 
 def block(section, lang):
     s = README[README.index(f"## {section}"):]
-    s = s[: s.index("\n## ", 4)]
+    end = s.find("\n## ", 4)  # the next section, or the end of the page
+    s = s[:end] if end > 0 else s
     m = re.search(f"```{lang}\n(.*?)```", s, re.S)
     assert m, f"no {lang} block in {section}"
     return m.group(1)
