@@ -176,35 +176,30 @@ def finetune(subset):
     return t
 
 
-def pytorch(subset, workers):
-    lst = f"target/bench/predict-files-{len(subset)}.txt"
-    open(lst, "w").write("\n".join(os.path.abspath(f) for f in subset))
-    t, out = wall([sys.executable, __file__, "--torch-only", "--model", args.model, "--images", args.images,
-                   "--bs", str(args.bs), "--workers", str(workers), "--list", lst, "--threads", str(args.threads)])
-    r = json.loads(out.strip().splitlines()[-1])
-    assert r["n"] == len(subset)
-    return t
-
-
 ONNX = "target/bench/predict-model.onnx"
 wall(["./target/release/finetune", "export", args.model, "--format", "onnx", "--out", ONNX])
 
 
-def onnxruntime(subset, workers):
+def python_side(side, subset, workers):
+    """One run of this script's PyTorch (`--torch-only`) or onnxruntime (`--ort-only ONNX`) side in
+    its own process, over `subset`; returns the wall seconds."""
     lst = f"target/bench/predict-files-{len(subset)}.txt"
     open(lst, "w").write("\n".join(os.path.abspath(f) for f in subset))
-    t, out = wall([sys.executable, __file__, "--ort-only", ONNX, "--model", args.model, "--images", args.images,
+    t, out = wall([sys.executable, __file__, *side, "--model", args.model, "--images", args.images,
                    "--bs", str(args.bs), "--workers", str(workers), "--list", lst, "--threads", str(args.threads)])
     assert json.loads(out.strip().splitlines()[-1])["n"] == len(subset)
     return t
 
 
+TORCH, ORT = ["--torch-only"], ["--ort-only", ONNX]
+
+
 rows = []
 for name, fn in [("finetune predict", finetune),
-                 ("PyTorch eager, decode in the main process", lambda s: pytorch(s, 0)),
-                 ("PyTorch eager, DataLoader 2 workers", lambda s: pytorch(s, 2)),
-                 ("onnxruntime (finetune export), decode in the main process", lambda s: onnxruntime(s, 0)),
-                 ("onnxruntime (finetune export), 2 decode workers", lambda s: onnxruntime(s, 2))]:
+                 ("PyTorch eager, decode in the main process", lambda s: python_side(TORCH, s, 0)),
+                 ("PyTorch eager, DataLoader 2 workers", lambda s: python_side(TORCH, s, 2)),
+                 ("onnxruntime (finetune export), decode in the main process", lambda s: python_side(ORT, s, 0)),
+                 ("onnxruntime (finetune export), 2 decode workers", lambda s: python_side(ORT, s, 2))]:
     fn(half[:64])  # warm the page cache and the libraries
     t_half, t_all = fn(half), fn(files)
     rate = (len(files) - len(half)) / (t_all - t_half)
