@@ -148,7 +148,7 @@ impl ImagenetClassifier {
         let (hidden, fc, dropout) = match arch.family() {
             Family::MobilenetV3 => {
                 let large = matches!(arch, Arch::MobilenetV3Large | Arch::Mobilenetv3Large100);
-                let h = super::mobilenet_v3::last_channel(large);
+                let h = super::family::mobilenet_v3::last_channel(large);
                 let hidden = nn::linear(p / "classifier" / "0", c, h, Default::default());
                 (Some(hidden), lin(p / "classifier" / "3", h), 0.2)
             }

@@ -1,9 +1,26 @@
-//! Building blocks shared by the MobileNetV3 / EfficientNet families: torchvision's
-//! `Conv2dNormActivation` and `SqueezeExcitation`, TensorFlow's "SAME" padding, stochastic depth.
+//! The bottom of `model/`: what every family file builds with (the [`Part`] trait every body and
+//! head implements, torchvision's `Conv2dNormActivation` and `SqueezeExcitation`, TensorFlow's
+//! "SAME" padding, stochastic depth, `_make_divisible`). It imports nothing of `model/` but the
+//! ONNX writer, so the families stay leaves.
 
 use super::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
+
+/// A part of a network: trainable with tch, and exportable to ONNX by the same definition.
+pub trait Part: ModuleT + OnnxExport {}
+impl<T: ModuleT + OnnxExport> Part for T {}
+
+/// torchvision's `_make_divisible(v, 8)`: round to the nearest multiple of 8, never more than 10%
+/// below `v`.
+pub fn make_divisible(v: f64, divisor: i64) -> i64 {
+    let d = divisor as f64;
+    let mut new = ((v + d / 2.0) as i64 / divisor * divisor).max(divisor);
+    if (new as f64) < 0.9 * v {
+        new += divisor;
+    }
+    new
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -351,5 +368,16 @@ mod tests {
         // Stride 1: always (k-1)/2 on both sides.
         assert_eq!(same_padding(17, 5, 1), (2, 2));
         assert_eq!(same_padding(8, 1, 1), (0, 0));
+    }
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        assert_eq!(make_divisible(4.0, 8), 8);
+        assert_eq!(make_divisible(18.0, 8), 24);
+        assert_eq!(make_divisible(120.0, 8), 120);
+        assert_eq!(make_divisible(168.0, 8), 168);
+        assert_eq!(make_divisible(35.2, 8), 32);
+        assert_eq!(make_divisible(38.4, 8), 40);
+        assert_eq!(make_divisible(17.6, 8), 16);
     }
 }

@@ -2,7 +2,8 @@
 //! its exact shape, and nothing but BatchNorm counters and the replaced classifier may be left over.
 
 use super::network::{Network, BODY, HEAD, TOP};
-use super::timm::{self, Shapes};
+use super::timm;
+use super::weights::Shapes;
 use super::weights::{read_weights, NamedTensors, WeightsError};
 use super::Arch;
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ pub fn load_tensors(
     // Names and shapes as in the file, for recognising its layout.
     let shapes: Shapes = by_key.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     let looks_like = Arch::guess_weights(&shapes).filter(|g| g != arch.name());
-    let family = timm::family_of(&shapes);
+    let family = timm::layout_of(&shapes);
     let mismatch = |msg: String| WeightsError::Mismatch {
         path: file.to_path_buf(),
         arch: arch.name().to_string(),

@@ -1,30 +1,24 @@
-//! Architectures, weights and the fastai head.
+//! Architectures, weights and the fastai head, in three layers (docs/ARCHITECTURE.md):
+//! the bottom (`layers`, `onnx`, `weights`, `precision`), the family files (`family/`, one per
+//! network family, leaves), the catalogue above them (`catalog/`: every arch and its facts), and
+//! on top what assembles and loads a network (`network`, `head`, `load`, `registry`).
 
-mod arch;
-mod convnext;
-mod efficientnet;
-mod efficientnet_lite;
+pub mod catalog;
+pub mod family;
 pub mod head;
 pub mod imagenet;
 mod layers;
 pub mod load;
 pub mod memory_format;
-mod mobilenet_v2;
-mod mobilenet_v3;
 pub mod network;
 pub mod onnx;
 pub mod precision;
 pub mod registry;
-mod regnet;
-mod resnet;
 mod runtime;
-pub mod timm_zoo2;
-mod vit;
 pub mod weights;
 
-pub mod timm;
-pub use arch::{
-    Arch, ArchSpec, Family, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS,
+pub use catalog::{
+    timm, Arch, ArchSpec, Family, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS,
 };
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use memory_format::{FormatChoice, MemoryFormat};

@@ -1,19 +1,12 @@
 //! A network = pretrained body + top (fastai head or ImageNet classifier), owning its variables.
 
-use super::convnext::{self, ConvnextBody};
-use super::efficientnet::{EfficientnetBody, Variant};
-use super::efficientnet_lite::EfficientnetLiteBody;
+use super::family::{convnext, vit};
 use super::head::{FastaiHead, ImagenetClassifier};
-use super::layers::{Norm, Pad};
+use super::layers::Part;
 use super::memory_format::MemoryFormat;
-use super::mobilenet_v2::MobilenetV2Body;
-use super::mobilenet_v3::MobilenetV3Body;
 use super::onnx::{Graph, OnnxExport};
 use super::precision::{Autocast, Precision};
-use super::regnet::{self, RegnetBody};
-use super::resnet::{ResnetBody, Shape};
 use super::runtime::Runtime;
-use super::vit::{self, VitBody};
 use super::Arch;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -23,10 +16,6 @@ use tch::{Device, Tensor};
 pub const BODY: &str = "body";
 pub const TOP: &str = "top";
 pub const HEAD: &str = "head";
-
-/// A part of a network: trainable with tch, and exportable to ONNX by the same definition.
-pub trait Part: ModuleT + OnnxExport {}
-impl<T: ModuleT + OnnxExport> Part for T {}
 
 #[derive(Debug)]
 pub struct Network {
@@ -43,75 +32,6 @@ pub struct Network {
     precision: Precision,
 }
 
-fn build_body(arch: Arch, p: &nn::Path) -> Box<dyn Part> {
-    match arch {
-        Arch::Resnet18 => Box::new(ResnetBody::new(p, [2, 2, 2, 2], false)),
-        Arch::Resnet34 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], false)),
-        Arch::Resnet50 => Box::new(ResnetBody::new(p, [3, 4, 6, 3], true)),
-        Arch::Resnet101 => Box::new(ResnetBody::new(p, [3, 4, 23, 3], true)),
-        Arch::Resnet152 => Box::new(ResnetBody::new(p, [3, 8, 36, 3], true)),
-        Arch::Resnext50 => Box::new(ResnetBody::with_shape(
-            p,
-            [3, 4, 6, 3],
-            true,
-            Shape {
-                groups: 32,
-                width_per_group: 4,
-            },
-        )),
-        Arch::WideResnet50 => Box::new(ResnetBody::with_shape(
-            p,
-            [3, 4, 6, 3],
-            true,
-            Shape {
-                groups: 1,
-                width_per_group: 128,
-            },
-        )),
-        Arch::MobilenetV2 => Box::new(MobilenetV2Body::new(p)),
-        Arch::RegnetY400mf => Box::new(RegnetBody::new(p, regnet::Y_400MF)),
-        Arch::RegnetY800mf => Box::new(RegnetBody::new(p, regnet::Y_800MF)),
-        Arch::RegnetY1_6gf => Box::new(RegnetBody::new(p, regnet::Y_1_6GF)),
-        Arch::RegnetX400mf => Box::new(RegnetBody::new(p, regnet::X_400MF)),
-        Arch::ConvnextTiny => Box::new(ConvnextBody::new(p, convnext::TINY)),
-        Arch::ConvnextSmall => Box::new(ConvnextBody::new(p, convnext::SMALL)),
-        Arch::VitB16 => Box::new(VitBody::new(p, vit::B16)),
-        Arch::VitS16 => Box::new(VitBody::new(p, vit::S16)),
-        Arch::MobilenetV3Small | Arch::MobilenetV3Large => Box::new(MobilenetV3Body::new(
-            p,
-            arch == Arch::MobilenetV3Large,
-            Norm {
-                eps: 1e-3,
-                momentum: 0.01,
-            },
-        )),
-        Arch::Mobilenetv3Small100 | Arch::Mobilenetv3Large100 => Box::new(MobilenetV3Body::new(
-            p,
-            arch == Arch::Mobilenetv3Large100,
-            Norm::TORCH,
-        )),
-        Arch::EfficientnetB0 => efficientnet(p, Variant::B0),
-        Arch::EfficientnetB1 => efficientnet(p, Variant::B1),
-        Arch::EfficientnetB2 => efficientnet(p, Variant::B2),
-        Arch::EfficientnetB3 => efficientnet(p, Variant::B3),
-        Arch::EfficientnetV2S => efficientnet(p, Variant::V2S),
-        // timm builds it without stochastic depth unless asked (fastai does not ask).
-        Arch::TfEfficientnetV2S => Box::new(EfficientnetBody::new(
-            p,
-            Variant::V2S,
-            Variant::V2S.norm(),
-            Pad::Same,
-            0.0,
-        )),
-        Arch::EfficientnetLite0 => Box::new(EfficientnetLiteBody::new(p)),
-    }
-}
-
-/// torchvision's EfficientNet: symmetric padding, stochastic depth 0.2.
-fn efficientnet(p: &nn::Path, v: Variant) -> Box<dyn Part> {
-    Box::new(EfficientnetBody::new(p, v, v.norm(), Pad::Torch, 0.2))
-}
-
 impl Network {
     /// fastai's `Sequential(body, head)` for `n_classes`, head freshly initialised, on `rt` (a
     /// device alone takes the `auto` memory format and precision).
@@ -119,7 +39,7 @@ impl Network {
         let rt = rt.into();
         let vs = nn::VarStore::new(rt.device);
         let root = vs.root();
-        let body = build_body(arch, &(&root / BODY));
+        let body = arch.build_body(&(&root / BODY));
         let head = &root / HEAD;
         let top: Box<dyn Part> = Box::new(if arch.is_vit() {
             FastaiHead::unpooled(&head, arch.body_channels(), n_classes)
@@ -134,7 +54,7 @@ impl Network {
         let rt = rt.into();
         let vs = nn::VarStore::new(rt.device);
         let root = vs.root();
-        let body = build_body(arch, &(&root / BODY));
+        let body = arch.build_body(&(&root / BODY));
         let top: Box<dyn Part> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
         Self::finish(arch, vs, body, top, rt)
     }

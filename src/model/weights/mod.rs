@@ -3,10 +3,15 @@
 pub mod pickle;
 mod torch_file;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 pub type NamedTensors = Vec<(String, Tensor)>;
+/// Key → tensor: a checkpoint whose names a layout renaming may change.
+pub type Tensors = HashMap<String, Tensor>;
+/// Key → shape: what recognising a layout may look at.
+pub type Shapes = HashMap<String, Vec<i64>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {

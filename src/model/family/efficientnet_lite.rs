@@ -4,8 +4,8 @@
 //! EfficientNet-B0 in: no squeeze-excite, ReLU6 instead of SiLU, and TensorFlow "SAME" padding
 //! (the weights come from TensorFlow); BatchNorm eps 1e-3, momentum 0.01.
 
-use super::layers::{stochastic_depth, Act, ConvBnAct, ConvSpec, Norm, Pad};
-use super::onnx::{Graph, OnnxExport};
+use crate::model::layers::{stochastic_depth, Act, ConvBnAct, ConvSpec, Norm, Pad};
+use crate::model::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 

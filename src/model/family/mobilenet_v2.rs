@@ -1,7 +1,7 @@
 //! torchvision MobileNetV2 (width 1.0), with torchvision's key names.
 
-use super::network::Part;
-use super::onnx::{Graph, OnnxExport, BN_EPS};
+use crate::model::layers::Part;
+use crate::model::onnx::{Graph, OnnxExport, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 

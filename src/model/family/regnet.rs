@@ -2,9 +2,8 @@
 //! key names. timm's `regnetx_*`/`regnety_*` key layout is mapped onto these names on load
 //! ([`from_timm_key`]).
 
-use super::onnx::{Graph, OnnxExport, BN_EPS};
-use super::timm::{Shapes, Tensors};
-use super::Arch;
+use crate::model::onnx::{Graph, OnnxExport, BN_EPS};
+use crate::model::weights::{Shapes, Tensors};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -259,7 +258,7 @@ pub fn timm_detect(s: &Shapes) -> bool {
 /// The RegNet a checkpoint (torchvision's or timm's names) was saved from: the one whose stage
 /// depths, widths and squeeze-excitation all match (timm's `regnetx_004`, unlike
 /// `regnetx_004_tv`, has other widths: no match).
-pub fn guess(s: &Shapes) -> Option<Arch> {
+pub fn guess(s: &Shapes) -> Option<&'static str> {
     let tv = s.contains_key("stem.0.weight");
     let first_conv = |stage: usize, block: usize| {
         if tv {
@@ -278,10 +277,10 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
             .count();
     }
     [
-        (Arch::RegnetY400mf, Y_400MF),
-        (Arch::RegnetY800mf, Y_800MF),
-        (Arch::RegnetY1_6gf, Y_1_6GF),
-        (Arch::RegnetX400mf, X_400MF),
+        ("regnet_y_400mf", Y_400MF),
+        ("regnet_y_800mf", Y_800MF),
+        ("regnet_y_1_6gf", Y_1_6GF),
+        ("regnet_x_400mf", X_400MF),
     ]
     .into_iter()
     .find(|(_, c)| c.depths == depths && c.widths == widths && c.se == se)
@@ -290,7 +289,7 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
 
 /// Renames a timm checkpoint's tensors (see [`from_timm_key`]); the architecture is checked by
 /// strict loading afterwards.
-pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+pub fn timm_remap(t: Tensors) -> Result<Tensors, String> {
     t.into_iter()
         .map(|(k, v)| match from_timm_key(&k) {
             Some(name) => Ok((name, v)),

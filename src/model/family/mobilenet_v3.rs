@@ -1,23 +1,13 @@
 //! torchvision MobileNetV3 small/large (width 1.0), with torchvision's key names. timm's
 //! `mobilenetv3_*_100` is the same network with PyTorch-default BatchNorm (eps 1e-5); its
-//! checkpoints are renamed to these keys on load (`timm.rs`).
+//! checkpoints are renamed to these keys on load (`efficientnet_timm.rs`).
 
-use super::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
-use super::network::Part;
-use super::onnx::{Graph, OnnxExport};
+use crate::model::layers::{
+    make_divisible, Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, Part, SqueezeExcite,
+};
+use crate::model::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
-
-/// torchvision's `_make_divisible(v, 8)`: round to the nearest multiple of 8, never more than 10%
-/// below `v`.
-pub fn make_divisible(v: f64, divisor: i64) -> i64 {
-    let d = divisor as f64;
-    let mut new = ((v + d / 2.0) as i64 / divisor * divisor).max(divisor);
-    if (new as f64) < 0.9 * v {
-        new += divisor;
-    }
-    new
-}
 
 /// One row of torchvision's `inverted_residual_setting`.
 struct Cfg {
@@ -215,21 +205,5 @@ impl OnnxExport for MobilenetV3Body {
             y = l.onnx(g, &y);
         }
         y
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn make_divisible_matches_torchvision() {
-        assert_eq!(make_divisible(4.0, 8), 8);
-        assert_eq!(make_divisible(18.0, 8), 24);
-        assert_eq!(make_divisible(120.0, 8), 120);
-        assert_eq!(make_divisible(168.0, 8), 168);
-        assert_eq!(make_divisible(35.2, 8), 32);
-        assert_eq!(make_divisible(38.4, 8), 40);
-        assert_eq!(make_divisible(17.6, 8), 16);
     }
 }

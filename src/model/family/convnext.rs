@@ -1,9 +1,8 @@
 //! torchvision ConvNeXt (`convnext_tiny`, `convnext_small`), with torchvision's key names. timm's
 //! `convnext_*` layout is mapped onto these names on load ([`from_timm`]).
 
-use super::onnx::{Graph, OnnxExport};
-use super::timm::{Shapes, Tensors};
-use super::Arch;
+use crate::model::onnx::{Graph, OnnxExport};
+use crate::model::weights::{Shapes, Tensors};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -275,7 +274,7 @@ pub fn timm_detect(s: &Shapes) -> bool {
 
 /// The ConvNeXt a checkpoint (torchvision's or timm's names) was saved from, by the third stage's
 /// depth (9 blocks: tiny, 27: small) and the stem's width (96 for both).
-pub fn guess(s: &Shapes) -> Option<Arch> {
+pub fn guess(s: &Shapes) -> Option<&'static str> {
     let tv = s.contains_key("features.0.0.weight");
     let stem = if tv {
         "features.0.0.weight"
@@ -293,8 +292,8 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
         return None;
     }
     match (0..).take_while(|&b| s.contains_key(&block(b))).count() {
-        9 => Some(Arch::ConvnextTiny),
-        27 => Some(Arch::ConvnextSmall),
+        9 => Some("convnext_tiny"),
+        27 => Some("convnext_small"),
         _ => None,
     }
 }
@@ -303,7 +302,7 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
 /// `features.{2S}.I`, `stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2}` →
 /// `features.{2S+1}.B.block.{0,2,3,5}`, `gamma` [C] → `layer_scale` [C,1,1], `head.norm`/`head.fc`
 /// → `classifier.0`/`classifier.2`.
-pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+pub fn timm_remap(t: Tensors) -> Result<Tensors, String> {
     t.into_iter()
         .map(|(k, v)| match from_timm_key(&k) {
             Some(name) if name.ends_with("layer_scale") => {

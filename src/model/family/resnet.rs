@@ -1,6 +1,6 @@
 //! torchvision ResNet (v1.5: stride in the 3x3 conv of bottlenecks), with torchvision's key names.
 
-use super::onnx::{Graph, OnnxExport, BN_EPS};
+use crate::model::onnx::{Graph, OnnxExport, BN_EPS};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 

@@ -1,12 +1,12 @@
 //! torchvision EfficientNet B0–B3 and EfficientNetV2-S, with torchvision's key names
 //! (`features.S.I.block.J...`). timm's `efficientnet_b*` is the same network; timm's
 //! `tf_efficientnetv2_s` is V2-S with TensorFlow "SAME" padding (built here with [`Pad::Same`]).
-//! Their checkpoints are renamed to these keys on load (`timm.rs`).
+//! Their checkpoints are renamed to these keys on load (`efficientnet_timm.rs`).
 
-use super::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
-use super::mobilenet_v3::make_divisible;
-use super::network::Part;
-use super::onnx::{Graph, OnnxExport};
+use crate::model::layers::make_divisible;
+use crate::model::layers::Part;
+use crate::model::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
+use crate::model::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 

@@ -7,9 +7,8 @@
 //! each forward pass exactly as timm's `resample_abs_pos_embed` does (bicubic, antialiased, the
 //! class token's entry kept apart), i.e. timm's `dynamic_img_size` behaviour.
 
-use super::onnx::{Attr, Graph, OnnxExport};
-use super::timm::{Shapes, Tensors};
-use super::Arch;
+use crate::model::onnx::{Attr, Graph, OnnxExport};
+use crate::model::weights::{Shapes, Tensors};
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
@@ -327,7 +326,7 @@ pub fn timm_detect(s: &Shapes) -> bool {
 
 /// The ViT a checkpoint (torchvision's or timm's names) was saved from: 12 layers of width 768
 /// (B/16) or 384 (S/16), 16-pixel patches.
-pub fn guess(s: &Shapes) -> Option<Arch> {
+pub fn guess(s: &Shapes) -> Option<&'static str> {
     let tv = s.contains_key("class_token");
     let (token, patch, layer) = if tv {
         (
@@ -343,7 +342,7 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
     let layers = (0..)
         .take_while(|i| s.keys().any(|k| k.starts_with(&format!("{layer}{i}."))))
         .count();
-    [(Arch::VitB16, B16), (Arch::VitS16, S16)]
+    [("vit_b_16", B16), ("vit_s_16", S16)]
         .into_iter()
         .find(|(_, c)| c.hidden == width && c.patch == patch && c.layers == layers)
         .map(|(a, _)| a)
@@ -352,7 +351,7 @@ pub fn guess(s: &Shapes) -> Option<Arch> {
 /// Renames a timm checkpoint's tensors to torchvision's names. timm's packed `attn.qkv` Linear has
 /// the same [q; k; v] row order as `nn.MultiheadAttention`'s `in_proj_weight`, so only names
 /// change. Keys of other ViT variants (`fc_norm`, layer scale `ls1`, register tokens) are refused.
-pub fn timm_remap(_arch: Arch, t: Tensors) -> Result<Tensors, String> {
+pub fn timm_remap(t: Tensors) -> Result<Tensors, String> {
     t.into_iter()
         .map(|(k, v)| match from_timm_key(&k) {
             Some(name) => Ok((name, v)),
