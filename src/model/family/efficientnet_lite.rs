@@ -80,12 +80,7 @@ impl EfficientnetLiteBody {
                 at / bn,
                 c_in,
                 c_out,
-                ConvSpec {
-                    k,
-                    stride,
-                    groups,
-                    act,
-                },
+                ConvSpec::new(k, stride, groups, act),
                 NORM,
                 Pad::Same,
             )

@@ -3,11 +3,9 @@
 //! checkpoints are renamed to these keys on load (`efficientnet_timm.rs`).
 
 use crate::model::layers::{
-    make_divisible, Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, Part, SqueezeExcite,
+    make_divisible, Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad, Sequential, SqueezeExcite,
 };
-use crate::model::onnx::{Graph, OnnxExport};
-use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::nn;
 
 /// One row of torchvision's `inverted_residual_setting`.
 struct Cfg {
@@ -107,12 +105,7 @@ fn inverted_residual(p: &nn::Path, c: &Cfg, norm: Norm) -> MbConv {
         &(&b / idx.to_string()),
         c.expanded,
         c.expanded,
-        ConvSpec {
-            k: c.k,
-            stride: c.stride,
-            groups: c.expanded,
-            act,
-        },
+        ConvSpec::new(c.k, c.stride, c.expanded, act),
         norm,
         Pad::Torch,
     ));
@@ -146,64 +139,26 @@ fn inverted_residual(p: &nn::Path, c: &Cfg, norm: Norm) -> MbConv {
 }
 
 /// `features`: fastai's body (cut before `avgpool`).
-#[derive(Debug)]
-pub struct MobilenetV3Body {
-    layers: Vec<Box<dyn Part>>,
-}
-
-impl MobilenetV3Body {
-    /// `norm`: torchvision's (eps 1e-3, momentum 0.01) or timm's (PyTorch defaults).
-    pub fn new(p: &nn::Path, large: bool, norm: Norm) -> Self {
-        let f = p / "features";
-        let settings: &[Cfg] = if large { &LARGE } else { &SMALL };
-        let stem = ConvSpec {
-            k: 3,
-            stride: 2,
-            groups: 1,
-            act: Act::Hardswish,
-        };
-        let mut layers: Vec<Box<dyn Part>> = vec![Box::new(ConvBnAct::new(
-            &(&f / "0"),
-            3,
-            16,
-            stem,
-            norm,
-            Pad::Torch,
-        ))];
-        for c in settings {
-            let idx = layers.len().to_string();
-            layers.push(Box::new(inverted_residual(&(&f / idx), c, norm)));
-        }
-        let last = settings[settings.len() - 1].c_out;
+/// `norm`: torchvision's (eps 1e-3, momentum 0.01) or timm's (PyTorch defaults).
+pub fn body(p: &nn::Path, large: bool, norm: Norm) -> Sequential {
+    let f = p / "features";
+    let settings: &[Cfg] = if large { &LARGE } else { &SMALL };
+    let stem = ConvSpec::new(3, 2, 1, Act::Hardswish);
+    let mut layers = Sequential::default();
+    layers.push(ConvBnAct::new(&(&f / "0"), 3, 16, stem, norm, Pad::Torch));
+    for c in settings {
         let idx = layers.len().to_string();
-        layers.push(Box::new(ConvBnAct::new(
-            &(&f / idx),
-            last,
-            body_channels(large),
-            ConvSpec::pointwise(Act::Hardswish),
-            norm,
-            Pad::Torch,
-        )));
-        MobilenetV3Body { layers }
+        layers.push(inverted_residual(&(&f / idx), c, norm));
     }
-}
-
-impl ModuleT for MobilenetV3Body {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for l in &self.layers {
-            y = l.forward_t(&y, train);
-        }
-        y
-    }
-}
-
-impl OnnxExport for MobilenetV3Body {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for l in &self.layers {
-            y = l.onnx(g, &y);
-        }
-        y
-    }
+    let last = settings[settings.len() - 1].c_out;
+    let idx = layers.len().to_string();
+    layers.push(ConvBnAct::new(
+        &(&f / idx),
+        last,
+        body_channels(large),
+        ConvSpec::pointwise(Act::Hardswish),
+        norm,
+        Pad::Torch,
+    ));
+    layers
 }

@@ -2,7 +2,8 @@
 //! key names. timm's `regnetx_*`/`regnety_*` key layout is mapped onto these names on load
 //! ([`from_timm_key`]).
 
-use crate::model::onnx::{Graph, OnnxExport, BN_EPS};
+use crate::model::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad};
+use crate::model::onnx::{Graph, OnnxExport};
 use crate::model::weights::{Shapes, Tensors};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -46,7 +47,8 @@ pub const X_400MF: RegnetConfig = RegnetConfig {
 
 const STEM_WIDTH: i64 = 32;
 
-/// torchvision's ResNet-style init: normal(0, √(2/fan_out)) for every conv.
+/// torchvision's ResNet-style init: normal(0, √(2/fan_out)) for every conv (the squeeze-excitation's
+/// here; the others through [`ConvSpec::fan_out_init`]).
 fn conv(
     p: nn::Path,
     c_in: i64,
@@ -70,35 +72,10 @@ fn conv(
     nn::conv2d(p, c_in, c_out, k, cfg)
 }
 
-/// `Conv2dNormActivation` without conv bias: keys `.0` (conv) and `.1` (BatchNorm).
-#[derive(Debug)]
-struct ConvBn {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
-    /// Kept for the export (tch keeps the conv's own private).
-    stride: i64,
-    groups: i64,
-}
-
-impl ConvBn {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) -> Self {
-        ConvBn {
-            conv: conv(&p / "0", c_in, c_out, k, stride, groups, false),
-            bn: nn::batch_norm2d(&p / "1", c_out, Default::default()),
-            stride,
-            groups,
-        }
-    }
-
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.conv).apply_t(&self.bn, train)
-    }
-
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let pad = (self.conv.ws.size()[2] - 1) / 2;
-        let y = g.conv(x, &self.conv, self.stride, pad, self.groups);
-        g.batch_norm(&y, &self.bn, BN_EPS)
-    }
+/// `Conv2dNormActivation` without activation: keys `.0` (conv) and `.1` (BatchNorm).
+fn conv_bn(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) -> ConvBnAct {
+    let spec = ConvSpec::new(k, stride, groups, Act::None).fan_out_init();
+    ConvBnAct::new(&p, c_in, c_out, spec, Norm::TORCH, Pad::Torch)
 }
 
 #[derive(Debug)]
@@ -132,11 +109,11 @@ impl SqueezeExcitation {
 /// shape changes.
 #[derive(Debug)]
 struct Block {
-    a: ConvBn,
-    b: ConvBn,
+    a: ConvBnAct,
+    b: ConvBnAct,
     se: Option<SqueezeExcitation>,
-    c: ConvBn,
-    proj: Option<ConvBn>,
+    c: ConvBnAct,
+    proj: Option<ConvBnAct>,
 }
 
 impl Block {
@@ -152,12 +129,12 @@ impl Block {
             }
         });
         Block {
-            a: ConvBn::new(&f / "a", w_in, w_out, 1, 1, 1),
-            b: ConvBn::new(&f / "b", w_out, w_out, 3, stride, groups),
+            a: conv_bn(&f / "a", w_in, w_out, 1, 1, 1),
+            b: conv_bn(&f / "b", w_out, w_out, 3, stride, groups),
             se,
-            c: ConvBn::new(&f / "c", w_out, w_out, 1, 1, 1),
+            c: conv_bn(&f / "c", w_out, w_out, 1, 1, 1),
             proj: (w_in != w_out || stride != 1)
-                .then(|| ConvBn::new(&p / "proj", w_in, w_out, 1, stride, 1)),
+                .then(|| conv_bn(&p / "proj", w_in, w_out, 1, stride, 1)),
         }
     }
 }
@@ -200,7 +177,7 @@ impl OnnxExport for Block {
 /// `stem` + `trunk_output`: fastai's body (its default cut, before the `avgpool` child).
 #[derive(Debug)]
 pub struct RegnetBody {
-    stem: ConvBn,
+    stem: ConvBnAct,
     blocks: Vec<Block>,
 }
 
@@ -223,7 +200,7 @@ impl RegnetBody {
             }
         }
         RegnetBody {
-            stem: ConvBn::new(p / "stem", 3, STEM_WIDTH, 3, 2, 1),
+            stem: conv_bn(p / "stem", 3, STEM_WIDTH, 3, 2, 1),
             blocks,
         }
     }

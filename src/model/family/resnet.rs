@@ -1,34 +1,24 @@
 //! torchvision ResNet (v1.5: stride in the 3x3 conv of bottlenecks), with torchvision's key names.
 
-use crate::model::onnx::{Graph, OnnxExport, BN_EPS};
+use crate::model::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad};
+use crate::model::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, pad: i64) -> nn::Conv2D {
-    grouped_conv(p, c_in, c_out, k, stride, pad, 1)
-}
-
-fn grouped_conv(
-    p: nn::Path,
+/// A conv (bias-free, padding `(k-1)/2`) and its BatchNorm at the keys torchvision gives them.
+#[allow(clippy::too_many_arguments)]
+fn conv_bn(
+    p: &nn::Path,
+    conv: &str,
+    bn: &str,
     c_in: i64,
     c_out: i64,
     k: i64,
     stride: i64,
-    pad: i64,
     groups: i64,
-) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: pad,
-        bias: false,
-        groups,
-        ..Default::default()
-    };
-    nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
-fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, Default::default())
+) -> ConvBnAct {
+    let spec = ConvSpec::new(k, stride, groups, Act::None);
+    ConvBnAct::named(p / conv, p / bn, c_in, c_out, spec, Norm::TORCH, Pad::Torch)
 }
 
 /// torchvision's `groups` and `width_per_group` (64 for plain ResNet).
@@ -47,44 +37,10 @@ impl Default for Shape {
     }
 }
 
-/// A convolution (padding `k/2`) and its BatchNorm; stride and groups are kept for the export.
-#[derive(Debug)]
-struct ConvBn {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
-    stride: i64,
-    groups: i64,
-}
-
-impl ConvBn {
-    fn new(conv: nn::Conv2D, bn: nn::BatchNorm, stride: i64, groups: i64) -> Self {
-        ConvBn {
-            conv,
-            bn,
-            stride,
-            groups,
-        }
-    }
-}
-
-impl ModuleT for ConvBn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.conv).apply_t(&self.bn, train)
-    }
-}
-
-impl OnnxExport for ConvBn {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let pad = self.conv.ws.size()[2] / 2;
-        let y = g.conv(x, &self.conv, self.stride, pad, self.groups);
-        g.batch_norm(&y, &self.bn, BN_EPS)
-    }
-}
-
 #[derive(Debug)]
 struct Block {
-    convs: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
+    convs: Vec<ConvBnAct>,
+    downsample: Option<ConvBnAct>,
 }
 
 impl ModuleT for Block {
@@ -130,27 +86,11 @@ impl OnnxExport for Block {
 
 fn basic_block(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Block {
     let convs = vec![
-        ConvBn::new(
-            conv(&p / "conv1", c_in, planes, 3, stride, 1),
-            bn(&p / "bn1", planes),
-            stride,
-            1,
-        ),
-        ConvBn::new(
-            conv(&p / "conv2", planes, planes, 3, 1, 1),
-            bn(&p / "bn2", planes),
-            1,
-            1,
-        ),
+        conv_bn(&p, "conv1", "bn1", c_in, planes, 3, stride, 1),
+        conv_bn(&p, "conv2", "bn2", planes, planes, 3, 1, 1),
     ];
-    let downsample = (stride != 1 || c_in != planes).then(|| {
-        ConvBn::new(
-            conv(&p / "downsample" / "0", c_in, planes, 1, stride, 0),
-            bn(&p / "downsample" / "1", planes),
-            stride,
-            1,
-        )
-    });
+    let downsample = (stride != 1 || c_in != planes)
+        .then(|| conv_bn(&(&p / "downsample"), "0", "1", c_in, planes, 1, stride, 1));
     Block { convs, downsample }
 }
 
@@ -160,40 +100,19 @@ fn bottleneck(p: nn::Path, c_in: i64, planes: i64, stride: i64, shape: Shape) ->
     let out = planes * 4;
     let width = planes * shape.width_per_group / 64 * shape.groups;
     let convs = vec![
-        ConvBn::new(
-            conv(&p / "conv1", c_in, width, 1, 1, 0),
-            bn(&p / "bn1", width),
-            1,
-            1,
-        ),
-        ConvBn::new(
-            grouped_conv(&p / "conv2", width, width, 3, stride, 1, shape.groups),
-            bn(&p / "bn2", width),
-            stride,
-            shape.groups,
-        ),
-        ConvBn::new(
-            conv(&p / "conv3", width, out, 1, 1, 0),
-            bn(&p / "bn3", out),
-            1,
-            1,
-        ),
+        conv_bn(&p, "conv1", "bn1", c_in, width, 1, 1, 1),
+        conv_bn(&p, "conv2", "bn2", width, width, 3, stride, shape.groups),
+        conv_bn(&p, "conv3", "bn3", width, out, 1, 1, 1),
     ];
-    let downsample = (stride != 1 || c_in != out).then(|| {
-        ConvBn::new(
-            conv(&p / "downsample" / "0", c_in, out, 1, stride, 0),
-            bn(&p / "downsample" / "1", out),
-            stride,
-            1,
-        )
-    });
+    let downsample = (stride != 1 || c_in != out)
+        .then(|| conv_bn(&(&p / "downsample"), "0", "1", c_in, out, 1, stride, 1));
     Block { convs, downsample }
 }
 
 /// Everything up to and including `layer4`: fastai's body (`children()[:-2]`).
 #[derive(Debug)]
 pub struct ResnetBody {
-    stem: ConvBn,
+    stem: ConvBnAct,
     layers: Vec<Block>,
 }
 
@@ -228,7 +147,7 @@ impl ResnetBody {
             }
         }
         ResnetBody {
-            stem: ConvBn::new(conv(p / "conv1", 3, 64, 7, 2, 3), bn(p / "bn1", 64), 2, 1),
+            stem: conv_bn(p, "conv1", "bn1", 3, 64, 7, 2, 1),
             layers,
         }
     }

@@ -43,11 +43,7 @@ pub const S16: VitConfig = VitConfig {
 const EPS: f64 = 1e-6;
 
 fn layer_norm(p: nn::Path, c: i64) -> nn::LayerNorm {
-    let cfg = nn::LayerNormConfig {
-        eps: EPS,
-        ..Default::default()
-    };
-    nn::layer_norm(p, vec![c], cfg)
+    crate::model::layers::layer_norm(p, c, EPS)
 }
 
 fn xavier(n_in: i64, n_out: i64) -> nn::Init {
