@@ -37,6 +37,7 @@ lint: $(SETUP)
 	python3 scripts/check_layers.py
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps
 	PYO3_PYTHON=$(PYTHON) cargo clippy --release -p finetune-py -- -D warnings
 
 # The Python package (python/): a wheel for the venv's Python built by maturin (from PyPI, pinned in

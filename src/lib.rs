@@ -2,6 +2,7 @@
 //! ImageNet-pretrained network, with fastai's `vision_learner(...).fine_tune(n)` semantics.
 
 pub mod atomic;
+pub mod bundle;
 pub mod data;
 pub mod device;
 pub mod download;

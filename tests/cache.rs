@@ -45,6 +45,7 @@ fn cfg(method: ResizeMethod) -> DataConfig {
         valid_pct: 0.25,
         seed: 7,
         strict: false,
+        max_file_bytes: finetune::data::files::DEFAULT_MAX_FILE_BYTES,
     }
 }
 

@@ -81,7 +81,11 @@ fn near_duplicates_are_found_and_distinct_photos_kept() {
     let altered: Vec<(usize, &'static str, image::RgbImage, String)> = picked
         .par_iter()
         .flat_map_iter(|&i| {
-            let img = finetune::data::decode::decode_file(&files[i]).unwrap();
+            let img = finetune::data::decode::decode_file(
+                &files[i],
+                finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+            )
+            .unwrap();
             alterations(&img).into_iter().map(move |(kind, bytes)| {
                 let (im, h) = stored(&bytes);
                 (i, kind, im, h)
@@ -211,7 +215,11 @@ fn explore_verification() {
         .flat_map_iter(|p| {
             let b = std::fs::read(p).unwrap();
             let o = stored(&b).0;
-            let img = finetune::data::decode::decode_file(p).unwrap();
+            let img = finetune::data::decode::decode_file(
+                p,
+                finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+            )
+            .unwrap();
             let (w, h) = img.dimensions();
             let mut v = alterations(&img);
             for (name, pct) in [

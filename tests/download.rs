@@ -393,7 +393,11 @@ fn download_handles_every_kind_of_url_and_resumes() {
     ] {
         let r = by_url(p);
         assert!(r.is_kept(), "{p}: {r:?}");
-        let img = finetune::data::decode::decode_file(&out.join(&r.file)).unwrap();
+        let img = finetune::data::decode::decode_file(
+            &out.join(&r.file),
+            finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+        )
+        .unwrap();
         assert_eq!(img.dimensions(), (r.width, r.height), "{p}");
         assert!(r.file.ends_with(".jpg") && r.sha256.len() == 64 && !r.phash.is_empty());
         assert!(out
@@ -413,7 +417,11 @@ fn download_handles_every_kind_of_url_and_resumes() {
         (by_url("rotated.jpg").width, by_url("rotated.jpg").height),
         (20, 40)
     );
-    let alpha = finetune::data::decode::decode_file(&out.join(&by_url("alpha.png").file)).unwrap();
+    let alpha = finetune::data::decode::decode_file(
+        &out.join(&by_url("alpha.png").file),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+    )
+    .unwrap();
     assert!(
         alpha.get_pixel(2, 2).0.iter().all(|&c| c > 240),
         "transparent half composited on white"
@@ -567,7 +575,11 @@ fn near_duplicate_twins_never_straddle_train_and_test() {
     // What is kept holds no two pictures of one group, so none straddles train and test.
     let hashes: Vec<String> = kept.iter().map(|r| r.phash.clone()).collect();
     let groups = finetune::download::dedup::groups(&hashes, |k| {
-        finetune::data::decode::decode_file(&out.join(&kept[k].file)).ok()
+        finetune::data::decode::decode_file(
+            &out.join(&kept[k].file),
+            finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+        )
+        .ok()
     });
     assert!(groups.iter().all(|g| g.len() == 1), "{groups:?}");
 }
@@ -813,7 +825,11 @@ fn a_full_disk_stops_download_cleanly() {
                 let e = e.unwrap();
                 let name = e.file_name().to_string_lossy().into_owned();
                 assert!(!name.starts_with('.'), "temporary left behind: {name}");
-                finetune::data::decode::decode_file(&e.path()).unwrap();
+                finetune::data::decode::decode_file(
+                    &e.path(),
+                    finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+                )
+                .unwrap();
                 on_disk.insert(format!("{split}/{class}/{name}"));
             }
         }

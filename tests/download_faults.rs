@@ -289,8 +289,11 @@ fn check_disk(out: &Path, rows: &[Row], s: &ClassSummary, urls: usize) {
     kept.sort();
     assert_eq!(on_disk, kept, "files on disk vs kept manifest rows");
     for r in rows.iter().filter(|r| r.is_kept()) {
-        let img = finetune::data::decode::decode_file(&out.join(&r.file))
-            .unwrap_or_else(|e| panic!("{} does not decode: {e}", r.file));
+        let img = finetune::data::decode::decode_file(
+            &out.join(&r.file),
+            finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+        )
+        .unwrap_or_else(|e| panic!("{} does not decode: {e}", r.file));
         assert_eq!(img.dimensions(), (r.width, r.height), "{}", r.file);
         assert!(r.file.starts_with(&format!("{}/cats/", r.status)), "{r:?}");
         assert_eq!(r.sha256.len(), 64, "{r:?}");

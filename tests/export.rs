@@ -5,10 +5,10 @@
 mod common;
 
 use common::{bin, run};
+use finetune::bundle::{self, ModelInfo, Normalization, FORMAT_VERSION};
 use finetune::data::decode::decode_file;
 use finetune::data::tensor::{normalize, stack_u8};
 use finetune::data::{PadMode, ResizeMethod, Size};
-use finetune::infer::bundle::{self, ModelInfo, Normalization, FORMAT_VERSION};
 use finetune::infer::predict::preprocess;
 use finetune::model::{Arch, Network};
 use serde_json::Value;
@@ -57,7 +57,12 @@ fn info(arch: Arch, size: Size, resize: ResizeMethod) -> ModelInfo {
 fn inputs(info: &ModelInfo) -> Tensor {
     let imgs: Vec<image::RgbImage> = photos()
         .iter()
-        .map(|p| preprocess(&decode_file(p).unwrap(), info))
+        .map(|p| {
+            preprocess(
+                &decode_file(p, finetune::data::files::DEFAULT_MAX_FILE_BYTES).unwrap(),
+                info,
+            )
+        })
         .collect();
     let refs: Vec<&image::RgbImage> = imgs.iter().collect();
     normalize(
@@ -410,7 +415,11 @@ fn readme_python_example_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let b = bundle::load(&model, Device::Cpu).unwrap();
-    let ours = finetune::infer::predict::predict(&b, &files);
+    let ours = finetune::infer::predict::predict(
+        &b,
+        &files,
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     for (line, p) in lines.iter().zip(ours) {

@@ -53,8 +53,8 @@ fn check(arch: Arch, weights: &Path, io: &str) {
 /// that PyTorch and safetensors readers expect, and it loads back into either format.
 #[test]
 fn channels_last_bundles_are_standard_files() {
+    use finetune::bundle::{self, ModelInfo, Normalization};
     use finetune::data::{PadMode, ResizeMethod, Size};
-    use finetune::infer::bundle::{self, ModelInfo, Normalization};
     let dir = tempfile::tempdir().unwrap();
     let (x, _) = read_io(&reference().join("resnet18_io.safetensors"));
     let mut logits = Vec::new();

@@ -649,7 +649,7 @@ fn sigint_lets_requests_in_flight_finish() {
 /// v2 client sends as an `FP32` input.
 fn fp32_of(file: &std::path::Path) -> Vec<f32> {
     let (_, _, model) = fixture();
-    let info = finetune::infer::bundle::read_info(model).unwrap();
+    let info = finetune::bundle::read_info(model).unwrap();
     let img = image::open(file).unwrap().to_rgb8();
     let img = finetune::infer::predict::preprocess(&img, &info);
     let (w, h) = img.dimensions();

@@ -341,34 +341,57 @@ fn bad_files_are_skipped_with_one_warning_each() {
 fn decoding_converts_everything_to_rgb() {
     let r = reference().join("bad_inputs");
     use finetune::data::decode::decode_file;
-    let cmyk = decode_file(&r.join("cmyk.jpg")).unwrap();
+    let cmyk = decode_file(
+        &r.join("cmyk.jpg"),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+    )
+    .unwrap();
     assert_eq!(cmyk.dimensions(), (40, 30));
     let p = cmyk.get_pixel(5, 5).0;
     assert!(
         p[0] > 200 && p[1] < 160 && p[2] < 160,
         "CMYK (0,128,128,0) is reddish: {p:?}"
     );
-    let t = decode_file(&r.join("transparent.png")).unwrap();
+    let t = decode_file(
+        &r.join("transparent.png"),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+    )
+    .unwrap();
     assert_eq!(
         t.get_pixel(0, 0).0,
         [255, 255, 255],
         "transparent pixels composite on white"
     );
-    let g = decode_file(&r.join("grey16.png")).unwrap();
+    let g = decode_file(
+        &r.join("grey16.png"),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+    )
+    .unwrap();
     assert_eq!(g.get_pixel(0, 0).0[0], g.get_pixel(0, 0).0[2]);
     assert_eq!(
-        decode_file(&r.join("rotated.jpg")).unwrap().dimensions(),
+        decode_file(
+            &r.join("rotated.jpg"),
+            finetune::data::files::DEFAULT_MAX_FILE_BYTES
+        )
+        .unwrap()
+        .dimensions(),
         (20, 40),
         "EXIF orientation applied"
     );
-    assert!(decode_file(&r.join("huge.png"))
-        .unwrap_err()
-        .to_string()
-        .contains("too large"));
-    assert!(decode_file(&r.join("page.jpg"))
-        .unwrap_err()
-        .to_string()
-        .contains("HTML"));
+    assert!(decode_file(
+        &r.join("huge.png"),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("too large"));
+    assert!(decode_file(
+        &r.join("page.jpg"),
+        finetune::data::files::DEFAULT_MAX_FILE_BYTES
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("HTML"));
 }
 
 #[test]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +155,24 @@ def test_train_errors_are_the_clis(bundle, tmp_path):
     with pytest.raises(ValueError, match="unknown precision `fp8`; use auto, fp32, bf16 or fp16"):
         finetune.train(SAMPLE / "train", precision="fp8", out=tmp_path / "m")
     assert issubclass(finetune.FinetuneError, Exception)
+
+
+def test_the_file_cap_and_settings_are_per_call_and_checked_as_the_cli_does(bundle, photos, tmp_path):
+    """`max_file_mb` belongs to one loaded model (another keeps the default), and refuses a file with
+    the CLI's message; train's settings are checked by the same library calls as the CLI's flags."""
+    out, _ = bundle
+    small = finetune.load(out, device="cpu", max_file_mb=0)
+    with pytest.raises(finetune.FinetuneError, match=r"more than the 1-byte cap \(raise it with --max-file-mb\)"):
+        small.predict([photos[0]])
+    assert isinstance(finetune.load(out, device="cpu").predict([photos[0]])[0], list)
+    assert isinstance(small.predict_encoded([Path(photos[0]).read_bytes()])[0], list), "bytes in memory have no file cap"
+    with pytest.raises(ValueError) as e:
+        finetune.train(SAMPLE / "train", bs=0, out=tmp_path / "m")
+    assert str(e.value) == cli_error("train", "--bs", "0", "--out", tmp_path / "m", SAMPLE / "train")
+    with pytest.raises(ValueError, match="exclude each other"):
+        finetune.train(SAMPLE / "train", weights=tmp_path / "w.pth", random_init=True, out=tmp_path / "m")
+    with pytest.raises(ValueError, match="resize `fit`: choose one of squish, crop, pad"):
+        finetune.train(SAMPLE / "train", resize="fit", out=tmp_path / "m")
 
 
 def test_predict_releases_the_gil(bundle, photos):

@@ -1,4 +1,5 @@
-use finetune::infer::{bundle, evaluate};
+use finetune::bundle;
+use finetune::infer::evaluate;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -23,9 +24,10 @@ pub struct Args {
     compute: super::ComputeArgs,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// `max_file_bytes`: the global `--max-file-mb`.
+pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
-    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses)?;
+    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses, max_file_bytes)?;
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
     }

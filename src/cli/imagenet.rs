@@ -22,7 +22,8 @@ pub struct Args {
     images: Vec<PathBuf>,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// `max_file_bytes`: the global `--max-file-mb`.
+pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let rt = a.compute.runtime()?;
     let path = super::weights_path(a.arch, a.weights.as_deref())?;
     let net = Network::imagenet(a.arch.arch, rt);
@@ -32,6 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.arch.normalization(),
         &a.images,
         a.top_k.clamp(1, 1000),
+        max_file_bytes,
     );
     let mut failed = 0;
     let mut json = Vec::new();

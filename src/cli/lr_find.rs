@@ -25,7 +25,8 @@ pub struct Args {
     compute: super::ComputeArgs,
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// `max_file_bytes`: the global `--max-file-mb`.
+pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.start_lr > 0.0 && a.end_lr > a.start_lr,
         "need 0 < --start-lr < --end-lr"
@@ -34,7 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (net, dls, _) = super::train::prepare(
         &a.model,
         &a.data,
-        a.data_opts.config()?,
+        a.data_opts.config(max_file_bytes),
         a.data_opts.cache().as_ref(),
         rt,
         a.quiet,

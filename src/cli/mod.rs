@@ -62,15 +62,16 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    finetune::data::files::set_max_file_bytes(cli.max_file_mb.saturating_mul(1024 * 1024));
+    // Passed to every command that reads image files (never a process-wide setting).
+    let cap = finetune::data::files::mb_cap(cli.max_file_mb);
     match cli.command {
         Command::Download(a) => download::run(a).map(|_| ()),
         Command::Quickstart(a) => quickstart::run(a),
-        Command::Train(a) => train::run(a),
-        Command::Evaluate(a) => evaluate::run(a),
-        Command::Predict(a) => predict::run(a),
-        Command::LrFind(a) => lr_find::run(a),
-        Command::ClassifyImagenet(a) => imagenet::run(a),
+        Command::Train(a) => train::run(a, cap),
+        Command::Evaluate(a) => evaluate::run(a, cap),
+        Command::Predict(a) => predict::run(a, cap),
+        Command::LrFind(a) => lr_find::run(a, cap),
+        Command::ClassifyImagenet(a) => imagenet::run(a, cap),
         Command::Serve(a) => serve::run(a),
         Command::Export(a) => export::run(a),
         Command::Weights(c) => weights::run(c),

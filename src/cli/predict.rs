@@ -1,4 +1,5 @@
-use finetune::infer::{bundle, predict};
+use finetune::bundle;
+use finetune::infer::predict;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -49,7 +50,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// `max_file_bytes`: the global `--max-file-mb`.
+pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
     let paths = expand(&a.inputs)?;
     anyhow::ensure!(!paths.is_empty(), "no images found in the given inputs");
@@ -63,7 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut failed = 0usize;
     let mut io_err = None;
-    predict::predict_each(&b, &paths, |r| match r {
+    predict::predict_each(&b, &paths, max_file_bytes, |r| match r {
         Ok(p) => {
             let top = p.top(k);
             let path = p.path.display().to_string();

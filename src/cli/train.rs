@@ -99,9 +99,9 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    pub fn config(&self) -> anyhow::Result<DataConfig> {
-        anyhow::ensure!(self.bs >= 1, "--bs must be at least 1");
-        Ok(DataConfig {
+    /// Checked where it is used (`DataConfig::validate`), for the CLI and Python alike.
+    pub fn config(&self, max_file_bytes: u64) -> DataConfig {
+        DataConfig {
             size: self.size,
             method: self.resize,
             pad: self.pad_mode,
@@ -109,7 +109,8 @@ impl DataArgs {
             valid_pct: self.valid_pct,
             seed: self.seed,
             strict: self.strict,
-        })
+            max_file_bytes,
+        }
     }
 
     /// The image cache to use, `None` with --no-cache.
@@ -125,12 +126,8 @@ impl DataArgs {
 }
 
 impl ModelArgs {
-    pub fn pretrained(&self) -> Pretrained {
-        match (&self.weights, self.random_init) {
-            (_, true) => Pretrained::Random,
-            (Some(w), false) => Pretrained::File(w.clone()),
-            (None, false) => Pretrained::Known,
-        }
+    pub fn pretrained(&self) -> Result<Pretrained, run::RunError> {
+        Pretrained::choose(self.weights.clone(), self.random_init)
     }
 }
 
@@ -145,7 +142,7 @@ pub fn prepare(
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
     Ok(run::prepare(
         model.arch,
-        &model.pretrained(),
+        &model.pretrained()?,
         data,
         cfg,
         cache,
@@ -170,18 +167,19 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
     b
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// `max_file_bytes`: the global `--max-file-mb`.
+pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let rt = a.compute.runtime()?;
     let mut plan = match &a.resume {
-        Some(dir) => Plan::resume(dir, a.data.clone())?,
+        Some(dir) => Plan::resume(dir, a.data.clone(), max_file_bytes)?,
         None => Plan::new(
             a.data.clone().unwrap_or_default(),
             a.out.clone(),
             a.force,
             Settings {
                 arch: a.model.arch,
-                pretrained: a.model.pretrained(),
-                cfg: a.data_opts.config()?,
+                pretrained: a.model.pretrained()?,
+                cfg: a.data_opts.config(max_file_bytes),
                 ft: FineTune {
                     epochs: a.epochs,
                     base_lr: a.base_lr,

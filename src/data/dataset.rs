@@ -31,6 +31,8 @@ pub enum DataError {
     EmptyClass { class: String, dir: String },
     #[error("valid folder has class `{0}`, which the training folder lacks")]
     UnknownValidClass(String),
+    #[error("--bs must be at least 1")]
+    BatchSize,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,19 @@ pub struct DataConfig {
     pub valid_pct: f64,
     pub seed: u64,
     pub strict: bool,
+    /// The largest image file read (`--max-file-mb`); bigger ones are skipped like unreadable ones.
+    pub max_file_bytes: u64,
+}
+
+impl DataConfig {
+    /// The checks every caller's settings pass through (the CLI's and the Python package's alike);
+    /// the split's fraction is checked where the split is made.
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.bs == 0 {
+            return Err(DataError::BatchSize);
+        }
+        Ok(())
+    }
 }
 
 impl Default for DataConfig {
@@ -54,6 +69,7 @@ impl Default for DataConfig {
             valid_pct: 0.2,
             seed: 42,
             strict: false,
+            max_file_bytes: super::files::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -112,7 +128,8 @@ pub fn decode_prepared(
     paths
         .par_iter()
         .map(|p| {
-            let r = decode_file(p).map(|img| prepare(&img, cfg.method, cfg.size, cfg.pad));
+            let r = decode_file(p, cfg.max_file_bytes)
+                .map(|img| prepare(&img, cfg.method, cfg.size, cfg.pad));
             progress.inc(1);
             r
         })
@@ -198,7 +215,7 @@ fn load_cached(
         method: cfg.method,
         pad: cfg.pad,
     };
-    let p = match cache::prepare(cache_cfg, root, &all, t, bar) {
+    let p = match cache::prepare(cache_cfg, root, &all, t, cfg.max_file_bytes, bar) {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };

@@ -92,14 +92,12 @@ pub fn describe(bytes: &[u8]) -> String {
     }
 }
 
-pub fn decode_file(path: &Path) -> Result<RgbImage, DecodeError> {
-    let bytes =
-        super::files::read_capped(path, super::files::max_file_bytes()).map_err(|source| {
-            DecodeError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+/// Reads (at most `max_bytes`, see [`super::files::read_capped`]) and decodes one image file.
+pub fn decode_file(path: &Path, max_bytes: u64) -> Result<RgbImage, DecodeError> {
+    let bytes = super::files::read_capped(path, max_bytes).map_err(|source| DecodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     decode_bytes(path, &bytes)
 }
 

@@ -8,21 +8,24 @@
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The default cap on one image file: the decoder refuses more than 100 M pixels anyway, and a real
-/// photo of that size compresses far below 64 MB.
+/// photo of that size compresses far below 64 MB. Every reader of images takes its cap as a value
+/// (`--max-file-mb`, `FINETUNE_MAX_FILE_MB`, `DataConfig::max_file_bytes`), never from a global.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-static MAX_FILE_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_FILE_BYTES);
-
-/// The byte cap on one image file (`--max-file-mb`, `FINETUNE_MAX_FILE_MB`).
-pub fn max_file_bytes() -> u64 {
-    MAX_FILE_BYTES.load(Ordering::Relaxed)
+/// `MB` megabytes as a byte cap (at least one byte).
+pub fn mb_cap(mb: u64) -> u64 {
+    mb.saturating_mul(1024 * 1024).max(1)
 }
 
-pub fn set_max_file_bytes(n: u64) {
-    MAX_FILE_BYTES.store(n.max(1), Ordering::Relaxed);
+/// The cap `FINETUNE_MAX_FILE_MB` sets (as the CLI's `--max-file-mb` reads it), else the default:
+/// for callers without a command line (the Python package).
+pub fn cap_from_env() -> u64 {
+    std::env::var("FINETUNE_MAX_FILE_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_MAX_FILE_BYTES, mb_cap)
 }
 
 /// What a path is once symlinks are resolved, in words for a warning; `None` for a regular file or

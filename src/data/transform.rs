@@ -25,6 +25,30 @@ pub enum PadMode {
     Zeros,
 }
 
+/// The names the CLI (clap's `ValueEnum`), `model.json` and the Python package share.
+impl FromStr for ResizeMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "squish" => Ok(ResizeMethod::Squish),
+            "crop" => Ok(ResizeMethod::Crop),
+            "pad" => Ok(ResizeMethod::Pad),
+            _ => Err(format!("resize `{s}`: choose one of squish, crop, pad")),
+        }
+    }
+}
+
+impl FromStr for PadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reflection" => Ok(PadMode::Reflection),
+            "zeros" => Ok(PadMode::Zeros),
+            _ => Err(format!("pad mode `{s}`: choose one of reflection, zeros")),
+        }
+    }
+}
+
 /// Target size `W×H`; `192` means `192×192`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Size {

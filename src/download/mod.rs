@@ -6,6 +6,8 @@ pub mod fetch;
 pub mod manifest;
 
 use crate::data::decode::{decode_bytes, decode_file};
+/// What download keeps is bounded by the fetcher's own cap; reading it back uses the default one.
+use crate::data::files::DEFAULT_MAX_FILE_BYTES;
 use crate::data::resize::resize;
 use crate::search::{Provider, SearchError, SearchResult};
 use fetch::{FailReason, Fetcher};
@@ -379,7 +381,7 @@ fn download_class(
 fn verify(out: &Path, rows: &mut [Row], class: &str) {
     for r in rows.iter_mut().filter(|r| r.class == class && r.is_kept()) {
         let path = out.join(&r.file);
-        match decode_file(&path) {
+        match decode_file(&path, DEFAULT_MAX_FILE_BYTES) {
             Ok(img) => {
                 if !dedup::is_current(&r.phash) {
                     r.phash = dedup::phash(&img);
@@ -410,7 +412,7 @@ fn drop_near_duplicates(
         .collect();
     let hashes: Vec<String> = idx.iter().map(|&i| rows[i].phash.clone()).collect();
     let mut dropped: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let image = |k: usize| decode_file(&out.join(&rows[idx[k]].file)).ok();
+    let image = |k: usize| decode_file(&out.join(&rows[idx[k]].file), DEFAULT_MAX_FILE_BYTES).ok();
     for g in dedup::groups(&hashes, image) {
         if g.len() < 2 {
             continue;

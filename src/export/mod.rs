@@ -6,7 +6,7 @@
 //! checked on) and `probabilities` (their softmax, what `predict` prints). `metadata_props` carry what
 //! is needed to prepare an image and read the answer, so the file alone is enough.
 
-use crate::infer::bundle::{self, BundleError, ModelInfo};
+use crate::bundle::{self, BundleError, ModelInfo};
 use crate::model::onnx::{Graph, GraphError, OnnxExport};
 use crate::model::Network;
 use prost::Message;

@@ -1,8 +1,8 @@
 //! Test-set evaluation: accuracy, per-class precision/recall/F1, confusion matrix, most-confused
 //! pairs and top losses (fastai's `ClassificationInterpretation`).
 
-use super::bundle::Bundle;
 use super::predict::predict;
+use crate::bundle::{self, Bundle, BundleError};
 use crate::data::items::{self, ItemsError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -54,26 +54,25 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Where `evaluate --save` puts its results inside a bundle (the model card and serve read them).
-pub const EVALUATION_FILE: &str = "evaluation.json";
-pub const CONFUSION_FILE: &str = "confusion.svg";
-
 impl Evaluation {
     /// Stores this evaluation in the bundle `dir` (written atomically: a crash never leaves half of
     /// it), with the test folder it was measured on.
-    pub fn save(&self, dir: &Path, test_dir: &Path) -> std::io::Result<()> {
-        let mut v = serde_json::to_value(self).map_err(std::io::Error::other)?;
+    pub fn save(&self, dir: &Path, test_dir: &Path) -> Result<(), BundleError> {
+        let mut v = serde_json::to_value(self).map_err(|e| BundleError::Json {
+            path: dir.join(bundle::EVALUATION_FILE),
+            msg: e.to_string(),
+        })?;
         v["test_dir"] = serde_json::json!(test_dir.display().to_string());
-        let json = serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)?;
-        crate::atomic::write_file(&dir.join(EVALUATION_FILE), &json)?;
-        crate::atomic::write_file(&dir.join(CONFUSION_FILE), self.confusion_svg().as_bytes())
+        bundle::write_evaluation(dir, &v, &self.confusion_svg())
     }
 }
 
+/// Files over `max_file_bytes` are skipped like unreadable ones.
 pub fn evaluate(
     bundle: &Bundle,
     test_dir: &Path,
     k_losses: usize,
+    max_file_bytes: u64,
 ) -> Result<Evaluation, EvalError> {
     let scan = items::scan(test_dir, &[])?;
     let classes = bundle.info.classes.clone();
@@ -91,7 +90,7 @@ pub fn evaluate(
         }
     }
     let paths: Vec<PathBuf> = scan.items.iter().map(|i| i.path.clone()).collect();
-    let preds = predict(bundle, &paths);
+    let preds = predict(bundle, &paths, max_file_bytes);
     let n = classes.len();
     let mut confusion = vec![vec![0usize; n]; n];
     let mut losses = Vec::new();

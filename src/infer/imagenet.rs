@@ -18,10 +18,14 @@ pub struct Scored {
 /// The reference eval transform of the arch's weights: resize the short side, centre-crop
 /// (256 → 224 for most; see [`Arch::eval_resize`]). Bilinear, where torchvision's EfficientNet
 /// presets use bicubic.
-pub fn preprocess(path: &std::path::Path, arch: Arch) -> Result<image::RgbImage, DecodeError> {
+pub fn preprocess(
+    path: &std::path::Path,
+    arch: Arch,
+    max_file_bytes: u64,
+) -> Result<image::RgbImage, DecodeError> {
     let (short, crop) = arch.eval_resize();
     Ok(resize::resize_short_then_center_crop(
-        &decode_file(path)?,
+        &decode_file(path, max_file_bytes)?,
         short as u32,
         crop as u32,
     ))
@@ -39,12 +43,16 @@ pub fn classify(
     stats: ([f64; 3], [f64; 3]),
     paths: &[PathBuf],
     k: usize,
+    max_file_bytes: u64,
 ) -> Vec<Result<Vec<Scored>, DecodeError>> {
     let labels = imagenet::labels();
     let arch = net.arch;
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(CHUNK) {
-        let decoded: Vec<_> = chunk.par_iter().map(|p| preprocess(p, arch)).collect();
+        let decoded: Vec<_> = chunk
+            .par_iter()
+            .map(|p| preprocess(p, arch, max_file_bytes))
+            .collect();
         let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut rows: Vec<Vec<Scored>> = Vec::with_capacity(ok.len());
         for batch in ok.chunks(BATCH) {

@@ -1,6 +1,6 @@
 //! Batched, parallel inference with a bundle: validation transform, softmax probabilities.
 
-use super::bundle::{Bundle, ModelInfo};
+use crate::bundle::{Bundle, ModelInfo};
 use crate::data::decode::{decode_file, DecodeError};
 use crate::data::tensor::stack_u8;
 use crate::data::transform::{crop_window, prepare};
@@ -73,15 +73,17 @@ const BATCH: usize = 64;
 
 /// Predicts every path; `on_result` sees each result in input order as soon as its chunk is done,
 /// so callers can stream output for thousands of files.
+/// Files over `max_file_bytes` fail like unreadable ones.
 pub fn predict_each(
     bundle: &Bundle,
     paths: &[PathBuf],
+    max_file_bytes: u64,
     mut on_result: impl FnMut(Result<Prediction, DecodeError>),
 ) {
     predict_with(
         bundle,
         paths,
-        |p| decode_file(p),
+        |p| decode_file(p, max_file_bytes),
         |p, r| {
             on_result(r.map(|probs| Prediction {
                 path: p.clone(),
@@ -119,8 +121,12 @@ pub fn predict_with<T: Sync, E: Send>(
     }
 }
 
-pub fn predict(bundle: &Bundle, paths: &[PathBuf]) -> Vec<Result<Prediction, DecodeError>> {
+pub fn predict(
+    bundle: &Bundle,
+    paths: &[PathBuf],
+    max_file_bytes: u64,
+) -> Vec<Result<Prediction, DecodeError>> {
     let mut out = Vec::with_capacity(paths.len());
-    predict_each(bundle, paths, |r| out.push(r));
+    predict_each(bundle, paths, max_file_bytes, |r| out.push(r));
     out
 }

@@ -7,7 +7,7 @@ pub mod catalog;
 pub mod family;
 pub mod head;
 pub mod imagenet;
-mod layers;
+pub mod layers;
 pub mod load;
 pub mod memory_format;
 pub mod network;

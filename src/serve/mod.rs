@@ -8,7 +8,7 @@ mod listen;
 pub mod metrics;
 pub mod worker;
 
-use crate::infer::{bundle, BundleError, ModelInfo};
+use crate::bundle::{self, BundleError, ModelInfo};
 use metrics::Metrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,33 +77,6 @@ pub struct AppState {
     pub body_timeout: Duration,
 }
 
-/// A small file of the bundle, bounded like every read of a user's file.
-fn small_text(path: &std::path::Path) -> Option<String> {
-    let bytes = crate::data::files::read_capped(path, 16 * 1024 * 1024).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-fn evaluation(dir: &std::path::Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&small_text(
-        &dir.join(crate::infer::evaluate::EVALUATION_FILE),
-    )?)
-    .ok()
-}
-
-fn final_row(dir: &std::path::Path) -> Option<BTreeMap<String, String>> {
-    let text = small_text(&dir.join("metrics.csv"))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(',').collect();
-    let last: Vec<&str> = lines.next_back()?.split(',').collect();
-    Some(
-        header
-            .iter()
-            .zip(last)
-            .map(|(h, v)| (h.to_string(), v.to_string()))
-            .collect(),
-    )
-}
-
 /// Loads every bundle once, starts one worker per model, binds, calls `on_listening` with the bound
 /// address, and serves until SIGINT/SIGTERM; in-flight requests finish before it returns.
 pub fn run(
@@ -139,9 +112,9 @@ pub fn run(
             Model {
                 name,
                 info: Arc::new(info),
-                final_metrics: final_row(dir),
-                evaluation: evaluation(dir),
-                confusion_svg: small_text(&dir.join(crate::infer::evaluate::CONFUSION_FILE)),
+                final_metrics: bundle::read_final_metrics(dir),
+                evaluation: bundle::read_evaluation(dir),
+                confusion_svg: bundle::read_confusion_svg(dir),
                 queue,
             },
         );

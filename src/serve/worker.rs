@@ -3,8 +3,8 @@
 //! answers each request through its oneshot channel.
 
 use super::metrics::Metrics;
+use crate::bundle::Bundle;
 use crate::infer::predict::{probabilities, probabilities_of};
-use crate::infer::Bundle;
 use image::RgbImage;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};

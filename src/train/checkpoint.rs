@@ -1,76 +1,115 @@
-//! What `train --resume` needs to continue a run exactly where its last completed epoch ended:
-//! the schedule position (phase, epochs done), every epoch row so far, the smoothed loss, the data
-//! RNG (shuffle order, crops, augmentation), and the optimizer's moments and step counts, next to
-//! the weights of that moment. Dropout draws from libtorch's generator, which is reseeded at every
-//! epoch from (seed, phase, epoch), so it needs no saved state.
+//! Checkpoints of a [`Learner`] (the format is the bundle's, `crate::bundle::Checkpoint`): taking a
+//! snapshot at the end of an epoch, checking and applying one to resume, deep CPU copies of tensors,
+//! and the per-epoch seed that makes dropout resumable.
 
-use super::report::EpochRow;
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use super::smooth_loss::SmoothLoss;
+use super::Learner;
+use crate::bundle::{Checkpoint, RngState, TrainState};
 use tch::{Device, Tensor};
 
-/// Everything but the tensors, as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// The fit this state is in (`frozen` or `unfrozen`) and how many of its epochs are done.
-    pub phase: String,
-    pub epochs_done: usize,
-    pub rows: Vec<EpochRow>,
-    pub smooth_val: f64,
-    pub smooth_count: i32,
-    pub rng: RngState,
-    /// Adam's step count per parameter (only parameters that have taken a step).
-    pub steps: BTreeMap<String, u64>,
-    /// fp16 training's loss scale and clean-step count (absent otherwise, and in older checkpoints).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<(f64, u32)>,
-}
-
-/// ChaCha8's full state: seed, stream and position (a u128, kept as a string for JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RngState {
-    pub seed: [u8; 32],
-    pub stream: u64,
-    pub word_pos: String,
-}
-
-impl RngState {
-    pub fn of(rng: &ChaCha8Rng) -> Self {
-        RngState {
-            seed: rng.get_seed(),
-            stream: rng.get_stream(),
-            word_pos: rng.get_word_pos().to_string(),
+impl Learner {
+    /// The state right now, as a checkpoint that `phase` has `epochs_done` epochs done.
+    /// Tensors are contiguous CPU copies whatever the network's memory format.
+    pub(super) fn snapshot(
+        &self,
+        phase: &str,
+        epochs_done: usize,
+        smooth: SmoothLoss,
+    ) -> Checkpoint {
+        let (mut tensors, steps) = self.opt.state();
+        for (k, v) in self.net.vs.variables() {
+            tensors.push((format!("model.{k}"), cpu_copy(&v.detach())));
         }
-    }
-
-    pub fn restore(&self) -> Option<ChaCha8Rng> {
-        use rand::SeedableRng;
-        let mut r = ChaCha8Rng::from_seed(self.seed);
-        r.set_stream(self.stream);
-        r.set_word_pos(self.word_pos.parse().ok()?);
-        Some(r)
-    }
-}
-
-/// A resumable moment: the JSON state and the tensors (`model.<name>` for every network variable,
-/// `grad_avg.<name>` and `sqr_avg.<name>` for Adam's moments), deep copies on the CPU.
-#[derive(Debug)]
-pub struct Checkpoint {
-    pub state: TrainState,
-    pub tensors: Vec<(String, Tensor)>,
-}
-
-impl Clone for Checkpoint {
-    fn clone(&self) -> Self {
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Checkpoint {
-            state: self.state.clone(),
-            tensors: self
-                .tensors
-                .iter()
-                .map(|(k, t)| (k.clone(), t.copy()))
-                .collect(),
+            state: TrainState {
+                phase: phase.to_string(),
+                epochs_done,
+                rows: self.rows.clone(),
+                smooth_val: smooth.val,
+                smooth_count: smooth.count,
+                rng: RngState::of(&self.rng),
+                steps,
+                loss_scale: self.scaler.is_enabled().then(|| self.scaler.state()),
+            },
+            tensors,
         }
+    }
+
+    /// Continue from `ck` (made by a run with the same data, seed and settings): weights, optimizer
+    /// state, RNG and epoch rows are restored when the fit it was in starts again.
+    pub fn resume_from(&mut self, ck: Checkpoint) -> Result<(), String> {
+        let vars = self.net.vs.variables();
+        let shape_of = |name: &str| {
+            ck.tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.size())
+        };
+        for (k, v) in &vars {
+            match shape_of(&format!("model.{k}")) {
+                Some(s) if s == v.size() => {}
+                Some(s) => {
+                    return Err(format!(
+                        "the checkpoint's {k} has shape {s:?}, the network's {:?}",
+                        v.size()
+                    ))
+                }
+                None => return Err(format!("the checkpoint lacks the network variable {k}")),
+            }
+        }
+        // Every parameter with a step count needs both moments, shaped like the parameter.
+        for name in ck.state.steps.keys() {
+            let want = vars.get(name).map(|v| v.size());
+            for m in ["grad_avg", "sqr_avg"] {
+                if shape_of(&format!("{m}.{name}")) != want || want.is_none() {
+                    return Err(format!(
+                        "the checkpoint's optimizer state for {name} is missing or misshapen"
+                    ));
+                }
+            }
+        }
+        if ck.state.rng.restore().is_none() {
+            return Err("the checkpoint's RNG state is not valid".into());
+        }
+        self.pending = Some(ck);
+        Ok(())
+    }
+
+    /// Applies a pending checkpoint of `phase`: returns the epoch to start from and the smoothed
+    /// loss to continue, (0, fresh) when there is none.
+    pub(super) fn apply_pending(&mut self, phase: &str) -> (usize, SmoothLoss) {
+        if self.pending.as_ref().is_none_or(|c| c.state.phase != phase) {
+            return (0, SmoothLoss::default());
+        }
+        let Some(ck) = self.pending.take() else {
+            return (0, SmoothLoss::default());
+        };
+        let map: std::collections::HashMap<String, Tensor> = ck.tensors.into_iter().collect();
+        let vars = self.net.vs.variables();
+        tch::no_grad(|| {
+            for (k, mut v) in vars {
+                if let Some(t) = map.get(&format!("model.{k}")) {
+                    v.copy_(&t.to_device(v.device()));
+                }
+            }
+        });
+        // resume_from checked every shape, so this cannot fail.
+        let _ = self.opt.load_state(&map, &ck.state.steps);
+        if let Some(r) = ck.state.rng.restore() {
+            self.rng = r;
+        }
+        if let Some((scale, tracker)) = ck.state.loss_scale {
+            self.scaler.restore(scale, tracker);
+        }
+        self.rows = ck.state.rows;
+        (
+            ck.state.epochs_done,
+            SmoothLoss {
+                val: ck.state.smooth_val,
+                count: ck.state.smooth_count,
+            },
+        )
     }
 }
 

@@ -1,14 +1,15 @@
 //! The `Learner`: a network, its data and fastai's optimizer, trained with `fit_one_cycle` and
 //! `fine_tune` exactly as fastai schedules them.
 
-use super::checkpoint::{cpu_copy, epoch_seed, Checkpoint, RngState, TrainState};
+use super::checkpoint::epoch_seed;
 use super::grad_scaler::GradScaler;
 use super::optimizer::{Adam, AdamConfig};
 use super::pipeline::{overlapped, InputSpec};
 use super::profile::{PhaseTimes, Timer};
-use super::report::{EpochRow, Report};
+use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
+use crate::bundle::{Checkpoint, EpochRow, FineTune};
 use crate::data::augment;
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
@@ -18,30 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Reduction, Tensor};
-
-/// `fine_tune`'s arguments, with fastai's defaults.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FineTune {
-    pub epochs: usize,
-    pub base_lr: f64,
-    pub freeze_epochs: usize,
-    pub lr_mult: f64,
-    pub pct_start: f64,
-    pub div: f64,
-}
-
-impl Default for FineTune {
-    fn default() -> Self {
-        FineTune {
-            epochs: 3,
-            base_lr: 2e-3,
-            freeze_epochs: 1,
-            lr_mult: 100.0,
-            pct_start: 0.3,
-            div: 5.0,
-        }
-    }
-}
 
 /// The hyper-parameters used for one training batch (kept so tests and users can check schedules).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,12 +46,12 @@ pub struct Learner {
     /// The state at the end of the last completed epoch (what `train --resume` continues from).
     pub last_checkpoint: Option<Checkpoint>,
     /// A checkpoint to continue from, applied when its fit starts (see [`Self::resume_from`]).
-    pending: Option<Checkpoint>,
+    pub(super) pending: Option<Checkpoint>,
     /// Called after every completed epoch, with [`Self::last_checkpoint`] up to date (the CLI
     /// saves the bundle there, so a killed run loses at most one epoch).
     pub on_epoch_end: Option<EpochHook>,
     seed: u64,
-    rng: rand_chacha::ChaCha8Rng,
+    pub(super) rng: rand_chacha::ChaCha8Rng,
     /// Input statistics the pretrained weights expect (the arch's by default; a timm tag or a
     /// resumed bundle may set others). Recorded in the bundle, which predict and serve use.
     pub mean: [f64; 3],
@@ -388,105 +365,6 @@ impl Learner {
         }
     }
 
-    /// The state right now, as a checkpoint that `phase` has `epochs_done` epochs done.
-    /// Tensors are contiguous CPU copies whatever the network's memory format.
-    fn snapshot(&self, phase: &str, epochs_done: usize, smooth: SmoothLoss) -> Checkpoint {
-        let (mut tensors, steps) = self.opt.state();
-        for (k, v) in self.net.vs.variables() {
-            tensors.push((format!("model.{k}"), cpu_copy(&v.detach())));
-        }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        Checkpoint {
-            state: TrainState {
-                phase: phase.to_string(),
-                epochs_done,
-                rows: self.rows.clone(),
-                smooth_val: smooth.val,
-                smooth_count: smooth.count,
-                rng: RngState::of(&self.rng),
-                steps,
-                loss_scale: self.scaler.is_enabled().then(|| self.scaler.state()),
-            },
-            tensors,
-        }
-    }
-
-    /// Continue from `ck` (made by a run with the same data, seed and settings): weights, optimizer
-    /// state, RNG and epoch rows are restored when the fit it was in starts again.
-    pub fn resume_from(&mut self, ck: Checkpoint) -> Result<(), String> {
-        let vars = self.net.vs.variables();
-        let shape_of = |name: &str| {
-            ck.tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.size())
-        };
-        for (k, v) in &vars {
-            match shape_of(&format!("model.{k}")) {
-                Some(s) if s == v.size() => {}
-                Some(s) => {
-                    return Err(format!(
-                        "the checkpoint's {k} has shape {s:?}, the network's {:?}",
-                        v.size()
-                    ))
-                }
-                None => return Err(format!("the checkpoint lacks the network variable {k}")),
-            }
-        }
-        // Every parameter with a step count needs both moments, shaped like the parameter.
-        for name in ck.state.steps.keys() {
-            let want = vars.get(name).map(|v| v.size());
-            for m in ["grad_avg", "sqr_avg"] {
-                if shape_of(&format!("{m}.{name}")) != want || want.is_none() {
-                    return Err(format!(
-                        "the checkpoint's optimizer state for {name} is missing or misshapen"
-                    ));
-                }
-            }
-        }
-        if ck.state.rng.restore().is_none() {
-            return Err("the checkpoint's RNG state is not valid".into());
-        }
-        self.pending = Some(ck);
-        Ok(())
-    }
-
-    /// Applies a pending checkpoint of `phase`: returns the epoch to start from and the smoothed
-    /// loss to continue, (0, fresh) when there is none.
-    fn apply_pending(&mut self, phase: &str) -> (usize, SmoothLoss) {
-        if self.pending.as_ref().is_none_or(|c| c.state.phase != phase) {
-            return (0, SmoothLoss::default());
-        }
-        let Some(ck) = self.pending.take() else {
-            return (0, SmoothLoss::default());
-        };
-        let map: std::collections::HashMap<String, Tensor> = ck.tensors.into_iter().collect();
-        let vars = self.net.vs.variables();
-        tch::no_grad(|| {
-            for (k, mut v) in vars {
-                if let Some(t) = map.get(&format!("model.{k}")) {
-                    v.copy_(&t.to_device(v.device()));
-                }
-            }
-        });
-        // resume_from checked every shape, so this cannot fail.
-        let _ = self.opt.load_state(&map, &ck.state.steps);
-        if let Some(r) = ck.state.rng.restore() {
-            self.rng = r;
-        }
-        if let Some((scale, tracker)) = ck.state.loss_scale {
-            self.scaler.restore(scale, tracker);
-        }
-        self.rows = ck.state.rows;
-        (
-            ck.state.epochs_done,
-            SmoothLoss {
-                val: ck.state.smooth_val,
-                count: ck.state.smooth_count,
-            },
-        )
-    }
-
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole
     /// network with discriminative rates `slice(base_lr/2/lr_mult, base_lr/2)`.
     pub fn fine_tune(&mut self, ft: FineTune, report: &mut dyn Report) {
@@ -559,6 +437,7 @@ fn read_losses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::RngState;
     use crate::data::{DataConfig, ResizeMethod, Size};
     use crate::model::{Arch, MemoryFormat};
     use crate::train::SilentReport;

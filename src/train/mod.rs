@@ -1,6 +1,5 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
-pub mod bundle;
 pub mod checkpoint;
 pub mod grad_scaler;
 pub mod learner;
@@ -13,11 +12,11 @@ pub mod run;
 pub mod schedule;
 pub mod smooth_loss;
 
-pub use checkpoint::{Checkpoint, TrainState};
+pub use crate::bundle::{Checkpoint, EpochRow, FineTune, TrainState};
 pub use grad_scaler::GradScaler;
-pub use learner::{FineTune, Learner};
+pub use learner::Learner;
 pub use optimizer::AdamConfig;
 pub use profile::PhaseTimes;
-pub use report::{ConsoleReport, EpochRow, Report, SilentReport};
+pub use report::{ConsoleReport, Report, SilentReport};
 pub use schedule::{LrSpec, OneCycle};
 pub use smooth_loss::SmoothLoss;

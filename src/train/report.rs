@@ -1,21 +1,8 @@
 //! What a user sees while training: a progress bar per epoch on a terminal (plain lines otherwise)
 //! and fastai's table `epoch train_loss valid_loss error_rate time`, one per fit.
 
-use serde::{Deserialize, Serialize};
+use crate::bundle::EpochRow;
 use std::io::IsTerminal;
-
-/// One row of the per-epoch table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRow {
-    /// `frozen` or `unfrozen` for fine_tune's two fits, `fit` otherwise.
-    pub phase: String,
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub valid_loss: f64,
-    pub error_rate: f64,
-    pub accuracy: f64,
-    pub seconds: f64,
-}
 
 pub fn mmss(seconds: f64) -> String {
     let s = seconds.round() as u64;

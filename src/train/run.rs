@@ -2,10 +2,11 @@
 //! package both go through here, so they refuse the same folders, save after every epoch, resume
 //! the same way and write the same bundle.
 
-use super::bundle::{
+use super::{AdamConfig, Learner, Report};
+use crate::bundle::{
     self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
-use super::{AdamConfig, Checkpoint, EpochRow, FineTune, Learner, Report};
+use crate::bundle::{Checkpoint, EpochRow, FineTune};
 use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
 use crate::model::registry::RegistryError;
@@ -20,6 +21,8 @@ use std::sync::Arc;
 pub enum RunError {
     #[error("{0} already holds a model; pass --force to overwrite it, --resume {0} to continue it if it was interrupted, or choose another --out")]
     Exists(DisplayPath),
+    #[error("a weights file and random initialisation exclude each other; pass one of them")]
+    WeightsAndRandom,
     #[error("weights file {0} does not exist")]
     NoWeightsFile(DisplayPath),
     #[error("--size {w}x{h} is too small for {arch}: each side needs at least one 16-pixel patch")]
@@ -78,6 +81,17 @@ pub enum Pretrained {
 }
 
 impl Pretrained {
+    /// From `--weights FILE` and `--random-init` (or the Python package's `weights=`,
+    /// `random_init=`): at most one of them.
+    pub fn choose(weights: Option<PathBuf>, random_init: bool) -> Result<Self, RunError> {
+        match (weights, random_init) {
+            (Some(_), true) => Err(RunError::WeightsAndRandom),
+            (None, true) => Ok(Pretrained::Random),
+            (Some(w), false) => Ok(Pretrained::File(w)),
+            (None, false) => Ok(Pretrained::Known),
+        }
+    }
+
     /// The weights file, `None` for random weights; `progress` shows a download bar.
     pub fn resolve(&self, arch: ArchSpec, progress: bool) -> Result<Option<PathBuf>, RunError> {
         match self {
@@ -111,6 +125,7 @@ pub fn prepare(
     rt: Runtime,
     fb: &mut Feedback,
 ) -> Result<(Network, DataLoaders, Option<PathBuf>), RunError> {
+    cfg.validate()?;
     tch::manual_seed(cfg.seed as i64);
     // A ViT cuts the image into 16-pixel patches: a smaller side would leave no patch at all.
     if arch.arch.is_vit() && (cfg.size.w < 16 || cfg.size.h < 16) {
@@ -208,8 +223,9 @@ impl Plan {
         force: bool,
         s: Settings,
     ) -> Result<Plan, RunError> {
+        s.cfg.validate()?;
         let out = out.unwrap_or_else(|| default_out(&data));
-        if out.join("model.json").exists() && !force {
+        if out.join(bundle::INFO_FILE).exists() && !force {
             return Err(RunError::Exists(dp(&out)));
         }
         bundle::check_out_dir(&out)?;
@@ -230,7 +246,12 @@ impl Plan {
 
     /// The settings and checkpoint of an interrupted bundle; only the data folder may be given anew
     /// (the same files, moved).
-    pub fn resume(dir: &Path, data: Option<PathBuf>) -> Result<Plan, RunError> {
+    /// `max_file_bytes` is this run's (the cap is not a property of the bundle).
+    pub fn resume(
+        dir: &Path,
+        data: Option<PathBuf>,
+        max_file_bytes: u64,
+    ) -> Result<Plan, RunError> {
         let info = bundle::read_info(dir)?;
         let (Some(t), Some(d)) = (info.training.clone(), info.data.clone()) else {
             return Err(RunError::NoRecord(dp(dir)));
@@ -262,6 +283,7 @@ impl Plan {
                 valid_pct,
                 seed: t.seed,
                 strict: false,
+                max_file_bytes,
             },
             cache: Some(CacheConfig::new(CacheConfig::default_dir())),
             ft: t.fine_tune,

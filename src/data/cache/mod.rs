@@ -205,6 +205,7 @@ pub fn prepare(
     root: &Path,
     items: &[Item],
     t: Transform,
+    max_file_bytes: u64,
     bar: &indicatif::ProgressBar,
 ) -> Result<Prepared, CacheError> {
     let canon = std::fs::canonicalize(root).map_err(io_at(root))?;
@@ -251,7 +252,7 @@ pub fn prepare(
     }
 
     // Which items are already cached, unchanged.
-    let cap = crate::data::files::max_file_bytes();
+    let cap = max_file_bytes;
     let mut keys = Vec::with_capacity(items.len());
     let mut misses = Vec::new();
     let mut stamps = Vec::with_capacity(items.len());
@@ -286,7 +287,7 @@ pub fn prepare(
         let decoded: Vec<_> = chunk
             .par_iter()
             .map(|&i| {
-                let r = decode_file(&items[i].path)
+                let r = decode_file(&items[i].path, cap)
                     .map(|img| prepare_image(&img, t.method, t.size, t.pad));
                 bar.inc(1);
                 r

@@ -1,5 +1,5 @@
 //! torchvision ConvNeXt (`convnext_tiny`, `convnext_small`), with torchvision's key names. timm's
-//! `convnext_*` layout is mapped onto these names on load ([`from_timm`]).
+//! `convnext_*` layout is mapped onto these names on load ([`timm_remap`]).
 
 use crate::model::onnx::{Graph, OnnxExport};
 use crate::model::weights::{Shapes, Tensors};
@@ -296,7 +296,7 @@ pub fn guess(s: &Shapes) -> Option<&'static str> {
 
 /// timm → torchvision: `stem.{0,1}` → `features.0.{0,1}`, `stages.S.downsample.I` →
 /// `features.{2S}.I`, `stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2}` →
-/// `features.{2S+1}.B.block.{0,2,3,5}`, `gamma` [C] → `layer_scale` [C,1,1], `head.norm`/`head.fc`
+/// `features.{2S+1}.B.block.{0,2,3,5}`, `gamma` `[C]` → `layer_scale` `[C,1,1]`, `head.norm`/`head.fc`
 /// → `classifier.0`/`classifier.2`.
 pub fn timm_remap(t: Tensors) -> Result<Tensors, String> {
     t.into_iter()

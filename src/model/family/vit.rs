@@ -1,6 +1,6 @@
 //! Vision Transformers ViT-B/16 (torchvision `vit_b_16`) and ViT-S/16 (timm's
 //! `vit_small_patch16_224` configuration: torchvision has none), both with torchvision's key names.
-//! timm's `vit_*_patch16_224` layout is mapped onto these names on load ([`from_timm`]).
+//! timm's `vit_*_patch16_224` layout is mapped onto these names on load ([`timm_remap`]).
 //!
 //! The position embedding keeps the checkpoint's grid (14×14 for 224 px), so checkpoints and
 //! bundles load strictly at any `--size`; when the input's patch grid differs it is resampled in

@@ -159,7 +159,7 @@ fn classification_k(v: &Value) -> Result<Option<usize>, ApiError> {
 fn fp32_inputs(
     input: &Value,
     data: &[Value],
-    info: &crate::infer::ModelInfo,
+    info: &crate::bundle::ModelInfo,
 ) -> Result<Vec<Input>, ApiError> {
     let (h, w) = (info.size.h as usize, info.size.w as usize);
     let shape: Vec<usize> = input

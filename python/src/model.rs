@@ -1,0 +1,310 @@
+//! `finetune.load` and `Model`: a bundle loaded once, predictions on files, pixels or encoded bytes
+//! with the GIL released.
+
+use crate::errors::*;
+use finetune::bundle::{self, Bundle};
+use finetune::data::decode::{decode_bytes, decode_file};
+use finetune::device::select as parse_device;
+use finetune::infer::predict::{predict_with, Prediction};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Results as Python lists of `(label, score)`; a failed item raises, or with
+/// `return_exceptions` stands in the list as its exception (as `asyncio.gather` does).
+pub(crate) fn to_python(
+    py: Python<'_>,
+    results: Vec<Ranked>,
+    return_exceptions: bool,
+) -> PyResult<Py<PyList>> {
+    let out = PyList::empty(py);
+    for r in results {
+        match r {
+            Ok(top) => out.append(PyList::new(py, top)?)?,
+            Err(e) if return_exceptions => out.append(e.to_py().into_value(py))?,
+            Err(e) => return Err(e.to_py()),
+        }
+    }
+    Ok(out.unbind())
+}
+
+/// A trained model bundle, loaded once and used for any number of predictions.
+#[pyclass(module = "finetune", name = "Model", frozen)]
+pub(crate) struct Model {
+    /// One forward pass at a time; the lock also makes the model shareable between Python threads.
+    bundle: Mutex<Bundle>,
+    path: PathBuf,
+    device: tch::Device,
+    /// The largest image file `predict` reads (`max_file_mb`, else `FINETUNE_MAX_FILE_MB`).
+    max_file_bytes: u64,
+}
+
+impl Model {
+    fn classes_of(&self) -> Vec<String> {
+        self.lock().info.classes.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bundle> {
+        self.bundle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decodes with `decode` and ranks every item (GIL released), best `top_k` first.
+    fn rank<T: Sync + Send>(
+        &self,
+        py: Python<'_>,
+        items: Vec<T>,
+        top_k: usize,
+        decode: impl Fn(&T) -> Result<image::RgbImage, ItemError> + Sync + Send,
+    ) -> Vec<Ranked> {
+        py.detach(|| {
+            let b = self.lock();
+            let classes = &b.info.classes;
+            let k = top_k.clamp(1, classes.len());
+            let mut out = Vec::with_capacity(items.len());
+            predict_with(&b, &items, decode, |_, r| {
+                out.push(r.map(|probs| {
+                    let p = Prediction {
+                        path: PathBuf::new(),
+                        probs,
+                    };
+                    p.top(k)
+                        .into_iter()
+                        .map(|(i, s)| (classes[i].clone(), s))
+                        .collect()
+                }))
+            });
+            out
+        })
+    }
+}
+
+/// `obj` as one RGB image: any object with a uint8 buffer of shape (H, W, 3), e.g. a numpy array
+/// (others go through `numpy.asarray` first, so PIL images work too).
+pub(crate) fn rgb_of(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+) -> PyResult<image::RgbImage> {
+    let pixels = |o: &Bound<'_, PyAny>| -> PyResult<(Vec<usize>, Vec<u8>)> {
+        let buf = PyBuffer::<u8>::get(o)?;
+        Ok((buf.shape().to_vec(), buf.to_vec(py)?))
+    };
+    let (shape, data) = match pixels(obj) {
+        Ok(v) => v,
+        Err(_) => {
+            let arr = py.import("numpy")?.call_method1("asarray", (obj,))?;
+            pixels(&arr).map_err(|_| {
+                let dtype = arr
+                    .getattr("dtype")
+                    .and_then(|d| d.str())
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                PyTypeError::new_err(format!(
+                    "{what}: expected uint8 RGB pixels of shape (H, W, 3), got dtype {dtype}"
+                ))
+            })?
+        }
+    };
+    match shape[..] {
+        [h, w, 3] if h > 0 && w > 0 => image::RgbImage::from_raw(w as u32, h as u32, data)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("{what}: pixel buffer does not match its shape"))
+            }),
+        _ => Err(PyValueError::new_err(format!(
+            "{what}: expected uint8 RGB pixels of shape (H, W, 3), got shape {shape:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Model {
+    /// Class names, in the order of the network's outputs.
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.classes_of()
+    }
+
+    /// The bundle folder this model was loaded from.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// Where the network runs (`cpu`, `cuda:0`, ...).
+    #[getter]
+    fn device(&self) -> String {
+        match self.device {
+            tch::Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".into(),
+        }
+    }
+
+    /// The bundle's `model.json` as a dict: architecture, input size, resize method, normalisation,
+    /// how it was trained, final metrics.
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(&self.lock().info).map_err(fail)?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    /// Top-k `(label, score)` for each image file, in input order, scores being softmax
+    /// probabilities. An unreadable file raises (`FinetuneError`, or `FileNotFoundError`) naming it;
+    /// with `return_exceptions=True` its place in the list holds that exception instead.
+    #[pyo3(signature = (paths, top_k=1, return_exceptions=false))]
+    fn predict(
+        &self,
+        py: Python<'_>,
+        paths: Vec<PathBuf>,
+        top_k: usize,
+        return_exceptions: bool,
+    ) -> PyResult<Py<PyList>> {
+        let r = self.rank(py, paths, top_k, |p| {
+            if !p.exists() {
+                return Err(ItemError::Missing(p.clone()));
+            }
+            decode_file(p, self.max_file_bytes).map_err(ItemError::Decode)
+        });
+        to_python(py, r, return_exceptions)
+    }
+
+    /// Like `predict`, for decoded pixels: a uint8 array of shape (N, H, W, 3), or a list of
+    /// (H, W, 3) arrays of any sizes. They get the same resize and normalisation as files.
+    #[pyo3(signature = (arrays, top_k=1))]
+    fn predict_arrays(
+        &self,
+        py: Python<'_>,
+        arrays: &Bound<'_, PyAny>,
+        top_k: usize,
+    ) -> PyResult<Py<PyList>> {
+        let mut images = Vec::new();
+        let batch = PyBuffer::<u8>::get(arrays)
+            .ok()
+            .filter(|b| b.dimensions() == 4);
+        if let Some(buf) = batch {
+            let s = buf.shape().to_vec();
+            if s[3] != 3 || s[1] == 0 || s[2] == 0 {
+                return Err(PyValueError::new_err(format!(
+                    "arrays: expected uint8 RGB pixels of shape (N, H, W, 3), got shape {s:?}"
+                )));
+            }
+            let data = buf.to_vec(py)?;
+            let per = s[1] * s[2] * 3;
+            for chunk in data.chunks_exact(per.max(1)) {
+                images.push(
+                    image::RgbImage::from_raw(s[2] as u32, s[1] as u32, chunk.to_vec())
+                        .ok_or_else(|| {
+                            PyValueError::new_err("arrays: pixel buffer does not match its shape")
+                        })?,
+                );
+            }
+        } else {
+            if PyBuffer::<u8>::get(arrays).is_ok_and(|b| b.dimensions() == 3) {
+                return Err(PyValueError::new_err(
+                    "arrays: got one (H, W, 3) image; pass [image] or an (N, H, W, 3) array",
+                ));
+            }
+            for (i, a) in arrays.try_iter()?.enumerate() {
+                images.push(rgb_of(py, &a?, &format!("arrays[{i}]"))?);
+            }
+        }
+        let r = self.rank(py, images, top_k, |img| Ok(img.clone()));
+        to_python(py, r, false)
+    }
+
+    /// Like `predict`, for encoded image files in memory (bytes of a JPEG, PNG, ...): decoding and
+    /// resizing run in Rust on all cores. `names` (e.g. the source paths) name the images in
+    /// errors. Ray's batch predictor calls this.
+    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None))]
+    fn predict_encoded(
+        &self,
+        py: Python<'_>,
+        blobs: &Bound<'_, PyAny>,
+        top_k: usize,
+        return_exceptions: bool,
+        names: Option<Vec<String>>,
+    ) -> PyResult<Py<PyList>> {
+        let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        for (i, b) in blobs.try_iter()?.enumerate() {
+            let b = b?;
+            let bytes = PyBuffer::<u8>::get(&b)
+                .and_then(|buf| buf.to_vec(py))
+                .map_err(|_| PyTypeError::new_err(format!("blobs[{i}] is not bytes")))?;
+            items.push((PathBuf::from(format!("<bytes {i}>")), bytes));
+        }
+        if let Some(names) = names {
+            if names.len() != items.len() {
+                return Err(PyValueError::new_err(format!(
+                    "{} names for {} blobs",
+                    names.len(),
+                    items.len()
+                )));
+            }
+            for (it, n) in items.iter_mut().zip(names) {
+                it.0 = PathBuf::from(n);
+            }
+        }
+        let r = self.rank(py, items, top_k, |(name, bytes)| {
+            decode_bytes(name, bytes).map_err(ItemError::Decode)
+        });
+        to_python(py, r, return_exceptions)
+    }
+
+    fn __repr__(&self) -> String {
+        let b = self.lock();
+        format!(
+            "finetune.Model('{}', arch={}, classes={}, size={}, device={})",
+            self.path.display(),
+            b.info.arch,
+            b.info.classes.len(),
+            b.info.size,
+            self.device()
+        )
+    }
+}
+
+/// Loads a bundle made by `finetune train` (or `finetune.train`). `device`: auto (CUDA when
+/// present), cpu, cuda or cuda:N. `max_file_mb`: the largest image file `predict` reads (default:
+/// `FINETUNE_MAX_FILE_MB`, else 64, as the CLI's `--max-file-mb`).
+#[pyfunction]
+#[pyo3(signature = (path, device="auto", max_file_mb=None))]
+pub(crate) fn load(
+    py: Python<'_>,
+    path: PathBuf,
+    device: &str,
+    max_file_mb: Option<u64>,
+) -> PyResult<Model> {
+    let dev = parse_device(device).map_err(device_err)?;
+    let b = py
+        .detach(|| bundle::load(&path, dev))
+        .map_err(|e| bundle_err(e, &path))?;
+    Ok(Model {
+        bundle: Mutex::new(b),
+        path,
+        device: dev,
+        max_file_bytes: max_file_bytes(max_file_mb),
+    })
+}
+
+/// The pixels `predict` sees for a file before resizing: decoded by finetune's decoder (format
+/// sniffed from content, EXIF orientation applied, alpha on white) as (bytes, height, width).
+#[pyfunction]
+pub(crate) fn _read_image(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<u8>, u32, u32)> {
+    if !path.exists() {
+        return Err(ItemError::Missing(path).to_py());
+    }
+    let cap = max_file_bytes(None);
+    let img = py.detach(|| decode_file(&path, cap)).map_err(fail)?;
+    let (w, h) = img.dimensions();
+    Ok((img.into_raw(), h, w))
+}
+
+/// A call's `max_file_mb`, else the environment's (`FINETUNE_MAX_FILE_MB`), else the default.
+pub(crate) fn max_file_bytes(max_file_mb: Option<u64>) -> u64 {
+    max_file_mb.map_or_else(
+        finetune::data::files::cap_from_env,
+        finetune::data::files::mb_cap,
+    )
+}

@@ -1,0 +1,278 @@
+//! `finetune.train`: the CLI's `train` through the same `Plan`/`Session`, on its own thread while
+//! Python waits without the GIL and still sees Ctrl-C.
+
+use crate::errors::*;
+use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
+use finetune::device::select as parse_device;
+use finetune::model::ArchSpec;
+use finetune::train::report::{table_header, table_row};
+use finetune::train::run::{Feedback, Outcome, Plan, Pretrained, Session, Settings};
+use finetune::train::{EpochRow, FineTune, Report};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Prints fastai's epoch table through Python's `print` (so notebooks show it), and the log lines.
+pub(crate) struct PyReport {
+    quiet: bool,
+}
+
+pub(crate) fn py_print(line: &str) {
+    Python::attach(|py| {
+        let _ = py
+            .import("builtins")
+            .and_then(|b| b.call_method1("print", (line,)));
+        let _ = py
+            .import("sys")
+            .and_then(|s| s.getattr("stdout"))
+            .and_then(|o| o.call_method0("flush"));
+    });
+}
+
+impl Report for PyReport {
+    fn begin_fit(&mut self, phase: &str, _n: usize) {
+        if !self.quiet {
+            py_print(&format!("{phase}:"));
+        }
+        py_print(&table_header());
+    }
+    fn end_epoch(&mut self, r: &EpochRow) {
+        py_print(&table_row(r));
+    }
+    fn message(&mut self, msg: &str) {
+        if !self.quiet || msg.starts_with("warning") {
+            py_print(msg);
+        }
+    }
+}
+
+pub(crate) fn size_of(obj: &Bound<'_, PyAny>) -> PyResult<Size> {
+    let s = if let Ok(n) = obj.extract::<u32>() {
+        n.to_string()
+    } else if let Ok((w, h)) = obj.extract::<(u32, u32)>() {
+        format!("{w}x{h}")
+    } else {
+        obj.extract::<String>()
+            .map_err(|_| PyTypeError::new_err("size: an int, a (width, height) tuple or 'WxH'"))?
+    };
+    s.parse::<Size>()
+        .map_err(|e| PyValueError::new_err(format!("size: {e}")))
+}
+
+pub(crate) fn row_dict<'py>(py: Python<'py>, r: &EpochRow) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("phase", &r.phase)?;
+    d.set_item("epoch", r.epoch)?;
+    d.set_item("train_loss", r.train_loss)?;
+    d.set_item("valid_loss", r.valid_loss)?;
+    d.set_item("error_rate", r.error_rate)?;
+    d.set_item("accuracy", r.accuracy)?;
+    d.set_item("seconds", r.seconds)?;
+    Ok(d)
+}
+
+pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let last = o.rows.last();
+    for key in ["train_loss", "valid_loss", "error_rate", "accuracy"] {
+        let v = last.map(|r| match key {
+            "train_loss" => r.train_loss,
+            "valid_loss" => r.valid_loss,
+            "error_rate" => r.error_rate,
+            _ => r.accuracy,
+        });
+        d.set_item(key, v)?;
+    }
+    d.set_item("model", o.out.display().to_string())?;
+    d.set_item("interrupted", o.interrupted)?;
+    d.set_item("resumable", o.resumable)?;
+    d.set_item("skipped_files", o.skipped_files)?;
+    d.set_item("seconds", o.seconds)?;
+    d.set_item("classes", &o.info.classes)?;
+    let hist = PyList::empty(py);
+    for r in &o.rows {
+        hist.append(row_dict(py, r)?)?;
+    }
+    d.set_item("history", hist)?;
+    Ok(d)
+}
+
+/// fastai's `vision_learner(dls, arch).fine_tune(epochs)` on a folder of class folders, saving a
+/// bundle to `out` (default `models/<data folder name>`) exactly as `finetune train` does; the
+/// options are that command's. Returns the final metrics (the last row of the bundle's
+/// metrics.csv) and every epoch's row under `history`. `resume=DIR` continues an interrupted
+/// bundle. Ctrl-C stops after the current batch, saves a resumable bundle and raises
+/// KeyboardInterrupt.
+#[pyfunction]
+#[pyo3(signature = (
+    data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
+    lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=false,
+    size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
+    strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
+    precision="auto", quiet=false, max_file_mb=None
+))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train<'py>(
+    py: Python<'py>,
+    data: Option<PathBuf>,
+    out: Option<PathBuf>,
+    arch: &str,
+    epochs: usize,
+    freeze_epochs: usize,
+    base_lr: f64,
+    lr_mult: f64,
+    pct_start: f64,
+    div: f64,
+    wd: f64,
+    label_smoothing: f64,
+    augment: bool,
+    size: Option<&Bound<'py, PyAny>>,
+    resize: &str,
+    pad_mode: &str,
+    bs: usize,
+    valid_pct: f64,
+    seed: u64,
+    strict: bool,
+    weights: Option<PathBuf>,
+    random_init: bool,
+    force: bool,
+    resume: Option<PathBuf>,
+    device: &str,
+    precision: &str,
+    quiet: bool,
+    max_file_mb: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dev = parse_device(device).map_err(device_err)?;
+    let precision = precision
+        .parse::<finetune::model::PrecisionChoice>()
+        .map_err(PyValueError::new_err)?;
+    // This call's choice only: a later load() in the same process takes its own defaults.
+    let rt = finetune::model::Runtime {
+        precision,
+        ..finetune::model::Runtime::from(dev)
+    };
+    let cap = crate::model::max_file_bytes(max_file_mb);
+    let plan = match resume {
+        Some(dir) => Plan::resume(&dir, data, cap),
+        None => {
+            let Some(data) = data else {
+                return Err(PyTypeError::new_err(
+                    "train() needs a data folder (or resume=DIR)",
+                ));
+            };
+            let arch = arch
+                .parse::<ArchSpec>()
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let size = match size {
+                Some(s) => size_of(s)?,
+                None => DataConfig::default().size,
+            };
+            let resize = resize
+                .parse::<ResizeMethod>()
+                .map_err(PyValueError::new_err)?;
+            let pad = pad_mode.parse::<PadMode>().map_err(PyValueError::new_err)?;
+            let pretrained = Pretrained::choose(weights, random_init).map_err(run_err)?;
+            Plan::new(
+                data,
+                out,
+                force,
+                Settings {
+                    arch,
+                    pretrained,
+                    cfg: DataConfig {
+                        size,
+                        method: resize,
+                        pad,
+                        bs,
+                        valid_pct,
+                        seed,
+                        strict,
+                        max_file_bytes: cap,
+                    },
+                    ft: FineTune {
+                        epochs,
+                        base_lr,
+                        freeze_epochs,
+                        lr_mult,
+                        pct_start,
+                        div,
+                    },
+                    wd,
+                    label_smoothing,
+                    augment,
+                },
+            )
+        }
+    }
+    .map_err(run_err)?;
+    // Training runs on its own thread while this one waits without the GIL, checking for Ctrl-C
+    // (Python's handler only runs on the main thread, between calls into Python).
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_worker = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::Builder::new()
+        .name("finetune-train".into())
+        .spawn(move || {
+            let r = (|| {
+                let mut log = |m: &str| {
+                    if !quiet {
+                        py_print(m)
+                    }
+                };
+                let mut fb = Feedback {
+                    bar: &indicatif::ProgressBar::hidden(),
+                    download_bar: false,
+                    log: &mut log,
+                };
+                let mut session = Session::start(plan, rt, &mut fb)?;
+                session.learn.stop = stop_worker;
+                session.run(&mut PyReport { quiet })
+            })();
+            let _ = tx.send(());
+            r
+        })
+        .map_err(fail)?;
+    let rx = Mutex::new(rx);
+    let mut interrupt: Option<PyErr> = None;
+    loop {
+        let waited = py.detach(|| {
+            rx.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recv_timeout(Duration::from_millis(100))
+        });
+        match waited {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if interrupt.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        stop.store(true, Ordering::SeqCst);
+                        interrupt = Some(e);
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let outcome = py
+        .detach(|| worker.join())
+        .map_err(|_| PyRuntimeError::new_err("training failed (a panic; see stderr)"))?
+        .map_err(run_err)?;
+    if let Some(e) = interrupt {
+        if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+            let dir = outcome.out.display();
+            let how = if outcome.resumable {
+                format!("; continue it with finetune.train(resume='{dir}')")
+            } else {
+                String::new()
+            };
+            return Err(PyKeyboardInterrupt::new_err(format!(
+                "training stopped; the bundle in {dir} was saved{how}"
+            )));
+        }
+        return Err(e);
+    }
+    outcome_dict(py, &outcome)
+}

@@ -1,0 +1,102 @@
+//! What `model.json` and `metrics.csv` hold.
+
+use crate::data::items::SplitKind;
+use crate::data::{PadMode, ResizeMethod, Size};
+use crate::model::Arch;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Bumped when a bundle written by this version cannot be read by older ones.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `fine_tune`'s arguments, with fastai's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FineTune {
+    pub epochs: usize,
+    pub base_lr: f64,
+    pub freeze_epochs: usize,
+    pub lr_mult: f64,
+    pub pct_start: f64,
+    pub div: f64,
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        FineTune {
+            epochs: 3,
+            base_lr: 2e-3,
+            freeze_epochs: 1,
+            lr_mult: 100.0,
+            pct_start: 0.3,
+            div: 5.0,
+        }
+    }
+}
+
+/// One row of the per-epoch table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    /// `frozen` or `unfrozen` for fine_tune's two fits, `fit` otherwise.
+    pub phase: String,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid_loss: f64,
+    pub error_rate: f64,
+    pub accuracy: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Normalization {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingInfo {
+    pub fine_tune: FineTune,
+    pub bs: usize,
+    pub seed: u64,
+    pub wd: f64,
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub augment: bool,
+    pub pretrained_weights: Option<String>,
+    pub device: String,
+    /// What the forward passes computed in (absent in bundles from before `--precision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::model::Precision>,
+    pub interrupted: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataInfo {
+    pub source: PathBuf,
+    pub split: SplitKind,
+    pub train_images: usize,
+    pub valid_images: usize,
+    pub skipped_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinalMetrics {
+    pub valid_loss: f64,
+    pub error_rate: f64,
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    pub format_version: u32,
+    pub finetune_version: String,
+    pub arch: Arch,
+    pub classes: Vec<String>,
+    pub size: Size,
+    pub resize: ResizeMethod,
+    pub pad_mode: PadMode,
+    pub normalization: Normalization,
+    pub training: Option<TrainingInfo>,
+    pub data: Option<DataInfo>,
+    pub metrics: Option<FinalMetrics>,
+}
