@@ -415,11 +415,7 @@ fn readme_python_example_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let b = bundle::load(&model, Device::Cpu).unwrap();
-    let ours = finetune::infer::predict::predict(
-        &b,
-        &files,
-        finetune::data::files::DEFAULT_MAX_FILE_BYTES,
-    );
+    let ours = finetune::infer::predict::predict(&b, &files, &Default::default());
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     for (line, p) in lines.iter().zip(ours) {

@@ -6,6 +6,7 @@ use finetune::bundle::{self, Bundle};
 use finetune::data::decode::{decode_bytes, decode_file};
 use finetune::device::select as parse_device;
 use finetune::infer::predict::{predict_with, Prediction};
+use finetune::infer::tta::Tta;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -57,6 +58,7 @@ impl Model {
         py: Python<'_>,
         items: Vec<T>,
         top_k: usize,
+        tta: Option<Tta>,
         decode: impl Fn(&T) -> Result<image::RgbImage, ItemError> + Sync + Send,
     ) -> Vec<Ranked> {
         py.detach(|| {
@@ -64,18 +66,24 @@ impl Model {
             let classes = &b.info.classes;
             let k = top_k.clamp(1, classes.len());
             let mut out = Vec::with_capacity(items.len());
-            predict_with(&b, &items, decode, |_, r| {
-                out.push(r.map(|probs| {
-                    let p = Prediction {
-                        path: PathBuf::new(),
-                        probs,
-                    };
-                    p.top(k)
-                        .into_iter()
-                        .map(|(i, s)| (classes[i].clone(), s))
-                        .collect()
-                }))
-            });
+            predict_with(
+                &b,
+                &items,
+                decode,
+                tta.as_ref(),
+                |_, r: Result<Vec<f32>, _>| {
+                    out.push(r.map(|probs| {
+                        let p = Prediction {
+                            path: PathBuf::new(),
+                            probs,
+                        };
+                        p.top(k)
+                            .into_iter()
+                            .map(|(i, s)| (classes[i].clone(), s))
+                            .collect()
+                    }))
+                },
+            );
             out
         })
     }
@@ -153,15 +161,19 @@ impl Model {
     /// Top-k `(label, score)` for each image file, in input order, scores being softmax
     /// probabilities. An unreadable file raises (`FinetuneError`, or `FileNotFoundError`) naming it;
     /// with `return_exceptions=True` its place in the list holds that exception instead.
-    #[pyo3(signature = (paths, top_k=1, return_exceptions=false))]
+    /// `tta=True` (or a dict of `n`, `beta`, `seed`) predicts with test-time augmentation, as
+    /// `finetune predict --tta` (fastai's `Learner.tta`).
+    #[pyo3(signature = (paths, top_k=1, return_exceptions=false, tta=None))]
     fn predict(
         &self,
         py: Python<'_>,
         paths: Vec<PathBuf>,
         top_k: usize,
         return_exceptions: bool,
+        tta: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyList>> {
-        let r = self.rank(py, paths, top_k, |p| {
+        let tta = tta_of(tta)?;
+        let r = self.rank(py, paths, top_k, tta, |p| {
             if !p.exists() {
                 return Err(ItemError::Missing(p.clone()));
             }
@@ -172,13 +184,15 @@ impl Model {
 
     /// Like `predict`, for decoded pixels: a uint8 array of shape (N, H, W, 3), or a list of
     /// (H, W, 3) arrays of any sizes. They get the same resize and normalisation as files.
-    #[pyo3(signature = (arrays, top_k=1))]
+    #[pyo3(signature = (arrays, top_k=1, tta=None))]
     fn predict_arrays(
         &self,
         py: Python<'_>,
         arrays: &Bound<'_, PyAny>,
         top_k: usize,
+        tta: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyList>> {
+        let tta = tta_of(tta)?;
         let mut images = Vec::new();
         let batch = PyBuffer::<u8>::get(arrays)
             .ok()
@@ -210,14 +224,14 @@ impl Model {
                 images.push(rgb_of(py, &a?, &format!("arrays[{i}]"))?);
             }
         }
-        let r = self.rank(py, images, top_k, |img| Ok(img.clone()));
+        let r = self.rank(py, images, top_k, tta, |img| Ok(img.clone()));
         to_python(py, r, false)
     }
 
     /// Like `predict`, for encoded image files in memory (bytes of a JPEG, PNG, ...): decoding and
     /// resizing run in Rust on all cores. `names` (e.g. the source paths) name the images in
     /// errors. Ray's batch predictor calls this.
-    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None))]
+    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None))]
     fn predict_encoded(
         &self,
         py: Python<'_>,
@@ -225,7 +239,9 @@ impl Model {
         top_k: usize,
         return_exceptions: bool,
         names: Option<Vec<String>>,
+        tta: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyList>> {
+        let tta = tta_of(tta)?;
         let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
         for (i, b) in blobs.try_iter()?.enumerate() {
             let b = b?;
@@ -246,7 +262,7 @@ impl Model {
                 it.0 = PathBuf::from(n);
             }
         }
-        let r = self.rank(py, items, top_k, |(name, bytes)| {
+        let r = self.rank(py, items, top_k, tta, |(name, bytes)| {
             decode_bytes(name, bytes).map_err(ItemError::Decode)
         });
         to_python(py, r, return_exceptions)
@@ -307,4 +323,34 @@ pub(crate) fn max_file_bytes(max_file_mb: Option<u64>) -> u64 {
         finetune::data::files::cap_from_env,
         finetune::data::files::mb_cap,
     )
+}
+
+/// `tta=`: `None`/`False` (none), `True` (fastai's defaults), or a dict overriding `n`, `beta`,
+/// `seed` — checked as the CLI's `--tta-n`/`--tta-beta`.
+fn tta_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Tta>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(on) = obj.extract::<bool>() {
+        return Ok(on.then(Tta::default));
+    }
+    let d = obj
+        .cast::<pyo3::types::PyDict>()
+        .map_err(|_| PyTypeError::new_err("tta: True, False or a dict of n, beta, seed"))?;
+    let mut t = Tta::default();
+    for (k, v) in d.iter() {
+        match k.extract::<String>()?.as_str() {
+            "n" => t.n = v.extract()?,
+            "beta" => t.beta = v.extract()?,
+            "seed" => t.seed = v.extract()?,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "tta: unknown key `{other}`; use n, beta, seed"
+                )))
+            }
+        }
+    }
+    t.validate()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(Some(t))
 }

@@ -175,6 +175,41 @@ def test_the_file_cap_and_settings_are_per_call_and_checked_as_the_cli_does(bund
         finetune.train(SAMPLE / "train", resize="fit", out=tmp_path / "m")
 
 
+def test_tta_equals_the_clis(photos, tmp_path):
+    """`tta=` gives `finetune predict --tta`'s probabilities, for files, pixels and bytes alike; on a
+    model trained with a random crop and `augment`, TTA changes them."""
+    out = tmp_path / "crop"
+    finetune.train(
+        str(SAMPLE / "train"), out=str(out), arch="resnet18", random_init=True, size=32, bs=16,
+        epochs=1, device="cpu", quiet=True, resize="crop", augment=True,
+    )
+    m = finetune.load(out, device="cpu")
+
+    def cli_tta(*extra):
+        _, stdout, _ = cli("predict", "--json", "--top-k", 4, "--device", "cpu", *extra, out, *photos)
+        return [[(p["label"], p["probability"]) for p in r["predictions"]] for r in json.loads(stdout)]
+
+    want = cli_tta("--tta")
+    got = m.predict(photos, top_k=4, tta=True)
+    for g, w in zip(got, want):
+        assert_same(g, w)
+    pixels = [finetune.read_image(p) for p in photos]
+    for g, w in zip(m.predict_arrays(pixels, top_k=4, tta=True), want):
+        assert_same(g, w)
+    for g, w in zip(m.predict_encoded([Path(p).read_bytes() for p in photos], top_k=4, tta=True), want):
+        assert_same(g, w)
+    for g, w in zip(m.predict(photos, top_k=4, tta={"n": 2, "beta": 0.5, "seed": 3}),
+                    cli_tta("--tta", "--tta-n", 2, "--tta-beta", 0.5, "--tta-seed", 3)):
+        assert_same(g, w)
+    plain = m.predict(photos, top_k=4)
+    assert max(abs(dict(g)[lab] - s) for g, p in zip(got, plain) for lab, s in p) > 1e-6
+    assert m.predict(photos, top_k=4, tta=False) == plain
+    with pytest.raises(ValueError, match="--tta-n must be at least 1"):
+        m.predict(photos, tta={"n": 0})
+    with pytest.raises(ValueError, match="unknown key `k`"):
+        m.predict(photos, tta={"k": 1})
+
+
 def test_predict_releases_the_gil(bundle, photos):
     """While `predict` runs in one thread, another Python thread keeps running. The work is sized
     by doubling until one call lasts at least a second, so the check does not depend on how fast

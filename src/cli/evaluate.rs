@@ -21,13 +21,16 @@ pub struct Args {
     #[arg(long)]
     save: bool,
     #[command(flatten)]
+    tta: super::TtaArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
-    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses, max_file_bytes)?;
+    let opts = a.tta.options(max_file_bytes)?;
+    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses, &opts)?;
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
     }

@@ -149,3 +149,42 @@ pub mod console {
         std::io::stderr().is_terminal()
     }
 }
+
+/// Test-time augmentation (fastai's `Learner.tta`), for evaluate and predict.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TtaArgs {
+    /// Average the predictions of the training transforms (random crop window; with a model trained
+    /// with --augment, flip, rotation, zoom and lighting) with the plain one, as fastai's `tta`.
+    #[arg(long)]
+    pub tta: bool,
+    /// Augmented passes (fastai's `n`).
+    #[arg(long, default_value_t = 4, requires = "tta")]
+    pub tta_n: usize,
+    /// Weight of the plain prediction (fastai's `beta`): (1 − beta)·mean(passes) + beta·plain.
+    #[arg(long, default_value_t = 0.25, requires = "tta")]
+    pub tta_beta: f64,
+    /// Seeds the passes' random draws (the same seed gives the same probabilities).
+    #[arg(long, default_value_t = 42, requires = "tta")]
+    pub tta_seed: u64,
+}
+
+impl TtaArgs {
+    /// With the global `--max-file-mb` cap: the inference options of evaluate and predict.
+    pub fn options(
+        &self,
+        max_file_bytes: u64,
+    ) -> anyhow::Result<finetune::infer::predict::Options> {
+        let tta = self.tta.then_some(finetune::infer::tta::Tta {
+            n: self.tta_n,
+            beta: self.tta_beta,
+            seed: self.tta_seed,
+        });
+        if let Some(t) = &tta {
+            t.validate()?;
+        }
+        Ok(finetune::infer::predict::Options {
+            max_file_bytes,
+            tta,
+        })
+    }
+}

@@ -20,6 +20,8 @@ pub struct Args {
     #[arg(long)]
     csv: bool,
     #[command(flatten)]
+    tta: super::TtaArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
@@ -65,7 +67,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut failed = 0usize;
     let mut io_err = None;
-    predict::predict_each(&b, &paths, max_file_bytes, |r| match r {
+    predict::predict_each(&b, &paths, &a.tta.options(max_file_bytes)?, |r| match r {
         Ok(p) => {
             let top = p.top(k);
             let path = p.path.display().to_string();

@@ -36,6 +36,18 @@ impl AugParams {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The first image's draws for each of `n` images (test-time augmentation applies one draw to a
+    /// whole batch, so an image's result does not depend on the batch it lands in).
+    pub fn repeat_first(&self, n: usize) -> Self {
+        let n = n as i64;
+        let first = |t: &Tensor| t.narrow(0, 0, 1).repeat([n, 1, 1, 1][..t.dim()].to_vec());
+        AugParams {
+            theta: first(&self.theta),
+            bright: first(&self.bright),
+            contrast: first(&self.contrast),
+        }
+    }
+
     /// In page-locked memory, for asynchronous copies to `device`.
     pub fn pinned(self, device: tch::Device) -> Self {
         AugParams {

@@ -153,8 +153,18 @@ pub fn crop_window<R: Rng>(img: &RgbImage, size: Size, train: bool, rng: &mut R)
     } else {
         (0.5, 0.5)
     };
-    let left = (fx * (w - size.w) as f64) as u32;
-    let top = (fy * (h - size.h) as f64) as u32;
+    crop_at(img, size, fx, fy)
+}
+
+/// Cuts the `size` window whose top-left corner lies at fractions `fx`, `fy` of the free room
+/// (0.5, 0.5: centred); an image of the target size comes back unchanged.
+pub fn crop_at(img: &RgbImage, size: Size, fx: f64, fy: f64) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if (w, h) == (size.w, size.h) {
+        return img.clone();
+    }
+    let left = (fx * w.saturating_sub(size.w) as f64) as u32;
+    let top = (fy * h.saturating_sub(size.h) as f64) as u32;
     image::imageops::crop_imm(img, left, top, size.w, size.h).to_image()
 }
 

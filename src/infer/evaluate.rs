@@ -1,7 +1,7 @@
 //! Test-set evaluation: accuracy, per-class precision/recall/F1, confusion matrix, most-confused
 //! pairs and top losses (fastai's `ClassificationInterpretation`).
 
-use super::predict::predict;
+use super::predict::{predict, Options};
 use crate::bundle::{self, Bundle, BundleError};
 use crate::data::items::{self, ItemsError};
 use serde::Serialize;
@@ -52,6 +52,8 @@ pub struct Evaluation {
     pub most_confused: Vec<(String, String, usize)>,
     pub top_losses: Vec<Loss>,
     pub skipped: Vec<(PathBuf, String)>,
+    /// The test-time augmentation the probabilities come from (`null`: the plain transform).
+    pub tta: Option<super::tta::Tta>,
 }
 
 impl Evaluation {
@@ -67,12 +69,13 @@ impl Evaluation {
     }
 }
 
-/// Files over `max_file_bytes` are skipped like unreadable ones.
+/// Files over `opts.max_file_bytes` are skipped like unreadable ones; `opts.tta` evaluates with
+/// test-time augmentation.
 pub fn evaluate(
     bundle: &Bundle,
     test_dir: &Path,
     k_losses: usize,
-    max_file_bytes: u64,
+    opts: &Options,
 ) -> Result<Evaluation, EvalError> {
     let scan = items::scan(test_dir, &[])?;
     let classes = bundle.info.classes.clone();
@@ -90,7 +93,7 @@ pub fn evaluate(
         }
     }
     let paths: Vec<PathBuf> = scan.items.iter().map(|i| i.path.clone()).collect();
-    let preds = predict(bundle, &paths, max_file_bytes);
+    let preds = predict(bundle, &paths, opts);
     let n = classes.len();
     let mut confusion = vec![vec![0usize; n]; n];
     let mut losses = Vec::new();
@@ -168,14 +171,19 @@ pub fn evaluate(
         most_confused,
         top_losses: losses,
         skipped,
+        tta: opts.tta,
     })
 }
 
 impl Evaluation {
     /// The human report: accuracy line, per-class table, confusion matrix, confusions, top losses.
     pub fn to_text(&self) -> String {
+        let tta = match &self.tta {
+            Some(t) => format!(" with TTA (n {}, beta {}, seed {})", t.n, t.beta, t.seed),
+            None => String::new(),
+        };
         let mut s = format!(
-            "Test accuracy: {:.2}% ({}/{})\n\n",
+            "Test accuracy{tta}: {:.2}% ({}/{})\n\n",
             self.accuracy * 100.0,
             self.correct,
             self.total

@@ -3,3 +3,4 @@
 pub mod evaluate;
 pub mod imagenet;
 pub mod predict;
+pub mod tta;

@@ -1,5 +1,6 @@
 //! Batched, parallel inference with a bundle: validation transform, softmax probabilities.
 
+use super::tta::{self, Tta};
 use crate::bundle::{Bundle, ModelInfo};
 use crate::data::decode::{decode_file, DecodeError};
 use crate::data::tensor::stack_u8;
@@ -7,6 +8,24 @@ use crate::data::transform::{crop_window, prepare};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use tch::nn::ModuleT;
+
+/// How to read and predict images: the file cap (`--max-file-mb`) and test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    pub max_file_bytes: u64,
+    /// `--tta`: fastai's `Learner.tta` (see [`super::tta`]); `None` predicts with the validation
+    /// transform alone.
+    pub tta: Option<Tta>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_file_bytes: crate::data::files::DEFAULT_MAX_FILE_BYTES,
+            tta: None,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Prediction {
@@ -73,17 +92,18 @@ const BATCH: usize = 64;
 
 /// Predicts every path; `on_result` sees each result in input order as soon as its chunk is done,
 /// so callers can stream output for thousands of files.
-/// Files over `max_file_bytes` fail like unreadable ones.
+/// Files over `opts.max_file_bytes` fail like unreadable ones.
 pub fn predict_each(
     bundle: &Bundle,
     paths: &[PathBuf],
-    max_file_bytes: u64,
+    opts: &Options,
     mut on_result: impl FnMut(Result<Prediction, DecodeError>),
 ) {
     predict_with(
         bundle,
         paths,
-        |p| decode_file(p, max_file_bytes),
+        |p| decode_file(p, opts.max_file_bytes),
+        opts.tta.as_ref(),
         |p, r| {
             on_result(r.map(|probs| Prediction {
                 path: p.clone(),
@@ -96,23 +116,33 @@ pub fn predict_each(
 /// Probabilities of any kind of item (files, encoded bytes, pixel arrays): `decode` turns one into
 /// RGB pixels (or an error of the caller's kind), in parallel, a chunk at a time; each result
 /// reaches `on_result` in input order. Everything that feeds the network goes through here, so
-/// all inputs get the same transform.
+/// all inputs get the same transform; with `tta`, test-time augmentation.
 pub fn predict_with<T: Sync, E: Send>(
     bundle: &Bundle,
     items: &[T],
     decode: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,
+    tta: Option<&Tta>,
     mut on_result: impl FnMut(&T, Result<Vec<f32>, E>),
 ) {
     let info = &bundle.info;
     for chunk in items.chunks(CHUNK) {
+        // TTA cuts its own crop windows, so it takes the images before the window.
         let decoded: Vec<Result<image::RgbImage, E>> = chunk
             .par_iter()
-            .map(|it| decode(it).map(|img| preprocess(&img, info)))
+            .map(|it| {
+                decode(it).map(|img| match tta {
+                    None => preprocess(&img, info),
+                    Some(_) => prepare(&img, info.resize, info.size, info.pad_mode),
+                })
+            })
             .collect();
         let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
         for b in ok.chunks(BATCH) {
-            probs.extend(probabilities(bundle, b));
+            probs.extend(match tta {
+                None => probabilities(bundle, b),
+                Some(t) => tta::probabilities(bundle, b, t),
+            });
         }
         let mut it = probs.into_iter();
         for (item, r) in chunk.iter().zip(decoded) {
@@ -124,9 +154,9 @@ pub fn predict_with<T: Sync, E: Send>(
 pub fn predict(
     bundle: &Bundle,
     paths: &[PathBuf],
-    max_file_bytes: u64,
+    opts: &Options,
 ) -> Vec<Result<Prediction, DecodeError>> {
     let mut out = Vec::with_capacity(paths.len());
-    predict_each(bundle, paths, max_file_bytes, |r| out.push(r));
+    predict_each(bundle, paths, opts, |r| out.push(r));
     out
 }

@@ -5,6 +5,7 @@
 use super::worker::{Input, Job};
 use super::Model;
 use crate::data::decode::decode_bytes;
+use crate::data::transform::prepare;
 use crate::infer::predict::preprocess;
 use axum::body::Bytes;
 
@@ -21,8 +22,9 @@ pub enum InferError {
     Internal(String),
 }
 
-/// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers.
-pub async fn images(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, InferError> {
+/// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers;
+/// with `tta`, the worker runs test-time augmentation (fastai's defaults) on them.
+pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Vec<f32>>, InferError> {
     let info = m.info.clone();
     let several = images.len() > 1;
     let prepared = tokio::task::spawn_blocking(move || {
@@ -32,7 +34,13 @@ pub async fn images(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, Infe
             .map(|(i, b)| {
                 let name = format!("image {}", i + 1);
                 decode_bytes(std::path::Path::new(&name), b)
-                    .map(|img| preprocess(&img, &info))
+                    .map(|img| {
+                        if tta {
+                            Input::Tta(prepare(&img, info.resize, info.size, info.pad_mode))
+                        } else {
+                            Input::Image(preprocess(&img, &info))
+                        }
+                    })
                     .map_err(|e| if several { e.to_string() } else { e.reason() })
             })
             .collect::<Result<Vec<_>, String>>()
@@ -40,7 +48,7 @@ pub async fn images(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, Infe
     .await
     .map_err(|e| InferError::Internal(e.to_string()))?
     .map_err(InferError::Decode)?;
-    inputs(m, prepared.into_iter().map(Input::Image).collect()).await
+    inputs(m, prepared).await
 }
 
 /// Queues each input to the model's worker and waits for the answers, in order.

@@ -5,6 +5,7 @@
 use super::metrics::Metrics;
 use crate::bundle::Bundle;
 use crate::infer::predict::{probabilities, probabilities_of};
+use crate::infer::tta::{self, Tta};
 use image::RgbImage;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -18,6 +19,9 @@ pub enum Input {
     Image(RgbImage),
     /// Already normalised `3 × H × W` floats at the model's input size (KServe v2 `FP32`).
     Tensor(Vec<f32>),
+    /// Decoded and resized but not yet cropped, for test-time augmentation (`?tta=1`) with fastai's
+    /// defaults: the same probabilities as `finetune predict --tta`.
+    Tta(RgbImage),
 }
 
 /// One image and where its probabilities go.
@@ -135,24 +139,32 @@ fn run(
     }
 }
 
-/// One forward pass over the images and one over the tensors (requests rarely mix them), answers in
-/// job order.
+/// One forward pass over the images, one over the tensors and the TTA passes over the images that
+/// asked for them (requests rarely mix them), answers in job order.
 fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Vec<f32>> {
     let images: Vec<&RgbImage> = jobs
         .iter()
         .filter_map(|j| match &j.input {
             Input::Image(i) => Some(i),
-            Input::Tensor(_) => None,
+            _ => None,
         })
         .collect();
     let tensors: Vec<&[f32]> = jobs
         .iter()
         .filter_map(|j| match &j.input {
             Input::Tensor(t) => Some(t.as_slice()),
-            Input::Image(_) => None,
+            _ => None,
+        })
+        .collect();
+    let tta_images: Vec<&RgbImage> = jobs
+        .iter()
+        .filter_map(|j| match &j.input {
+            Input::Tta(i) => Some(i),
+            _ => None,
         })
         .collect();
     let mut from_images = probabilities(bundle, &images).into_iter();
+    let mut from_tta = tta::probabilities(bundle, &tta_images, &Tta::default()).into_iter();
     let mut from_tensors = if tensors.is_empty() {
         Vec::new().into_iter()
     } else {
@@ -165,6 +177,7 @@ fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Vec<f32>> {
         .map(|j| match j.input {
             Input::Image(_) => from_images.next(),
             Input::Tensor(_) => from_tensors.next(),
+            Input::Tta(_) => from_tta.next(),
         })
         .map(Option::unwrap_or_default)
         .collect()

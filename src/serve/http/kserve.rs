@@ -88,7 +88,7 @@ pub async fn v2_infer(
                 let b = decode_b64(s).map_err(|e| ApiError::bad(format!("data[{i}]: {e}")))?;
                 images.push(Bytes::from(b));
             }
-            infer::images(m, images).await?
+            infer::images(m, images, false).await?
         }
         Some("FP32") => infer::inputs(m, fp32_inputs(input, data, &m.info)?).await?,
         other => {

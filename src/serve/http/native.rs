@@ -143,6 +143,20 @@ pub async fn metrics(State(st): St) -> Response {
         .into_response()
 }
 
+/// `?tta=1` (or `true`): test-time augmentation, as `finetune predict --tta`; `0`/`false`: none.
+fn parse_tta(query: Option<&str>) -> Result<bool, ApiError> {
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("tta=") {
+            return match v {
+                "1" | "true" => Ok(true),
+                "0" | "false" => Ok(false),
+                _ => Err(ApiError::bad(format!("tta must be 1 or 0, not {v:?}"))),
+            };
+        }
+    }
+    Ok(false)
+}
+
 fn parse_top_k(query: Option<&str>) -> Result<Option<usize>, ApiError> {
     for pair in query.unwrap_or("").split('&') {
         if let Some(v) = pair.strip_prefix("top_k=") {
@@ -176,9 +190,10 @@ pub async fn predictions(
     let k = parse_top_k(q.as_deref())?
         .unwrap_or(5)
         .clamp(1, classes.len().max(1));
+    let tta = parse_tta(q.as_deref())?;
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
-    let probs = infer::images(m, images).await?;
+    let probs = infer::images(m, images, tta).await?;
     let lists: Vec<Value> = probs.iter().map(|p| top(p, classes, k)).collect();
     Ok(timed(
         t,
