@@ -734,6 +734,82 @@ fn augment_changes_training_only() {
     );
 }
 
+/// `--mixup`/`--cutmix` (fastai's callbacks) are recorded, seeded, change what training sees, and
+/// are checked before a run starts; `--label-smoothing` likewise.
+#[test]
+fn mixing_and_label_smoothing_change_training_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 12);
+    let train = |extra: &[&str], out: &str| {
+        let o = run(tiny_train_bs(1, 4)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .args(extra)
+            .arg(&data));
+        assert!(o.status.success(), "{extra:?}: {}", o.stderr);
+        let info: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("model.json")).unwrap(),
+        )
+        .unwrap();
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        // train_loss of the first epoch, and every column but the time.
+        let first = csv
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .nth(2)
+            .unwrap()
+            .to_string();
+        let rows: Vec<String> = csv
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect();
+        (info["training"].clone(), first, rows)
+    };
+    let (plain_info, plain, _) = train(&[], "plain");
+    assert!(plain_info.get("mix").is_none(), "{plain_info}");
+    let (info, mixup, rows1) = train(&["--mixup", "0.4"], "m1");
+    assert_eq!(
+        info["mix"],
+        serde_json::json!({"kind": "mixup", "alpha": 0.4})
+    );
+    let (_, _, rows2) = train(&["--mixup", "0.4"], "m2");
+    assert_eq!(rows1, rows2, "same seed, same mixing");
+    assert_ne!(plain, mixup, "MixUp changes the training batches");
+    let (info, cutmix, _) = train(&["--cutmix", "0.5"], "c1");
+    assert_eq!(
+        info["mix"],
+        serde_json::json!({"kind": "cutmix", "alpha": 0.5})
+    );
+    assert_ne!(plain, cutmix, "CutMix changes the training batches");
+    let (info, smoothed, _) = train(&["--label-smoothing", "0.1"], "ls");
+    assert_eq!(info["label_smoothing"], 0.1);
+    assert_ne!(plain, smoothed);
+
+    for (args, want) in [
+        (&["--mixup", "0"][..], "--mixup must be a number above 0"),
+        (&["--cutmix", "-1"][..], "--cutmix must be a number above 0"),
+        (
+            &["--mixup", "0.4", "--cutmix", "1"][..],
+            "cannot be used with",
+        ),
+        (
+            &["--label-smoothing", "1"][..],
+            "--label-smoothing must be at least 0 and below 1",
+        ),
+    ] {
+        let o = run(tiny_train_bs(1, 4)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join("bad"))
+            .args(args)
+            .arg(&data));
+        assert!(!o.status.success(), "{args:?} must fail");
+        assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
+    }
+}
+
 // --- RegNet, ConvNeXt and ViT: one training step per phase, and fastai's norm parameters -------
 
 const ZOO2: [Arch; 8] = [

@@ -37,7 +37,9 @@ pub(crate) fn run_err(e: RunError) -> PyErr {
         }
         RunError::Data(DataError::Items(ItemsError::BadPct(_)))
         | RunError::Data(DataError::BatchSize)
-        | RunError::WeightsAndRandom => PyValueError::new_err(e.to_string()),
+        | RunError::WeightsAndRandom
+        | RunError::LabelSmoothing(_)
+        | RunError::Mix(_) => PyValueError::new_err(e.to_string()),
         e => fail(e),
     }
 }

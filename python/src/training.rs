@@ -2,6 +2,7 @@
 //! Python waits without the GIL and still sees Ctrl-C.
 
 use crate::errors::*;
+use finetune::bundle::Mix;
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
@@ -111,7 +112,7 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
 #[pyo3(signature = (
     data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
     lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=false,
-    size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
+    mixup=None, cutmix=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None
 ))]
@@ -130,6 +131,8 @@ pub(crate) fn train<'py>(
     wd: f64,
     label_smoothing: f64,
     augment: bool,
+    mixup: Option<f64>,
+    cutmix: Option<f64>,
     size: Option<&Bound<'py, PyAny>>,
     resize: &str,
     pad_mode: &str,
@@ -176,6 +179,16 @@ pub(crate) fn train<'py>(
                 .map_err(PyValueError::new_err)?;
             let pad = pad_mode.parse::<PadMode>().map_err(PyValueError::new_err)?;
             let pretrained = Pretrained::choose(weights, random_init).map_err(run_err)?;
+            let mix = match (mixup, cutmix) {
+                (Some(_), Some(_)) => {
+                    return Err(PyValueError::new_err(
+                        "mixup and cutmix exclude each other; pass one of them",
+                    ))
+                }
+                (Some(a), None) => Some(Mix::Mixup(a)),
+                (None, Some(a)) => Some(Mix::Cutmix(a)),
+                (None, None) => None,
+            };
             Plan::new(
                 data,
                 out,
@@ -204,6 +217,7 @@ pub(crate) fn train<'py>(
                     wd,
                     label_smoothing,
                     augment,
+                    mix,
                 },
             )
         }

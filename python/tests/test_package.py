@@ -175,6 +175,29 @@ def test_the_file_cap_and_settings_are_per_call_and_checked_as_the_cli_does(bund
         finetune.train(SAMPLE / "train", resize="fit", out=tmp_path / "m")
 
 
+def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
+    """`mixup=`, `cutmix=` and `label_smoothing=` train as the CLI's flags do: the same bundle record
+    and the same metrics for the same seed, and the same messages for bad values."""
+    common = dict(arch="resnet18", random_init=True, size=32, bs=16, epochs=1, device="cpu", quiet=True)
+    got = finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "py"), mixup=0.4, label_smoothing=0.1, **common)
+    cli("train", SAMPLE / "train", "--out", tmp_path / "cli", "--arch", "resnet18", "--random-init", "--size", 32,
+        "--bs", 16, "--epochs", 1, "--device", "cpu", "--quiet", "--mixup", 0.4, "--label-smoothing", 0.1)
+    info = json.loads((tmp_path / "py" / "model.json").read_text())["training"]
+    assert info["mix"] == {"kind": "mixup", "alpha": 0.4} and info["label_smoothing"] == 0.1
+    with open(tmp_path / "cli" / "metrics.csv") as f:
+        want = list(csv.DictReader(f))
+    for g, w in zip(got["history"], want):
+        for k in ("train_loss", "valid_loss", "error_rate"):
+            assert abs(g[k] - float(w[k])) <= 1e-6, (k, g, w)
+    with pytest.raises(ValueError, match="exclude each other"):
+        finetune.train(SAMPLE / "train", mixup=0.4, cutmix=1.0, out=tmp_path / "m")
+    with pytest.raises(ValueError) as e:
+        finetune.train(SAMPLE / "train", cutmix=0.0, out=tmp_path / "m")
+    assert str(e.value) == cli_error("train", "--cutmix", "0", "--out", tmp_path / "m", SAMPLE / "train")
+    with pytest.raises(ValueError, match="--label-smoothing must be at least 0 and below 1"):
+        finetune.train(SAMPLE / "train", label_smoothing=1.5, out=tmp_path / "m")
+
+
 def test_tta_equals_the_clis(photos, tmp_path):
     """`tta=` gives `finetune predict --tta`'s probabilities, for files, pixels and bytes alike; on a
     model trained with a random crop and `augment`, TTA changes them."""

@@ -33,6 +33,18 @@ impl Default for FineTune {
     }
 }
 
+/// Mixing training samples (fastai's `MixUp` / `CutMix` callbacks); validation is never mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "alpha")]
+pub enum Mix {
+    /// `MixUp(alpha)`: each image blended with a shuffled partner, `λ ~ Beta(α, α)` per image, kept
+    /// at least 0.5.
+    Mixup(f64),
+    /// `CutMix(alpha)`: a box of a shuffled partner pasted into each image, one `λ ~ Beta(α, α)`
+    /// per batch.
+    Cutmix(f64),
+}
+
 /// One row of the per-epoch table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
@@ -61,6 +73,8 @@ pub struct TrainingInfo {
     pub label_smoothing: f64,
     #[serde(default)]
     pub augment: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
     pub pretrained_weights: Option<String>,
     pub device: String,
     /// What the forward passes computed in (absent in bundles from before `--precision`).

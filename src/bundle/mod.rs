@@ -18,7 +18,7 @@ mod write;
 
 pub use checkpoint::{Checkpoint, RngState, TrainState};
 pub use info::{
-    DataInfo, EpochRow, FinalMetrics, FineTune, ModelInfo, Normalization, TrainingInfo,
+    DataInfo, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Normalization, TrainingInfo,
     FORMAT_VERSION,
 };
 pub use read::{

@@ -1,3 +1,4 @@
+use finetune::bundle::Mix;
 use finetune::data::{DataConfig, DataLoaders, PadMode, ResizeMethod, Size};
 use finetune::model::{ArchSpec, Network};
 use finetune::train::run::{self, Feedback, Plan, Pretrained, Session, Settings};
@@ -41,11 +42,26 @@ pub struct Args {
     /// Decoupled weight decay (none on BatchNorm parameters and biases).
     #[arg(long, default_value_t = 0.01)]
     wd: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// fastai's LabelSmoothingCrossEntropyFlat(eps): the target gets 1 − eps + eps/C, every other
+    /// class eps/C (fastai's lessons use 0.1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f64,
     /// Augment training batches (fastai aug_transforms: flip, rotate ±10°, zoom 1-1.1, lighting 0.2).
     #[arg(long)]
     augment: bool,
+    /// fastai's MixUp(alpha): blend each training image and its label with a shuffled partner,
+    /// λ ~ Beta(alpha, alpha) per image, kept ≥ 0.5 (fastai's default alpha: 0.4).
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        conflicts_with = "cutmix",
+        allow_negative_numbers = true
+    )]
+    mixup: Option<f64>,
+    /// fastai's CutMix(alpha): paste a box of a shuffled partner into each training image, labels
+    /// weighted by area, λ ~ Beta(alpha, alpha) per batch (fastai's default alpha: 1.0).
+    #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
+    cutmix: Option<f64>,
     /// Only the epoch tables, no progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -191,6 +207,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                 wd: a.wd,
                 label_smoothing: a.label_smoothing,
                 augment: a.augment,
+                mix: a.mixup.map(Mix::Mixup).or(a.cutmix.map(Mix::Cutmix)),
             },
         )?,
     };

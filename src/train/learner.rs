@@ -3,13 +3,14 @@
 
 use super::checkpoint::epoch_seed;
 use super::grad_scaler::GradScaler;
+use super::mix::Mixed;
 use super::optimizer::{Adam, AdamConfig};
 use super::pipeline::{overlapped, InputSpec};
 use super::profile::{PhaseTimes, Timer};
 use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
-use crate::bundle::{Checkpoint, EpochRow, FineTune};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix};
 use crate::data::augment;
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::nn::ModuleT;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The hyper-parameters used for one training batch (kept so tests and users can check schedules).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,8 @@ pub struct Learner {
     pub label_smoothing: f64,
     /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms).
     pub augment: bool,
+    /// MixUp or CutMix of training batches (`--mixup`, `--cutmix`).
+    pub mix: Option<Mix>,
     /// Every epoch row so far, over all fits.
     pub rows: Vec<EpochRow>,
     /// Hyper-parameters of every training batch, with the phase name of its fit.
@@ -80,8 +83,7 @@ fn step(
     opt: &mut Adam,
     scaler: &mut GradScaler,
     label_smoothing: f64,
-    x: &Tensor,
-    y: &Tensor,
+    (x, y, mix): (&Tensor, &Tensor, Option<&Mixed>),
     lrs: &[f64],
     mom: f64,
     times: &mut PhaseTimes,
@@ -89,7 +91,7 @@ fn step(
 ) -> Tensor {
     let mut t = Timer::start(profile, net.device());
     let logits = net.forward_t(x, true);
-    let loss = logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, label_smoothing);
+    let loss = super::loss::loss(&logits, y, label_smoothing, mix);
     t.lap(&mut times.forward);
     opt.zero_grad();
     scaler.scale_loss(&loss).backward();
@@ -131,6 +133,7 @@ impl Learner {
             scaler,
             label_smoothing: 0.0,
             augment: false,
+            mix: None,
             rows: Vec::new(),
             hypers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -185,8 +188,9 @@ impl Learner {
         self.net.input(batch_u8, self.mean, self.std)
     }
 
+    /// The validation loss (never mixed).
     fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
-        logits.cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, self.label_smoothing)
+        super::loss::loss(logits, y, self.label_smoothing, None)
     }
 
     /// Runs one training batch (u8 NHWC images, labels) with the given hypers, serially; returns the
@@ -195,8 +199,18 @@ impl Learner {
         let aug = self
             .augment
             .then(|| augment::draw(xb.size()[0] as usize, &mut self.rng));
+        let draw = self
+            .mix
+            .map(|m| super::pipeline::draw_mix(&m, xb, &mut self.rng));
         let spec = self.input_spec();
         let x = spec.to_input(&xb.to_device(spec.device), aug.as_ref());
+        let (x, mixed) = match &draw {
+            Some(d) => {
+                let (x, m) = super::mix::apply(&x, d);
+                (x, Some(m))
+            }
+            None => (x, None),
+        };
         let y = yb.to_device(spec.device);
         let mut times = PhaseTimes::default();
         let ls = self.label_smoothing;
@@ -205,8 +219,7 @@ impl Learner {
             &mut self.opt,
             &mut self.scaler,
             ls,
-            &x,
-            &y,
+            (&x, &y, mixed.as_ref()),
             lrs,
             mom,
             &mut times,
@@ -290,14 +303,16 @@ impl Learner {
                 stop,
                 augment: do_augment,
                 label_smoothing,
+                mix,
                 ..
             } = &mut *self;
-            let (dls, do_augment, label_smoothing) = (&*dls, *do_augment, *label_smoothing);
+            let (dls, do_augment, label_smoothing, mix) =
+                (&*dls, *do_augment, *label_smoothing, *mix);
             let (ran, overlap) = overlapped(
                 order.len(),
-                |i| spec.prepare_train(dls, &order[i], rng, do_augment),
+                |i| spec.prepare_train(dls, &order[i], rng, do_augment, mix.as_ref()),
                 |i, batch| {
-                    let (x, y) = spec.finish(batch);
+                    let (x, y, mixed) = spec.finish_train(batch);
                     let pos = (epoch * n_batches + i) as f64 / total;
                     let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
                     let mom = sched.mom(pos);
@@ -306,8 +321,7 @@ impl Learner {
                         opt,
                         scaler,
                         label_smoothing,
-                        &x,
-                        &y,
+                        (&x, &y, mixed.as_ref()),
                         &lrs,
                         mom,
                         &mut times,
@@ -457,7 +471,7 @@ mod tests {
         }
     }
 
-    fn learner(dir: &std::path::Path, format: MemoryFormat) -> Learner {
+    fn learner(dir: &std::path::Path, format: MemoryFormat, mix: Mix) -> Learner {
         tch::manual_seed(0);
         let cfg = DataConfig {
             size: Size { w: 16, h: 16 },
@@ -471,18 +485,22 @@ mod tests {
         net.set_memory_format(format);
         let mut l = Learner::new(net, dls, AdamConfig::default(), 5);
         l.augment = true;
+        l.mix = Some(mix);
         l
     }
 
-    /// The overlapped loop trains on exactly the batches the serial loop made (same shuffle, crops
-    /// and augmentation draws, in the same order), so losses and weights are bit-identical.
+    /// The overlapped loop trains on exactly the batches the serial loop made (same shuffle, crops,
+    /// augmentation and mixing draws, in the same order), so losses and weights are bit-identical.
     #[test]
     fn overlapped_input_gives_the_serial_runs_losses_and_weights() {
         let dir = tempfile::tempdir().unwrap();
         images(dir.path(), 10);
-        for format in [MemoryFormat::Nhwc, MemoryFormat::Nchw] {
-            let mut a = learner(dir.path(), format);
-            let mut b = learner(dir.path(), format);
+        for (format, mix) in [
+            (MemoryFormat::Nhwc, Mix::Mixup(0.4)),
+            (MemoryFormat::Nchw, Mix::Cutmix(1.0)),
+        ] {
+            let mut a = learner(dir.path(), format, mix);
+            let mut b = learner(dir.path(), format, mix);
             let sched = OneCycle::default();
             let lr = LrSpec::Max(1e-3);
             a.fit_one_cycle("frozen", 2, lr, sched, &mut SilentReport);

@@ -3,7 +3,9 @@
 pub mod checkpoint;
 pub mod grad_scaler;
 pub mod learner;
+pub mod loss;
 pub mod lr_find;
+pub mod mix;
 pub mod optimizer;
 pub mod pipeline;
 pub mod profile;

@@ -10,6 +10,8 @@
 //! with `non_blocking` (an asynchronous DMA on the current stream) and normalises and augments on
 //! the GPU, so no step of the loop waits for the host.
 
+use super::mix::{self, MixDraw, Mixed};
+use crate::bundle::Mix;
 use crate::data::augment::{self, AugParams};
 use crate::data::tensor::{normalize_as, normalize_float};
 use crate::data::DataLoaders;
@@ -37,21 +39,28 @@ pub struct Prepared {
     y: Tensor,
     /// Augmentation still to apply (on the device, on CUDA).
     aug: Option<AugParams>,
+    /// MixUp/CutMix, applied to the finished input (see [`InputSpec::finish_train`]).
+    mix: Option<MixDraw>,
 }
 
 impl InputSpec {
     /// Producer side, for one training batch: gathers (and crops) `idx`, draws its augmentation
-    /// when `augment`, and does on the host what belongs there.
+    /// when `augment`, then its mixing when `mix`, and does on the host what belongs there.
     pub fn prepare_train<R: Rng>(
         &self,
         dls: &DataLoaders,
         idx: &[usize],
         rng: &mut R,
         augment: bool,
+        mix: Option<&Mix>,
     ) -> Prepared {
         let (xb, yb) = dls.train_batch(idx, rng);
         let aug = augment.then(|| augment::draw(idx.len(), rng));
-        self.prepare(xb, yb, aug)
+        let mix = mix.map(|m| draw_mix(m, &xb, rng));
+        Prepared {
+            mix,
+            ..self.prepare(xb, yb, aug)
+        }
     }
 
     /// Producer side, for a batch already gathered (u8 NHWC images, labels).
@@ -62,12 +71,28 @@ impl InputSpec {
                 x: xb.pin_memory(self.device),
                 y: yb.pin_memory(self.device),
                 aug: aug.map(|a| a.pinned(self.device)),
+                mix: None,
             };
         }
         Prepared {
             x: self.to_input(&xb, aug.as_ref()),
             y: yb,
             aug: None,
+            mix: None,
+        }
+    }
+
+    /// Consumer side of a training batch: [`Self::finish`], then MixUp/CutMix when drawn, with what
+    /// the loss needs of them.
+    pub fn finish_train(&self, mut p: Prepared) -> (Tensor, Tensor, Option<Mixed>) {
+        let draw = p.mix.take();
+        let (x, y) = self.finish(p);
+        match draw {
+            None => (x, y, None),
+            Some(d) => {
+                let (x, m) = mix::apply(&x, &d);
+                (x, y, Some(m))
+            }
         }
     }
 
@@ -98,6 +123,12 @@ impl InputSpec {
             }
         }
     }
+}
+
+/// The mixing of a u8 NHWC batch `xb`.
+pub fn draw_mix<R: Rng>(m: &Mix, xb: &Tensor, rng: &mut R) -> MixDraw {
+    let size = xb.size();
+    mix::draw(m, size[0] as usize, size[1], size[2], rng)
 }
 
 /// Time spent in one part of the loop, for `FINETUNE_PROFILE`.

@@ -6,7 +6,7 @@ use super::{AdamConfig, Learner, Report};
 use crate::bundle::{
     self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
-use crate::bundle::{Checkpoint, EpochRow, FineTune};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix};
 use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
 use crate::model::registry::RegistryError;
@@ -46,6 +46,10 @@ pub enum RunError {
     },
     #[error("{out}: {msg}")]
     Resume { out: DisplayPath, msg: String },
+    #[error("--label-smoothing must be at least 0 and below 1 (fastai's eps; got {0})")]
+    LabelSmoothing(f64),
+    #[error(transparent)]
+    Mix(#[from] super::mix::MixError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
@@ -189,6 +193,7 @@ pub struct Plan {
     pub wd: f64,
     pub label_smoothing: f64,
     pub augment: bool,
+    pub mix: Option<Mix>,
     /// The bundle's record and checkpoint when resuming.
     pub resume: Option<(ModelInfo, Checkpoint)>,
 }
@@ -203,6 +208,22 @@ pub struct Settings {
     pub wd: f64,
     pub label_smoothing: f64,
     pub augment: bool,
+    /// `--mixup` / `--cutmix`.
+    pub mix: Option<Mix>,
+}
+
+impl Settings {
+    /// The checks `Plan::new` makes, for callers that want them before anything else.
+    pub fn validate(&self) -> Result<(), RunError> {
+        self.cfg.validate()?;
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(RunError::LabelSmoothing(self.label_smoothing));
+        }
+        if let Some(m) = &self.mix {
+            super::mix::validate(m)?;
+        }
+        Ok(())
+    }
 }
 
 /// `models/<data folder name>`, where a bundle goes when no `--out` is given.
@@ -223,7 +244,7 @@ impl Plan {
         force: bool,
         s: Settings,
     ) -> Result<Plan, RunError> {
-        s.cfg.validate()?;
+        s.validate()?;
         let out = out.unwrap_or_else(|| default_out(&data));
         if out.join(bundle::INFO_FILE).exists() && !force {
             return Err(RunError::Exists(dp(&out)));
@@ -240,6 +261,7 @@ impl Plan {
             wd: s.wd,
             label_smoothing: s.label_smoothing,
             augment: s.augment,
+            mix: s.mix,
             resume: None,
         })
     }
@@ -290,6 +312,7 @@ impl Plan {
             wd: t.wd,
             label_smoothing: t.label_smoothing,
             augment: t.augment,
+            mix: t.mix,
             resume: Some((info, ck)),
         })
     }
@@ -330,6 +353,7 @@ impl Plan {
                 wd: self.wd,
                 label_smoothing: self.label_smoothing,
                 augment: self.augment,
+                mix: self.mix,
                 pretrained_weights: pretrained,
                 device: crate::device::describe(device),
                 precision: Some(learn.net.precision()),
@@ -450,6 +474,7 @@ impl Session {
         };
         learn.label_smoothing = plan.label_smoothing;
         learn.augment = plan.augment;
+        learn.mix = plan.mix;
         if let Some((_, ck)) = &plan.resume {
             learn
                 .resume_from(ck.clone())
