@@ -810,6 +810,187 @@ fn mixing_and_label_smoothing_change_training_and_are_checked() {
     }
 }
 
+/// Every field of a row but its wall time.
+fn row_key(r: &finetune::train::EpochRow) -> String {
+    format!(
+        "{} {} {:e} {:e} {:e} {}",
+        r.phase, r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.best
+    )
+}
+
+fn weights_of(l: &Learner) -> Vec<(String, tch::Tensor)> {
+    let mut v: Vec<(String, tch::Tensor)> = l
+        .net
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// `--save-best` (fastai's SaveModelCallback): each fit ends with the weights of its first epoch
+/// with the lowest monitored value, and marks it; a run resumed from any epoch's checkpoint ends
+/// with the same rows and weights bit for bit (the tracker state and best weights travel in it).
+#[test]
+fn save_best_keeps_each_fits_best_epoch_and_resumes() {
+    use finetune::bundle::{Checkpoint, Monitor, Tracking};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let dir = tempfile::tempdir().unwrap();
+    synthetic(dir.path(), 12);
+    let ft = FineTune {
+        epochs: 4,
+        freeze_epochs: 3,
+        base_lr: 3e-2,
+        ..Default::default()
+    };
+    let make = || {
+        let mut l = tiny_learner(dir.path(), 4);
+        l.tracking = Some(Tracking {
+            monitor: Monitor::ValidLoss,
+            save_best: true,
+            patience: None,
+        });
+        l
+    };
+    type Snap = (String, usize, Vec<(String, tch::Tensor)>, Checkpoint);
+    let snaps: Rc<RefCell<Vec<Snap>>> = Rc::default();
+    let mut a = make();
+    let s = snaps.clone();
+    a.on_epoch_end = Some(Box::new(move |l, _| {
+        let row = l.rows.last().unwrap();
+        s.borrow_mut().push((
+            row.phase.clone(),
+            row.epoch,
+            weights_of(l),
+            l.last_checkpoint.clone().unwrap(),
+        ));
+    }));
+    a.fine_tune(ft, &mut SilentReport);
+    a.on_epoch_end = None;
+    assert_eq!(a.rows.len(), 7);
+    for phase in ["frozen", "unfrozen"] {
+        let rows: Vec<_> = a.rows.iter().filter(|r| r.phase == phase).collect();
+        let kept: Vec<_> = rows.iter().filter(|r| r.best).collect();
+        assert_eq!(kept.len(), 1, "{phase}: one kept epoch");
+        let first_min = rows
+            .iter()
+            .fold(None::<&&finetune::train::EpochRow>, |b, r| match b {
+                Some(b) if b.valid_loss <= r.valid_loss => Some(b),
+                _ => Some(r),
+            })
+            .unwrap();
+        assert_eq!(
+            kept[0].epoch, first_min.epoch,
+            "{phase}: the first lowest valid_loss"
+        );
+    }
+    let kept = a.rows.iter().rfind(|r| r.best).unwrap();
+    eprintln!(
+        "kept unfrozen epoch {} of 4 (valid losses {:?})",
+        kept.epoch,
+        a.rows.iter().map(|r| r.valid_loss).collect::<Vec<_>>()
+    );
+    let snaps = snaps.borrow();
+    let (_, _, kept_weights, _) = snaps
+        .iter()
+        .find(|(p, e, _, _)| p == "unfrozen" && *e == kept.epoch)
+        .unwrap();
+    let final_weights = weights_of(&a);
+    for ((k, w), (_, f)) in kept_weights.iter().zip(&final_weights) {
+        assert!(w.equal(f), "{k}: the final weights are the kept epoch's");
+    }
+    let want: Vec<String> = a.rows.iter().map(row_key).collect();
+    // Resumed from the end of the frozen phase (its best reloaded at the boundary) and from
+    // inside each fit.
+    for (phase, epoch) in [("frozen", 1), ("frozen", 2), ("unfrozen", 1)] {
+        let (_, _, _, ck) = snaps
+            .iter()
+            .find(|(p, e, _, _)| p == phase && *e == epoch)
+            .unwrap();
+        let mut c = make();
+        c.resume_from(ck.clone()).unwrap();
+        c.fine_tune(ft, &mut SilentReport);
+        let got: Vec<String> = c.rows.iter().map(row_key).collect();
+        assert_eq!(got, want, "resumed after {phase} epoch {epoch}");
+        for ((k, w), (_, f)) in weights_of(&c).iter().zip(&final_weights) {
+            assert!(w.equal(f), "resumed after {phase} epoch {epoch}: {k}");
+        }
+    }
+}
+
+/// `--early-stop` (fastai's EarlyStoppingCallback) ends each fit after PATIENCE epochs without a
+/// strict improvement, says so even under --quiet, and does not skip the next fit; with
+/// `--save-best error_rate` metrics.csv marks the kept epochs and model.json records both.
+/// Seven epochs on a valid set of at most 5 images cannot all improve its error rate strictly
+/// (it takes at most 6 values), so both fits stop early whatever the machine's arithmetic.
+#[test]
+fn early_stop_ends_each_fit_and_save_best_marks_the_kept_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 12);
+    let out = dir.path().join("m");
+    let o = run(tiny_train_bs(7, 4)
+        .args([
+            "--freeze-epochs",
+            "7",
+            "--early-stop",
+            "1",
+            "--save-best",
+            "error_rate",
+        ])
+        .args(["--quiet", "--out"])
+        .arg(&out)
+        .arg(&data));
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(
+        o.stderr.matches("No improvement since epoch").count(),
+        2,
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("unfrozen: kept the weights of epoch"),
+        "{}",
+        o.stderr
+    );
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",seconds,best"), "{csv}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    for phase in ["frozen", "unfrozen"] {
+        let of: Vec<_> = rows.iter().filter(|r| r[0] == phase).collect();
+        assert!(
+            !of.is_empty() && of.len() < 7,
+            "{phase} stopped early: {csv}"
+        );
+        assert_eq!(of.iter().filter(|r| r[7] == "yes").count(), 1, "{csv}");
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        info["training"]["tracking"],
+        serde_json::json!({"monitor": "error_rate", "save_best": true, "patience": 1})
+    );
+    // model.json's metrics are the kept epoch's.
+    let kept = rows.iter().rfind(|r| r[7] == "yes").unwrap();
+    let err: f64 = kept[4].parse().unwrap();
+    assert!((info["metrics"]["error_rate"].as_f64().unwrap() - err).abs() < 1e-6);
+
+    let o = run(tiny_train_bs(1, 4)
+        .args(["--early-stop", "0", "--out"])
+        .arg(dir.path().join("bad"))
+        .arg(&data));
+    assert!(!o.status.success());
+    assert!(
+        o.stderr.contains("--early-stop must be at least 1"),
+        "{}",
+        o.stderr
+    );
+}
+
 // --- RegNet, ConvNeXt and ViT: one training step per phase, and fastai's norm parameters -------
 
 const ZOO2: [Arch; 8] = [

@@ -39,7 +39,8 @@ pub(crate) fn run_err(e: RunError) -> PyErr {
         | RunError::Data(DataError::BatchSize)
         | RunError::WeightsAndRandom
         | RunError::LabelSmoothing(_)
-        | RunError::Mix(_) => PyValueError::new_err(e.to_string()),
+        | RunError::Mix(_)
+        | RunError::Patience => PyValueError::new_err(e.to_string()),
         e => fail(e),
     }
 }

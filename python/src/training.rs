@@ -2,7 +2,7 @@
 //! Python waits without the GIL and still sees Ctrl-C.
 
 use crate::errors::*;
-use finetune::bundle::Mix;
+use finetune::bundle::{Mix, Monitor, Tracking};
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
@@ -49,6 +49,9 @@ impl Report for PyReport {
             py_print(msg);
         }
     }
+    fn notice(&mut self, msg: &str) {
+        py_print(msg);
+    }
 }
 
 pub(crate) fn size_of(obj: &Bound<'_, PyAny>) -> PyResult<Size> {
@@ -73,12 +76,14 @@ pub(crate) fn row_dict<'py>(py: Python<'py>, r: &EpochRow) -> PyResult<Bound<'py
     d.set_item("error_rate", r.error_rate)?;
     d.set_item("accuracy", r.accuracy)?;
     d.set_item("seconds", r.seconds)?;
+    d.set_item("best", r.best)?;
     Ok(d)
 }
 
 pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let last = o.rows.last();
+    // The row whose weights the bundle holds (under save_best, the kept epoch).
+    let last = finetune::bundle::kept_row(&o.rows);
     for key in ["train_loss", "valid_loss", "error_rate", "accuracy"] {
         let v = last.map(|r| match key {
             "train_loss" => r.train_loss,
@@ -112,7 +117,7 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
 #[pyo3(signature = (
     data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
     lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=false,
-    mixup=None, cutmix=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
+    mixup=None, cutmix=None, save_best=None, early_stop=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None
 ))]
@@ -133,6 +138,8 @@ pub(crate) fn train<'py>(
     augment: bool,
     mixup: Option<f64>,
     cutmix: Option<f64>,
+    save_best: Option<&Bound<'py, PyAny>>,
+    early_stop: Option<usize>,
     size: Option<&Bound<'py, PyAny>>,
     resize: &str,
     pad_mode: &str,
@@ -189,6 +196,24 @@ pub(crate) fn train<'py>(
                 (None, Some(a)) => Some(Mix::Cutmix(a)),
                 (None, None) => None,
             };
+            // save_best: True (valid_loss) or a monitor's name, as the CLI's --save-best [MONITOR].
+            let save_best: Option<Monitor> = match save_best.filter(|o| !o.is_none()) {
+                None => None,
+                Some(o) => match o.extract::<bool>() {
+                    Ok(true) => Some(Monitor::ValidLoss),
+                    Ok(false) => None,
+                    Err(_) => Some(
+                        o.extract::<String>()?
+                            .parse()
+                            .map_err(PyValueError::new_err)?,
+                    ),
+                },
+            };
+            let tracking = (save_best.is_some() || early_stop.is_some()).then(|| Tracking {
+                monitor: save_best.unwrap_or(Monitor::ValidLoss),
+                save_best: save_best.is_some(),
+                patience: early_stop,
+            });
             Plan::new(
                 data,
                 out,
@@ -218,6 +243,7 @@ pub(crate) fn train<'py>(
                     label_smoothing,
                     augment,
                     mix,
+                    tracking,
                 },
             )
         }

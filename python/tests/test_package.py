@@ -198,6 +198,28 @@ def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
         finetune.train(SAMPLE / "train", label_smoothing=1.5, out=tmp_path / "m")
 
 
+def test_save_best_and_early_stop_are_the_clis(tmp_path):
+    """`save_best=` and `early_stop=` are `--save-best` and `--early-stop`: each fit stops early, the
+    history marks the kept epochs, and the returned metrics are the kept epoch's. A valid set of at
+    most 5 images has at most 6 error rates, so 7 epochs cannot all improve strictly: both fits stop."""
+    common = dict(arch="resnet18", random_init=True, size=32, bs=16, epochs=7, freeze_epochs=7, device="cpu",
+                  quiet=True, valid_pct=0.03)
+    got = finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "py"), save_best="error_rate", early_stop=1,
+                         **common)
+    hist = got["history"]
+    for phase in ("frozen", "unfrozen"):
+        rows = [r for r in hist if r["phase"] == phase]
+        assert 0 < len(rows) < 7 and sum(r["best"] for r in rows) == 1, hist
+    kept = [r for r in hist if r["phase"] == "unfrozen" and r["best"]][0]
+    assert got["error_rate"] == kept["error_rate"]
+    info = json.loads((tmp_path / "py" / "model.json").read_text())["training"]
+    assert info["tracking"] == {"monitor": "error_rate", "save_best": True, "patience": 1}
+    with pytest.raises(ValueError, match="--early-stop must be at least 1"):
+        finetune.train(SAMPLE / "train", early_stop=0, out=tmp_path / "m")
+    with pytest.raises(ValueError, match="choose valid_loss or error_rate"):
+        finetune.train(SAMPLE / "train", save_best="accuracy", out=tmp_path / "m")
+
+
 def test_tta_equals_the_clis(photos, tmp_path):
     """`tta=` gives `finetune predict --tta`'s probabilities, for files, pixels and bytes alike; on a
     model trained with a random crop and `augment`, TTA changes them."""

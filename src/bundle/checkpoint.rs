@@ -25,6 +25,20 @@ pub struct TrainState {
     /// fp16 training's loss scale and clean-step count (absent otherwise, and in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<(f64, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker: Option<TrackerState>,
+}
+
+/// Where `--save-best` / `--early-stop` stand in the current fit. With `--save-best` the best
+/// epoch's weights travel in the checkpoint's tensors as `best.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TrackerState {
+    /// The best monitored value so far and its epoch (`None` before the first complete epoch).
+    pub best: Option<(f64, usize)>,
+    /// Epochs since the last improvement.
+    pub wait: usize,
+    /// Early stopping ended this fit.
+    pub stopped: bool,
 }
 
 /// ChaCha8's full state: seed, stream and position (a u128, kept as a string for JSON).

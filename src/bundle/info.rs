@@ -45,6 +45,63 @@ pub enum Mix {
     Cutmix(f64),
 }
 
+/// The row whose weights a bundle holds: the last one, or under `--save-best` the kept epoch of the
+/// fit the last row belongs to, once that fit has ended.
+pub fn kept_row(rows: &[EpochRow]) -> Option<&EpochRow> {
+    let last = rows.last()?;
+    Some(
+        rows.iter()
+            .rev()
+            .find(|r| r.best && r.phase == last.phase)
+            .unwrap_or(last),
+    )
+}
+
+/// What the trackers watch (fastai's `monitor`); lower is better for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    ValidLoss,
+    ErrorRate,
+}
+
+impl Monitor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValidLoss => "valid_loss",
+            Monitor::ErrorRate => "error_rate",
+        }
+    }
+    pub fn of(self, row: &EpochRow) -> f64 {
+        match self {
+            Monitor::ValidLoss => row.valid_loss,
+            Monitor::ErrorRate => row.error_rate,
+        }
+    }
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "valid_loss" => Ok(Monitor::ValidLoss),
+            "error_rate" => Ok(Monitor::ErrorRate),
+            _ => Err(format!("monitor `{s}`: choose valid_loss or error_rate")),
+        }
+    }
+}
+
+/// fastai's `SaveModelCallback` and `EarlyStoppingCallback` on one monitor, per fit (each phase of
+/// `fine_tune` starts afresh, as fastai's `reset_on_fit`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    pub monitor: Monitor,
+    /// Keep the best epoch's weights at the end of each fit (`--save-best`).
+    pub save_best: bool,
+    /// Stop a fit after this many epochs without improvement (`--early-stop`).
+    pub patience: Option<usize>,
+}
+
 /// One row of the per-epoch table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
@@ -56,6 +113,9 @@ pub struct EpochRow {
     pub error_rate: f64,
     pub accuracy: f64,
     pub seconds: f64,
+    /// Under `--save-best`: this epoch's weights are the ones its fit ended with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub best: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +135,8 @@ pub struct TrainingInfo {
     pub augment: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Tracking>,
     pub pretrained_weights: Option<String>,
     pub device: String,
     /// What the forward passes computed in (absent in bundles from before `--precision`).

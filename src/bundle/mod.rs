@@ -16,10 +16,10 @@ mod info;
 mod read;
 mod write;
 
-pub use checkpoint::{Checkpoint, RngState, TrainState};
+pub use checkpoint::{Checkpoint, RngState, TrackerState, TrainState};
 pub use info::{
-    DataInfo, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Normalization, TrainingInfo,
-    FORMAT_VERSION,
+    kept_row, DataInfo, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Monitor, Normalization,
+    Tracking, TrainingInfo, FORMAT_VERSION,
 };
 pub use read::{
     load, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics, read_info,

@@ -101,12 +101,18 @@ pub fn read_confusion_svg(dir: &Path) -> Option<String> {
     small_text(&dir.join(CONFUSION_FILE))
 }
 
-/// The last epoch's row of `metrics.csv`, column → value.
+/// The row of `metrics.csv` whose weights the bundle holds, column → value: the last epoch's, or
+/// under `--save-best` the last row marked best.
 pub fn read_final_metrics(dir: &Path) -> Option<BTreeMap<String, String>> {
     let text = small_text(&dir.join(METRICS_FILE))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next()?.split(',').collect();
-    let last: Vec<&str> = lines.next_back()?.split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let best_col = header.iter().position(|h| *h == "best");
+    let last = best_col
+        .and_then(|c| rows.iter().rev().find(|r| r.get(c) == Some(&"yes")))
+        .or(rows.last())?
+        .clone();
     Some(
         header
             .iter()

@@ -87,12 +87,23 @@ fn write_contents(
         msg: e.to_string(),
     })?;
     write_file(&dir.join(INFO_FILE), json.as_bytes())?;
-    let mut csv = String::from("phase,epoch,train_loss,valid_loss,error_rate,accuracy,seconds\n");
+    // Under --save-best a last column says which epoch's weights each fit kept.
+    let save_best = info
+        .training
+        .as_ref()
+        .and_then(|t| t.tracking)
+        .is_some_and(|t| t.save_best);
+    let mut csv = String::from("phase,epoch,train_loss,valid_loss,error_rate,accuracy,seconds");
+    csv.push_str(if save_best { ",best\n" } else { "\n" });
     for r in rows {
         csv.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.1}\n",
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.1}",
             r.phase, r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy, r.seconds
         ));
+        if save_best {
+            csv.push_str(if r.best { ",yes" } else { "," });
+        }
+        csv.push('\n');
     }
     write_file(&dir.join(METRICS_FILE), csv.as_bytes())?;
     if let Some(ck) = resume {

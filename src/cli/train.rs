@@ -62,6 +62,15 @@ pub struct Args {
     /// weighted by area, λ ~ Beta(alpha, alpha) per batch (fastai's default alpha: 1.0).
     #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
     cutmix: Option<f64>,
+    /// fastai's SaveModelCallback: each fit (frozen, unfrozen) ends with the weights of its best
+    /// epoch by MONITOR (valid_loss when not given; or error_rate); metrics.csv's `best` column
+    /// marks them.
+    #[arg(long, value_name = "MONITOR", num_args = 0..=1, default_missing_value = "valid_loss")]
+    save_best: Option<finetune::bundle::Monitor>,
+    /// fastai's EarlyStoppingCallback: stop a fit after PATIENCE epochs without improvement of the
+    /// --save-best monitor (valid_loss by default).
+    #[arg(long, value_name = "PATIENCE")]
+    early_stop: Option<usize>,
     /// Only the epoch tables, no progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -208,6 +217,13 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                 label_smoothing: a.label_smoothing,
                 augment: a.augment,
                 mix: a.mixup.map(Mix::Mixup).or(a.cutmix.map(Mix::Cutmix)),
+                tracking: (a.save_best.is_some() || a.early_stop.is_some()).then(|| {
+                    finetune::bundle::Tracking {
+                        monitor: a.save_best.unwrap_or(finetune::bundle::Monitor::ValidLoss),
+                        save_best: a.save_best.is_some(),
+                        patience: a.early_stop,
+                    }
+                }),
             },
         )?,
     };
@@ -233,7 +249,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let mut report = ConsoleReport::new(a.quiet);
     let o = session.run(&mut report)?;
     println!();
-    if let Some(r) = o.rows.last() {
+    if let Some(r) = finetune::bundle::kept_row(&o.rows) {
         println!(
             "{}: valid error_rate {:.4} (accuracy {:.2}%) after {:.0}s; {} skipped file(s)",
             if o.interrupted { "interrupted" } else { "done" },

@@ -20,6 +20,9 @@ impl Learner {
         for (k, v) in self.net.vs.variables() {
             tensors.push((format!("model.{k}"), cpu_copy(&v.detach())));
         }
+        for (k, v) in self.best_weights.iter().flatten() {
+            tensors.push((format!("best.{k}"), v.copy()));
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         Checkpoint {
             state: TrainState {
@@ -31,6 +34,7 @@ impl Learner {
                 rng: RngState::of(&self.rng),
                 steps,
                 loss_scale: self.scaler.is_enabled().then(|| self.scaler.state()),
+                tracker: self.tracking.map(|_| self.tracker),
             },
             tensors,
         }
@@ -103,6 +107,14 @@ impl Learner {
             self.scaler.restore(scale, tracker);
         }
         self.rows = ck.state.rows;
+        if let Some(t) = ck.state.tracker {
+            self.tracker = t;
+        }
+        let best: Vec<(String, Tensor)> = map
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix("best.")?.to_string(), t.shallow_clone())))
+            .collect();
+        self.best_weights = (!best.is_empty()).then_some(best);
         (
             ck.state.epochs_done,
             SmoothLoss {

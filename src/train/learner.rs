@@ -10,7 +10,8 @@ use super::profile::{PhaseTimes, Timer};
 use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
-use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix};
+use super::tracker::{self, Verdict};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking};
 use crate::data::augment;
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
@@ -39,6 +40,12 @@ pub struct Learner {
     pub augment: bool,
     /// MixUp or CutMix of training batches (`--mixup`, `--cutmix`).
     pub mix: Option<Mix>,
+    /// `--save-best` / `--early-stop` (fastai's tracker callbacks).
+    pub tracking: Option<Tracking>,
+    /// The trackers' state in the current fit.
+    pub(super) tracker: TrackerState,
+    /// Under `--save-best`: CPU copies of the best epoch's variables in the current fit.
+    pub(super) best_weights: Option<Vec<(String, Tensor)>>,
     /// Every epoch row so far, over all fits.
     pub rows: Vec<EpochRow>,
     /// Hyper-parameters of every training batch, with the phase name of its fit.
@@ -134,6 +141,9 @@ impl Learner {
             label_smoothing: 0.0,
             augment: false,
             mix: None,
+            tracking: None,
+            tracker: TrackerState::default(),
+            best_weights: None,
             rows: Vec::new(),
             hypers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -277,12 +287,18 @@ impl Learner {
         let lr_max = lr.per_group(self.n_groups());
         let n_batches = self.dls.n_train_batches();
         let total = (n_batches * n_epochs).max(1) as f64;
+        // Each fit tracks afresh (fastai's reset_on_fit); a checkpoint of this fit restores its state.
+        self.tracker = TrackerState::default();
+        self.best_weights = None;
         let (start, mut smooth) = self.apply_pending(phase);
         report.begin_fit(phase, n_epochs);
         for row in self.rows.iter().filter(|r| r.phase == phase) {
             report.end_epoch(row);
         }
         for epoch in start..n_epochs {
+            if self.tracker.stopped {
+                break;
+            }
             let t0 = Instant::now();
             tch::manual_seed(epoch_seed(self.seed, phase, epoch));
             report.begin_epoch(epoch, n_batches);
@@ -359,6 +375,7 @@ impl Learner {
                 error_rate,
                 accuracy: 1.0 - error_rate,
                 seconds: t0.elapsed().as_secs_f64(),
+                best: false,
             };
             report.end_epoch(&row);
             if self.profile {
@@ -366,6 +383,7 @@ impl Learner {
             }
             self.rows.push(row);
             if ran == n_batches {
+                self.track(report);
                 self.last_checkpoint = Some(self.snapshot(phase, epoch + 1, smooth));
                 if let Some(mut hook) = self.on_epoch_end.take() {
                     hook(self, report);
@@ -377,6 +395,66 @@ impl Learner {
                 return;
             }
         }
+        self.keep_best(phase, report);
+    }
+
+    /// fastai's trackers after a completed epoch (the last row): a new best is remembered (its
+    /// weights under `--save-best`), and `--early-stop` ends the fit after `patience` epochs
+    /// without one.
+    fn track(&mut self, report: &mut dyn Report) {
+        let (Some(t), Some(row)) = (self.tracking, self.rows.last()) else {
+            return;
+        };
+        let epoch = row.epoch;
+        match tracker::update(&t, &mut self.tracker, row) {
+            Verdict::Better if t.save_best => {
+                let value = t.monitor.of(row);
+                self.best_weights = Some(
+                    self.net
+                        .vs
+                        .variables()
+                        .into_iter()
+                        .map(|(k, v)| (k, super::checkpoint::cpu_copy(&v.detach())))
+                        .collect(),
+                );
+                report.message(&format!(
+                    "Better model found at epoch {epoch} with {} value: {value}.",
+                    t.monitor.name()
+                ));
+            }
+            Verdict::Stop => report.notice(&format!(
+                "No improvement since epoch {}: early stopping",
+                epoch - self.tracker.wait
+            )),
+            _ => {}
+        }
+    }
+
+    /// `--save-best` at the end of a fit: the best epoch's weights back into the network (fastai's
+    /// `SaveModelCallback.after_fit`), and its row marked.
+    fn keep_best(&mut self, phase: &str, report: &mut dyn Report) {
+        let Some(t) = self.tracking.filter(|t| t.save_best) else {
+            return;
+        };
+        let (Some(best), Some((value, epoch))) = (self.best_weights.take(), self.tracker.best)
+        else {
+            return;
+        };
+        let vars = self.net.vs.variables();
+        tch::no_grad(|| {
+            for (k, w) in &best {
+                if let Some(v) = vars.get(k) {
+                    v.shallow_clone().copy_(&w.to_device(v.device()));
+                }
+            }
+        });
+        for r in self.rows.iter_mut().filter(|r| r.phase == phase) {
+            r.best = r.epoch == epoch;
+        }
+        report.notice(&format!(
+            "{phase}: kept the weights of epoch {epoch} ({} {value:.6})",
+            t.monitor.name()
+        ));
     }
 
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole

@@ -13,6 +13,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod smooth_loss;
+pub mod tracker;
 
 pub use crate::bundle::{Checkpoint, EpochRow, FineTune, TrainState};
 pub use grad_scaler::GradScaler;

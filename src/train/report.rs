@@ -38,6 +38,11 @@ pub trait Report {
     fn begin_validate(&mut self) {}
     fn end_epoch(&mut self, _row: &EpochRow) {}
     fn message(&mut self, _msg: &str) {}
+    /// A message that explains the table itself (early stopping, the epoch `--save-best` kept):
+    /// shown even when quiet.
+    fn notice(&mut self, msg: &str) {
+        self.message(msg)
+    }
 }
 
 pub struct SilentReport;
@@ -111,6 +116,12 @@ impl Report for ConsoleReport {
         println!("{}", table_row(r));
     }
     /// Warnings are shown even when quiet.
+    fn notice(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
     fn message(&mut self, msg: &str) {
         if !self.quiet || msg.starts_with("warning") {
             match &self.bar {

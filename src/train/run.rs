@@ -6,7 +6,7 @@ use super::{AdamConfig, Learner, Report};
 use crate::bundle::{
     self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
-use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, Tracking};
 use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
 use crate::model::registry::RegistryError;
@@ -50,6 +50,8 @@ pub enum RunError {
     LabelSmoothing(f64),
     #[error(transparent)]
     Mix(#[from] super::mix::MixError),
+    #[error("--early-stop must be at least 1 epoch")]
+    Patience,
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
@@ -194,6 +196,7 @@ pub struct Plan {
     pub label_smoothing: f64,
     pub augment: bool,
     pub mix: Option<Mix>,
+    pub tracking: Option<Tracking>,
     /// The bundle's record and checkpoint when resuming.
     pub resume: Option<(ModelInfo, Checkpoint)>,
 }
@@ -210,6 +213,8 @@ pub struct Settings {
     pub augment: bool,
     /// `--mixup` / `--cutmix`.
     pub mix: Option<Mix>,
+    /// `--save-best` / `--early-stop`.
+    pub tracking: Option<Tracking>,
 }
 
 impl Settings {
@@ -221,6 +226,9 @@ impl Settings {
         }
         if let Some(m) = &self.mix {
             super::mix::validate(m)?;
+        }
+        if self.tracking.is_some_and(|t| t.patience == Some(0)) {
+            return Err(RunError::Patience);
         }
         Ok(())
     }
@@ -262,6 +270,7 @@ impl Plan {
             label_smoothing: s.label_smoothing,
             augment: s.augment,
             mix: s.mix,
+            tracking: s.tracking,
             resume: None,
         })
     }
@@ -313,6 +322,7 @@ impl Plan {
             label_smoothing: t.label_smoothing,
             augment: t.augment,
             mix: t.mix,
+            tracking: t.tracking,
             resume: Some((info, ck)),
         })
     }
@@ -326,7 +336,7 @@ impl Plan {
         interrupted: bool,
         seconds: f64,
     ) -> ModelInfo {
-        let last = learn.rows.last();
+        let last = bundle::kept_row(&learn.rows);
         let pretrained = match &self.resume {
             Some((info, _)) => info
                 .training
@@ -354,6 +364,7 @@ impl Plan {
                 label_smoothing: self.label_smoothing,
                 augment: self.augment,
                 mix: self.mix,
+                tracking: self.tracking,
                 pretrained_weights: pretrained,
                 device: crate::device::describe(device),
                 precision: Some(learn.net.precision()),
@@ -475,6 +486,7 @@ impl Session {
         learn.label_smoothing = plan.label_smoothing;
         learn.augment = plan.augment;
         learn.mix = plan.mix;
+        learn.tracking = plan.tracking;
         if let Some((_, ck)) = &plan.resume {
             learn
                 .resume_from(ck.clone())
