@@ -732,6 +732,50 @@ fn augment_changes_training_only() {
         train_loss(&aug),
         "augmentation changes what the model sees"
     );
+    // The warp is part of --augment (fastai's max_warp 0.2), recorded with every magnitude.
+    let info = |out: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("model.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        info("a1")["training"]["aug"],
+        serde_json::json!({"p_affine": 0.75, "p_lighting": 0.75, "max_rotate": 10.0,
+            "max_zoom": 1.1, "max_lighting": 0.2, "max_warp": 0.2})
+    );
+    assert!(info("p1")["training"].get("aug").is_none());
+    let o = run(tiny_train_bs(1, 4)
+        .args(["--quiet", "--augment", "--max-warp", "0", "--out"])
+        .arg(dir.path().join("nowarp"))
+        .arg(&data));
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(info("nowarp")["training"]["aug"]["max_warp"], 0.0);
+    let csv = std::fs::read_to_string(dir.path().join("nowarp/metrics.csv")).unwrap();
+    assert_ne!(
+        csv.lines().nth(1).unwrap().split(',').nth(2).unwrap(),
+        train_loss(&aug),
+        "the warp changes what the model sees"
+    );
+    for (args, want) in [
+        (
+            &["--augment", "--max-warp", "0.5"][..],
+            "--max-warp must be between 0 and 0.3",
+        ),
+        (
+            &["--augment", "--p-affine", "2"][..],
+            "--p-affine must be between 0 and 1",
+        ),
+        (&["--max-warp", "0.1"][..], "--augment"),
+    ] {
+        let o = run(tiny_train_bs(1, 4)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join("bad"))
+            .args(args)
+            .arg(&data));
+        assert!(!o.status.success(), "{args:?} must fail");
+        assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
+    }
 }
 
 /// `--mixup`/`--cutmix` (fastai's callbacks) are recorded, seeded, change what training sees, and

@@ -40,7 +40,8 @@ pub(crate) fn run_err(e: RunError) -> PyErr {
         | RunError::WeightsAndRandom
         | RunError::LabelSmoothing(_)
         | RunError::Mix(_)
-        | RunError::Patience => PyValueError::new_err(e.to_string()),
+        | RunError::Patience
+        | RunError::Augment(_) => PyValueError::new_err(e.to_string()),
         e => fail(e),
     }
 }

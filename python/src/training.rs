@@ -3,6 +3,7 @@
 
 use crate::errors::*;
 use finetune::bundle::{Mix, Monitor, Tracking};
+use finetune::data::augment::AugConfig;
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
@@ -116,7 +117,7 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
 #[pyfunction]
 #[pyo3(signature = (
     data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
-    lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=false,
+    lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=None,
     mixup=None, cutmix=None, save_best=None, early_stop=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None
@@ -135,7 +136,7 @@ pub(crate) fn train<'py>(
     div: f64,
     wd: f64,
     label_smoothing: f64,
-    augment: bool,
+    augment: Option<&Bound<'py, PyAny>>,
     mixup: Option<f64>,
     cutmix: Option<f64>,
     save_best: Option<&Bound<'py, PyAny>>,
@@ -186,6 +187,7 @@ pub(crate) fn train<'py>(
                 .map_err(PyValueError::new_err)?;
             let pad = pad_mode.parse::<PadMode>().map_err(PyValueError::new_err)?;
             let pretrained = Pretrained::choose(weights, random_init).map_err(run_err)?;
+            let (augment, aug) = aug_of(augment)?;
             let mix = match (mixup, cutmix) {
                 (Some(_), Some(_)) => {
                     return Err(PyValueError::new_err(
@@ -242,6 +244,7 @@ pub(crate) fn train<'py>(
                     wd,
                     label_smoothing,
                     augment,
+                    aug,
                     mix,
                     tracking,
                 },
@@ -315,4 +318,36 @@ pub(crate) fn train<'py>(
         return Err(e);
     }
     outcome_dict(py, &outcome)
+}
+
+/// `augment=`: `False`, `True` (fastai's defaults) or a dict overriding `max_warp`, `max_rotate`,
+/// `max_zoom`, `max_lighting`, `p_affine`, `p_lighting` (the CLI's `--max-warp`, ...).
+fn aug_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<(bool, AugConfig)> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok((false, AugConfig::default()));
+    };
+    if let Ok(on) = obj.extract::<bool>() {
+        return Ok((on, AugConfig::default()));
+    }
+    let d = obj.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err("augment: True, False or a dict of aug_transforms magnitudes")
+    })?;
+    let mut c = AugConfig::default();
+    for (k, v) in d.iter() {
+        let v: f64 = v.extract()?;
+        match k.extract::<String>()?.as_str() {
+            "max_warp" => c.max_warp = v,
+            "max_rotate" => c.max_rotate = v,
+            "max_zoom" => c.max_zoom = v,
+            "max_lighting" => c.max_lighting = v,
+            "p_affine" => c.p_affine = v,
+            "p_lighting" => c.p_lighting = v,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "augment: unknown key `{other}`; use max_warp, max_rotate, max_zoom, max_lighting, p_affine, p_lighting"
+                )))
+            }
+        }
+    }
+    Ok((true, c))
 }

@@ -196,6 +196,15 @@ def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
     assert str(e.value) == cli_error("train", "--cutmix", "0", "--out", tmp_path / "m", SAMPLE / "train")
     with pytest.raises(ValueError, match="--label-smoothing must be at least 0 and below 1"):
         finetune.train(SAMPLE / "train", label_smoothing=1.5, out=tmp_path / "m")
+    # augment= takes the CLI's magnitudes as a dict.
+    finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "aug"), augment={"max_warp": 0.1, "max_rotate": 5},
+                   **common)
+    aug = json.loads((tmp_path / "aug" / "model.json").read_text())["training"]
+    assert aug["augment"] and aug["aug"]["max_warp"] == 0.1 and aug["aug"]["max_rotate"] == 5.0
+    with pytest.raises(ValueError, match="--max-warp must be between 0 and 0.3"):
+        finetune.train(SAMPLE / "train", augment={"max_warp": 0.5}, out=tmp_path / "m")
+    with pytest.raises(ValueError, match="unknown key `warp`"):
+        finetune.train(SAMPLE / "train", augment={"warp": 0.5}, out=tmp_path / "m")
 
 
 def test_save_best_and_early_stop_are_the_clis(tmp_path):

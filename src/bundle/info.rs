@@ -133,6 +133,9 @@ pub struct TrainingInfo {
     pub label_smoothing: f64,
     #[serde(default)]
     pub augment: bool,
+    /// `--augment`'s magnitudes (absent: fastai's defaults without the warp, as before `--max-warp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aug: Option<crate::data::augment::AugConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

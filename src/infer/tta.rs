@@ -11,7 +11,7 @@
 //! package agree to the last digit, and a seed reproduces them.
 
 use crate::bundle::Bundle;
-use crate::data::augment::{self, AugParams};
+use crate::data::augment::{self, AugConfig, AugParams};
 use crate::data::tensor::{normalize_float, stack_u8};
 use crate::data::transform::crop_at;
 use rand::{Rng, SeedableRng};
@@ -66,12 +66,16 @@ struct Pass {
 
 /// The passes of `tta` for `bundle`, drawn in a fixed order from `tta.seed`.
 fn passes(bundle: &Bundle, tta: &Tta) -> Vec<Pass> {
-    let augmented = bundle.info.training.as_ref().is_some_and(|t| t.augment);
+    let training = bundle.info.training.as_ref();
+    // The magnitudes the model was trained with (bundles that predate them had no warp).
+    let aug = training
+        .filter(|t| t.augment)
+        .map(|t| t.aug.unwrap_or_else(AugConfig::without_warp));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tta.seed);
     (0..tta.n)
         .map(|_| {
             let crop = (rng.gen::<f64>(), rng.gen::<f64>());
-            let aug = augmented.then(|| augment::draw(1, &mut rng));
+            let aug = aug.as_ref().map(|cfg| augment::draw(1, cfg, &mut rng));
             Pass { crop, aug }
         })
         .collect()

@@ -12,7 +12,7 @@ use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
 use super::tracker::{self, Verdict};
 use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking};
-use crate::data::augment;
+use crate::data::augment::{self, AugConfig};
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
 use rand::SeedableRng;
@@ -36,8 +36,10 @@ pub struct Learner {
     /// Loss scaling, enabled when the network computes in fp16.
     pub scaler: GradScaler,
     pub label_smoothing: f64,
-    /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms).
+    /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms), with these
+    /// magnitudes.
     pub augment: bool,
+    pub aug_config: AugConfig,
     /// MixUp or CutMix of training batches (`--mixup`, `--cutmix`).
     pub mix: Option<Mix>,
     /// `--save-best` / `--early-stop` (fastai's tracker callbacks).
@@ -140,6 +142,7 @@ impl Learner {
             scaler,
             label_smoothing: 0.0,
             augment: false,
+            aug_config: AugConfig::default(),
             mix: None,
             tracking: None,
             tracker: TrackerState::default(),
@@ -208,7 +211,7 @@ impl Learner {
     pub fn train_batch(&mut self, xb: &Tensor, yb: &Tensor, lrs: &[f64], mom: f64) -> f64 {
         let aug = self
             .augment
-            .then(|| augment::draw(xb.size()[0] as usize, &mut self.rng));
+            .then(|| augment::draw(xb.size()[0] as usize, &self.aug_config, &mut self.rng));
         let draw = self
             .mix
             .map(|m| super::pipeline::draw_mix(&m, xb, &mut self.rng));
@@ -318,15 +321,16 @@ impl Learner {
                 hypers,
                 stop,
                 augment: do_augment,
+                aug_config,
                 label_smoothing,
                 mix,
                 ..
             } = &mut *self;
-            let (dls, do_augment, label_smoothing, mix) =
-                (&*dls, *do_augment, *label_smoothing, *mix);
+            let aug = do_augment.then_some(*aug_config);
+            let (dls, label_smoothing, mix) = (&*dls, *label_smoothing, *mix);
             let (ran, overlap) = overlapped(
                 order.len(),
-                |i| spec.prepare_train(dls, &order[i], rng, do_augment, mix.as_ref()),
+                |i| spec.prepare_train(dls, &order[i], rng, aug.as_ref(), mix.as_ref()),
                 |i, batch| {
                     let (x, y, mixed) = spec.finish_train(batch);
                     let pos = (epoch * n_batches + i) as f64 / total;

@@ -12,7 +12,7 @@
 
 use super::mix::{self, MixDraw, Mixed};
 use crate::bundle::Mix;
-use crate::data::augment::{self, AugParams};
+use crate::data::augment::{self, AugConfig, AugParams};
 use crate::data::tensor::{normalize_as, normalize_float};
 use crate::data::DataLoaders;
 use crate::model::MemoryFormat;
@@ -45,17 +45,17 @@ pub struct Prepared {
 
 impl InputSpec {
     /// Producer side, for one training batch: gathers (and crops) `idx`, draws its augmentation
-    /// when `augment`, then its mixing when `mix`, and does on the host what belongs there.
+    /// with `augment`'s magnitudes, then its mixing when `mix`, and does on the host what belongs there.
     pub fn prepare_train<R: Rng>(
         &self,
         dls: &DataLoaders,
         idx: &[usize],
         rng: &mut R,
-        augment: bool,
+        augment: Option<&AugConfig>,
         mix: Option<&Mix>,
     ) -> Prepared {
         let (xb, yb) = dls.train_batch(idx, rng);
-        let aug = augment.then(|| augment::draw(idx.len(), rng));
+        let aug = augment.map(|cfg| augment::draw(idx.len(), cfg, rng));
         let mix = mix.map(|m| draw_mix(m, &xb, rng));
         Prepared {
             mix,

@@ -7,6 +7,7 @@ use crate::bundle::{
     self, BundleError, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo,
 };
 use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, Tracking};
+use crate::data::augment::AugConfig;
 use crate::data::items::SplitKind;
 use crate::data::{CacheConfig, DataConfig, DataError, DataLoaders};
 use crate::model::registry::RegistryError;
@@ -50,6 +51,8 @@ pub enum RunError {
     LabelSmoothing(f64),
     #[error(transparent)]
     Mix(#[from] super::mix::MixError),
+    #[error(transparent)]
+    Augment(#[from] crate::data::augment::AugError),
     #[error("--early-stop must be at least 1 epoch")]
     Patience,
     #[error(transparent)]
@@ -195,6 +198,7 @@ pub struct Plan {
     pub wd: f64,
     pub label_smoothing: f64,
     pub augment: bool,
+    pub aug: AugConfig,
     pub mix: Option<Mix>,
     pub tracking: Option<Tracking>,
     /// The bundle's record and checkpoint when resuming.
@@ -211,6 +215,8 @@ pub struct Settings {
     pub wd: f64,
     pub label_smoothing: f64,
     pub augment: bool,
+    /// `--augment`'s magnitudes (`--max-warp`, ...).
+    pub aug: AugConfig,
     /// `--mixup` / `--cutmix`.
     pub mix: Option<Mix>,
     /// `--save-best` / `--early-stop`.
@@ -227,6 +233,7 @@ impl Settings {
         if let Some(m) = &self.mix {
             super::mix::validate(m)?;
         }
+        self.aug.validate()?;
         if self.tracking.is_some_and(|t| t.patience == Some(0)) {
             return Err(RunError::Patience);
         }
@@ -269,6 +276,7 @@ impl Plan {
             wd: s.wd,
             label_smoothing: s.label_smoothing,
             augment: s.augment,
+            aug: s.aug,
             mix: s.mix,
             tracking: s.tracking,
             resume: None,
@@ -321,6 +329,7 @@ impl Plan {
             wd: t.wd,
             label_smoothing: t.label_smoothing,
             augment: t.augment,
+            aug: t.aug.unwrap_or_else(AugConfig::without_warp),
             mix: t.mix,
             tracking: t.tracking,
             resume: Some((info, ck)),
@@ -363,6 +372,7 @@ impl Plan {
                 wd: self.wd,
                 label_smoothing: self.label_smoothing,
                 augment: self.augment,
+                aug: self.augment.then_some(self.aug),
                 mix: self.mix,
                 tracking: self.tracking,
                 pretrained_weights: pretrained,
@@ -485,6 +495,7 @@ impl Session {
         };
         learn.label_smoothing = plan.label_smoothing;
         learn.augment = plan.augment;
+        learn.aug_config = plan.aug;
         learn.mix = plan.mix;
         learn.tracking = plan.tracking;
         if let Some((_, ck)) = &plan.resume {
