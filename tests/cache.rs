@@ -46,6 +46,7 @@ fn cfg(method: ResizeMethod) -> DataConfig {
         seed: 7,
         strict: false,
         max_file_bytes: finetune::data::files::DEFAULT_MAX_FILE_BYTES,
+        labels: None,
     }
 }
 

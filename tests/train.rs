@@ -1035,6 +1035,178 @@ fn early_stop_ends_each_fit_and_save_best_marks_the_kept_epoch() {
     );
 }
 
+/// `--labels` (fastai's `from_csv`): a CSV that lists the folder layout's labels, with `is_valid`
+/// marking the valid folder's images, trains the same model as the folders (same split, metrics
+/// and weights bit for bit); without a valid column it gives the folder's seeded random split;
+/// `evaluate --labels` equals `evaluate` on folders; rows naming missing files are skipped with one
+/// warning; a malformed CSV names its line.
+#[test]
+fn labels_from_a_csv_train_the_folder_layouts_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data.join("train"), 8);
+    synthetic(&data.join("valid"), 3);
+    let mut rows = vec!["fname,label,is_valid".to_string()];
+    let mut flat = vec!["file;class".to_string()];
+    for split in ["train", "valid"] {
+        for cls in ["red [a]", "blue é"] {
+            let mut names: Vec<String> = std::fs::read_dir(data.join(split).join(cls))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                // Quoted: the names hold spaces, brackets and parentheses.
+                rows.push(format!("\"{split}/{cls}/{n}\",{cls},{}", split == "valid"));
+                flat.push(format!("{split}/{cls}/{n};{cls}"));
+            }
+        }
+    }
+    rows.push("train/gone.png,red [a],false".into());
+    let csv = dir.path().join("labels.csv");
+    std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
+    let train = |extra: &[&str], out: &str| {
+        let o = run(tiny_train_bs(1, 4)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .args(extra)
+            .arg(&data));
+        assert!(o.status.success(), "{extra:?}: {}", o.stderr);
+        let m = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        let w = std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap();
+        let m: Vec<String> = m
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect();
+        (m, w, o.stderr)
+    };
+    let folders = train(&[], "folders");
+    let csv_s = csv.to_str().unwrap();
+    let labelled = train(&["--labels", csv_s, "--valid-col", "is_valid"], "csv");
+    assert_eq!(labelled.0, folders.0, "same metrics");
+    assert!(labelled.1 == folders.1, "same weights, bit for bit");
+    assert_eq!(
+        labelled.2.matches("row(s) of").count(),
+        1,
+        "one warning for the missing file: {}",
+        labelled.2
+    );
+    assert!(labelled.2.contains("gone.png"), "{}", labelled.2);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("csv/model.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["data"]["split"]["kind"], "csv", "{info}");
+    assert_eq!(info["data"]["split"]["labels"]["valid_col"], "is_valid");
+
+    // No valid column: the seeded random split of the same items, as the folder of class folders.
+    let pooled = dir.path().join("pooled");
+    for split in ["train", "valid"] {
+        for cls in ["red [a]", "blue é"] {
+            std::fs::create_dir_all(pooled.join(cls)).unwrap();
+            for e in std::fs::read_dir(data.join(split).join(cls)).unwrap() {
+                let e = e.unwrap();
+                let to = pooled
+                    .join(cls)
+                    .join(format!("{split}-{}", e.file_name().to_string_lossy()));
+                std::fs::copy(e.path(), to).unwrap();
+            }
+        }
+    }
+    let pooled_csv = dir.path().join("pooled.csv");
+    let mut lines = vec!["label;file".to_string()];
+    for cls in ["red [a]", "blue é"] {
+        for e in std::fs::read_dir(pooled.join(cls)).unwrap() {
+            lines.push(format!(
+                "{cls};{cls}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    std::fs::write(&pooled_csv, lines.join("\n")).unwrap();
+    let run_pooled = |extra: &[&str], out: &str| {
+        let o = run(tiny_train_bs(1, 4)
+            .args(["--quiet", "--out"])
+            .arg(dir.path().join(out))
+            .args(extra)
+            .arg(&pooled));
+        assert!(o.status.success(), "{extra:?}: {}", o.stderr);
+        std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap()
+    };
+    // A semicolon-separated file is one column to a comma reader: named columns are not found.
+    let o = run(tiny_train_bs(1, 4)
+        .args([
+            "--labels",
+            pooled_csv.to_str().unwrap(),
+            "--fn-col",
+            "file",
+            "--out",
+        ])
+        .arg(dir.path().join("bad"))
+        .arg(&pooled));
+    assert!(!o.status.success());
+    assert!(
+        o.stderr
+            .contains("no column `file` (its columns: label;file)"),
+        "{}",
+        o.stderr
+    );
+    std::fs::write(&pooled_csv, lines.join("\n").replace(';', ",")).unwrap();
+    let a = run_pooled(&[], "pooled-folders");
+    let b = run_pooled(
+        &[
+            "--labels",
+            pooled_csv.to_str().unwrap(),
+            "--fn-col",
+            "file",
+            "--label-col",
+            "label",
+        ],
+        "pooled-csv",
+    );
+    assert!(
+        a == b,
+        "the random split and model equal the folder layout's"
+    );
+
+    // evaluate --labels: the valid folder's evaluation, from the valid rows of a CSV.
+    let eval = |target: &Path, extra: &[&str]| {
+        let o = run(bin()
+            .args(["evaluate", "--json", "--device", "cpu"])
+            .arg(dir.path().join("csv"))
+            .arg(target)
+            .args(extra));
+        assert!(o.status.success(), "{}", o.stderr);
+        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let valid_csv = dir.path().join("valid.csv");
+    let vrows: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.starts_with("fname") || r.starts_with("\"valid/"))
+        .map(|r| r.as_str())
+        .collect();
+    std::fs::write(&valid_csv, vrows.join("\n")).unwrap();
+    let by_folder = eval(&data.join("valid"), &[]);
+    let by_csv = eval(&data, &["--labels", valid_csv.to_str().unwrap()]);
+    assert_eq!(by_csv["total"], 6, "{by_csv}");
+    for k in ["total", "correct", "accuracy", "confusion"] {
+        assert_eq!(by_csv[k], by_folder[k], "{k}");
+    }
+
+    // A malformed CSV names its line.
+    std::fs::write(&csv, "fname,label\ntrain/x.png,cat\ntrain/x.png,dog\n").unwrap();
+    let o = run(tiny_train_bs(1, 4)
+        .args(["--labels", csv_s, "--out"])
+        .arg(dir.path().join("bad"))
+        .arg(&data));
+    assert!(!o.status.success());
+    assert!(
+        o.stderr
+            .contains("labels.csv, line 3: train/x.png is listed again (first on line 2)"),
+        "{}",
+        o.stderr
+    );
+}
+
 // --- RegNet, ConvNeXt and ViT: one training step per phase, and fastai's norm parameters -------
 
 const ZOO2: [Arch; 8] = [

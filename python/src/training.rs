@@ -118,7 +118,8 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
 #[pyo3(signature = (
     data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
     lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=None,
-    mixup=None, cutmix=None, save_best=None, early_stop=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
+    mixup=None, cutmix=None, save_best=None, early_stop=None, labels=None, fn_col="0",
+    label_col="1", valid_col=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None
 ))]
@@ -141,6 +142,10 @@ pub(crate) fn train<'py>(
     cutmix: Option<f64>,
     save_best: Option<&Bound<'py, PyAny>>,
     early_stop: Option<usize>,
+    labels: Option<PathBuf>,
+    fn_col: &str,
+    label_col: &str,
+    valid_col: Option<String>,
     size: Option<&Bound<'py, PyAny>>,
     resize: &str,
     pad_mode: &str,
@@ -232,6 +237,12 @@ pub(crate) fn train<'py>(
                         seed,
                         strict,
                         max_file_bytes: cap,
+                        labels: labels.map(|p| finetune::data::labels::LabelsCsv {
+                            path: p,
+                            fn_col: fn_col.to_string(),
+                            label_col: label_col.to_string(),
+                            valid_col,
+                        }),
                     },
                     ft: FineTune {
                         epochs,

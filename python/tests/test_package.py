@@ -229,6 +229,36 @@ def test_save_best_and_early_stop_are_the_clis(tmp_path):
         finetune.train(SAMPLE / "train", save_best="accuracy", out=tmp_path / "m")
 
 
+def test_labels_from_a_csv_are_the_clis(tmp_path):
+    """`labels=`, `fn_col=`, `label_col=`, `valid_col=` are `--labels` and its column flags: the same
+    metrics for the same CSV, and the CLI's message for a malformed one."""
+    rows = ["label,file,is_valid"]
+    for i, p in enumerate(sorted((SAMPLE / "train").glob("*/*"))):
+        rows.append(f"{p.parent.name},{p.parent.name}/{p.name},{'true' if i % 5 == 0 else 'false'}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    cols = dict(labels=str(labels), fn_col="file", label_col="label", valid_col="is_valid")
+    got = finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "py"), arch="resnet18", random_init=True,
+                         size=32, bs=16, epochs=1, device="cpu", quiet=True, **cols)
+    cli("train", SAMPLE / "train", "--out", tmp_path / "cli", "--arch", "resnet18", "--random-init", "--size", 32,
+        "--bs", 16, "--epochs", 1, "--device", "cpu", "--quiet", "--labels", labels, "--fn-col", "file",
+        "--label-col", "label", "--valid-col", "is_valid")
+    with open(tmp_path / "cli" / "metrics.csv") as f:
+        want = list(csv.DictReader(f))
+    for g, w in zip(got["history"], want):
+        for k in ("train_loss", "valid_loss", "error_rate"):
+            assert abs(g[k] - float(w[k])) <= 1e-6, (k, g, w)
+    info = json.loads((tmp_path / "py" / "model.json").read_text())
+    assert info["data"]["valid_images"] == len([r for r in rows if r.endswith(",true")])
+    labels.write_text("label,file\nhat,hat/x.jpg\nhat,hat/x.jpg\n")
+    with pytest.raises(finetune.FinetuneError) as e:
+        finetune.train(SAMPLE / "train", labels=labels, fn_col="file", label_col="label", random_init=True,
+                       out=tmp_path / "m")
+    assert str(e.value) == cli_error("train", "--labels", labels, "--fn-col", "file", "--label-col", "label",
+                                     "--random-init", "--out", tmp_path / "m", SAMPLE / "train")
+    assert "line 3: hat/x.jpg is listed again (first on line 2)" in str(e.value)
+
+
 def test_tta_equals_the_clis(photos, tmp_path):
     """`tta=` gives `finetune predict --tta`'s probabilities, for files, pixels and bytes alike; on a
     model trained with a random crop and `augment`, TTA changes them."""

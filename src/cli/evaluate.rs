@@ -23,6 +23,8 @@ pub struct Args {
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
+    labels: super::train::LabelsArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
@@ -30,7 +32,13 @@ pub struct Args {
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
     let opts = a.tta.options(max_file_bytes)?;
-    let ev = evaluate::evaluate(&b, &a.test_dir, a.top_losses, &opts)?;
+    let ev = evaluate::evaluate(
+        &b,
+        &a.test_dir,
+        a.top_losses,
+        &opts,
+        a.labels.csv().as_ref(),
+    )?;
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
     }

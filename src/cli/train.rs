@@ -140,6 +140,40 @@ pub struct DataArgs {
     /// Decode every image into memory on each run, without the on-disk cache.
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub labels: LabelsArgs,
+}
+
+/// Labels from a CSV (fastai's `ImageDataLoaders.from_csv`), for train, lr-find and evaluate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LabelsArgs {
+    /// A CSV with one row per image (a header row first): the file (relative to the image folder)
+    /// and its label, instead of one folder per class.
+    #[arg(long, value_name = "CSV")]
+    pub labels: Option<PathBuf>,
+    /// The file column: a header name or a 0-based position (fastai's fn_col).
+    #[arg(long, default_value = "0", requires = "labels")]
+    pub fn_col: String,
+    /// The label column: a header name or a 0-based position (label_col).
+    #[arg(long, default_value = "1", requires = "labels")]
+    pub label_col: String,
+    /// A column marking validation rows with true/1 (valid_col, fastai's ColSplitter); without it
+    /// the seeded random split (--valid-pct, --seed).
+    #[arg(long, requires = "labels")]
+    pub valid_col: Option<String>,
+}
+
+impl LabelsArgs {
+    pub fn csv(&self) -> Option<finetune::data::labels::LabelsCsv> {
+        self.labels
+            .as_ref()
+            .map(|p| finetune::data::labels::LabelsCsv {
+                path: p.clone(),
+                fn_col: self.fn_col.clone(),
+                label_col: self.label_col.clone(),
+                valid_col: self.valid_col.clone(),
+            })
+    }
 }
 
 impl DataArgs {
@@ -154,6 +188,7 @@ impl DataArgs {
             seed: self.seed,
             strict: self.strict,
             max_file_bytes,
+            labels: self.labels.csv(),
         }
     }
 

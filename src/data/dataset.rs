@@ -46,6 +46,8 @@ pub struct DataConfig {
     pub strict: bool,
     /// The largest image file read (`--max-file-mb`); bigger ones are skipped like unreadable ones.
     pub max_file_bytes: u64,
+    /// Labels from a CSV instead of the folder names (`--labels`).
+    pub labels: Option<super::labels::LabelsCsv>,
 }
 
 impl DataConfig {
@@ -70,6 +72,7 @@ impl Default for DataConfig {
             seed: 42,
             strict: false,
             max_file_bytes: super::files::DEFAULT_MAX_FILE_BYTES,
+            labels: None,
         }
     }
 }
@@ -271,8 +274,18 @@ impl DataLoaders {
         cache: Option<&CacheConfig>,
         bar: &indicatif::ProgressBar,
     ) -> Result<Self, DataError> {
-        let Split { train, valid, kind } = items::split(root, cfg.valid_pct, cfg.seed)?;
+        let (Split { train, valid, kind }, listed) = match &cfg.labels {
+            Some(l) => super::labels::split(root, l, cfg.valid_pct, cfg.seed)?,
+            None => (items::split(root, cfg.valid_pct, cfg.seed)?, Vec::new()),
+        };
         let mut skipped = Vec::new();
+        // CSV rows naming missing or non-image files, already reported in one warning.
+        for s in listed {
+            if cfg.strict {
+                return Err(DataError::StrictSkipped(s));
+            }
+            skipped.push(s);
+        }
         for scan in [&train, &valid] {
             for s in &scan.skipped {
                 if cfg.strict {
@@ -288,7 +301,7 @@ impl DataLoaders {
         let classes = items::classes(&train.items);
         let base = match &kind {
             SplitKind::Folders { train, .. } => train.clone(),
-            SplitKind::Random { .. } => root.to_path_buf(),
+            SplitKind::Random { .. } | SplitKind::Csv { .. } => root.to_path_buf(),
         };
         match classes.len() {
             0 => return Err(ItemsError::Empty(base).into()),

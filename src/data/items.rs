@@ -24,6 +24,8 @@ pub enum ItemsError {
     OneClass(PathBuf, String),
     #[error("class folder {0} has no usable image")]
     EmptyClass(PathBuf),
+    #[error(transparent)]
+    Labels(#[from] super::labels::LabelsError),
     #[error("--valid-pct {0} must be in (0, 1)")]
     BadPct(f64),
     #[error("the split leaves no training images ({0} images, valid-pct {1})")]
@@ -314,8 +316,20 @@ pub fn classes(items: &[Item]) -> Vec<String> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SplitKind {
-    Folders { train: PathBuf, valid: PathBuf },
-    Random { valid_pct: f64, seed: u64 },
+    Folders {
+        train: PathBuf,
+        valid: PathBuf,
+    },
+    Random {
+        valid_pct: f64,
+        seed: u64,
+    },
+    /// Labels from a CSV (`--labels`): its valid column, or a seeded random split.
+    Csv {
+        labels: super::labels::LabelsCsv,
+        valid_pct: Option<f64>,
+        seed: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod decode;
 pub mod files;
 pub mod items;
+pub mod labels;
 pub mod layout;
 pub mod resize;
 pub mod tensor;

@@ -70,14 +70,25 @@ impl Evaluation {
 }
 
 /// Files over `opts.max_file_bytes` are skipped like unreadable ones; `opts.tta` evaluates with
-/// test-time augmentation.
+/// test-time augmentation; `labels` takes the labels from a CSV instead of the folder names.
 pub fn evaluate(
     bundle: &Bundle,
     test_dir: &Path,
     k_losses: usize,
     opts: &Options,
+    labels: Option<&crate::data::labels::LabelsCsv>,
 ) -> Result<Evaluation, EvalError> {
-    let scan = items::scan(test_dir, &[])?;
+    let scan = match labels {
+        None => items::scan(test_dir, &[])?,
+        Some(l) => {
+            let (items, skipped) = crate::data::labels::items(test_dir, l)?;
+            items::Scan {
+                items,
+                skipped,
+                ..Default::default()
+            }
+        }
+    };
     let classes = bundle.info.classes.clone();
     let mut labels = Vec::new();
     for it in &scan.items {

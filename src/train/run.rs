@@ -156,6 +156,22 @@ pub fn prepare(
             SplitKind::Folders { .. } => "train/valid folders".to_string(),
             SplitKind::Random { valid_pct, seed } =>
                 format!("random {:.0}% split, seed {seed}", valid_pct * 100.0),
+            SplitKind::Csv {
+                labels,
+                valid_pct,
+                seed,
+            } => match (valid_pct, seed) {
+                (Some(p), Some(s)) => format!(
+                    "labels from {}, random {:.0}% split, seed {s}",
+                    labels.path.display(),
+                    p * 100.0
+                ),
+                _ => format!(
+                    "labels from {}, valid rows by its `{}` column",
+                    labels.path.display(),
+                    labels.valid_col.as_deref().unwrap_or("")
+                ),
+            },
         },
         dls.skipped.len(),
         match &dls.cache {
@@ -305,9 +321,12 @@ impl Plan {
                 },
             });
         };
-        let valid_pct = match d.split {
-            SplitKind::Random { valid_pct, .. } => valid_pct,
-            SplitKind::Folders { .. } => 0.2,
+        let (valid_pct, labels) = match d.split {
+            SplitKind::Random { valid_pct, .. } => (valid_pct, None),
+            SplitKind::Folders { .. } => (0.2, None),
+            SplitKind::Csv {
+                labels, valid_pct, ..
+            } => (valid_pct.unwrap_or(0.2), Some(labels)),
         };
         Ok(Plan {
             data: data.unwrap_or(d.source),
@@ -323,6 +342,7 @@ impl Plan {
                 seed: t.seed,
                 strict: false,
                 max_file_bytes,
+                labels,
             },
             cache: Some(CacheConfig::new(CacheConfig::default_dir())),
             ft: t.fine_tune,
