@@ -1207,6 +1207,87 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
     );
 }
 
+/// `show-batch` (fastai's show_batch): a fastai-shaped grid of the first training batch's images at
+/// the model's size, each a real training item as training loads it, labelled; `--augment` shows
+/// the augmented pixels; the count is checked.
+#[test]
+fn show_batch_draws_the_first_training_batch() {
+    use finetune::train::show_batch::first_batch;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 8);
+    let png = dir.path().join("b.png");
+    let show = |extra: &[&str], out: &Path| {
+        let o = run(bin()
+            .args([
+                "show-batch",
+                "--size",
+                "32",
+                "--bs",
+                "8",
+                "--n",
+                "4",
+                "--out",
+            ])
+            .arg(out)
+            .args(extra)
+            .arg(&data));
+        assert!(o.status.success(), "{}", o.stderr);
+        image::open(out).unwrap().to_rgb8()
+    };
+    let g = show(&[], &png);
+    // 2×2 cells of 32×32 with a 12-px caption, 4-px gaps.
+    assert_eq!(g.dimensions(), (2 * 36 + 4, 2 * 48 + 4));
+    let cell = |g: &image::RgbImage, k: u32| {
+        image::imageops::crop_imm(g, 4 + (k % 2) * 36, 4 + (k / 2) * 48, 32, 32).to_image()
+    };
+    let cfg = DataConfig {
+        size: Size { w: 32, h: 32 },
+        bs: 8,
+        ..Default::default()
+    };
+    let dls = DataLoaders::from_folder(&data, cfg, &indicatif::ProgressBar::hidden()).unwrap();
+    let want = first_batch(&dls, 4, None).unwrap();
+    let mut rng = rand::rngs::mock::StepRng::new(0, 0);
+    let train_items: Vec<Vec<u8>> = (0..dls.train.len())
+        .map(|i| {
+            let (x, _) = dls.train_batch(&[i], &mut rng);
+            Vec::<u8>::try_from(x.view([-1])).unwrap()
+        })
+        .collect();
+    for k in 0..4 {
+        let c = cell(&g, k);
+        assert_eq!(c, want[k as usize].0, "cell {k} is the library's image");
+        assert!(
+            train_items.contains(&c.into_raw()),
+            "cell {k} is a training item"
+        );
+        // Its caption holds ink.
+        let ink = (4..36)
+            .filter(|&x| {
+                g.get_pixel(x + (k % 2) * 36, 4 + (k / 2) * 48 + 34) != &image::Rgb([255, 255, 255])
+            })
+            .count();
+        assert!(ink > 0, "cell {k} is labelled");
+    }
+    let aug = show(
+        &["--augment", "--max-warp", "0.3"],
+        &dir.path().join("a.png"),
+    );
+    assert_ne!(cell(&aug, 0), cell(&g, 0), "augmentation shows");
+    let o = run(bin()
+        .args(["show-batch", "--n", "0", "--out"])
+        .arg(&png)
+        .arg(&data));
+    assert!(
+        !o.status.success()
+            && o.stderr
+                .contains("--n must be between 1 and the batch size"),
+        "{}",
+        o.stderr
+    );
+}
+
 // --- RegNet, ConvNeXt and ViT: one training step per phase, and fastai's norm parameters -------
 
 const ZOO2: [Arch; 8] = [

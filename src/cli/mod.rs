@@ -9,6 +9,7 @@ mod lr_find;
 mod predict;
 mod quickstart;
 mod serve;
+mod show_batch;
 mod train;
 mod weights;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Evaluate(evaluate::Args),
     /// Sweep learning rates (fastai lr_find) and suggest one (valley).
     LrFind(lr_find::Args),
+    /// Show a grid of training images as the network will see them (fastai's show_batch).
+    ShowBatch(show_batch::Args),
     /// Predict the class of images with a trained model.
     Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(a) => evaluate::run(a, cap),
         Command::Predict(a) => predict::run(a, cap),
         Command::LrFind(a) => lr_find::run(a, cap),
+        Command::ShowBatch(a) => show_batch::run(a, cap),
         Command::ClassifyImagenet(a) => imagenet::run(a, cap),
         Command::Serve(a) => serve::run(a),
         Command::Export(a) => export::run(a),

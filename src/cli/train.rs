@@ -46,28 +46,8 @@ pub struct Args {
     /// class eps/C (fastai's lessons use 0.1).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f64,
-    /// Augment training batches (fastai's aug_transforms: flip, perspective warp 0.2, rotate ±10°,
-    /// zoom 1–1.1, lighting 0.2; each magnitude below).
-    #[arg(long)]
-    augment: bool,
-    /// Perspective warp magnitude (fastai's max_warp; 0 = none; at most 0.3).
-    #[arg(long, default_value_t = 0.2, requires = "augment")]
-    max_warp: f64,
-    /// Rotation range in degrees (max_rotate).
-    #[arg(long, default_value_t = 10.0, requires = "augment")]
-    max_rotate: f64,
-    /// Largest zoom (max_zoom; 1 = none).
-    #[arg(long, default_value_t = 1.1, requires = "augment")]
-    max_zoom: f64,
-    /// Brightness and contrast change (max_lighting; 0 = none).
-    #[arg(long, default_value_t = 0.2, requires = "augment")]
-    max_lighting: f64,
-    /// Probability of each of warp, rotation and zoom per image (p_affine).
-    #[arg(long, default_value_t = 0.75, requires = "augment")]
-    p_affine: f64,
-    /// Probability of each of brightness and contrast per image (p_lighting).
-    #[arg(long, default_value_t = 0.75, requires = "augment")]
-    p_lighting: f64,
+    #[command(flatten)]
+    aug: AugArgs,
     /// fastai's MixUp(alpha): blend each training image and its label with a shuffled partner,
     /// λ ~ Beta(alpha, alpha) per image, kept ≥ 0.5 (fastai's default alpha: 0.4).
     #[arg(
@@ -95,6 +75,46 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     compute: super::ComputeArgs,
+}
+
+/// `--augment` and its magnitudes, for train and show-batch.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AugArgs {
+    /// Augment training batches (fastai's aug_transforms: flip, perspective warp 0.2, rotate ±10°,
+    /// zoom 1–1.1, lighting 0.2; each magnitude below).
+    #[arg(long)]
+    pub augment: bool,
+    /// Perspective warp magnitude (fastai's max_warp; 0 = none; at most 0.3).
+    #[arg(long, default_value_t = 0.2, requires = "augment")]
+    pub max_warp: f64,
+    /// Rotation range in degrees (max_rotate).
+    #[arg(long, default_value_t = 10.0, requires = "augment")]
+    pub max_rotate: f64,
+    /// Largest zoom (max_zoom; 1 = none).
+    #[arg(long, default_value_t = 1.1, requires = "augment")]
+    pub max_zoom: f64,
+    /// Brightness and contrast change (max_lighting; 0 = none).
+    #[arg(long, default_value_t = 0.2, requires = "augment")]
+    pub max_lighting: f64,
+    /// Probability of each of warp, rotation and zoom per image (p_affine).
+    #[arg(long, default_value_t = 0.75, requires = "augment")]
+    pub p_affine: f64,
+    /// Probability of each of brightness and contrast per image (p_lighting).
+    #[arg(long, default_value_t = 0.75, requires = "augment")]
+    pub p_lighting: f64,
+}
+
+impl AugArgs {
+    pub fn config(&self) -> finetune::data::augment::AugConfig {
+        finetune::data::augment::AugConfig {
+            p_affine: self.p_affine,
+            p_lighting: self.p_lighting,
+            max_rotate: self.max_rotate,
+            max_zoom: self.max_zoom,
+            max_lighting: self.max_lighting,
+            max_warp: self.max_warp,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -269,15 +289,8 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                 },
                 wd: a.wd,
                 label_smoothing: a.label_smoothing,
-                augment: a.augment,
-                aug: finetune::data::augment::AugConfig {
-                    p_affine: a.p_affine,
-                    p_lighting: a.p_lighting,
-                    max_rotate: a.max_rotate,
-                    max_zoom: a.max_zoom,
-                    max_lighting: a.max_lighting,
-                    max_warp: a.max_warp,
-                },
+                augment: a.aug.augment,
+                aug: a.aug.config(),
                 mix: a.mixup.map(Mix::Mixup).or(a.cutmix.map(Mix::Cutmix)),
                 tracking: (a.save_best.is_some() || a.early_stop.is_some()).then(|| {
                     finetune::bundle::Tracking {

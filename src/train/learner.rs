@@ -72,6 +72,12 @@ pub struct Learner {
     profile: bool,
 }
 
+/// The data generator of a run with `seed` (shuffles, crops, augmentation and mixing draws); kept
+/// apart from the split's, which uses `seed` itself.
+pub fn data_rng(seed: u64) -> rand_chacha::ChaCha8Rng {
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1))
+}
+
 pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
 
 /// How many training losses stay on the device before they are read for the progress bar: reading
@@ -155,7 +161,7 @@ impl Learner {
             pending: None,
             on_epoch_end: None,
             seed,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
+            rng: data_rng(seed),
             mean: net_stats.0,
             std: net_stats.1,
             profile: std::env::var_os("FINETUNE_PROFILE").is_some_and(|v| !v.is_empty()),

@@ -12,6 +12,7 @@ pub mod profile;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod show_batch;
 pub mod smooth_loss;
 pub mod tracker;
 
