@@ -23,6 +23,8 @@ use tch::Tensor;
 pub enum DataError {
     #[error(transparent)]
     Items(#[from] ItemsError),
+    #[error(transparent)]
+    Labels(#[from] super::labels::LabelsError),
     #[error("{0} (--strict makes unreadable images fatal; remove the file or drop --strict)")]
     Strict(DecodeError),
     #[error("{0} (--strict makes this fatal; remove the file or drop --strict)")]

@@ -24,8 +24,6 @@ pub enum ItemsError {
     OneClass(PathBuf, String),
     #[error("class folder {0} has no usable image")]
     EmptyClass(PathBuf),
-    #[error(transparent)]
-    Labels(#[from] super::labels::LabelsError),
     #[error("--valid-pct {0} must be in (0, 1)")]
     BadPct(f64),
     #[error("the split leaves no training images ({0} images, valid-pct {1})")]
@@ -40,6 +38,30 @@ pub enum ItemsError {
         dir: PathBuf,
         count: usize,
     },
+}
+
+/// Where the labels are when a CSV gives them (`--labels`, read by `data::labels`): the CSV and its
+/// columns (a header name, or a 0-based position).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelsCsv {
+    pub path: PathBuf,
+    /// fastai's `fn_col` (default: the first column).
+    pub fn_col: String,
+    /// fastai's `label_col` (default: the second column).
+    pub label_col: String,
+    /// fastai's `valid_col`: rows whose value is true/1 form the valid set.
+    pub valid_col: Option<String>,
+}
+
+impl LabelsCsv {
+    pub fn new(path: PathBuf) -> Self {
+        LabelsCsv {
+            path,
+            fn_col: "0".into(),
+            label_col: "1".into(),
+            valid_col: None,
+        }
+    }
 }
 
 /// One labelled image.
@@ -326,7 +348,7 @@ pub enum SplitKind {
     },
     /// Labels from a CSV (`--labels`): its valid column, or a seeded random split.
     Csv {
-        labels: super::labels::LabelsCsv,
+        labels: LabelsCsv,
         valid_pct: Option<f64>,
         seed: Option<u64>,
     },

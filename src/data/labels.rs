@@ -6,33 +6,10 @@
 //! folder or a valid-column value that is not a boolean is an error naming the line, where pandas would
 //! read NaN or a truthy string and train on it silently.
 
+pub use super::items::LabelsCsv;
 use super::items::{self, looks_like_image, Item, ItemsError, Scan, Skip, Split, SplitKind};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-
-/// Where the labels are: the CSV and its columns (a header name, or a 0-based position).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabelsCsv {
-    pub path: PathBuf,
-    /// fastai's `fn_col` (default: the first column).
-    pub fn_col: String,
-    /// fastai's `label_col` (default: the second column).
-    pub label_col: String,
-    /// fastai's `valid_col`: rows whose value is true/1 form the valid set.
-    pub valid_col: Option<String>,
-}
-
-impl LabelsCsv {
-    pub fn new(path: PathBuf) -> Self {
-        LabelsCsv {
-            path,
-            fn_col: "0".into(),
-            label_col: "1".into(),
-            valid_col: None,
-        }
-    }
-}
 
 /// A CSV larger than this is refused (no read is unbounded): 256 MiB holds millions of rows.
 const MAX_CSV_BYTES: u64 = 256 << 20;
@@ -58,6 +35,8 @@ pub enum LabelsError {
     },
     #[error("{0}: no rows")]
     Empty(PathBuf),
+    #[error(transparent)]
+    Items(#[from] ItemsError),
 }
 
 fn column(
@@ -240,13 +219,14 @@ pub fn split(
     l: &LabelsCsv,
     valid_pct: f64,
     seed: u64,
-) -> Result<(Split, Vec<Skip>), ItemsError> {
+) -> Result<(Split, Vec<Skip>), LabelsError> {
     if !images.is_dir() {
         return Err(if images.exists() {
             ItemsError::NotDir(images.to_path_buf())
         } else {
             ItemsError::Missing(images.to_path_buf())
-        });
+        }
+        .into());
     }
     let (rows, skipped) = read(images, l)?;
     report(&skipped, &l.path);
@@ -297,9 +277,9 @@ pub fn split(
 }
 
 /// Every row's item (the valid column ignored), for `evaluate --labels`.
-pub fn items(images: &Path, l: &LabelsCsv) -> Result<(Vec<Item>, Vec<Skip>), ItemsError> {
+pub fn items(images: &Path, l: &LabelsCsv) -> Result<(Vec<Item>, Vec<Skip>), LabelsError> {
     if !images.is_dir() {
-        return Err(ItemsError::Missing(images.to_path_buf()));
+        return Err(ItemsError::Missing(images.to_path_buf()).into());
     }
     let (rows, skipped) = read(images, l)?;
     Ok((rows.into_iter().map(|r| r.item).collect(), skipped))

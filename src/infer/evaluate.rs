@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum EvalError {
     #[error(transparent)]
     Items(#[from] ItemsError),
+    #[error(transparent)]
+    Labels(#[from] crate::data::labels::LabelsError),
     #[error("test folder class `{class}` ({dir}) is not one of the model's classes: {known}")]
     UnknownClass {
         class: String,

@@ -116,20 +116,20 @@ pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) 
     };
     let plain_imgs = window(0.5, 0.5);
     let refs: Vec<&image::RgbImage> = plain_imgs.iter().collect();
-    let plain = super::predict::probabilities(bundle, &refs);
+    let plain = super::forward::probabilities(bundle, &refs);
     let augmented: Vec<Vec<Vec<f32>>> = passes(bundle, tta)
         .iter()
         .map(|pass| {
             let imgs = window(pass.crop.0, pass.crop.1);
             let refs: Vec<&image::RgbImage> = imgs.iter().collect();
             match &pass.aug {
-                None => super::predict::probabilities(bundle, &refs),
+                None => super::forward::probabilities(bundle, &refs),
                 Some(aug) => {
                     let xb = stack_u8(&refs).to_device(bundle.net.device());
                     let raw = xb.permute([0, 3, 1, 2]).to_kind(tch::Kind::Float) / 255.0;
                     let aug = aug.repeat_first(refs.len());
                     let x = normalize_float(&augment::apply(&raw, &aug), norm.mean, norm.std);
-                    super::predict::probabilities_of(bundle, &x)
+                    super::forward::probabilities_of(bundle, &x)
                 }
             }
         })

@@ -10,7 +10,6 @@ use super::profile::{PhaseTimes, Timer};
 use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
-use super::tracker::{self, Verdict};
 use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking};
 use crate::data::augment::{self, AugConfig};
 use crate::data::DataLoaders;
@@ -406,65 +405,6 @@ impl Learner {
             }
         }
         self.keep_best(phase, report);
-    }
-
-    /// fastai's trackers after a completed epoch (the last row): a new best is remembered (its
-    /// weights under `--save-best`), and `--early-stop` ends the fit after `patience` epochs
-    /// without one.
-    fn track(&mut self, report: &mut dyn Report) {
-        let (Some(t), Some(row)) = (self.tracking, self.rows.last()) else {
-            return;
-        };
-        let epoch = row.epoch;
-        match tracker::update(&t, &mut self.tracker, row) {
-            Verdict::Better if t.save_best => {
-                let value = t.monitor.of(row);
-                self.best_weights = Some(
-                    self.net
-                        .vs
-                        .variables()
-                        .into_iter()
-                        .map(|(k, v)| (k, super::checkpoint::cpu_copy(&v.detach())))
-                        .collect(),
-                );
-                report.message(&format!(
-                    "Better model found at epoch {epoch} with {} value: {value}.",
-                    t.monitor.name()
-                ));
-            }
-            Verdict::Stop => report.notice(&format!(
-                "No improvement since epoch {}: early stopping",
-                epoch - self.tracker.wait
-            )),
-            _ => {}
-        }
-    }
-
-    /// `--save-best` at the end of a fit: the best epoch's weights back into the network (fastai's
-    /// `SaveModelCallback.after_fit`), and its row marked.
-    fn keep_best(&mut self, phase: &str, report: &mut dyn Report) {
-        let Some(t) = self.tracking.filter(|t| t.save_best) else {
-            return;
-        };
-        let (Some(best), Some((value, epoch))) = (self.best_weights.take(), self.tracker.best)
-        else {
-            return;
-        };
-        let vars = self.net.vs.variables();
-        tch::no_grad(|| {
-            for (k, w) in &best {
-                if let Some(v) = vars.get(k) {
-                    v.shallow_clone().copy_(&w.to_device(v.device()));
-                }
-            }
-        });
-        for r in self.rows.iter_mut().filter(|r| r.phase == phase) {
-            r.best = r.epoch == epoch;
-        }
-        report.notice(&format!(
-            "{phase}: kept the weights of epoch {epoch} ({} {value:.6})",
-            t.monitor.name()
-        ));
     }
 
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole

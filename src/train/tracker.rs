@@ -5,6 +5,8 @@
 //! (`value < best`, `min_delta` 0), NaN never improves, and each fit of `fine_tune` starts afresh
 //! (`reset_on_fit`), so early stopping in the frozen phase does not skip the unfrozen one.
 
+use super::report::Report;
+use super::Learner;
 use crate::bundle::{EpochRow, TrackerState, Tracking};
 
 /// What one completed epoch did to the tracker.
@@ -37,6 +39,67 @@ pub fn update(t: &Tracking, state: &mut TrackerState, row: &EpochRow) -> Verdict
             Verdict::Stop
         }
         _ => Verdict::Same,
+    }
+}
+
+impl Learner {
+    /// fastai's trackers after a completed epoch (the last row): a new best is remembered (its
+    /// weights under `--save-best`), and `--early-stop` ends the fit after `patience` epochs
+    /// without one.
+    pub(super) fn track(&mut self, report: &mut dyn Report) {
+        let (Some(t), Some(row)) = (self.tracking, self.rows.last()) else {
+            return;
+        };
+        let epoch = row.epoch;
+        match update(&t, &mut self.tracker, row) {
+            Verdict::Better if t.save_best => {
+                let value = t.monitor.of(row);
+                self.best_weights = Some(
+                    self.net
+                        .vs
+                        .variables()
+                        .into_iter()
+                        .map(|(k, v)| (k, super::checkpoint::cpu_copy(&v.detach())))
+                        .collect(),
+                );
+                report.message(&format!(
+                    "Better model found at epoch {epoch} with {} value: {value}.",
+                    t.monitor.name()
+                ));
+            }
+            Verdict::Stop => report.notice(&format!(
+                "No improvement since epoch {}: early stopping",
+                epoch - self.tracker.wait
+            )),
+            _ => {}
+        }
+    }
+
+    /// `--save-best` at the end of a fit: the best epoch's weights back into the network (fastai's
+    /// `SaveModelCallback.after_fit`), and its row marked.
+    pub(super) fn keep_best(&mut self, phase: &str, report: &mut dyn Report) {
+        let Some(t) = self.tracking.filter(|t| t.save_best) else {
+            return;
+        };
+        let (Some(best), Some((value, epoch))) = (self.best_weights.take(), self.tracker.best)
+        else {
+            return;
+        };
+        let vars = self.net.vs.variables();
+        tch::no_grad(|| {
+            for (k, w) in &best {
+                if let Some(v) = vars.get(k) {
+                    v.shallow_clone().copy_(&w.to_device(v.device()));
+                }
+            }
+        });
+        for r in self.rows.iter_mut().filter(|r| r.phase == phase) {
+            r.best = r.epoch == epoch;
+        }
+        report.notice(&format!(
+            "{phase}: kept the weights of epoch {epoch} ({} {value:.6})",
+            t.monitor.name()
+        ));
     }
 }
 
