@@ -1,7 +1,7 @@
 """Benchmark: finetune vs fastai 2.8 on the same fine_tune(3), 192 px squish, bs 64, same data.
 
 Usage (from the repo root, after `make build`): python bench/bench.py [--per-class N] [--archs a,b]
-    [--seeds 42,1,2] [--protocol folders|seed]
+    [--seeds 42,1,2] [--protocol folders|seed] [--recipe plain|augment|mixup|label_smoothing|tta]
 Prints a markdown table, the mean ± standard deviation over the seeds and the wall-time ratio of the
 means. Runs one job at a time (timings side by side are worthless).
 
@@ -9,6 +9,11 @@ Protocols: `folders` (default) trains on clothing-small's train/, validates on i
 and tests on test/. `seed` is the seed workflow's: train/ alone, split 80/20 at random by each tool
 with the run's seed (finetune's --valid-pct 0.2 --seed S, fastai's RandomSplitter(0.2, seed=S)), test/
 as the test set; the split seed varies with the seed on both sides.
+
+Recipes (the same on both sides, fastai's names): `augment` = `--augment` / `batch_tfms=aug_transforms()`
+(warp included); `mixup` = `--mixup 0.4` / `cbs=MixUp(0.4)`; `label_smoothing` = `--label-smoothing 0.1` /
+`loss_func=LabelSmoothingCrossEntropyFlat(eps=0.1)`; `tta` = a plain run tested with `evaluate --tta` /
+`learn.tta(dl=test_dl)`.
 """
 import argparse
 import json
@@ -24,6 +29,7 @@ ap.add_argument("--archs", default="mobilenet_v2,resnet18")
 ap.add_argument("--work", default="target/bench")
 ap.add_argument("--seeds", default="42", help="comma-separated seeds; each runs both tools, then mean ± sd")
 ap.add_argument("--protocol", choices=["folders", "seed"], default="folders")
+ap.add_argument("--recipe", choices=["plain", "augment", "mixup", "label_smoothing", "tta"], default="plain")
 args = ap.parse_args()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provenance  # noqa: E402
@@ -69,13 +75,16 @@ test_data = f"{data}/test" if args.protocol == "folders" else f"{seed_data}/test
 
 
 def run_finetune(arch, seed):
-    out = f"{args.work}/model-{args.protocol}-{arch}-{seed}"
+    out = f"{args.work}/model-{args.protocol}-{args.recipe}-{arch}-{seed}"
+    recipe = {"augment": ["--augment"], "mixup": ["--mixup", "0.4"],
+              "label_smoothing": ["--label-smoothing", "0.1"]}.get(args.recipe, [])
     w = ["--weights", weights] if arch == "mobilenet_v2" else ["--random-init"]
     split = ["--valid-pct", "0.2"] if args.protocol == "seed" else []
     t0 = time.time()
     p, train_s, rss = timed(["./target/release/finetune", "train", train_data, "--arch", arch, *w, "--epochs", "3", "--size", "192",
-                             "--bs", "64", "--seed", str(seed), *split, "--out", out, "--force", "--quiet"])
-    p2, _, rss2 = timed(["./target/release/finetune", "evaluate", out, test_data, "--json"])
+                             "--bs", "64", "--seed", str(seed), *split, *recipe, "--out", out, "--force", "--quiet"])
+    tta = ["--tta"] if args.recipe == "tta" else []
+    p2, _, rss2 = timed(["./target/release/finetune", "evaluate", out, test_data, "--json", *tta])
     total = time.time() - t0
     rows = [l.split(",") for l in open(f"{out}/metrics.csv").read().splitlines()[1:]]
     info = json.load(open(f"{out}/model.json"))
@@ -92,8 +101,8 @@ def run_finetune(arch, seed):
 
 
 def run_fastai(arch, seed):
-    out = f"{args.work}/fastai-{args.protocol}-{arch}-{seed}.json"
-    env = dict(os.environ, TORCH_HOME=os.path.abspath(f"{args.work}/torch-home"))
+    out = f"{args.work}/fastai-{args.protocol}-{args.recipe}-{arch}-{seed}.json"
+    env = dict(os.environ, TORCH_HOME=os.path.abspath(f"{args.work}/torch-home"), FASTAI_RECIPE=args.recipe)
     split = [] if args.protocol == "folders" else ["0.2", test_data]
     timed([sys.executable, "bench/fastai_run.py", train_data, arch, weights if arch == "mobilenet_v2" else "none", out,
            str(seed), *split], env=env)
@@ -121,7 +130,7 @@ tools = [("finetune", run_finetune), ("fastai 2.8.12", run_fastai)]
 print(f"{provenance.line()}\n")
 if args.protocol == "folders":
     print(f"data: clothing-small, {args.per_class or 'all'} train images per class, validation/ as valid, test/ as test; "
-          f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}\n")
+          f"fine_tune(3), 192 px squish, bs 64; recipe {args.recipe}; seeds {args.seeds}\n")
 else:
     print(f"data: clothing-small train/ split 80/20 at random with each run's seed by each tool, test/ as test; "
           f"fine_tune(3), 192 px squish, bs 64; seeds {args.seeds}\n")
@@ -134,7 +143,8 @@ for arch in args.archs.split(","):
         for tool, fn in tools:
             r = fn(arch, seed)
             results[tool].append(r)
-            json.dump(r, open(f"{args.work}/result-{args.protocol}-{arch}-{tool.split()[0]}-{seed}.json", "w"), indent=1)
+            tag = args.protocol if args.recipe == "plain" else f"{args.protocol}-{args.recipe}"
+            json.dump(r, open(f"{args.work}/result-{tag}-{arch}-{tool.split()[0]}-{seed}.json", "w"), indent=1)
             print(f"| {name} | {tool} | {seed} | " + " | ".join(summary(r)) + " |", flush=True)
     mean_total = {t: sum(r["total_seconds"] for r in rs) / len(rs) for t, rs in results.items()}
     if len(seeds) > 1:

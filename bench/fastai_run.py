@@ -6,6 +6,7 @@ class folders split at random by fastai's RandomSplitter(VALID_PCT, seed=SEED), 
 set. ARCH is mobilenet_v2 or resnet18.
 """
 import json
+import os
 import resource
 import sys
 import time
@@ -14,7 +15,8 @@ t_start = time.time()
 import torch
 import torchvision
 from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, ResizeMethod, error_rate, imagenet_stats,
-                               vision_learner, get_image_files, Callback, default_split, set_seed)
+                               vision_learner, get_image_files, Callback, default_split, set_seed, aug_transforms,
+                               MixUp, LabelSmoothingCrossEntropyFlat)
 from fastai.vision.learner import model_meta
 
 data, arch, weights, out = sys.argv[1:5]
@@ -23,6 +25,8 @@ valid_pct = float(sys.argv[6]) if len(sys.argv) > 6 else None
 test_dir = sys.argv[7] if len(sys.argv) > 7 else f"{data}/test"
 # fastai's set_seed seeds Python, NumPy and torch; reproducible=False keeps cudnn/threads as users run it.
 set_seed(seed)
+# bench.py's --recipe: the same regulariser as finetune's flag (see bench.py's docstring).
+recipe = os.environ.get("FASTAI_RECIPE", "plain")
 
 
 def mobilenet_v2(pretrained=True, **kw):
@@ -51,12 +55,19 @@ class EpochTimer(Callback):
 # fastai adds ImageNet normalisation itself only for archs with known stats and pretrained weights;
 # add it explicitly so both sides see the same inputs (SPEC §1).
 split = dict(train="train", valid="valid") if valid_pct is None else dict(train=".", valid_pct=valid_pct)
+batch_tfms = [*aug_transforms(), Normalize.from_stats(*imagenet_stats)] if recipe == "augment" else \
+    Normalize.from_stats(*imagenet_stats)
 dls = ImageDataLoaders.from_folder(data, **split, item_tfms=Resize(192, method=ResizeMethod.Squish),
-                                   batch_tfms=Normalize.from_stats(*imagenet_stats), bs=64, seed=seed)
+                                   batch_tfms=batch_tfms, bs=64, seed=seed)
+extra = {}
+if recipe == "mixup":
+    extra["cbs"] = MixUp(0.4)
+if recipe == "label_smoothing":
+    extra["loss_func"] = LabelSmoothingCrossEntropyFlat(eps=0.1)
 if arch == "mobilenet_v2":
-    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate, pretrained=weights != "none")
+    learn = vision_learner(dls, mobilenet_v2, metrics=error_rate, pretrained=weights != "none", **extra)
 else:
-    learn = vision_learner(dls, torchvision.models.resnet18, metrics=error_rate, pretrained=False)
+    learn = vision_learner(dls, torchvision.models.resnet18, metrics=error_rate, pretrained=False, **extra)
 learn.epoch_times = []
 learn.add_cb(EpochTimer())
 t0 = time.time()
@@ -64,7 +75,11 @@ learn.fine_tune(3)
 train_s = time.time() - t0
 valid_error = float(learn.recorder.values[-1][2])
 test_dl = learn.dls.test_dl(get_image_files(test_dir), with_labels=True)
-_, err = learn.validate(dl=test_dl)
+if recipe == "tta":
+    preds, targs = learn.tta(dl=test_dl)
+    err = 1 - float((preds.argmax(1) == targs).float().mean())
+else:
+    _, err = learn.validate(dl=test_dl)
 rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 json.dump({
     "epoch_seconds": learn.epoch_times,
