@@ -186,40 +186,15 @@ fn b64(b: &[u8]) -> String {
 /// label → probability from `finetune predict --json` for every file.
 fn reference(files: &[PathBuf]) -> Vec<Vec<(String, f64)>> {
     let (_, _, model) = fixture();
-    let out = bin()
-        .arg("predict")
-        .arg(model)
-        .args(files)
-        .args([
-            "--json",
-            "--top-k",
-            "10",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            p["predictions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| {
-                    (
-                        x["label"].as_str().unwrap().to_string(),
-                        x["probability"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
+    common::predict_json(bin().arg("predict").arg(model).args(files).args([
+        "--json",
+        "--top-k",
+        "10",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]))
 }
 
 fn assert_same(got: &Value, want: &[(String, f64)], what: &str) {

@@ -768,13 +768,14 @@ fn augment_changes_training_only() {
         ),
         (&["--max-warp", "0.1"][..], "--augment"),
     ] {
-        let o = run(tiny_train_bs(1, 4)
-            .args(["--quiet", "--out"])
-            .arg(dir.path().join("bad"))
-            .args(args)
-            .arg(&data));
-        assert!(!o.status.success(), "{args:?} must fail");
-        assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
+        refused(
+            tiny_train_bs(1, 4)
+                .args(["--quiet", "--out"])
+                .arg(dir.path().join("bad"))
+                .args(args)
+                .arg(&data),
+            want,
+        );
     }
 }
 
@@ -796,20 +797,9 @@ fn mixing_and_label_smoothing_change_training_and_are_checked() {
             &std::fs::read_to_string(dir.path().join(out).join("model.json")).unwrap(),
         )
         .unwrap();
-        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
         // train_loss of the first epoch, and every column but the time.
-        let first = csv
-            .lines()
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .nth(2)
-            .unwrap()
-            .to_string();
-        let rows: Vec<String> = csv
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect();
+        let rows = metrics_without_time(&dir.path().join(out));
+        let first = rows[1].split(',').nth(2).unwrap().to_string();
         (info["training"].clone(), first, rows)
     };
     let (plain_info, plain, _) = train(&[], "plain");
@@ -844,13 +834,14 @@ fn mixing_and_label_smoothing_change_training_and_are_checked() {
             "--label-smoothing must be at least 0 and below 1",
         ),
     ] {
-        let o = run(tiny_train_bs(1, 4)
-            .args(["--quiet", "--out"])
-            .arg(dir.path().join("bad"))
-            .args(args)
-            .arg(&data));
-        assert!(!o.status.success(), "{args:?} must fail");
-        assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
+        refused(
+            tiny_train_bs(1, 4)
+                .args(["--quiet", "--out"])
+                .arg(dir.path().join("bad"))
+                .args(args)
+                .arg(&data),
+            want,
+        );
     }
 }
 
@@ -1023,15 +1014,12 @@ fn early_stop_ends_each_fit_and_save_best_marks_the_kept_epoch() {
     let err: f64 = kept[4].parse().unwrap();
     assert!((info["metrics"]["error_rate"].as_f64().unwrap() - err).abs() < 1e-6);
 
-    let o = run(tiny_train_bs(1, 4)
-        .args(["--early-stop", "0", "--out"])
-        .arg(dir.path().join("bad"))
-        .arg(&data));
-    assert!(!o.status.success());
-    assert!(
-        o.stderr.contains("--early-stop must be at least 1"),
-        "{}",
-        o.stderr
+    refused(
+        tiny_train_bs(1, 4)
+            .args(["--early-stop", "0", "--out"])
+            .arg(dir.path().join("bad"))
+            .arg(&data),
+        "--early-stop must be at least 1",
     );
 }
 
@@ -1047,7 +1035,6 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
     synthetic(&data.join("train"), 8);
     synthetic(&data.join("valid"), 3);
     let mut rows = vec!["fname,label,is_valid".to_string()];
-    let mut flat = vec!["file;class".to_string()];
     for split in ["train", "valid"] {
         for cls in ["red [a]", "blue é"] {
             let mut names: Vec<String> = std::fs::read_dir(data.join(split).join(cls))
@@ -1058,7 +1045,6 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
             for n in names {
                 // Quoted: the names hold spaces, brackets and parentheses.
                 rows.push(format!("\"{split}/{cls}/{n}\",{cls},{}", split == "valid"));
-                flat.push(format!("{split}/{cls}/{n};{cls}"));
             }
         }
     }
@@ -1072,12 +1058,8 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
             .args(extra)
             .arg(&data));
         assert!(o.status.success(), "{extra:?}: {}", o.stderr);
-        let m = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        let m = metrics_without_time(&dir.path().join(out));
         let w = std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap();
-        let m: Vec<String> = m
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect();
         (m, w, o.stderr)
     };
     let folders = train(&[], "folders");
@@ -1133,22 +1115,18 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
         std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap()
     };
     // A semicolon-separated file is one column to a comma reader: named columns are not found.
-    let o = run(tiny_train_bs(1, 4)
-        .args([
-            "--labels",
-            pooled_csv.to_str().unwrap(),
-            "--fn-col",
-            "file",
-            "--out",
-        ])
-        .arg(dir.path().join("bad"))
-        .arg(&pooled));
-    assert!(!o.status.success());
-    assert!(
-        o.stderr
-            .contains("no column `file` (its columns: label;file)"),
-        "{}",
-        o.stderr
+    refused(
+        tiny_train_bs(1, 4)
+            .args([
+                "--labels",
+                pooled_csv.to_str().unwrap(),
+                "--fn-col",
+                "file",
+                "--out",
+            ])
+            .arg(dir.path().join("bad"))
+            .arg(&pooled),
+        "no column `file` (its columns: label;file)",
     );
     std::fs::write(&pooled_csv, lines.join("\n").replace(';', ",")).unwrap();
     let a = run_pooled(&[], "pooled-folders");
@@ -1194,16 +1172,12 @@ fn labels_from_a_csv_train_the_folder_layouts_model() {
 
     // A malformed CSV names its line.
     std::fs::write(&csv, "fname,label\ntrain/x.png,cat\ntrain/x.png,dog\n").unwrap();
-    let o = run(tiny_train_bs(1, 4)
-        .args(["--labels", csv_s, "--out"])
-        .arg(dir.path().join("bad"))
-        .arg(&data));
-    assert!(!o.status.success());
-    assert!(
-        o.stderr
-            .contains("labels.csv, line 3: train/x.png is listed again (first on line 2)"),
-        "{}",
-        o.stderr
+    refused(
+        tiny_train_bs(1, 4)
+            .args(["--labels", csv_s, "--out"])
+            .arg(dir.path().join("bad"))
+            .arg(&data),
+        "labels.csv, line 3: train/x.png is listed again (first on line 2)",
     );
 }
 
@@ -1275,16 +1249,12 @@ fn show_batch_draws_the_first_training_batch() {
         &dir.path().join("a.png"),
     );
     assert_ne!(cell(&aug, 0), cell(&g, 0), "augmentation shows");
-    let o = run(bin()
-        .args(["show-batch", "--n", "0", "--out"])
-        .arg(&png)
-        .arg(&data));
-    assert!(
-        !o.status.success()
-            && o.stderr
-                .contains("--n must be between 1 and the batch size"),
-        "{}",
-        o.stderr
+    refused(
+        bin()
+            .args(["show-batch", "--n", "0", "--out"])
+            .arg(&png)
+            .arg(&data),
+        "--n must be between 1 and the batch size",
     );
 }
 

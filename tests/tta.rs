@@ -50,39 +50,14 @@ fn files() -> Vec<PathBuf> {
 
 /// `predict --json --top-k 2` with `extra`: per file, its (label, probability) pairs.
 fn predict(model: &Path, files: &[PathBuf], extra: &[&str]) -> Vec<Vec<(String, f64)>> {
-    let o = run(bin()
-        .args([
-            "predict",
-            "--json",
-            "--top-k",
-            "2",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
-        .args(extra)
-        .arg(model)
-        .args(files));
-    assert!(o.status.success(), "{}", o.stderr);
-    let v: Value = serde_json::from_str(&o.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["predictions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    (
-                        p["label"].as_str().unwrap().to_string(),
-                        p["probability"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
+    predict_json(
+        bin()
+            .args(["predict", "--json", "--top-k", "2", "--device", "cpu"])
+            .args(["--threads", "1"])
+            .args(extra)
+            .arg(model)
+            .args(files),
+    )
 }
 
 fn assert_close(a: &[Vec<(String, f64)>], b: &[Vec<(String, f64)>], tol: f64, what: &str) {
@@ -189,13 +164,14 @@ fn bad_tta_settings_are_refused() {
         ),
         (&["--tta-n", "3"][..], "--tta"),
     ] {
-        let o = run(bin()
-            .args(["predict", "--device", "cpu"])
-            .args(args)
-            .arg(&m)
-            .args(&fs[..1]));
-        assert!(!o.status.success(), "{args:?} must fail");
-        assert!(o.stderr.contains(want), "{args:?}: {}", o.stderr);
+        refused(
+            bin()
+                .args(["predict", "--device", "cpu"])
+                .args(args)
+                .arg(&m)
+                .args(&fs[..1]),
+            want,
+        );
     }
 }
 

@@ -149,6 +149,14 @@ pub struct TrainingInfo {
     pub seconds: f64,
 }
 
+impl TrainingInfo {
+    /// `--augment`'s magnitudes for this run; bundles from before they were recorded had no warp.
+    pub fn augmentation(&self) -> crate::data::augment::AugConfig {
+        self.aug
+            .unwrap_or_else(crate::data::augment::AugConfig::without_warp)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DataInfo {
     pub source: PathBuf,

@@ -78,6 +78,14 @@ struct Row {
 /// Reads the CSV: every row checked, each file resolved under `images`. Rows naming files that are
 /// missing or not images come back as skips (the run goes on without them).
 fn read(images: &Path, l: &LabelsCsv) -> Result<(Vec<Row>, Vec<Skip>), LabelsError> {
+    if !images.is_dir() {
+        return Err(if images.exists() {
+            ItemsError::NotDir(images.to_path_buf())
+        } else {
+            ItemsError::Missing(images.to_path_buf())
+        }
+        .into());
+    }
     let err = |msg: String| LabelsError::Read {
         path: l.path.clone(),
         msg,
@@ -220,14 +228,6 @@ pub fn split(
     valid_pct: f64,
     seed: u64,
 ) -> Result<(Split, Vec<Skip>), LabelsError> {
-    if !images.is_dir() {
-        return Err(if images.exists() {
-            ItemsError::NotDir(images.to_path_buf())
-        } else {
-            ItemsError::Missing(images.to_path_buf())
-        }
-        .into());
-    }
     let (rows, skipped) = read(images, l)?;
     report(&skipped, &l.path);
     let (train, valid, kind) = match &l.valid_col {
@@ -278,9 +278,6 @@ pub fn split(
 
 /// Every row's item (the valid column ignored), for `evaluate --labels`.
 pub fn items(images: &Path, l: &LabelsCsv) -> Result<(Vec<Item>, Vec<Skip>), LabelsError> {
-    if !images.is_dir() {
-        return Err(ItemsError::Missing(images.to_path_buf()).into());
-    }
     let (rows, skipped) = read(images, l)?;
     Ok((rows.into_iter().map(|r| r.item).collect(), skipped))
 }

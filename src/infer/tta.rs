@@ -11,7 +11,7 @@
 //! package agree to the last digit, and a seed reproduces them.
 
 use crate::bundle::Bundle;
-use crate::data::augment::{self, AugConfig, AugParams};
+use crate::data::augment::{self, AugParams};
 use crate::data::tensor::{normalize_float, stack_u8};
 use crate::data::transform::crop_at;
 use rand::{Rng, SeedableRng};
@@ -67,10 +67,8 @@ struct Pass {
 /// The passes of `tta` for `bundle`, drawn in a fixed order from `tta.seed`.
 fn passes(bundle: &Bundle, tta: &Tta) -> Vec<Pass> {
     let training = bundle.info.training.as_ref();
-    // The magnitudes the model was trained with (bundles that predate them had no warp).
-    let aug = training
-        .filter(|t| t.augment)
-        .map(|t| t.aug.unwrap_or_else(AugConfig::without_warp));
+    // The magnitudes the model was trained with.
+    let aug = training.filter(|t| t.augment).map(|t| t.augmentation());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tta.seed);
     (0..tta.n)
         .map(|_| {
@@ -117,9 +115,17 @@ pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) 
     let plain_imgs = window(0.5, 0.5);
     let refs: Vec<&image::RgbImage> = plain_imgs.iter().collect();
     let plain = super::forward::probabilities(bundle, &refs);
+    // Squish and pad leave no room for a crop window: an unaugmented pass would only repeat the
+    // plain forward pass, so its result is reused.
+    let no_room = prepared
+        .iter()
+        .all(|img| img.dimensions() == (info.size.w, info.size.h));
     let augmented: Vec<Vec<Vec<f32>>> = passes(bundle, tta)
         .iter()
         .map(|pass| {
+            if no_room && pass.aug.is_none() {
+                return plain.clone();
+            }
             let imgs = window(pass.crop.0, pass.crop.1);
             let refs: Vec<&image::RgbImage> = imgs.iter().collect();
             match &pass.aug {

@@ -217,19 +217,12 @@ impl Learner {
         let aug = self
             .augment
             .then(|| augment::draw(xb.size()[0] as usize, &self.aug_config, &mut self.rng));
-        let draw = self
+        let mix = self
             .mix
             .map(|m| super::pipeline::draw_mix(&m, xb, &mut self.rng));
         let spec = self.input_spec();
-        let x = spec.to_input(&xb.to_device(spec.device), aug.as_ref());
-        let (x, mixed) = match &draw {
-            Some(d) => {
-                let (x, m) = super::mix::apply(&x, d);
-                (x, Some(m))
-            }
-            None => (x, None),
-        };
-        let y = yb.to_device(spec.device);
+        let batch = spec.prepare_mixed(xb.shallow_clone(), yb.shallow_clone(), aug, mix);
+        let (x, y, mixed) = spec.finish_train(batch);
         let mut times = PhaseTimes::default();
         let ls = self.label_smoothing;
         step(

@@ -57,6 +57,17 @@ impl InputSpec {
         let (xb, yb) = dls.train_batch(idx, rng);
         let aug = augment.map(|cfg| augment::draw(idx.len(), cfg, rng));
         let mix = mix.map(|m| draw_mix(m, &xb, rng));
+        self.prepare_mixed(xb, yb, aug, mix)
+    }
+
+    /// Producer side, for a training batch already gathered and its draws made.
+    pub fn prepare_mixed(
+        &self,
+        xb: Tensor,
+        yb: Tensor,
+        aug: Option<AugParams>,
+        mix: Option<MixDraw>,
+    ) -> Prepared {
         Prepared {
             mix,
             ..self.prepare(xb, yb, aug)

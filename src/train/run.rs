@@ -349,7 +349,7 @@ impl Plan {
             wd: t.wd,
             label_smoothing: t.label_smoothing,
             augment: t.augment,
-            aug: t.aug.unwrap_or_else(AugConfig::without_warp),
+            aug: t.augmentation(),
             mix: t.mix,
             tracking: t.tracking,
             resume: Some((info, ck)),

@@ -203,6 +203,48 @@ pub fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// Runs `cmd`, which must fail with `want` in its error output; returns that output.
+pub fn refused(cmd: &mut Command, want: &str) -> String {
+    let o = run(cmd);
+    assert!(!o.status.success(), "must fail: {cmd:?}");
+    assert!(o.stderr.contains(want), "{cmd:?}: {}", o.stderr);
+    o.stderr
+}
+
+/// `finetune predict --json ... --top-k K` (with `args`): per file, its (label, probability) pairs,
+/// best first.
+pub fn predict_json(args: &mut Command) -> Vec<Vec<(String, f64)>> {
+    let o = run(args);
+    assert!(o.status.success(), "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["label"].as_str().unwrap().to_string(),
+                        p["probability"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A bundle's metrics.csv rows without their last column (wall time, which differs between runs).
+pub fn metrics_without_time(bundle: &Path) -> Vec<String> {
+    std::fs::read_to_string(bundle.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').map_or(l, |(rest, _)| rest).to_string())
+        .collect()
+}
+
 /// A one-route-per-path HTTP/1.1 server on 127.0.0.1, answering from a fixed table; returns the
 /// base URL. Unknown paths get 404.
 pub fn serve(routes: Vec<(&'static str, u16, Vec<u8>)>) -> String {
