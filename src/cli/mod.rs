@@ -5,6 +5,7 @@ mod download;
 mod evaluate;
 mod export;
 mod imagenet;
+mod interpret;
 mod lr_find;
 mod predict;
 mod quickstart;
@@ -44,6 +45,8 @@ pub enum Command {
     Train(train::Args),
     /// Test accuracy, per-class report and confusion matrix of a model on a labelled folder.
     Evaluate(evaluate::Args),
+    /// An HTML report of what a model gets wrong: top losses as images, confusion matrix, per class.
+    Interpret(interpret::Args),
     /// Sweep learning rates (fastai lr_find) and suggest one (valley).
     LrFind(lr_find::Args),
     /// Show a grid of training images as the network will see them (fastai's show_batch).
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quickstart(a) => quickstart::run(a),
         Command::Train(a) => train::run(a, cap),
         Command::Evaluate(a) => evaluate::run(a, cap),
+        Command::Interpret(a) => interpret::run(a, cap),
         Command::Predict(a) => predict::run(a, cap),
         Command::LrFind(a) => lr_find::run(a, cap),
         Command::ShowBatch(a) => show_batch::run(a, cap),

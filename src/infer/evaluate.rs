@@ -91,6 +91,19 @@ pub fn evaluate(
             }
         }
     };
+    evaluate_scan(bundle, scan, test_dir, k_losses, opts)
+}
+
+/// [`evaluate`] on images already found (`scan`, from `source`): a split of a training folder
+/// (`super::splits`) or a test folder.
+pub fn evaluate_scan(
+    bundle: &Bundle,
+    scan: items::Scan,
+    source: &Path,
+    k_losses: usize,
+    opts: &Options,
+) -> Result<Evaluation, EvalError> {
+    let test_dir = source;
     let classes = bundle.info.classes.clone();
     let mut labels = Vec::new();
     for it in &scan.items {
@@ -269,7 +282,7 @@ impl Evaluation {
     }
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -280,6 +293,12 @@ impl Evaluation {
     /// The confusion matrix as an SVG heat map (rows actual, columns predicted), like fastai's
     /// `plot_confusion_matrix`. Written directly: a grid of rectangles needs no plotting library.
     pub fn confusion_svg(&self) -> String {
+        self.confusion_svg_as(false)
+    }
+
+    /// [`Self::confusion_svg`], or with each row divided by its total (fastai's
+    /// `plot_confusion_matrix(normalize=True)`): recall on the diagonal, whatever the class sizes.
+    pub fn confusion_svg_as(&self, normalized: bool) -> String {
         let n = self.classes.len();
         let cell = 40.0;
         let label_w = 8.0
@@ -310,12 +329,19 @@ impl Evaluation {
                 y + cell / 2.0 + 4.0,
                 xml_escape(&self.classes[i])
             ));
+            let row_total = row.iter().sum::<usize>().max(1) as f64;
             for (j, &v) in row.iter().enumerate() {
                 let x = label_w + j as f64 * cell;
-                let shade = 255.0 - 200.0 * v as f64 / max;
+                let (frac, shown) = if normalized {
+                    let f = v as f64 / row_total;
+                    (f, format!("{f:.2}"))
+                } else {
+                    (v as f64 / max, v.to_string())
+                };
+                let shade = 255.0 - 200.0 * frac;
                 let (tx, ty) = (x + cell / 2.0, y + cell / 2.0 + 4.0);
                 s.push_str(&format!(
-                    "<rect x='{x:.0}' y='{y:.0}' width='{cell}' height='{cell}' fill='rgb({shade:.0},{shade:.0},255)' stroke='#ccc'/><text x='{tx:.0}' y='{ty:.0}' text-anchor='middle'>{v}</text>\n"
+                    "<rect x='{x:.0}' y='{y:.0}' width='{cell}' height='{cell}' fill='rgb({shade:.0},{shade:.0},255)' stroke='#ccc'/><text x='{tx:.0}' y='{ty:.0}' text-anchor='middle'>{shown}</text>\n"
                 ));
             }
         }

@@ -3,5 +3,7 @@
 pub mod evaluate;
 pub mod forward;
 pub mod imagenet;
+pub mod interpret;
 pub mod predict;
+pub mod splits;
 pub mod tta;

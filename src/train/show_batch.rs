@@ -79,7 +79,17 @@ pub fn grid(items: &[(RgbImage, String)]) -> RgbImage {
         return RgbImage::new(1, 1);
     };
     let (w, h) = first.dimensions();
-    let scale = if w >= 128 { 2 } else { 1 };
+    // Twice the font size where the cells are wide enough for every caption at that size.
+    let longest = items
+        .iter()
+        .map(|(_, l)| l.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    let scale = if w >= 128 && 16 * longest <= w - 2 {
+        2
+    } else {
+        1
+    };
     let caption = 8 * scale + 4;
     let (rows, cols) = grid_shape(items.len());
     let mut out = RgbImage::from_pixel(
