@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod bundle;
+pub mod clean;
 pub mod data;
 pub mod device;
 pub mod download;

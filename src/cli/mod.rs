@@ -1,6 +1,7 @@
 //! The command line: a thin layer over the library.
 
 mod cache;
+mod clean;
 mod download;
 mod evaluate;
 mod export;
@@ -51,6 +52,8 @@ pub enum Command {
     LrFind(lr_find::Args),
     /// Show a grid of training images as the network will see them (fastai's show_batch).
     ShowBatch(show_batch::Args),
+    /// A local web page to delete or relabel images, worst losses first (fastai's ImageClassifierCleaner).
+    Clean(clean::Args),
     /// Predict the class of images with a trained model.
     Predict(predict::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a, cap),
         Command::Evaluate(a) => evaluate::run(a, cap),
         Command::Interpret(a) => interpret::run(a, cap),
+        Command::Clean(a) => clean::run(a, cap),
         Command::Predict(a) => predict::run(a, cap),
         Command::LrFind(a) => lr_find::run(a, cap),
         Command::ShowBatch(a) => show_batch::run(a, cap),

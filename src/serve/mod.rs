@@ -4,7 +4,7 @@
 
 mod http;
 pub mod infer;
-mod listen;
+pub mod listen;
 pub mod metrics;
 pub mod worker;
 
@@ -153,7 +153,7 @@ pub fn run(
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

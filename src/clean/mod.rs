@@ -1,0 +1,327 @@
+//! `finetune clean`: fastai's `ImageClassifierCleaner` as a local web page. Every image of a data
+//! folder is scored once by a trained model; the page lists a class's images by loss, largest first
+//! (the likeliest label mistakes and junk), and the user keeps, deletes or relabels each. Files only
+//! ever move inside the data folder, through [`trash`], which logs every action so that undo and
+//! `--restore` give everything back.
+
+mod api;
+pub mod trash;
+
+pub use api::{router, serve};
+use trash::{Trash, TrashError};
+
+use crate::bundle::{self, BundleError};
+use crate::infer::predict::{predict, Options};
+use crate::infer::splits::{self, SplitChoice, SplitError};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Split(#[from] SplitError),
+    #[error(transparent)]
+    Items(#[from] crate::data::items::ItemsError),
+    #[error(transparent)]
+    Trash(#[from] TrashError),
+    #[error("no image with id {0}")]
+    UnknownId(u64),
+    #[error("image {0} is already deleted")]
+    Deleted(u64),
+    #[error("`{0}` is not a class of this data folder or model: {1}")]
+    UnknownClass(String, String),
+    #[error("image {id} is already in class `{label}`")]
+    SameClass { id: u64, label: String },
+    #[error(
+        "the labels of this model come from a CSV ({0}): relabel there; only delete works here"
+    )]
+    CsvLabels(PathBuf),
+}
+
+/// One image of the data folder.
+#[derive(Debug, Clone)]
+struct Entry {
+    path: PathBuf,
+    label: String,
+    split: SplitChoice,
+    /// The model's probabilities in its class order; `None` when the file could not be read.
+    probs: Option<Vec<f32>>,
+    deleted: bool,
+}
+
+/// An image as the API shows it. `id` is opaque: only the server maps it to a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemView {
+    pub id: u64,
+    /// Relative to the data folder.
+    pub path: String,
+    pub label: String,
+    pub split: SplitChoice,
+    pub predicted: Option<String>,
+    pub probability: Option<f64>,
+    /// Cross-entropy of the label under the model (`None`: a class the model does not know, or an
+    /// unreadable file).
+    pub loss: Option<f64>,
+}
+
+/// The order of an item list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Largest loss first; unscored images last.
+    Loss,
+    Path,
+}
+
+/// What a user does with one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    Move(String),
+}
+
+/// How to score the images.
+pub struct Scoring {
+    pub model: PathBuf,
+    pub runtime: crate::model::Runtime,
+    pub opts: Options,
+}
+
+pub struct Cleaner {
+    trash: Trash,
+    entries: Vec<Entry>,
+    model_classes: Vec<String>,
+    classes: Vec<String>,
+    csv: Option<PathBuf>,
+    scoring: Scoring,
+}
+
+impl Cleaner {
+    /// Scores every image of `data` (the folder the model was trained on) with the model.
+    pub fn open(data: &Path, scoring: Scoring) -> Result<Cleaner, CleanError> {
+        let trash = Trash::open(data)?;
+        let mut c = Cleaner {
+            trash,
+            entries: Vec::new(),
+            model_classes: Vec::new(),
+            classes: Vec::new(),
+            csv: None,
+            scoring,
+        };
+        c.rescore()?;
+        Ok(c)
+    }
+
+    /// Reloads the model (it may have been retrained) and the folder, and scores everything again.
+    /// Ids are reassigned.
+    pub fn rescore(&mut self) -> Result<(), CleanError> {
+        let b = bundle::load(&self.scoring.model, self.scoring.runtime)?;
+        let root = self.trash.root().to_path_buf();
+        let (items, skipped) = match splits::labelled(&b.info, &root) {
+            Ok(x) => x,
+            // A bundle from elsewhere: every image, in no split.
+            Err(SplitError::NotRecorded) => {
+                let s = crate::data::items::split(&root, 0.5, 0)?;
+                let all = s.train.items.into_iter().chain(s.valid.items);
+                (
+                    all.map(|i| (i, SplitChoice::All)).collect(),
+                    s.train.skipped,
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for s in &skipped {
+            eprintln!("warning: skipping {s}");
+        }
+        self.csv = match b.info.data.as_ref().map(|d| &d.split) {
+            Some(crate::data::items::SplitKind::Csv { labels, .. }) => Some(labels.path.clone()),
+            _ => None,
+        };
+        let paths: Vec<PathBuf> = items.iter().map(|(i, _)| i.path.clone()).collect();
+        let preds = predict(&b, &paths, &self.scoring.opts);
+        self.entries = items
+            .into_iter()
+            .zip(preds)
+            .map(|((item, split), p)| Entry {
+                path: item.path,
+                label: item.label,
+                split,
+                probs: p.ok().map(|p| p.probs),
+                deleted: false,
+            })
+            .collect();
+        self.model_classes = b.info.classes.clone();
+        let mut classes = self.model_classes.clone();
+        for e in &self.entries {
+            if !classes.contains(&e.label) {
+                classes.push(e.label.clone());
+            }
+        }
+        self.classes = classes;
+        Ok(())
+    }
+
+    /// The model's classes, then any other class folder of the data.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Deletes and moves in effect (across sessions, as the log says).
+    pub fn changes(&self) -> usize {
+        self.trash.active().len()
+    }
+
+    pub fn root(&self) -> &Path {
+        self.trash.root()
+    }
+
+    fn view(&self, id: usize) -> ItemView {
+        let e = &self.entries[id];
+        let top = e.probs.as_ref().and_then(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, &v)| (self.model_classes[i].clone(), v as f64))
+        });
+        let loss = e.probs.as_ref().and_then(|p| {
+            let k = self.model_classes.iter().position(|c| *c == e.label)?;
+            Some(-(p[k].max(1e-12) as f64).ln())
+        });
+        ItemView {
+            id: id as u64,
+            path: self
+                .trash
+                .rel(&e.path)
+                .unwrap_or_else(|_| e.path.display().to_string()),
+            label: e.label.clone(),
+            split: e.split,
+            predicted: top.as_ref().map(|t| t.0.clone()),
+            probability: top.map(|t| t.1),
+            loss,
+        }
+    }
+
+    /// The images of `class` (all classes: `None`) in `split`, not deleted, in `sort` order.
+    pub fn items(&self, class: Option<&str>, split: SplitChoice, sort: Sort) -> Vec<ItemView> {
+        let mut v: Vec<ItemView> = (0..self.entries.len())
+            .filter(|&i| {
+                let e = &self.entries[i];
+                !e.deleted
+                    && class.is_none_or(|c| e.label == c)
+                    && (split == SplitChoice::All || e.split == split)
+            })
+            .map(|i| self.view(i))
+            .collect();
+        match sort {
+            Sort::Loss => v.sort_by(|a, b| {
+                let key = |x: &ItemView| x.loss.unwrap_or(f64::NEG_INFINITY);
+                key(b).total_cmp(&key(a)).then(a.path.cmp(&b.path))
+            }),
+            Sort::Path => v.sort_by(|a, b| a.path.cmp(&b.path)),
+        }
+        v
+    }
+
+    fn entry(&self, id: u64) -> Result<&Entry, CleanError> {
+        self.entries
+            .get(usize::try_from(id).unwrap_or(usize::MAX))
+            .ok_or(CleanError::UnknownId(id))
+    }
+
+    /// The file of image `id` (checked to be under the data folder: a link out of it is refused).
+    pub fn image_path(&self, id: u64) -> Result<PathBuf, CleanError> {
+        let e = self.entry(id)?;
+        Ok(self.trash.inside(&e.path)?)
+    }
+
+    /// Deletes (into the trash) or relabels image `id`; returns it as it is now.
+    pub fn act(&mut self, id: u64, action: &Action) -> Result<ItemView, CleanError> {
+        let e = self.entry(id)?.clone();
+        if e.deleted {
+            return Err(CleanError::Deleted(id));
+        }
+        let (label, deleted, at) = match action {
+            Action::Delete => {
+                let (_, at) = self.trash.delete(&e.path, &e.label)?;
+                (e.label.clone(), true, at)
+            }
+            Action::Move(label) => {
+                if let Some(csv) = &self.csv {
+                    return Err(CleanError::CsvLabels(csv.clone()));
+                }
+                trash::check_label(label)?;
+                if !self.classes.contains(label) {
+                    return Err(CleanError::UnknownClass(
+                        label.clone(),
+                        self.classes.join(", "),
+                    ));
+                }
+                if *label == e.label {
+                    return Err(CleanError::SameClass {
+                        id,
+                        label: label.clone(),
+                    });
+                }
+                let (_, at) = self.trash.relabel(&e.path, label)?;
+                (label.clone(), false, at)
+            }
+        };
+        let entry = &mut self.entries[id as usize];
+        entry.path = at;
+        entry.label = label;
+        entry.deleted = deleted;
+        Ok(self.view(id as usize))
+    }
+
+    /// Reverses the newest action (of this or an earlier session); returns the undo entry and the
+    /// image as it is now, when it is one of the listed images.
+    pub fn undo(&mut self) -> Result<(trash::Entry, Option<ItemView>), CleanError> {
+        let (u, now) = self.trash.undo()?;
+        let Some(now) = now else {
+            return Ok((u, None));
+        };
+        let was = self.trash.root().join(&u.from);
+        let found = self.entries.iter().position(|e| e.path == was);
+        let id = match found {
+            Some(i) => i,
+            None => {
+                // An image deleted in an earlier session comes back unscored (rescore scores it).
+                let label = now
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.entries.push(Entry {
+                    path: now.clone(),
+                    label,
+                    split: SplitChoice::All,
+                    probs: None,
+                    deleted: false,
+                });
+                self.entries.len() - 1
+            }
+        };
+        // A relabel undone goes back to its old class folder; a delete undone keeps its label
+        // (which, with CSV labels, is not a folder's name).
+        let was_move = self
+            .trash
+            .entries()
+            .iter()
+            .any(|x| Some(x.seq) == u.of && x.action == trash::Kind::Move);
+        let e = &mut self.entries[id];
+        e.path = now.clone();
+        e.deleted = false;
+        if was_move {
+            if let Some(l) = now.parent().and_then(|p| p.file_name()) {
+                e.label = l.to_string_lossy().into_owned();
+            }
+        }
+        Ok((u, Some(self.view(id))))
+    }
+}
+
+/// Puts back everything the log says was deleted or moved (`finetune clean DATA --restore`).
+pub fn restore(data: &Path) -> Result<Vec<trash::Entry>, TrashError> {
+    Trash::open(data)?.restore()
+}
