@@ -1,175 +1,14 @@
-//! `download` and the DuckDuckGo client, against mock servers on 127.0.0.1.
+//! `download` and the DuckDuckGo client, against mock servers on 127.0.0.1. The search side (the
+//! client's protocol, search-driven downloads and their top-ups) is in `download/search.rs`.
 
 mod common;
+// In a folder of its own: a file directly under tests/ would be a test binary of its own.
+#[path = "download/search.rs"]
+mod search;
 use common::http::{serve, Body, Reply, Req};
 use common::*;
-use finetune::search::ddg::{DdgConfig, DuckDuckGo, Filters};
-use finetune::search::{Provider, SearchError};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn ddg(base: &str) -> DuckDuckGo {
-    DuckDuckGo::new(DdgConfig {
-        base: base.to_string(),
-        delay: Duration::from_millis(750),
-        backoff: Duration::from_millis(20),
-        max_tries: 3,
-        ..Default::default()
-    })
-}
-
-fn result(i: usize) -> serde_json::Value {
-    serde_json::json!({"title": format!("t{i}"), "image": format!("http://img/{i}.jpg"), "thumbnail": "x",
-                       "url": format!("http://page/{i}"), "width": 100 + i, "height": 50, "source": "Bing"})
-}
-
-/// vqd in the form the query asks for; two pages linked by `next`, with a repeated image.
-fn mock_ddg(req: &Req) -> Reply {
-    let q = req.query.get("q").cloned().unwrap_or_default();
-    match req.path.as_str() {
-        "/" => Reply::ok(
-            "text/html",
-            match q.as_str() {
-                "form two" => "<a href='/x?q=a&vqd=4-222&p=1'>".into(),
-                "form three" => "<script>{vqd='4-333'}</script>".into(),
-                "no token" => "<html>sorry</html>".into(),
-                _ => "<script>vqd=\"4-111\";</script>".to_string(),
-            }
-            .into_bytes(),
-        ),
-        "/i.js" => {
-            let ok = req.query.get("o").map(String::as_str) == Some("json")
-                && req.query.get("vqd").is_some_and(|v| v.starts_with("4-"))
-                && req.query.get("p").map(String::as_str) == Some("1")
-                && req.query.get("l").map(String::as_str) == Some("us-en")
-                && req.query.contains_key("f")
-                && req.headers.get("referer").is_some_and(|r| r.ends_with('/'));
-            if !ok {
-                return Reply::status(400);
-            }
-            let page = match req.query.get("s").map(String::as_str) {
-                None => {
-                    serde_json::json!({"results": [result(0), result(1), result(1), result(2)], "next": "i.js?q=x&s=3&o=json"})
-                }
-                Some("3") => serde_json::json!({"results": [result(3), result(4)]}),
-                _ => return Reply::status(500),
-            };
-            Reply::ok("application/json", page.to_string().into_bytes())
-        }
-        _ => Reply::status(404),
-    }
-}
-
-#[test]
-fn ddg_protocol_paging_dedup_and_throttle() {
-    let (base, log) = serve(mock_ddg);
-    let mut d = ddg(&base);
-    let r = d.search("red fox", 100).unwrap();
-    let images: Vec<&str> = r.iter().map(|x| x.image.as_str()).collect();
-    assert_eq!(
-        images,
-        [
-            "http://img/0.jpg",
-            "http://img/1.jpg",
-            "http://img/2.jpg",
-            "http://img/3.jpg",
-            "http://img/4.jpg"
-        ]
-    );
-    assert_eq!(
-        (r[2].title.as_str(), r[2].url.as_str(), r[2].width),
-        ("t2", "http://page/2", 102)
-    );
-    let log = log.lock().unwrap().clone();
-    assert_eq!(log.len(), 3, "token, page 1, page 2");
-    assert_eq!(log[0].query["q"], "red fox");
-    assert_eq!(log[1].query["f"], ",,,,,");
-    assert_eq!(log[2].query["s"], "3");
-    for w in log.windows(2) {
-        assert!(
-            w[1].at - w[0].at >= Duration::from_millis(700),
-            "requests are spaced ~0.75 s"
-        );
-    }
-    // `max` stops early, on the first page.
-    let (base, log) = serve(mock_ddg);
-    assert_eq!(ddg(&base).search("x", 2).unwrap().len(), 2);
-    assert_eq!(log.lock().unwrap().len(), 2);
-}
-
-#[test]
-fn ddg_vqd_forms_and_filters() {
-    let (base, log) = serve(mock_ddg);
-    let mut d = DuckDuckGo::new(DdgConfig {
-        base,
-        delay: Duration::ZERO,
-        filters: Filters {
-            size: Some("Large".into()),
-            kind: Some("photo".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
-    for q in ["form two", "form three"] {
-        assert_eq!(d.search(q, 3).unwrap().len(), 3, "{q}");
-    }
-    let log = log.lock().unwrap();
-    let vqds: Vec<&str> = log
-        .iter()
-        .filter(|r| r.path == "/i.js")
-        .map(|r| r.query["vqd"].as_str())
-        .collect();
-    assert_eq!(vqds, ["4-222", "4-333"]);
-    assert_eq!(log[1].query["f"], ",size:Large,,type:photo,,");
-}
-
-#[test]
-fn ddg_page_without_token_is_a_clear_error() {
-    let (base, _) = serve(mock_ddg);
-    let e = ddg(&base).search("no token", 10).unwrap_err();
-    assert!(matches!(e, SearchError::NoToken { .. }), "{e}");
-    assert!(e.to_string().contains("vqd"), "{e}");
-}
-
-#[test]
-fn ddg_rate_limit_then_success_with_fresh_token() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let (base, log) = serve(move |req| {
-        if req.path == "/i.js" && h.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Reply::status(403);
-        }
-        mock_ddg(req)
-    });
-    let r = ddg(&base).search("x", 3).unwrap();
-    assert_eq!(r.len(), 3);
-    let tokens = log.lock().unwrap().iter().filter(|r| r.path == "/").count();
-    assert_eq!(tokens, 2, "a fresh vqd after the rate limit");
-}
-
-#[test]
-fn ddg_rate_limited_forever_says_resume() {
-    for status in [202u16, 429, 418] {
-        let (base, _) = serve(move |req| {
-            if req.path == "/i.js" {
-                Reply::status(status)
-            } else {
-                mock_ddg(req)
-            }
-        });
-        let e = ddg(&base).search("x", 3).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            matches!(e, SearchError::RateLimited { tries: 3, .. }),
-            "{msg}"
-        );
-        assert!(
-            msg.contains(&status.to_string()) && msg.contains("run the same command again"),
-            "{msg}"
-        );
-    }
-}
 
 /// A photo-like test image: a seeded grid of random blocks, so different seeds have very different
 /// perceptual hashes while re-encodings of one picture stay close.
@@ -336,45 +175,27 @@ fn download_handles_every_kind_of_url_and_resumes() {
             .unwrap_or_else(|| panic!("{name} not in manifest"))
     };
     let reason = |name: &str| by_url(name).reason.clone();
+    // Each failure under its column; `page.jpg` is an HTML page, `loop.jpg` a redirect loop.
+    for (name, column) in [
+        ("missing.jpg", "http: HTTP 404"),
+        ("page.jpg", "not_image"),
+        ("drawing.svg", "not_image"),
+        ("huge.jpg", "too_large"),
+        ("never.jpg", "timeout"),
+        ("drip.jpg", "timeout"),
+        ("truncated.jpg", "decode"),
+    ] {
+        assert!(reason(name).starts_with(column), "{name}: {}", reason(name));
+    }
     assert!(
-        reason("missing.jpg").starts_with("http: HTTP 404"),
-        "{}",
-        reason("missing.jpg")
-    );
-    assert!(
-        reason("page.jpg").starts_with("not_image") && reason("page.jpg").contains("HTML"),
+        reason("page.jpg").contains("HTML"),
         "{}",
         reason("page.jpg")
-    );
-    assert!(
-        reason("drawing.svg").starts_with("not_image"),
-        "{}",
-        reason("drawing.svg")
-    );
-    assert!(
-        reason("huge.jpg").starts_with("too_large"),
-        "{}",
-        reason("huge.jpg")
-    );
-    assert!(
-        reason("never.jpg").starts_with("timeout"),
-        "{}",
-        reason("never.jpg")
-    );
-    assert!(
-        reason("drip.jpg").starts_with("timeout"),
-        "{}",
-        reason("drip.jpg")
     );
     assert!(
         reason("loop.jpg").contains("redirect"),
         "{}",
         reason("loop.jpg")
-    );
-    assert!(
-        reason("truncated.jpg").starts_with("decode"),
-        "{}",
-        reason("truncated.jpg")
     );
     assert_eq!(by_url("same bytes.jpg").status, "duplicate");
     assert_eq!(
@@ -471,12 +292,14 @@ fn download_handles_every_kind_of_url_and_resumes() {
         .map(|n| n.parse().unwrap())
         .collect();
     // found downloaded timeout http not_image too_large decode network dups near_dups conflicts
-    // train test
+    // train test short
     assert_eq!(
         nums,
-        vec![16, 7, 2, 1, 2, 1, 1, 1, 1, 1, 0, 4, 2],
+        vec![16, 7, 2, 1, 2, 1, 1, 1, 1, 1, 0, 4, 2, 94],
         "{cats_line}"
     );
+    let outcome = "cats: 6 kept, 94 short: the URL list ran dry after 16 URLs";
+    assert!(o.stdout.contains(outcome), "{}", o.stdout);
 
     // Browser-like request headers on every download.
     for r in log.lock().unwrap().iter() {
@@ -687,77 +510,6 @@ fn a_picture_found_for_two_classes_is_a_label_conflict() {
     assert!(o.stdout.contains("conflicts"), "{}", o.stdout);
     let cats = std::fs::read_dir(out.join("train/cats")).unwrap().count();
     assert_eq!(cats, 1, "the conflicting picture's file is gone");
-}
-
-#[test]
-fn search_driven_download_end_to_end() {
-    let (img_base, _) = image_server();
-    let ib = img_base.clone();
-    let (base, _) = serve(move |req| match req.path.as_str() {
-        "/" => Reply::ok("text/html", b"vqd=\"4-1\"".to_vec()),
-        "/i.js" => {
-            let q = req.query["q"].clone();
-            let n = if q.starts_with("dog") { 3 } else { 0 };
-            let rows: Vec<serde_json::Value> = (n..n + 3)
-                .map(|i| serde_json::json!({"title": q, "image": format!("{ib}/other{i}.jpg"), "url": "http://p", "width": 320, "height": 240}))
-                .collect();
-            Reply::ok(
-                "application/json",
-                serde_json::json!({"results": rows})
-                    .to_string()
-                    .into_bytes(),
-            )
-        }
-        _ => Reply::status(404),
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let o = run(bin()
-        .env("FINETUNE_SEARCH_URL", &base)
-        .args([
-            "download",
-            "cat",
-            "dog",
-            "--query-suffix",
-            " animal",
-            "--per-class",
-            "2",
-            "--quiet",
-            "--out",
-        ])
-        .arg(dir.path()));
-    assert!(o.status.success(), "{}", o.stderr);
-    let rows = manifest(dir.path());
-    assert_eq!(
-        rows.iter().filter(|r| r.is_kept()).count(),
-        4,
-        "per-class cap: {rows:#?}"
-    );
-    assert!(rows.iter().all(|r| r.query.ends_with(" animal")));
-    assert!(rows
-        .iter()
-        .filter(|r| r.class == "dog")
-        .all(|r| r.title == "dog animal"));
-
-    // Search unreachable: a clear error, and quickstart explains the offline route.
-    let o = run(bin()
-        .env("FINETUNE_SEARCH_URL", "http://127.0.0.1:9")
-        .args(["download", "cat", "--out"])
-        .arg(dir.path().join("x")));
-    assert!(
-        !o.status.success() && o.stderr.contains("cannot reach"),
-        "{}",
-        o.stderr
-    );
-    let o = run(bin()
-        .env("FINETUNE_SEARCH_URL", "http://127.0.0.1:9")
-        .args(["quickstart", "--dir"])
-        .arg(dir.path().join("q")));
-    assert!(!o.status.success(), "{}", o.stdout);
-    assert!(
-        o.stderr.contains("could not download the images") && o.stderr.contains("finetune train"),
-        "{}",
-        o.stderr
-    );
 }
 
 /// A disk that fills up mid-download: a clear error saying how to resume, nothing half-written, and

@@ -700,8 +700,14 @@ fn cli_counts_faults_from_urls_from() {
         .map(|n| n.parse().unwrap())
         .collect();
     // found downloaded timeout http not_image too_large decode network dups near_dups conflicts
-    // train test
-    assert_eq!(nums, vec![8, 2, 1, 1, 0, 1, 0, 3, 0, 0, 0, 2, 0], "{line}");
+    // train test short
+    assert_eq!(
+        nums,
+        vec![8, 2, 1, 1, 0, 1, 0, 3, 0, 0, 0, 2, 0, 98],
+        "{line}"
+    );
+    let outcome = "cats: 2 kept, 98 short: the URL list ran dry after 8 URLs";
+    assert!(o.stdout.contains(outcome), "{}", o.stdout);
     let rows = finetune::download::manifest::read(&out.join("manifest.csv")).unwrap();
     let summary = ClassSummary {
         found: 8,

@@ -90,6 +90,17 @@ impl Progress for Bars {
             eprintln!("{class}: downloading");
         }
     }
+    fn top_up(&self, class: &str, kept: usize, short: usize, total: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = self.bar.lock().ok();
+        match bar.as_ref().and_then(|g| g.as_ref()) {
+            // The bar grows: one bar per class, however many rounds it takes.
+            Some(b) => b.inc_length(total as u64),
+            None => eprintln!("{class}: {kept} kept, {short} short: trying {total} more results"),
+        }
+    }
     fn item(&self, done: usize, failed: usize, kept: usize) {
         if let Ok(g) = self.bar.lock() {
             if let Some(b) = g.as_ref() {

@@ -1,24 +1,27 @@
 //! `finetune download`: search, fetch in parallel, resize, verify, drop duplicates, split off a test
 //! set, and keep a manifest of sources. Re-running with the same arguments resumes and only adds.
+//! A class left short by failures or duplicates is topped up from further results (`topup`).
 
 pub mod dedup;
 pub mod fetch;
 pub mod manifest;
+mod summary;
+pub mod topup;
+
+pub use summary::{summary_table, ClassSummary};
 
 use crate::data::decode::{decode_bytes, decode_file};
 /// What download keeps is bounded by the fetcher's own cap; reading it back uses the default one.
 use crate::data::files::DEFAULT_MAX_FILE_BYTES;
 use crate::data::resize::resize;
-use crate::search::{Provider, SearchError, SearchResult};
+use crate::search::{Cursor, Provider, SearchError, SearchResult};
 use fetch::{FailReason, Fetcher};
 use manifest::{Row, Status};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,22 +67,6 @@ impl Default for DownloadConfig {
     }
 }
 
-/// Per-class counts for the summary table.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ClassSummary {
-    pub class: String,
-    pub found: usize,
-    pub downloaded: usize,
-    /// Failures by reason column (`timeout`, `http`, `not_image`, `too_large`, `decode`, `network`).
-    pub failed: BTreeMap<String, usize>,
-    pub duplicates: usize,
-    pub near_duplicates: usize,
-    /// Images dropped because the same picture was also found for another class.
-    pub label_conflicts: usize,
-    pub train: usize,
-    pub test: usize,
-}
-
 /// Where the URLs come from.
 pub enum Source<'a> {
     Search(&'a mut dyn Provider),
@@ -89,6 +76,9 @@ pub enum Source<'a> {
 /// Receives progress; the CLI shows bars, tests stay silent.
 pub trait Progress: Sync {
     fn start_class(&self, _class: &str, _total: usize) {}
+    /// `class` keeps `kept` images, `short` fewer than asked for: `total` more URLs are tried.
+    fn top_up(&self, _class: &str, _kept: usize, _short: usize, _total: usize) {}
+    /// Counts over the whole class so far, top-ups included.
     fn item(&self, _done: usize, _failed: usize, _kept: usize) {}
     fn finish_class(&self, _s: &ClassSummary) {}
 }
@@ -150,66 +140,52 @@ pub fn run(
     let mut rows = manifest::read(&manifest_path).map_err(DownloadError::Manifest)?;
     reconcile(&cfg.out, &mut rows);
     let fetcher = Fetcher::new(cfg.timeout, cfg.max_bytes);
+    let from_list = matches!(source, Source::Lists(_));
     let mut summaries = Vec::new();
     for class in classes {
         let query = format!("{class}{}", cfg.query_suffix);
-        let known: HashSet<String> = rows
-            .iter()
-            .filter(|r| &r.class == class)
-            .map(|r| r.image_url.clone())
-            .collect();
-        let kept_before = rows
-            .iter()
-            .filter(|r| &r.class == class && r.is_kept())
-            .count();
-        let found: Vec<SearchResult> = match &mut source {
-            // Ask for more than needed: some will fail or be duplicates.
-            Source::Search(p) => p.search(&query, cfg.per_class * 3 / 2 + 10)?,
-            Source::Lists(l) => l.get(class).cloned().unwrap_or_default(),
+        let mut feed = match &mut source {
+            Source::Search(p) => topup::Feed::Search {
+                provider: &mut **p,
+                cursor: Cursor::new(&query),
+            },
+            Source::Lists(l) => topup::Feed::List(l.get(class).cloned().unwrap_or_default()),
         };
         let mut s = ClassSummary {
             class: class.clone(),
-            found: found.len(),
+            target: cfg.per_class,
+            from_list,
             ..Default::default()
         };
-        let todo: Vec<&SearchResult> = found.iter().filter(|r| !known.contains(&r.image)).collect();
-        let need = cfg.per_class.saturating_sub(kept_before);
-        let dir = cfg.out.join("train").join(class);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        progress.start_class(class, todo.len().min(need.max(1) * 3 / 2 + 10));
-        let disk_full = Mutex::new(None);
-        let listed: HashSet<String> = rows
-            .iter()
-            .filter(|r| r.is_kept())
-            .map(|r| r.file.clone())
-            .collect();
-        let new_rows = download_class(
-            &fetcher, class, &query, &todo, need, cfg, &dir, progress, &disk_full, &listed,
+        let mut doomed = Vec::new();
+        let filled = topup::fill(
+            &fetcher,
+            cfg,
+            class,
+            &query,
+            &mut feed,
+            &mut rows,
+            &mut s,
+            &mut doomed,
+            progress,
         );
-        for r in &new_rows {
-            match r.status {
-                Status::Train => s.downloaded += 1,
-                Status::Duplicate => s.duplicates += 1,
-                Status::Failed => {
-                    *s.failed
-                        .entry(r.reason.split(':').next().unwrap_or("").to_string())
-                        .or_default() += 1
-                }
-                _ => {}
+        // Saved whether or not the class finished: a rate limit or a full disk in a later round
+        // keeps what the earlier rounds downloaded.
+        let saved = manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest);
+        if saved.is_ok() {
+            for f in doomed {
+                let _ = std::fs::remove_file(cfg.out.join(f));
             }
         }
-        rows.extend(new_rows);
-        verify(&cfg.out, &mut rows, class);
-        let saved = manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest);
-        if let Some((path, msg)) = disk_full.into_inner().ok().flatten() {
-            return Err(DownloadError::DiskFull { path, msg });
-        }
+        filled?;
         saved?;
         summaries.push(s);
     }
-    let (dropped, doomed) = drop_near_duplicates(&cfg.out, &mut rows);
+    let (dropped, doomed) = drop_near_duplicates(&cfg.out, &mut rows, None);
     for s in &mut summaries {
-        (s.near_duplicates, s.label_conflicts) = dropped.get(&s.class).copied().unwrap_or((0, 0));
+        let (near, conflicts) = dropped.get(&s.class).copied().unwrap_or((0, 0));
+        s.near_duplicates += near;
+        s.label_conflicts += conflicts;
     }
     let split = split_test(&cfg.out, &mut rows, classes, cfg.test_per_class, cfg.seed);
     name_kept_files(&mut rows);
@@ -218,162 +194,19 @@ pub fn run(
     manifest::write(&manifest_path, &rows).map_err(DownloadError::Manifest)?;
     split?;
     for f in doomed {
-        let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(cfg.out.join(f));
     }
     for s in &mut summaries {
-        s.train = rows
-            .iter()
-            .filter(|r| r.class == s.class && r.status == Status::Train)
-            .count();
-        s.test = rows
-            .iter()
-            .filter(|r| r.class == s.class && r.status == Status::Test)
-            .count();
+        let count = |st: Status| {
+            rows.iter()
+                .filter(|r| r.class == s.class && r.status == st)
+                .count()
+        };
+        (s.train, s.test) = (count(Status::Train), count(Status::Test));
+        s.short_by = s.target.saturating_sub(s.kept());
         progress.finish_class(s);
     }
     Ok(summaries)
-}
-
-/// Parallel downloads (`cfg.concurrency` workers pulling from one queue) until `need` are kept.
-#[allow(clippy::too_many_arguments)]
-fn download_class(
-    fetcher: &Fetcher,
-    class: &str,
-    query: &str,
-    todo: &[&SearchResult],
-    need: usize,
-    cfg: &DownloadConfig,
-    dir: &Path,
-    progress: &dyn Progress,
-    disk_full: &Mutex<Option<(PathBuf, String)>>,
-    listed: &HashSet<String>,
-) -> Vec<Row> {
-    let next = AtomicUsize::new(0);
-    let kept = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(0);
-    let rows = Mutex::new(Vec::new());
-    let names = Mutex::new(HashSet::new());
-    std::thread::scope(|scope| {
-        for _ in 0..cfg.concurrency.max(1) {
-            scope.spawn(|| loop {
-                if kept.load(Ordering::SeqCst) >= need
-                    || disk_full.lock().map_or(true, |d| d.is_some())
-                {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(r) = todo.get(i) else { break };
-                let mut row = Row {
-                    class: class.to_string(),
-                    query: query.to_string(),
-                    source_url: r.url.clone(),
-                    image_url: r.image.clone(),
-                    title: r.title.clone(),
-                    ..Default::default()
-                };
-                let result = fetcher
-                    .fetch(&r.image)
-                    .and_then(|b| process(&b, cfg.max_size, cfg.jpeg_quality));
-                match result {
-                    Ok((jpeg, w, h)) => {
-                        let hash = sha256_hex(&jpeg);
-                        let name = format!("{}.jpg", &hash[..16]);
-                        let rel = format!("train/{class}/{name}");
-                        let fresh = names
-                            .lock()
-                            .map(|mut n| n.insert(name.clone()))
-                            .unwrap_or(false);
-                        // Same content already kept (under another URL) by an earlier run. A file
-                        // on disk that the manifest does not list (a run stopped before saving
-                        // it) is simply written again and recorded now.
-                        let exists = listed.contains(&rel)
-                            || listed.contains(&format!("test/{class}/{name}"));
-                        row.sha256 = hash;
-                        row.width = w;
-                        row.height = h;
-                        if !fresh || exists {
-                            row.status = Status::Duplicate;
-                            row.reason = "same content as another download".into();
-                        } else if kept.fetch_add(1, Ordering::SeqCst) >= need {
-                            // Enough kept while this one was in flight: drop it unrecorded, so a later
-                            // run with a larger --per-class can still use it.
-                            kept.fetch_sub(1, Ordering::SeqCst);
-                            continue;
-                        } else {
-                            let dest = dir.join(&name);
-                            match crate::atomic::write_file(&dest, &jpeg) {
-                                Ok(()) => {
-                                    row.file = rel;
-                                    row.status = Status::Train;
-                                }
-                                Err(e) => {
-                                    // Nothing half-written stays (write_file removes its
-                                    // temporary); a full disk stops the run, to be resumed.
-                                    kept.fetch_sub(1, Ordering::SeqCst);
-                                    if e.kind() == std::io::ErrorKind::StorageFull {
-                                        if let Ok(mut d) = disk_full.lock() {
-                                            d.get_or_insert((dest, e.to_string()));
-                                        }
-                                        continue;
-                                    }
-                                    row.status = Status::Failed;
-                                    row.reason = format!("write: {e}");
-                                }
-                            }
-                        }
-                    }
-                    Err(reason) => {
-                        row.status = Status::Failed;
-                        row.reason = format!("{}: {reason}", reason.column());
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-                progress.item(
-                    d,
-                    failed.load(Ordering::SeqCst),
-                    kept.load(Ordering::SeqCst),
-                );
-                if let Ok(mut v) = rows.lock() {
-                    v.push(row);
-                }
-            });
-        }
-    });
-    let mut rows = rows.into_inner().unwrap_or_default();
-    // Workers finish in any order; keep the search order so manifests are reproducible.
-    let order: BTreeMap<&str, usize> = todo
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.image.as_str(), i))
-        .collect();
-    rows.sort_by_key(|r| {
-        order
-            .get(r.image_url.as_str())
-            .copied()
-            .unwrap_or(usize::MAX)
-    });
-    // Of identical downloads the first in search order keeps the file, whichever finished first.
-    let mut first: std::collections::HashMap<String, usize> = Default::default();
-    for i in 0..rows.len() {
-        if rows[i].status != Status::Train && rows[i].status != Status::Duplicate {
-            continue;
-        }
-        match first.get(&rows[i].sha256) {
-            None => {
-                first.insert(rows[i].sha256.clone(), i);
-            }
-            Some(&j) if rows[i].status == Status::Train && rows[j].status == Status::Duplicate => {
-                let (a, b) = rows.split_at_mut(i);
-                std::mem::swap(&mut a[j].file, &mut b[0].file);
-                std::mem::swap(&mut a[j].status, &mut b[0].status);
-                std::mem::swap(&mut a[j].reason, &mut b[0].reason);
-            }
-            Some(_) => {}
-        }
-    }
-    rows
 }
 
 /// Every kept file of `class` must decode fully with the training decoder; failures are deleted.
@@ -400,15 +233,19 @@ fn verify(out: &Path, rows: &mut [Row], class: &str) {
 /// Keeps one image of each near-duplicate group: the one already in test/ if any, else the first
 /// downloaded, so a re-run never replaces a file kept earlier. Groups are formed across all classes:
 /// a group whose pictures were found for different classes is a label conflict (the same picture
-/// cannot be both), and none of it is kept. Returns (near-duplicates, conflicts) dropped per class.
-/// The files of dropped rows are returned, to be deleted once the manifest no longer lists them.
+/// cannot be both), and none of it is kept. `only` limits the groups to one class (while it is
+/// being filled, so that a top-up replaces its near-duplicates). Returns (near-duplicates,
+/// conflicts) dropped per class, and the dropped rows' files (relative paths), to be deleted once
+/// the manifest no longer lists them.
 fn drop_near_duplicates(
     out: &Path,
     rows: &mut [Row],
-) -> (BTreeMap<String, (usize, usize)>, Vec<PathBuf>) {
+    only: Option<&str>,
+) -> (BTreeMap<String, (usize, usize)>, Vec<String>) {
     let mut doomed = Vec::new();
     let idx: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].is_kept() && dedup::is_current(&rows[i].phash))
+        .filter(|&i| only.is_none_or(|c| rows[i].class == c))
         .collect();
     let hashes: Vec<String> = idx.iter().map(|&i| rows[i].phash.clone()).collect();
     let mut dropped: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -426,7 +263,7 @@ fn drop_near_duplicates(
                 "label conflict: the same picture was found for classes {names}; none of it is kept"
             );
             for &i in &members {
-                doomed.push(out.join(&rows[i].file));
+                doomed.push(rows[i].file.clone());
                 rows[i].status = Status::LabelConflict;
                 rows[i].reason = reason.clone();
                 rows[i].file.clear();
@@ -441,7 +278,7 @@ fn drop_near_duplicates(
         let keep_sha = rows[keep].sha256.clone();
         for &i in &members {
             if i != keep {
-                doomed.push(out.join(&rows[i].file));
+                doomed.push(rows[i].file.clone());
                 rows[i].status = Status::NearDuplicate;
                 rows[i].duplicate_of = keep_sha.clone();
                 rows[i].file.clear();
@@ -536,37 +373,4 @@ fn split_test(
         }
     }
     Ok(())
-}
-
-/// The summary table printed at the end of a download.
-pub fn summary_table(s: &[ClassSummary]) -> String {
-    let cols = FailReason::COLUMNS;
-    let w = s
-        .iter()
-        .map(|c| c.class.chars().count())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let mut t = format!("{:<w$} {:>6} {:>10}", "class", "found", "downloaded");
-    for c in cols {
-        t.push_str(&format!(" {c:>9}"));
-    }
-    t.push_str(&format!(
-        " {:>6} {:>9} {:>9} {:>6} {:>5}\n",
-        "dups", "near_dups", "conflicts", "train", "test"
-    ));
-    for c in s {
-        t.push_str(&format!(
-            "{:<w$} {:>6} {:>10}",
-            c.class, c.found, c.downloaded
-        ));
-        for col in cols {
-            t.push_str(&format!(" {:>9}", c.failed.get(col).copied().unwrap_or(0)));
-        }
-        t.push_str(&format!(
-            " {:>6} {:>9} {:>9} {:>6} {:>5}\n",
-            c.duplicates, c.near_duplicates, c.label_conflicts, c.train, c.test
-        ));
-    }
-    t
 }

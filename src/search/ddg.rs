@@ -3,7 +3,7 @@
 //! through `next`, ~0.75 s between requests, rate-limit statuses answered with back-off and a fresh
 //! token.
 
-use super::{Provider, SearchError, SearchResult};
+use super::{Page, Provider, SearchError, SearchResult};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_BASE: &str = "https://duckduckgo.com";
@@ -70,6 +70,9 @@ pub struct DuckDuckGo {
     cfg: DdgConfig,
     agent: ureq::Agent,
     last_request: Option<Instant>,
+    /// The token of the last query, so that further pages of it cost one request each; a rate
+    /// limit clears it (a fresh token is part of the back-off).
+    vqd: Option<(String, String)>,
 }
 
 /// The three forms `_extract_vqd` tries, in its order: `vqd="…"`, `vqd=…&`, `vqd='…'`.
@@ -128,6 +131,7 @@ impl DuckDuckGo {
             cfg,
             agent,
             last_request: None,
+            vqd: None,
         }
     }
 
@@ -179,7 +183,7 @@ impl DuckDuckGo {
         }
     }
 
-    fn vqd(&mut self, query: &str) -> Result<Result<String, u16>, SearchError> {
+    fn fetch_vqd(&mut self, query: &str) -> Result<Result<String, u16>, SearchError> {
         match self.get(&format!("/?q={}", encode(query)), false)? {
             Fetch::Limited(s) => Ok(Err(s)),
             Fetch::Ok(html) => extract_vqd(&html)
@@ -198,11 +202,10 @@ impl DuckDuckGo {
         std::thread::sleep(Duration::from_secs_f64(base + jitter));
     }
 
-    /// One results page; rate limiting is retried with a fresh token.
-    fn page(
+    /// One results page as JSON; rate limiting is retried with a fresh token.
+    fn fetch_page(
         &mut self,
         query: &str,
-        vqd: &mut Option<String>,
         offset: Option<&str>,
     ) -> Result<serde_json::Value, SearchError> {
         let mut last_status = 0;
@@ -210,15 +213,16 @@ impl DuckDuckGo {
             if attempt > 0 {
                 self.pause_for_retry(attempt - 1);
             }
-            if vqd.is_none() {
-                match self.vqd(query)? {
-                    Ok(v) => *vqd = Some(v),
+            let vqd = match self.vqd.take() {
+                Some((q, v)) if q == query => v,
+                _ => match self.fetch_vqd(query)? {
+                    Ok(v) => v,
                     Err(status) => {
                         last_status = status;
                         continue;
                     }
-                }
-            }
+                },
+            };
             let p = match self.cfg.safesearch.as_str() {
                 "off" => "-1",
                 _ => "1",
@@ -227,7 +231,7 @@ impl DuckDuckGo {
                 "/i.js?o=json&q={}&l={}&vqd={}&p={p}&f={}",
                 encode(query),
                 encode(&self.cfg.region),
-                encode(vqd.as_deref().unwrap_or_default()),
+                encode(&vqd),
                 encode(&self.cfg.filters.to_param())
             );
             if let Some(s) = offset {
@@ -235,15 +239,14 @@ impl DuckDuckGo {
             }
             match self.get(&q, true)? {
                 Fetch::Ok(body) => {
+                    self.vqd = Some((query.to_string(), vqd));
                     return serde_json::from_str(&body).map_err(|e| SearchError::Protocol {
                         provider: self.name().into(),
                         what: format!("results are not JSON: {e}"),
-                    })
+                    });
                 }
-                Fetch::Limited(s) => {
-                    last_status = s;
-                    *vqd = None; // a fresh token on the next try
-                }
+                // The token stays taken: the next try fetches a fresh one.
+                Fetch::Limited(s) => last_status = s,
             }
         }
         Err(SearchError::RateLimited {
@@ -252,6 +255,14 @@ impl DuckDuckGo {
             tries: self.cfg.max_tries,
         })
     }
+}
+
+/// The `s` offset in a page's `next` (`i.js?q=…&s=100&…`), which is all the next request needs.
+fn next_offset(next: &str) -> Option<String> {
+    next.split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("s="))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// Percent-encoding for query values (RFC 3986 unreserved characters pass through).
@@ -274,27 +285,17 @@ impl Provider for DuckDuckGo {
         "DuckDuckGo"
     }
 
-    fn search(&mut self, query: &str, max: usize) -> Result<Vec<SearchResult>, SearchError> {
-        let mut out: Vec<SearchResult> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut vqd = None;
-        let mut offset: Option<String> = None;
-        // Enough pages for `max` (~100 results each), with a hard cap against a server that pages forever.
-        for _ in 0..(max / 50 + 5).min(50) {
-            let page = self.page(query, &mut vqd, offset.as_deref())?;
-            let rows = page
-                .get("results")
-                .and_then(|r| r.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for row in rows {
-                let image = row
-                    .get("image")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default();
-                if image.is_empty() || !seen.insert(image.to_string()) {
-                    continue;
-                }
+    fn page(&mut self, query: &str, token: Option<&str>) -> Result<Page, SearchError> {
+        let page = self.fetch_page(query, token)?;
+        let rows = page
+            .get("results")
+            .and_then(|r| r.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let results = rows
+            .iter()
+            .filter_map(|row| {
+                let image = row.get("image").and_then(|v| v.as_str())?;
                 let s = |k: &str| {
                     row.get(k)
                         .and_then(|v| v.as_str())
@@ -302,30 +303,20 @@ impl Provider for DuckDuckGo {
                         .to_string()
                 };
                 let n = |k: &str| row.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-                out.push(SearchResult {
+                (!image.is_empty()).then(|| SearchResult {
                     image: norm_url(image),
                     title: s("title"),
                     url: norm_url(&s("url")),
                     width: n("width"),
                     height: n("height"),
-                });
-                if out.len() >= max {
-                    return Ok(out);
-                }
-            }
-            let next = page
-                .get("next")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
-            if next.is_empty() {
-                break;
-            }
-            offset = next
-                .split("s=")
-                .last()
-                .map(|s| s.split('&').next().unwrap_or_default().to_string());
-        }
-        Ok(out)
+                })
+            })
+            .collect();
+        let next = page
+            .get("next")
+            .and_then(|v| v.as_str())
+            .and_then(next_offset);
+        Ok(Page { results, next })
     }
 }
 
@@ -357,6 +348,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(f.to_param(), ",size:Large,,type:photo,,license:Public");
+    }
+
+    #[test]
+    fn next_offset_is_the_s_parameter() {
+        assert_eq!(next_offset("i.js?q=x&s=100&o=json").as_deref(), Some("100"));
+        assert_eq!(next_offset("i.js?s=3").as_deref(), Some("3"));
+        assert_eq!(next_offset("i.js?q=xs=1&o=json"), None);
+        assert_eq!(next_offset(""), None);
     }
 
     #[test]
