@@ -55,12 +55,11 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
                 stack.push(p);
             } else {
                 let bytes = std::fs::read(&p).unwrap();
-                let h: String = sha2::Digest::finalize(
-                    <sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes),
-                )
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+                let h: String =
+                    sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
                 let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
                 out.insert(rel, h);
             }
@@ -101,7 +100,10 @@ impl Cleaner {
     /// One raw HTTP/1.1 request (the path is sent exactly as given); (status, JSON or null).
     fn req(&self, method: &str, path: &str, body: Option<&Value>, extra: &str) -> (u16, Value) {
         let (status, bytes) = self.raw(method, path, body, extra);
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     fn raw(&self, method: &str, path: &str, body: Option<&Value>, extra: &str) -> (u16, Vec<u8>) {
@@ -125,7 +127,10 @@ impl Cleaner {
         let head = String::from_utf8_lossy(&out[..split]).to_string();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         let mut body = out[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             body = dechunk(&body);
         }
         (status, body)
@@ -182,43 +187,86 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     let test = c.items("split=test");
     assert_eq!(test.len(), 40);
     let o = run(bin()
-        .args(["evaluate", "--json", "--top-losses", "1000", "--device", "cpu"])
+        .args([
+            "evaluate",
+            "--json",
+            "--top-losses",
+            "1000",
+            "--device",
+            "cpu",
+        ])
         .args(["--threads", "1"])
         .arg(&model().1)
         .arg(data.join("test")));
     let ev: Value = serde_json::from_str(&o.stdout).unwrap();
     for (item, want) in test.iter().zip(ev["top_losses"].as_array().unwrap()) {
-        let path = data.canonicalize().unwrap().join(item["path"].as_str().unwrap());
-        assert_eq!(path.to_str().unwrap(), want["path"].as_str().unwrap().replace("/./", "/"));
+        let path = data
+            .canonicalize()
+            .unwrap()
+            .join(item["path"].as_str().unwrap());
+        assert_eq!(
+            path.to_str().unwrap(),
+            want["path"].as_str().unwrap().replace("/./", "/")
+        );
         assert!((item["loss"].as_f64().unwrap() - want["loss"].as_f64().unwrap()).abs() < 1e-9);
     }
     let hats = c.items("class=hat&split=train&sort=loss");
-    assert!(hats.iter().all(|i| i["label"] == "hat" && i["split"] == "train"));
+    assert!(hats
+        .iter()
+        .all(|i| i["label"] == "hat" && i["split"] == "train"));
     let losses: Vec<f64> = hats.iter().map(|i| i["loss"].as_f64().unwrap()).collect();
     assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
     let valid = c.items("split=valid");
-    let n_valid: Value = serde_json::from_str(
-        &std::fs::read_to_string(model().1.join("model.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(valid.len() as u64, n_valid["data"]["valid_images"].as_u64().unwrap());
-    let (st, img) = c.raw("GET", &format!("/api/items/{}/image", hats[0]["id"]), None, "");
+    let n_valid: Value =
+        serde_json::from_str(&std::fs::read_to_string(model().1.join("model.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        valid.len() as u64,
+        n_valid["data"]["valid_images"].as_u64().unwrap()
+    );
+    let (st, img) = c.raw(
+        "GET",
+        &format!("/api/items/{}/image", hats[0]["id"]),
+        None,
+        "",
+    );
     assert_eq!(st, 200);
-    assert_eq!(img, std::fs::read(data.join(hats[0]["path"].as_str().unwrap())).unwrap());
+    assert_eq!(
+        img,
+        std::fs::read(data.join(hats[0]["path"].as_str().unwrap())).unwrap()
+    );
 
     // Delete: into the trash, out of the list.
-    let (id0, p0) = (hats[0]["id"].clone(), hats[0]["path"].as_str().unwrap().to_string());
-    let (st, v) = c.req("POST", &format!("/api/items/{id0}"), Some(&json!({"action": "delete"})), "");
+    let (id0, p0) = (
+        hats[0]["id"].clone(),
+        hats[0]["path"].as_str().unwrap().to_string(),
+    );
+    let (st, v) = c.req(
+        "POST",
+        &format!("/api/items/{id0}"),
+        Some(&json!({"action": "delete"})),
+        "",
+    );
     assert_eq!(st, 200, "{v}");
     let name0 = Path::new(&p0).file_name().unwrap();
     assert!(!data.join(&p0).exists());
     assert!(data.join(".finetune-trash/hat").join(name0).exists());
     assert_eq!(v["changes"], 1);
-    let (st, _) = c.req("POST", &format!("/api/items/{id0}"), Some(&json!({"action": "delete"})), "");
+    let (st, _) = c.req(
+        "POST",
+        &format!("/api/items/{id0}"),
+        Some(&json!({"action": "delete"})),
+        "",
+    );
     assert_eq!(st, 409, "already deleted");
     // Move onto a name that exists in the target class: a suffix, the other file untouched.
-    let (id1, p1) = (hats[1]["id"].clone(), hats[1]["path"].as_str().unwrap().to_string());
-    let clash = data.join("train/pants").join(Path::new(&p1).file_name().unwrap());
+    let (id1, p1) = (
+        hats[1]["id"].clone(),
+        hats[1]["path"].as_str().unwrap().to_string(),
+    );
+    let clash = data
+        .join("train/pants")
+        .join(Path::new(&p1).file_name().unwrap());
     std::fs::write(&clash, b"someone else's file").unwrap();
     let (st, v) = c.req(
         "POST",
@@ -228,7 +276,10 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     );
     assert_eq!(st, 200, "{v}");
     let moved = v["item"]["path"].as_str().unwrap().to_string();
-    assert!(moved.starts_with("train/pants/") && moved.contains("-1."), "{moved}");
+    assert!(
+        moved.starts_with("train/pants/") && moved.contains("-1."),
+        "{moved}"
+    );
     assert_eq!(std::fs::read(&clash).unwrap(), b"someone else's file");
     assert_eq!(v["item"]["label"], "pants");
     std::fs::remove_file(&clash).unwrap();
@@ -237,17 +288,49 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     let mid = snapshot(&data);
     let id2 = hats[2]["id"].clone();
     for (method, path, body) in [
-        ("GET", "/api/items/../../../etc/passwd/image".to_string(), None),
-        ("GET", "/api/items/..%2F..%2Fetc%2Fpasswd/image".into(), None),
+        (
+            "GET",
+            "/api/items/../../../etc/passwd/image".to_string(),
+            None,
+        ),
+        (
+            "GET",
+            "/api/items/..%2F..%2Fetc%2Fpasswd/image".into(),
+            None,
+        ),
         ("GET", "/api/items/%2e%2e/image".into(), None),
         ("GET", "/api/items//etc/passwd/image".into(), None),
         ("GET", "/api/items/-1/image".into(), None),
-        ("POST", format!("/api/items/{id2}"), Some(json!({"action": "move", "label": "../../x"}))),
-        ("POST", format!("/api/items/{id2}"), Some(json!({"action": "move", "label": "/tmp"}))),
-        ("POST", format!("/api/items/{id2}"), Some(json!({"action": "move", "label": "a%2F..%2F.."}))),
-        ("POST", format!("/api/items/{id2}"), Some(json!({"action": "move", "label": ".finetune-trash"}))),
-        ("POST", format!("/api/items/{id2}"), Some(json!({"action": "rm -rf"}))),
-        ("POST", "/api/items/%2Fetc%2Fpasswd".into(), Some(json!({"action": "delete"}))),
+        (
+            "POST",
+            format!("/api/items/{id2}"),
+            Some(json!({"action": "move", "label": "../../x"})),
+        ),
+        (
+            "POST",
+            format!("/api/items/{id2}"),
+            Some(json!({"action": "move", "label": "/tmp"})),
+        ),
+        (
+            "POST",
+            format!("/api/items/{id2}"),
+            Some(json!({"action": "move", "label": "a%2F..%2F.."})),
+        ),
+        (
+            "POST",
+            format!("/api/items/{id2}"),
+            Some(json!({"action": "move", "label": ".finetune-trash"})),
+        ),
+        (
+            "POST",
+            format!("/api/items/{id2}"),
+            Some(json!({"action": "rm -rf"})),
+        ),
+        (
+            "POST",
+            "/api/items/%2Fetc%2Fpasswd".into(),
+            Some(json!({"action": "delete"})),
+        ),
         ("GET", "/api/items?class=../hat".into(), None),
         ("GET", "/api/items?split=..".into(), None),
     ] {
@@ -270,7 +353,12 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
             .expect("the link is listed");
         let (st, _) = c.req("GET", &format!("/api/items/{}/image", link["id"]), None, "");
         assert_eq!(st, 400);
-        let (st, _) = c.req("POST", &format!("/api/items/{}", link["id"]), Some(&json!({"action": "delete"})), "");
+        let (st, _) = c.req(
+            "POST",
+            &format!("/api/items/{}", link["id"]),
+            Some(&json!({"action": "delete"})),
+            "",
+        );
         assert_eq!(st, 400);
         assert!(secret.exists());
         std::fs::remove_file(data.join("test/hat/link.jpg")).unwrap();
@@ -280,7 +368,12 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     // Not JSON, or from another origin: refused.
     let (st, _) = c.req("POST", "/api/undo", None, "");
     assert_eq!(st, 415);
-    let (st, _) = c.req("POST", "/api/undo", Some(&json!({})), "Origin: http://evil.example\r\n");
+    let (st, _) = c.req(
+        "POST",
+        "/api/undo",
+        Some(&json!({})),
+        "Origin: http://evil.example\r\n",
+    );
     assert_eq!(st, 403);
 
     // Undo the move; the delete stays.
@@ -294,12 +387,20 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     let log = std::fs::read_to_string(data.join(".finetune-trash/actions.jsonl")).unwrap();
     let kinds: Vec<String> = log
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["action"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds, ["delete", "move", "undo"]);
     assert!(restore(&data).contains("restored 1 image(s)"));
     assert_eq!(snapshot(&data), before);
-    assert!(restore(&data).contains("restored 0 image(s)"), "a second restore has nothing to do");
+    assert!(
+        restore(&data).contains("restored 0 image(s)"),
+        "a second restore has nothing to do"
+    );
 }
 
 #[test]
@@ -328,7 +429,8 @@ fn two_clients_at_once_leave_a_consistent_folder_and_log() {
                                 let other = if label == "hat" { "pants" } else { "hat" };
                                 json!({"action": "move", "label": other})
                             };
-                            c.req("POST", &format!("/api/items/{id}"), Some(&body), "").0
+                            c.req("POST", &format!("/api/items/{id}"), Some(&body), "")
+                                .0
                         })
                         .collect()
                 })
@@ -350,7 +452,11 @@ fn two_clients_at_once_leave_a_consistent_folder_and_log() {
         .filter(|e| e.path().is_dir())
         .map(|e| std::fs::read_dir(e.path()).unwrap().count())
         .sum();
-    assert_eq!(files_now + trash, before.len(), "every file is somewhere, once");
+    assert_eq!(
+        files_now + trash,
+        before.len(),
+        "every file is somewhere, once"
+    );
     let log = std::fs::read_to_string(data.join(".finetune-trash/actions.jsonl")).unwrap();
     let ok = results.iter().flatten().filter(|s| **s == 200).count();
     assert_eq!(log.lines().count(), ok, "one log line per action done");
@@ -396,7 +502,8 @@ fn browser_page_cleans_with_keys_and_buttons() {
         .arg(&data)
         .env("FINETUNE_CHROMIUM", &chromium);
     if let Some(shot) = std::env::var_os("FINETUNE_SCREENSHOT_DIR") {
-        cmd.arg("--screenshot").arg(PathBuf::from(shot).join("clean.png"));
+        cmd.arg("--screenshot")
+            .arg(PathBuf::from(shot).join("clean.png"));
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

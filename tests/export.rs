@@ -39,6 +39,7 @@ fn info(arch: Arch, size: Size, resize: ResizeMethod) -> ModelInfo {
         format_version: FORMAT_VERSION,
         finetune_version: env!("CARGO_PKG_VERSION").into(),
         arch,
+        task: Default::default(),
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
         size,
         resize,

@@ -68,6 +68,7 @@ fn channels_last_bundles_are_standard_files() {
             format_version: bundle::FORMAT_VERSION,
             finetune_version: "test".into(),
             arch: Arch::Resnet18,
+            task: Default::default(),
             classes: vec!["a".into(), "b".into(), "c".into()],
             size: Size { w: 32, h: 32 },
             resize: ResizeMethod::Squish,

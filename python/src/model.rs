@@ -52,12 +52,13 @@ impl Model {
         self.bundle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decodes with `decode` and ranks every item (GIL released), best `top_k` first.
+    /// Decodes with `decode` and ranks every item (GIL released): the best `top_k` first, or for a
+    /// multi-label model every label above `thresh`.
     fn rank<T: Sync + Send>(
         &self,
         py: Python<'_>,
         items: Vec<T>,
-        top_k: usize,
+        (top_k, thresh): (usize, f64),
         tta: Option<Tta>,
         decode: impl Fn(&T) -> Result<image::RgbImage, ItemError> + Sync + Send,
     ) -> Vec<Ranked> {
@@ -65,6 +66,7 @@ impl Model {
             let b = self.lock();
             let classes = &b.info.classes;
             let k = top_k.clamp(1, classes.len());
+            let task = b.info.task;
             let mut out = Vec::with_capacity(items.len());
             predict_with(
                 &b,
@@ -77,7 +79,7 @@ impl Model {
                             path: PathBuf::new(),
                             probs,
                         };
-                        p.top(k)
+                        p.decide(task, k, thresh)
                             .into_iter()
                             .map(|(i, s)| (classes[i].clone(), s))
                             .collect()
@@ -159,11 +161,12 @@ impl Model {
     }
 
     /// Top-k `(label, score)` for each image file, in input order, scores being softmax
-    /// probabilities. An unreadable file raises (`FinetuneError`, or `FileNotFoundError`) naming it;
+    /// probabilities; for a multi-label model every label whose sigmoid probability is above
+    /// `thresh` (fastai's 0.5 by default), best first. An unreadable file raises (`FinetuneError`, or `FileNotFoundError`) naming it;
     /// with `return_exceptions=True` its place in the list holds that exception instead.
     /// `tta=True` (or a dict of `n`, `beta`, `seed`) predicts with test-time augmentation, as
     /// `finetune predict --tta` (fastai's `Learner.tta`).
-    #[pyo3(signature = (paths, top_k=1, return_exceptions=false, tta=None))]
+    #[pyo3(signature = (paths, top_k=1, return_exceptions=false, tta=None, thresh=0.5))]
     fn predict(
         &self,
         py: Python<'_>,
@@ -171,9 +174,11 @@ impl Model {
         top_k: usize,
         return_exceptions: bool,
         tta: Option<&Bound<'_, PyAny>>,
+        thresh: f64,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
-        let r = self.rank(py, paths, top_k, tta, |p| {
+        finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
+        let r = self.rank(py, paths, (top_k, thresh), tta, |p| {
             if !p.exists() {
                 return Err(ItemError::Missing(p.clone()));
             }
@@ -184,15 +189,17 @@ impl Model {
 
     /// Like `predict`, for decoded pixels: a uint8 array of shape (N, H, W, 3), or a list of
     /// (H, W, 3) arrays of any sizes. They get the same resize and normalisation as files.
-    #[pyo3(signature = (arrays, top_k=1, tta=None))]
+    #[pyo3(signature = (arrays, top_k=1, tta=None, thresh=0.5))]
     fn predict_arrays(
         &self,
         py: Python<'_>,
         arrays: &Bound<'_, PyAny>,
         top_k: usize,
         tta: Option<&Bound<'_, PyAny>>,
+        thresh: f64,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
+        finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
         let mut images = Vec::new();
         let batch = PyBuffer::<u8>::get(arrays)
             .ok()
@@ -224,14 +231,14 @@ impl Model {
                 images.push(rgb_of(py, &a?, &format!("arrays[{i}]"))?);
             }
         }
-        let r = self.rank(py, images, top_k, tta, |img| Ok(img.clone()));
+        let r = self.rank(py, images, (top_k, thresh), tta, |img| Ok(img.clone()));
         to_python(py, r, false)
     }
 
     /// Like `predict`, for encoded image files in memory (bytes of a JPEG, PNG, ...): decoding and
     /// resizing run in Rust on all cores. `names` (e.g. the source paths) name the images in
     /// errors. Ray's batch predictor calls this.
-    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None))]
+    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None, thresh=0.5))]
     fn predict_encoded(
         &self,
         py: Python<'_>,
@@ -240,8 +247,10 @@ impl Model {
         return_exceptions: bool,
         names: Option<Vec<String>>,
         tta: Option<&Bound<'_, PyAny>>,
+        thresh: f64,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
+        finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
         let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
         for (i, b) in blobs.try_iter()?.enumerate() {
             let b = b?;
@@ -262,7 +271,7 @@ impl Model {
                 it.0 = PathBuf::from(n);
             }
         }
-        let r = self.rank(py, items, top_k, tta, |(name, bytes)| {
+        let r = self.rank(py, items, (top_k, thresh), tta, |(name, bytes)| {
             decode_bytes(name, bytes).map_err(ItemError::Decode)
         });
         to_python(py, r, return_exceptions)

@@ -7,7 +7,7 @@ use finetune::data::augment::AugConfig;
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
-use finetune::train::report::{table_header, table_row};
+use finetune::train::report::{table_header_for, table_row};
 use finetune::train::run::{Feedback, Outcome, Plan, Pretrained, Session, Settings};
 use finetune::train::{EpochRow, FineTune, Report};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
@@ -21,6 +21,7 @@ use std::time::Duration;
 /// Prints fastai's epoch table through Python's `print` (so notebooks show it), and the log lines.
 pub(crate) struct PyReport {
     quiet: bool,
+    multi_label: bool,
 }
 
 pub(crate) fn py_print(line: &str) {
@@ -36,11 +37,14 @@ pub(crate) fn py_print(line: &str) {
 }
 
 impl Report for PyReport {
+    fn task(&mut self, multi_label: bool) {
+        self.multi_label = multi_label;
+    }
     fn begin_fit(&mut self, phase: &str, _n: usize) {
         if !self.quiet {
             py_print(&format!("{phase}:"));
         }
-        py_print(&table_header());
+        py_print(&table_header_for(self.multi_label));
     }
     fn end_epoch(&mut self, r: &EpochRow) {
         py_print(&table_row(r));
@@ -119,7 +123,7 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
     data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
     lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=None,
     mixup=None, cutmix=None, save_best=None, early_stop=None, labels=None, fn_col="0",
-    label_col="1", valid_col=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
+    label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None
 ))]
@@ -146,6 +150,7 @@ pub(crate) fn train<'py>(
     fn_col: &str,
     label_col: &str,
     valid_col: Option<String>,
+    label_delim: Option<String>,
     size: Option<&Bound<'py, PyAny>>,
     resize: &str,
     pad_mode: &str,
@@ -242,6 +247,7 @@ pub(crate) fn train<'py>(
                             fn_col: fn_col.to_string(),
                             label_col: label_col.to_string(),
                             valid_col,
+                            label_delim,
                         }),
                     },
                     ft: FineTune {
@@ -284,7 +290,10 @@ pub(crate) fn train<'py>(
                 };
                 let mut session = Session::start(plan, rt, &mut fb)?;
                 session.learn.stop = stop_worker;
-                session.run(&mut PyReport { quiet })
+                session.run(&mut PyReport {
+                    quiet,
+                    multi_label: false,
+                })
             })();
             let _ = tx.send(());
             r

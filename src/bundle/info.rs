@@ -110,8 +110,13 @@ pub struct EpochRow {
     pub epoch: usize,
     pub train_loss: f64,
     pub valid_loss: f64,
+    /// Multi-label: 1 − `accuracy`, the share of wrong label decisions.
     pub error_rate: f64,
+    /// Multi-label: fastai's `accuracy_multi` (thresh 0.5).
     pub accuracy: f64,
+    /// Multi-label: fastai's `F1ScoreMulti(average='samples')`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
     pub seconds: f64,
     /// Under `--save-best`: this epoch's weights are the ones its fit ended with.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -171,13 +176,39 @@ pub struct FinalMetrics {
     pub valid_loss: f64,
     pub error_rate: f64,
     pub accuracy: f64,
+    /// Multi-label: samples-averaged F1 at the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
 }
+
+/// What the model predicts: one class per image (softmax, cross-entropy), or a set of labels
+/// (fastai's `MultiCategoryBlock`: one sigmoid per label, binary cross-entropy).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    #[default]
+    SingleLabel,
+    MultiLabel,
+}
+
+impl Task {
+    pub fn is_multi(self) -> bool {
+        self == Task::MultiLabel
+    }
+}
+
+/// fastai's default threshold for multi-label decisions (`accuracy_multi(thresh=0.5)`); a label
+/// is predicted when its probability is strictly above it.
+pub const DEFAULT_THRESH: f64 = 0.5;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
     pub format_version: u32,
     pub finetune_version: String,
     pub arch: Arch,
+    /// Bundles from before multi-label are single-label.
+    #[serde(default)]
+    pub task: Task,
     pub classes: Vec<String>,
     pub size: Size,
     pub resize: ResizeMethod,

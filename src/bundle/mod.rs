@@ -19,7 +19,7 @@ mod write;
 pub use checkpoint::{Checkpoint, RngState, TrackerState, TrainState};
 pub use info::{
     kept_row, DataInfo, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Monitor, Normalization,
-    Tracking, TrainingInfo, FORMAT_VERSION,
+    Task, Tracking, TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
 };
 pub use read::{
     load, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics, read_info,

@@ -98,7 +98,7 @@ pub fn read_evaluation(dir: &Path) -> Option<serde_json::Value> {
 
 /// The confusion matrix `evaluate --save` drew, if any.
 pub fn read_confusion_svg(dir: &Path) -> Option<String> {
-    small_text(&dir.join(CONFUSION_FILE))
+    small_text(&dir.join(CONFUSION_FILE)).filter(|s| !s.trim().is_empty())
 }
 
 /// The row of `metrics.csv` whose weights the bundle holds, column → value: the last epoch's, or

@@ -93,13 +93,24 @@ fn write_contents(
         .as_ref()
         .and_then(|t| t.tracking)
         .is_some_and(|t| t.save_best);
-    let mut csv = String::from("phase,epoch,train_loss,valid_loss,error_rate,accuracy,seconds");
+    // Multi-label models add fastai's samples-averaged F1 (`accuracy` is `accuracy_multi`).
+    let multi = info.task.is_multi();
+    let mut csv = String::from("phase,epoch,train_loss,valid_loss,error_rate,accuracy");
+    csv.push_str(if multi {
+        ",f1_score,seconds"
+    } else {
+        ",seconds"
+    });
     csv.push_str(if save_best { ",best\n" } else { "\n" });
     for r in rows {
         csv.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.1}",
-            r.phase, r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy, r.seconds
+            "{},{},{:.6},{:.6},{:.6},{:.6}",
+            r.phase, r.epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy
         ));
+        if multi {
+            csv.push_str(&format!(",{:.6}", r.f1.unwrap_or(f64::NAN)));
+        }
+        csv.push_str(&format!(",{:.1}", r.seconds));
         if save_best {
             csv.push_str(if r.best { ",yes" } else { "," });
         }

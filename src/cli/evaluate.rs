@@ -20,6 +20,9 @@ pub struct Args {
     /// Store the evaluation in the bundle (evaluation.json, confusion.svg) for its model card.
     #[arg(long)]
     save: bool,
+    /// Multi-label models: a label is predicted when its probability is above this.
+    #[arg(long, default_value_t = finetune::bundle::DEFAULT_THRESH)]
+    thresh: f64,
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
@@ -32,6 +35,9 @@ pub struct Args {
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
     let opts = a.tta.options(max_file_bytes)?;
+    if b.info.task.is_multi() {
+        return run_multi(&a, &b, &opts);
+    }
     let ev = evaluate::evaluate(
         &b,
         &a.test_dir,
@@ -49,6 +55,65 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     }
     if a.save {
         ev.save(&a.model, &a.test_dir).map_err(|e| {
+            anyhow::anyhow!("cannot save the evaluation in {}: {e}", a.model.display())
+        })?;
+        eprintln!("evaluation saved in {}", a.model.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ev)?);
+    } else {
+        print!("{}", ev.to_text());
+    }
+    Ok(())
+}
+
+/// A multi-label model: its labels come from a CSV (`--labels`), split by `--label-delim` or else
+/// by the delimiter the model was trained with.
+fn run_multi(
+    a: &Args,
+    b: &bundle::Bundle,
+    opts: &finetune::infer::predict::Options,
+) -> anyhow::Result<()> {
+    finetune::infer::predict::check_thresh(a.thresh)
+        .map_err(|e| anyhow::anyhow!("--thresh: {e}"))?;
+    let recorded = b.info.data.as_ref().and_then(|d| match &d.split {
+        finetune::data::items::SplitKind::Csv { labels, .. } => labels.label_delim.clone(),
+        _ => None,
+    });
+    let Some(mut csv) = a.labels.csv() else {
+        anyhow::bail!(
+            "{} is a multi-label model: give the test images' labels with --labels CSV",
+            a.model.display()
+        );
+    };
+    let delim = csv
+        .label_delim
+        .clone()
+        .or(recorded)
+        .unwrap_or_else(|| " ".to_string());
+    csv.label_delim = Some(delim.clone());
+    let (items, skipped) = finetune::data::labels::items(&a.test_dir, &csv)?;
+    let mut ev = finetune::infer::evaluate_multi::evaluate_multi(
+        b,
+        &items,
+        &delim,
+        a.thresh,
+        opts,
+        &a.test_dir,
+    )?;
+    ev.skipped
+        .extend(skipped.into_iter().map(|s| (s.path, s.reason)));
+    for (p, why) in &ev.skipped {
+        eprintln!("warning: skipped {}: {why}", p.display());
+    }
+    anyhow::ensure!(
+        a.plot.is_none(),
+        "--plot draws a confusion matrix, which a multi-label model has not; see the per-label table"
+    );
+    if a.save {
+        let mut v = serde_json::to_value(&ev)?;
+        v["test_dir"] = serde_json::json!(a.test_dir.display().to_string());
+        bundle::write_evaluation(&a.model, &v, "").map_err(|e| {
             anyhow::anyhow!("cannot save the evaluation in {}: {e}", a.model.display())
         })?;
         eprintln!("evaluation saved in {}", a.model.display());

@@ -13,6 +13,10 @@ pub struct Args {
     /// Show the k most likely classes per image.
     #[arg(long, default_value_t = 1)]
     top_k: usize,
+    /// Multi-label models: every label whose probability is above this is listed (--top-k is
+    /// for single-label models).
+    #[arg(long, default_value_t = finetune::bundle::DEFAULT_THRESH)]
+    thresh: f64,
     /// One JSON array on stdout.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -58,6 +62,8 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let paths = expand(&a.inputs)?;
     anyhow::ensure!(!paths.is_empty(), "no images found in the given inputs");
     let k = a.top_k.clamp(1, b.info.classes.len());
+    predict::check_thresh(a.thresh).map_err(|e| anyhow::anyhow!("--thresh: {e}"))?;
+    let task = b.info.task;
     let classes = b.info.classes.clone();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -69,7 +75,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let mut io_err = None;
     predict::predict_each(&b, &paths, &a.tta.options(max_file_bytes)?, |r| match r {
         Ok(p) => {
-            let top = p.top(k);
+            let top = p.decide(task, k, a.thresh);
             let path = p.path.display().to_string();
             let res = if a.json {
                 json.push(serde_json::json!({

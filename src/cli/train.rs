@@ -181,6 +181,10 @@ pub struct LabelsArgs {
     /// the seeded random split (--valid-pct, --seed).
     #[arg(long, requires = "labels")]
     pub valid_col: Option<String>,
+    /// Multi-label (fastai's label_delim): each label cell is a set of labels separated by this
+    /// (e.g. " "); trains one sigmoid per label with binary cross-entropy.
+    #[arg(long, requires = "labels", value_name = "DELIM")]
+    pub label_delim: Option<String>,
 }
 
 impl LabelsArgs {
@@ -192,6 +196,7 @@ impl LabelsArgs {
                 fn_col: self.fn_col.clone(),
                 label_col: self.label_col.clone(),
                 valid_col: self.valid_col.clone(),
+                label_delim: self.label_delim.clone(),
             })
     }
 }

@@ -83,7 +83,10 @@ impl Default for DataConfig {
 #[derive(Debug, Default)]
 pub struct ImageSet {
     pixels: Pixels,
+    /// Single-label: each image's class index. Multi-label: unused (zeros).
     pub labels: Vec<i64>,
+    /// Multi-label (`label_delim`): each image's label indices (possibly none); empty otherwise.
+    pub multi: Vec<Vec<u32>>,
     pub paths: Vec<PathBuf>,
 }
 
@@ -106,10 +109,10 @@ impl Default for Pixels {
 
 impl ImageSet {
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.paths.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.paths.is_empty()
     }
     /// Whether the pixels are read from the on-disk cache (else they are held in memory).
     pub fn is_cached(&self) -> bool {
@@ -145,7 +148,28 @@ pub fn decode_prepared(
 struct Kept<P> {
     pixels: Vec<P>,
     labels: Vec<i64>,
+    multi: Vec<Vec<u32>>,
     paths: Vec<PathBuf>,
+}
+
+/// fastai's `MultiCategorize` reading of a label cell: the labels separated by `delim` (blank
+/// pieces dropped, so an empty cell is an image with no label).
+pub fn split_labels<'a>(label: &'a str, delim: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    label.split(delim).map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// The classes of a training set: its labels (each label of each cell when multi-label), sorted.
+pub fn classes_of(items: &[Item], delim: Option<&str>) -> Vec<String> {
+    match delim {
+        None => items::classes(items),
+        Some(d) => items
+            .iter()
+            .flat_map(|i| split_labels(&i.label, d))
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Keeps the decoded items, in order, with their labels; warns about (or, under `strict`, stops at)
@@ -158,14 +182,30 @@ fn keep_decoded<P>(
     skipped: &mut Vec<Skip>,
 ) -> Result<Kept<P>, DataError> {
     let (mut pixels, mut labels, mut paths) = (Vec::new(), Vec::new(), Vec::new());
+    let mut multi = Vec::new();
+    let delim = cfg.labels.as_ref().and_then(|l| l.label_delim.as_deref());
+    let index = |l: &str| {
+        classes
+            .iter()
+            .position(|c| c == l)
+            .ok_or_else(|| DataError::UnknownValidClass(l.to_string()))
+    };
     for (item, r) in items.iter().zip(decoded) {
         match r {
             Ok(p) => {
-                let Some(label) = classes.iter().position(|c| *c == item.label) else {
-                    return Err(DataError::UnknownValidClass(item.label.clone()));
-                };
+                match delim {
+                    None => labels.push(index(&item.label)? as i64),
+                    Some(d) => {
+                        let mut set = split_labels(&item.label, d)
+                            .map(|l| index(l).map(|i| i as u32))
+                            .collect::<Result<Vec<u32>, _>>()?;
+                        set.sort_unstable();
+                        set.dedup();
+                        multi.push(set);
+                        labels.push(0);
+                    }
+                }
                 pixels.push(p);
-                labels.push(label as i64);
                 paths.push(item.path.clone());
             }
             Err(e) if cfg.strict => return Err(DataError::Strict(e)),
@@ -181,6 +221,7 @@ fn keep_decoded<P>(
     Ok(Kept {
         pixels,
         labels,
+        multi,
         paths,
     })
 }
@@ -198,6 +239,7 @@ fn load_set(
     Ok(ImageSet {
         pixels: Pixels::Memory(k.pixels),
         labels: k.labels,
+        multi: k.multi,
         paths: k.paths,
     })
 }
@@ -234,6 +276,7 @@ fn load_cached(
                 locs: k.pixels,
             },
             labels: k.labels,
+            multi: k.multi,
             paths: k.paths,
         })
     };
@@ -300,7 +343,8 @@ impl DataLoaders {
         if let Some(d) = train.empty_dir() {
             return Err(ItemsError::EmptyClass(d.clone()).into());
         }
-        let classes = items::classes(&train.items);
+        let delim = cfg.labels.as_ref().and_then(|l| l.label_delim.clone());
+        let classes = classes_of(&train.items, delim.as_deref());
         let base = match &kind {
             SplitKind::Folders { train, .. } => train.clone(),
             SplitKind::Random { .. } | SplitKind::Csv { .. } => root.to_path_buf(),
@@ -334,7 +378,11 @@ impl DataLoaders {
         };
         bar.finish_and_clear();
         for (i, c) in classes.iter().enumerate() {
-            if !train_set.labels.contains(&(i as i64)) {
+            let present = match delim {
+                None => train_set.labels.contains(&(i as i64)),
+                Some(_) => train_set.multi.iter().any(|s| s.contains(&(i as u32))),
+            };
+            if !present {
                 let dir = train
                     .items
                     .iter()
@@ -367,6 +415,14 @@ impl DataLoaders {
     /// One epoch's shuffled training batches as index lists (the last incomplete one dropped); each is
     /// turned into tensors by [`Self::train_batch`] only when needed, so an epoch never holds a second
     /// copy of the training set.
+    /// Whether each image has a set of labels (`--label-delim`) rather than one class.
+    pub fn is_multi_label(&self) -> bool {
+        self.cfg
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.label_delim.is_some())
+    }
+
     pub fn train_order<R: Rng>(&self, rng: &mut R) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..self.train.len()).collect();
         idx.shuffle(rng);
@@ -414,6 +470,17 @@ impl DataLoaders {
                 shards.gather(&idx.iter().map(|&i| locs[i]).collect::<Vec<_>>())
             }
         };
+        if self.is_multi_label() {
+            // Multi-hot float targets [batch, classes], what binary cross-entropy takes.
+            let c = self.classes.len();
+            let mut y = vec![0f32; idx.len() * c];
+            for (row, &i) in idx.iter().enumerate() {
+                for &k in &set.multi[i] {
+                    y[row * c + k as usize] = 1.0;
+                }
+            }
+            return (x, Tensor::from_slice(&y).view([idx.len() as i64, c as i64]));
+        }
         let labels: Vec<i64> = idx.iter().map(|&i| set.labels[i]).collect();
         (x, Tensor::from_slice(&labels))
     }

@@ -51,6 +51,10 @@ pub struct LabelsCsv {
     pub label_col: String,
     /// fastai's `valid_col`: rows whose value is true/1 form the valid set.
     pub valid_col: Option<String>,
+    /// fastai's `label_delim`: each label cell holds a set of labels separated by it (multi-label
+    /// classification; an empty cell is an image with none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_delim: Option<String>,
 }
 
 impl LabelsCsv {
@@ -60,6 +64,7 @@ impl LabelsCsv {
             fn_col: "0".into(),
             label_col: "1".into(),
             valid_col: None,
+            label_delim: None,
         }
     }
 }

@@ -126,7 +126,7 @@ fn read(images: &Path, l: &LabelsCsv) -> Result<(Vec<Row>, Vec<Skip>), LabelsErr
         if name.is_empty() {
             return Err(bad("empty file name".into()));
         }
-        if label.is_empty() {
+        if label.is_empty() && l.label_delim.is_none() {
             return Err(bad(format!("{name} has an empty label")));
         }
         let rel = Path::new(name);

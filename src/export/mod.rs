@@ -62,10 +62,17 @@ pub fn metadata(info: &ModelInfo) -> Vec<(String, String)> {
         ),
         (
             "outputs".into(),
-            "logits [batch, classes]; probabilities = softmax(logits) [batch, classes]; \
-             class i is classes[i]"
-                .into(),
+            if info.task.is_multi() {
+                "logits [batch, classes]; probabilities = sigmoid(logits) [batch, classes], one \
+                 independent probability per label (multi-label; a label applies above 0.5); \
+                 class i is classes[i]"
+            } else {
+                "logits [batch, classes]; probabilities = softmax(logits) [batch, classes]; \
+                 class i is classes[i]"
+            }
+            .into(),
         ),
+        ("task".into(), name(&info.task)),
         ("arch".into(), info.arch.name().into()),
         ("finetune_version".into(), env!("CARGO_PKG_VERSION").into()),
         ("trained_with".into(), info.finetune_version.clone()),
@@ -93,11 +100,16 @@ pub fn onnx_model(
     let mut g = Graph::new(opset, (info.size.h as i64, info.size.w as i64));
     let logits = tch::no_grad(|| net.onnx(&mut g, "input"));
     g.rename(&logits, "logits");
-    let probs = g.node(
-        "Softmax",
-        &["logits"],
-        vec![("axis", crate::model::onnx::Attr::Int(1))],
-    );
+    // A multi-label model's labels are independent: one sigmoid each, as `predict` computes them.
+    let probs = if info.task.is_multi() {
+        g.node("Sigmoid", &["logits"], vec![])
+    } else {
+        g.node(
+            "Softmax",
+            &["logits"],
+            vec![("axis", crate::model::onnx::Attr::Int(1))],
+        )
+    };
     g.rename(&probs, "probabilities");
     let n = info.classes.len() as i64;
     let doc = format!(

@@ -1,4 +1,4 @@
-//! One forward pass over prepared images: the validation transform and softmax probabilities, the
+//! One forward pass over prepared images: the validation transform and probabilities, the
 //! level below `predict` (files, chunks, streaming) and `tta` (augmented passes), which both use it.
 
 use crate::bundle::{Bundle, ModelInfo};
@@ -29,15 +29,20 @@ pub fn probabilities(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Vec<f3
     probabilities_of(bundle, &x)
 }
 
-/// Softmax of the network on an already normalised float batch `[N, 3, H, W]` (any device), one row
-/// per image; serve's KServe v2 `FP32` input takes this path.
+/// Probabilities of the network on an already normalised float batch `[N, 3, H, W]` (any device),
+/// one row per image: softmax over the classes, or for a multi-label model one sigmoid per label
+/// (each label's own probability; they need not sum to 1). Serve's KServe v2 `FP32` input takes
+/// this path.
 pub fn probabilities_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Vec<f32>> {
     let x = x.to_device(bundle.net.device());
+    let multi = bundle.info.task.is_multi();
     let p = tch::no_grad(|| {
-        bundle
-            .net
-            .forward_t(&x, false)
-            .softmax(-1, tch::Kind::Float)
+        let logits = bundle.net.forward_t(&x, false);
+        if multi {
+            logits.to_kind(tch::Kind::Float).sigmoid()
+        } else {
+            logits.softmax(-1, tch::Kind::Float)
+        }
     })
     .to_device(tch::Device::Cpu);
     let n = p.size()[1] as usize;

@@ -1,6 +1,7 @@
 //! Using a trained or pretrained network: prediction, evaluation, ImageNet classification.
 
 pub mod evaluate;
+pub mod evaluate_multi;
 pub mod forward;
 pub mod imagenet;
 pub mod interpret;

@@ -33,7 +33,44 @@ pub struct Prediction {
     pub probs: Vec<f32>,
 }
 
+/// What a model answers for one image's probabilities: the `k` most likely classes, or for a
+/// multi-label model every label whose probability is above `thresh` (fastai's decoding, strict
+/// `>`), best first, however many that is (possibly none).
+pub fn decide(
+    probs: &[f32],
+    task: crate::bundle::Task,
+    k: usize,
+    thresh: f64,
+) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    if task.is_multi() {
+        return idx
+            .into_iter()
+            .filter(|&i| probs[i] as f64 > thresh)
+            .map(|i| (i, probs[i]))
+            .collect();
+    }
+    idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+}
+
+/// A multi-label threshold must leave room on both sides: (0, 1).
+pub fn check_thresh(thresh: f64) -> Result<(), String> {
+    if thresh > 0.0 && thresh < 1.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "threshold {thresh} must be between 0 and 1 (fastai's default: 0.5)"
+        ))
+    }
+}
+
 impl Prediction {
+    /// See [`decide`].
+    pub fn decide(&self, task: crate::bundle::Task, k: usize, thresh: f64) -> Vec<(usize, f32)> {
+        decide(&self.probs, task, k, thresh)
+    }
+
     /// The `k` most likely (class index, probability), best first.
     pub fn top(&self, k: usize) -> Vec<(usize, f32)> {
         let mut idx: Vec<usize> = (0..self.probs.len()).collect();

@@ -3,6 +3,8 @@
 
 use super::checkpoint::epoch_seed;
 use super::grad_scaler::GradScaler;
+use super::metrics::samples_f1_sum;
+pub use super::metrics::ValidMetrics;
 use super::mix::Mixed;
 use super::optimizer::{Adam, AdamConfig};
 use super::pipeline::{overlapped, InputSpec};
@@ -10,7 +12,7 @@ use super::profile::{PhaseTimes, Timer};
 use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
-use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking, DEFAULT_THRESH};
 use crate::data::augment::{self, AugConfig};
 use crate::data::DataLoaders;
 use crate::model::{Network, Precision};
@@ -239,13 +241,21 @@ impl Learner {
         .double_value(&[])
     }
 
-    /// Size-weighted mean validation loss and error rate, in eval mode. Batches are prepared on a
-    /// producer thread; the per-batch results stay on the device until the end.
+    /// Size-weighted mean validation loss and error rate, in eval mode.
     pub fn validate(&self) -> (f64, f64) {
+        let v = self.validate_metrics();
+        (v.loss, v.error_rate)
+    }
+
+    /// The validation metrics of the epoch table, in eval mode. Batches are prepared on a
+    /// producer thread; the per-batch results stay on the device until the end. Multi-label:
+    /// `error_rate` is 1 − fastai's `accuracy_multi` (sigmoid > 0.5 agreeing with the target,
+    /// over every label of every image) and `f1` its samples-averaged F1 (`F1ScoreMulti`).
+    pub fn validate_metrics(&self) -> ValidMetrics {
         let spec = self.input_spec();
         let n_batches = self.dls.valid.len().div_ceil(self.dls.cfg.bs.max(1));
         let mut batches = self.dls.valid_batches();
-        let mut results: Vec<(Tensor, Tensor, i64)> = Vec::new();
+        let mut results: Vec<(Tensor, Tensor, Option<Tensor>, i64, i64)> = Vec::new();
         tch::no_grad(|| {
             overlapped(
                 n_batches,
@@ -255,24 +265,47 @@ impl Learner {
                     let (x, y) = spec.finish(b);
                     let logits = self.net.forward_t(&x, false);
                     let bs = y.size()[0];
-                    let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
-                    results.push((self.loss(&logits, &y), correct, bs));
+                    let (correct, f1_sum) = if y.dim() == 2 {
+                        let pred = logits.sigmoid().gt(DEFAULT_THRESH);
+                        let truth = y.gt(0.5);
+                        let agree = pred.eq_tensor(&truth).sum(Kind::Int64);
+                        (agree, Some(samples_f1_sum(&pred, &truth)))
+                    } else {
+                        (
+                            logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64),
+                            None,
+                        )
+                    };
+                    let decisions = if y.dim() == 2 { y.numel() as i64 } else { bs };
+                    results.push((self.loss(&logits, &y), correct, f1_sum, bs, decisions));
                     true
                 },
             );
         });
         let mut loss_sum = 0.0;
-        let mut correct = 0i64;
-        let mut n = 0i64;
-        for (loss, c, bs) in results {
+        let (mut correct, mut decisions, mut n) = (0i64, 0i64, 0i64);
+        let mut f1: Option<f64> = None;
+        for (loss, c, f, bs, d) in results {
             loss_sum += loss.double_value(&[]) * bs as f64;
             correct += c.int64_value(&[]);
+            if let Some(f) = f {
+                *f1.get_or_insert(0.0) += f.double_value(&[]);
+            }
             n += bs;
+            decisions += d;
         }
         if n == 0 {
-            return (f64::NAN, f64::NAN);
+            return ValidMetrics {
+                loss: f64::NAN,
+                error_rate: f64::NAN,
+                f1: None,
+            };
         }
-        (loss_sum / n as f64, 1.0 - correct as f64 / n as f64)
+        ValidMetrics {
+            loss: loss_sum / n as f64,
+            error_rate: 1.0 - correct as f64 / decisions as f64,
+            f1: f1.map(|s| s / n as f64),
+        }
     }
 
     /// fastai `fit_one_cycle(n_epochs, lr, ...)`: per training batch, lr and β1 follow the
@@ -292,6 +325,7 @@ impl Learner {
         self.tracker = TrackerState::default();
         self.best_weights = None;
         let (start, mut smooth) = self.apply_pending(phase);
+        report.task(self.dls.is_multi_label());
         report.begin_fit(phase, n_epochs);
         for row in self.rows.iter().filter(|r| r.phase == phase) {
             report.end_epoch(row);
@@ -367,15 +401,16 @@ impl Learner {
             }
             report.begin_validate();
             let t = Instant::now();
-            let (valid_loss, error_rate) = self.validate();
+            let v = self.validate_metrics();
             times.validate = t.elapsed();
             let row = EpochRow {
                 phase: phase.to_string(),
                 epoch,
                 train_loss: smooth.value(),
-                valid_loss,
-                error_rate,
-                accuracy: 1.0 - error_rate,
+                valid_loss: v.loss,
+                error_rate: v.error_rate,
+                accuracy: 1.0 - v.error_rate,
+                f1: v.f1,
                 seconds: t0.elapsed().as_secs_f64(),
                 best: false,
             };

@@ -11,7 +11,31 @@ use tch::{Reduction, Tensor};
 /// Mean loss of a batch; `mix` (training batches under `--mixup`/`--cutmix`) weighs each image's
 /// loss against its own label by λ and against its partner's by 1 − λ: fastai's
 /// `torch.lerp(L(y_perm), L(y), λ)`, then the mean.
+///
+/// Multi-hot float targets `[batch, classes]` (multi-label) take fastai's `BCEWithLogitsLossFlat`:
+/// binary cross-entropy on each logit, averaged over labels and images.
 pub fn loss(logits: &Tensor, y: &Tensor, label_smoothing: f64, mix: Option<&Mixed>) -> Tensor {
+    if y.dim() == 2 {
+        let bce = |target: &Tensor, reduction| {
+            logits.binary_cross_entropy_with_logits::<Tensor>(
+                &target.to_kind(logits.kind()),
+                None,
+                None,
+                reduction,
+            )
+        };
+        return match mix {
+            None => bce(y, Reduction::Mean),
+            Some(m) => {
+                let own = bce(y, Reduction::None).mean_dim(1, false, None);
+                let other =
+                    bce(&y.index_select(0, &m.perm), Reduction::None).mean_dim(1, false, None);
+                other
+                    .lerp_tensor(&own, &m.lam.to_kind(own.kind()))
+                    .mean(None)
+            }
+        };
+    }
     let ce = |target: &Tensor, reduction| {
         logits.cross_entropy_loss::<Tensor>(target, None, reduction, -100, label_smoothing)
     };

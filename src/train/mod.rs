@@ -5,6 +5,7 @@ pub mod grad_scaler;
 pub mod learner;
 pub mod loss;
 pub mod lr_find;
+pub mod metrics;
 pub mod mix;
 pub mod optimizer;
 pub mod pipeline;

@@ -113,7 +113,8 @@ impl InputSpec {
             return (p.x, p.y);
         }
         let x = p.x.to_device_(self.device, Kind::Uint8, true, false);
-        let y = p.y.to_device_(self.device, Kind::Int64, true, false);
+        // Class indices (i64) or multi-hot targets (f32), as they are.
+        let y = p.y.to_device_(self.device, p.y.kind(), true, false);
         (self.to_input(&x, p.aug.as_ref()), y)
     }
 

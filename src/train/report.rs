@@ -11,6 +11,18 @@ pub fn mmss(seconds: f64) -> String {
 
 /// The header of fastai's epoch table.
 pub fn table_header() -> String {
+    table_header_for(false)
+}
+
+/// The header of fastai's epoch table; multi-label models show fastai's `accuracy_multi` and
+/// `F1ScoreMulti` where single-label ones show `error_rate`.
+pub fn table_header_for(multi_label: bool) -> String {
+    if multi_label {
+        return format!(
+            "{:>5}  {:>10}  {:>10}  {:>14}  {:>8}  {:>5}",
+            "epoch", "train_loss", "valid_loss", "accuracy_multi", "f1_score", "time"
+        );
+    }
     format!(
         "{:>5}  {:>10}  {:>10}  {:>10}  {:>5}",
         "epoch", "train_loss", "valid_loss", "error_rate", "time"
@@ -19,6 +31,17 @@ pub fn table_header() -> String {
 
 /// One line of fastai's epoch table.
 pub fn table_row(r: &EpochRow) -> String {
+    if let Some(f1) = r.f1 {
+        return format!(
+            "{:>5}  {:>10.6}  {:>10.6}  {:>14.6}  {:>8.6}  {:>5}",
+            r.epoch,
+            r.train_loss,
+            r.valid_loss,
+            r.accuracy,
+            f1,
+            mmss(r.seconds)
+        );
+    }
     format!(
         "{:>5}  {:>10.6}  {:>10.6}  {:>10.6}  {:>5}",
         r.epoch,
@@ -32,6 +55,8 @@ pub fn table_row(r: &EpochRow) -> String {
 /// Receives training events; the CLI uses [`ConsoleReport`], tests and library users may pass
 /// [`SilentReport`] or their own.
 pub trait Report {
+    /// Called before the first fit: whether the table is multi-label's.
+    fn task(&mut self, _multi_label: bool) {}
     fn begin_fit(&mut self, _phase: &str, _n_epochs: usize) {}
     fn begin_epoch(&mut self, _epoch: usize, _n_batches: usize) {}
     fn batch(&mut self, _i: usize, _smooth_loss: f64) {}
@@ -55,6 +80,7 @@ pub struct ConsoleReport {
     quiet: bool,
     n_batches: usize,
     last_plain: std::time::Instant,
+    multi_label: bool,
 }
 
 impl ConsoleReport {
@@ -65,17 +91,21 @@ impl ConsoleReport {
             quiet,
             n_batches: 0,
             last_plain: std::time::Instant::now(),
+            multi_label: false,
         }
     }
 }
 
 impl Report for ConsoleReport {
+    fn task(&mut self, multi_label: bool) {
+        self.multi_label = multi_label;
+    }
     fn begin_fit(&mut self, phase: &str, _n_epochs: usize) {
         println!();
         if !self.quiet {
             println!("{phase}:");
         }
-        println!("{}", table_header());
+        println!("{}", table_header_for(self.multi_label));
     }
     fn begin_epoch(&mut self, epoch: usize, n_batches: usize) {
         self.n_batches = n_batches;

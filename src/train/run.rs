@@ -49,6 +49,11 @@ pub enum RunError {
     Resume { out: DisplayPath, msg: String },
     #[error("--label-smoothing must be at least 0 and below 1 (fastai's eps; got {0})")]
     LabelSmoothing(f64),
+    #[error(
+        "--label-smoothing is for single-label models (fastai's LabelSmoothingCrossEntropy); with \
+         --label-delim the loss is binary cross-entropy: drop one of them"
+    )]
+    SmoothingMultiLabel,
     #[error(transparent)]
     Mix(#[from] super::mix::MixError),
     #[error(transparent)]
@@ -246,6 +251,14 @@ impl Settings {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(RunError::LabelSmoothing(self.label_smoothing));
         }
+        let multi = self
+            .cfg
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.label_delim.is_some());
+        if multi && self.label_smoothing > 0.0 {
+            return Err(RunError::SmoothingMultiLabel);
+        }
         if let Some(m) = &self.mix {
             super::mix::validate(m)?;
         }
@@ -377,6 +390,11 @@ impl Plan {
             format_version: bundle::FORMAT_VERSION,
             finetune_version: env!("CARGO_PKG_VERSION").into(),
             arch: self.arch.arch,
+            task: if learn.dls.is_multi_label() {
+                bundle::Task::MultiLabel
+            } else {
+                bundle::Task::SingleLabel
+            },
             classes: learn.dls.classes.clone(),
             size: learn.dls.cfg.size,
             resize: learn.dls.cfg.method,
@@ -413,6 +431,7 @@ impl Plan {
                 valid_loss: r.valid_loss,
                 error_rate: r.error_rate,
                 accuracy: r.accuracy,
+                f1: r.f1,
             }),
         }
     }

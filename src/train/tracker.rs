@@ -116,6 +116,7 @@ mod tests {
             valid_loss,
             error_rate,
             accuracy: 1.0 - error_rate,
+            f1: None,
             seconds: 0.0,
             best: false,
         }

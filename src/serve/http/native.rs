@@ -168,13 +168,25 @@ fn parse_top_k(query: Option<&str>) -> Result<Option<usize>, ApiError> {
     Ok(None)
 }
 
-fn top(probs: &[f32], classes: &[String], k: usize) -> Value {
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+fn parse_thresh(query: Option<&str>) -> Result<f64, ApiError> {
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("thresh=") {
+            let t: f64 = v
+                .parse()
+                .map_err(|_| ApiError::bad(format!("thresh must be a number, not {v:?}")))?;
+            crate::infer::predict::check_thresh(t).map_err(ApiError::bad)?;
+            return Ok(t);
+        }
+    }
+    Ok(crate::bundle::DEFAULT_THRESH)
+}
+
+/// The answer for one image: the top `k`, or for a multi-label model every label above `thresh`.
+fn top(probs: &[f32], info: &crate::bundle::ModelInfo, k: usize, thresh: f64) -> Value {
     Value::Array(
-        idx.into_iter()
-            .take(k)
-            .map(|i| json!({"label": classes.get(i), "score": probs[i]}))
+        crate::infer::predict::decide(probs, info.task, k, thresh)
+            .into_iter()
+            .map(|(i, p)| json!({"label": info.classes.get(i), "score": p}))
             .collect(),
     )
 }
@@ -191,10 +203,11 @@ pub async fn predictions(
         .unwrap_or(5)
         .clamp(1, classes.len().max(1));
     let tta = parse_tta(q.as_deref())?;
+    let thresh = parse_thresh(q.as_deref())?;
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
     let probs = infer::images(m, images, tta).await?;
-    let lists: Vec<Value> = probs.iter().map(|p| top(p, classes, k)).collect();
+    let lists: Vec<Value> = probs.iter().map(|p| top(p, &m.info, k, thresh)).collect();
     Ok(timed(
         t,
         Json(if several {
