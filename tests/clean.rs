@@ -153,10 +153,7 @@ impl Drop for Cleaner {
 fn dechunk(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = b;
-    loop {
-        let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
         let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
         if n == 0 {
             break;

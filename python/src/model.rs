@@ -239,6 +239,7 @@ impl Model {
     /// resizing run in Rust on all cores. `names` (e.g. the source paths) name the images in
     /// errors. Ray's batch predictor calls this.
     #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None, thresh=0.5))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments, each one a parameter
     fn predict_encoded(
         &self,
         py: Python<'_>,

@@ -23,7 +23,7 @@ pub struct Context<'a> {
 /// dozens of images stays a few MB.
 const THUMB: u32 = 192;
 
-/// A top-loss image as the model saw it (the validation transform), scaled to [`THUMB`] pixels;
+/// A top-loss image as the model saw it (the validation transform), scaled to 192 pixels;
 /// `None` when the file can no longer be read (it is then listed without a picture).
 pub fn thumbnail(bundle: &Bundle, path: &std::path::Path, max_file_bytes: u64) -> Option<RgbImage> {
     let img = decode_file(path, max_file_bytes).ok()?;

@@ -50,12 +50,12 @@ pub enum SplitError {
     NoTest(PathBuf),
 }
 
+/// Every image with its split, and the files left out.
+pub type Labelled = (Vec<(Item, SplitChoice)>, Vec<Skip>);
+
 /// Every image of `data` with the split it belongs to under the model's recorded split: the train
 /// and valid sets exactly as `finetune train` drew them, then `data/test/` when present.
-pub fn labelled(
-    info: &ModelInfo,
-    data: &Path,
-) -> Result<(Vec<(Item, SplitChoice)>, Vec<Skip>), SplitError> {
+pub fn labelled(info: &ModelInfo, data: &Path) -> Result<Labelled, SplitError> {
     let kind = &info.data.as_ref().ok_or(SplitError::NotRecorded)?.split;
     let split = match kind {
         SplitKind::Random { valid_pct, seed } => items::split(data, *valid_pct, *seed)?,
