@@ -80,6 +80,10 @@ pub(crate) fn row_dict<'py>(py: Python<'py>, r: &EpochRow) -> PyResult<Bound<'py
     d.set_item("valid_loss", r.valid_loss)?;
     d.set_item("error_rate", r.error_rate)?;
     d.set_item("accuracy", r.accuracy)?;
+    if let Some(f1) = r.f1 {
+        // Multi-label: `accuracy` is accuracy_multi, `f1` the samples-averaged F1.
+        d.set_item("f1", f1)?;
+    }
     d.set_item("seconds", r.seconds)?;
     d.set_item("best", r.best)?;
     Ok(d)
@@ -97,6 +101,9 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
             _ => r.accuracy,
         });
         d.set_item(key, v)?;
+    }
+    if let Some(f1) = last.and_then(|r| r.f1) {
+        d.set_item("f1", f1)?;
     }
     d.set_item("model", o.out.display().to_string())?;
     d.set_item("interrupted", o.interrupted)?;

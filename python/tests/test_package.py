@@ -259,6 +259,43 @@ def test_labels_from_a_csv_are_the_clis(tmp_path):
     assert "line 3: hat/x.jpg is listed again (first on line 2)" in str(e.value)
 
 
+def test_multi_label_is_the_clis(tmp_path):
+    """`label_delim=` is `--label-delim`: the same epoch table (accuracy_multi, F1) for the same CSV, and
+    `predict(thresh=...)` lists the labels above the threshold exactly as `finetune predict --thresh`."""
+    rows = ["file,tags"]
+    for i, p in enumerate(sorted((SAMPLE / "train").glob("*/*"))):
+        extra = " worn" if p.parent.name in ("hat", "shoes") else ""
+        rows.append(f"{p.parent.name}/{p.name},{p.parent.name}{extra}")
+    labels = tmp_path / "tags.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    common = dict(arch="resnet18", random_init=True, size=32, bs=16, epochs=1, device="cpu", quiet=True)
+    got = finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "py"), labels=str(labels), fn_col="file",
+                         label_col="tags", label_delim=" ", **common)
+    cli("train", SAMPLE / "train", "--out", tmp_path / "cli", "--arch", "resnet18", "--random-init", "--size", 32,
+        "--bs", 16, "--epochs", 1, "--device", "cpu", "--quiet", "--labels", labels, "--fn-col", "file",
+        "--label-col", "tags", "--label-delim", " ")
+    with open(tmp_path / "cli" / "metrics.csv") as f:
+        want = list(csv.DictReader(f))
+    assert "f1_score" in want[0]
+    for g, w in zip(got["history"], want):
+        for k, c in (("train_loss", "train_loss"), ("valid_loss", "valid_loss"), ("accuracy", "accuracy"),
+                     ("f1", "f1_score")):
+            assert abs(g[k] - float(w[c])) <= 1e-6, (k, g, w)
+    info = json.loads((tmp_path / "py" / "model.json").read_text())
+    assert info["task"] == "multi_label"
+    assert info["classes"] == ["hat", "pants", "shoes", "t-shirt", "worn"]
+    m = finetune.load(tmp_path / "py", device="cpu")
+    paths = sorted((SAMPLE / "test").glob("*/*"))[:12]
+    for thresh in (0.3, 0.5):
+        py = m.predict(paths, thresh=thresh)
+        _, out, _ = cli("predict", "--json", "--thresh", thresh, "--device", "cpu", tmp_path / "py", *paths)
+        for p, r in zip(py, json.loads(out)):
+            assert_same(p, [(x["label"], x["probability"]) for x in r["predictions"]])
+            assert all(s > thresh for _, s in p)
+    with pytest.raises(ValueError, match="must be between 0 and 1"):
+        m.predict(paths, thresh=1.5)
+
+
 def test_tta_equals_the_clis(photos, tmp_path):
     """`tta=` gives `finetune predict --tta`'s probabilities, for files, pixels and bytes alike; on a
     model trained with a random crop and `augment`, TTA changes them."""
