@@ -190,6 +190,71 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
         assert!(a.len() <= b.len());
     }
 
+    // serve answers with the same label sets for ?thresh=, and refuses a threshold out of (0, 1).
+    let mut child = bin()
+        .arg("serve")
+        .arg(&model)
+        .args(["--port", "0", "--device", "cpu", "--threads", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let ask = |query: &str, f: &Path| {
+        ureq::post(&format!("{base}/predictions/m{query}"))
+            .set("Content-Type", "image/jpeg")
+            .send_bytes(&std::fs::read(f).unwrap())
+    };
+    let low = predict_json(
+        bin()
+            .args(["predict", "--json", "--device", "cpu", "--thresh", "0.3"])
+            .arg(&model)
+            .args(&files[..6]),
+    );
+    for (f, want) in files[..6].iter().zip(&low) {
+        let v: Value =
+            serde_json::from_str(&ask("?thresh=0.3", f).unwrap().into_string().unwrap()).unwrap();
+        let got: Vec<(String, f64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["label"].as_str().unwrap().to_string(),
+                    p["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.0, w.0);
+            assert!((g.1 - w.1).abs() < 1e-5);
+        }
+    }
+    match ask("?thresh=1", &files[0]) {
+        Err(ureq::Error::Status(400, r)) => {
+            assert!(r.into_string().unwrap().contains("between 0 and 1"))
+        }
+        other => panic!("thresh=1 must be 400: {other:?}"),
+    }
+
     // The ONNX export's probabilities are sigmoids, and it says so.
     let onnx = tmp.path().join("m.onnx");
     let o = run(bin()
