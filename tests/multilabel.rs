@@ -4,6 +4,9 @@
 //! labels above the threshold
 //! and agrees with `evaluate`; the bundle, metrics.csv and the ONNX export say multi-label.
 
+// ureq's error is large; these closures only hand it to an assertion.
+#![allow(clippy::result_large_err)]
+
 mod common;
 use common::*;
 use serde_json::Value;
@@ -254,6 +257,69 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
         }
         other => panic!("thresh=1 must be 400: {other:?}"),
     }
+
+    // The cleaner lists a label's images by their label set's binary cross-entropy; relabelling is
+    // for the CSV, deleting works.
+    let mut child = bin()
+        .args([
+            "clean",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--model",
+        ])
+        .arg(&model)
+        .arg(&train_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _clean = Kill(child);
+    let url = line
+        .split("open ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let items: Value = serde_json::from_str(
+        &ureq::get(&format!("{url}/api/items?class=hat"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let items = items.as_array().unwrap();
+    assert_eq!(items.len(), 160, "hat is in half the pairs");
+    let losses: Vec<f64> = items.iter().map(|i| i["loss"].as_f64().unwrap()).collect();
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]));
+    assert!(items
+        .iter()
+        .all(|i| i["label"].as_str().unwrap().split(' ').any(|l| l == "hat")));
+    let first = &items[0]["id"];
+    let post = |body: &str| {
+        ureq::post(&format!("{url}/api/items/{first}"))
+            .set("Content-Type", "application/json")
+            .send_string(body)
+    };
+    match post(r#"{"action": "move", "label": "pants"}"#) {
+        Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap().contains("CSV")),
+        other => panic!("a move of a CSV-labelled image must be 400: {other:?}"),
+    }
+    assert!(post(r#"{"action": "delete"}"#).is_ok());
+    let gone = train_dir.join(items[0]["path"].as_str().unwrap().trim_start_matches("./"));
+    assert!(!gone.exists());
 
     // The ONNX export's probabilities are sigmoids, and it says so.
     let onnx = tmp.path().join("m.onnx");

@@ -94,6 +94,8 @@ pub struct Cleaner {
     model_classes: Vec<String>,
     classes: Vec<String>,
     csv: Option<PathBuf>,
+    /// Multi-label models: the label cells' delimiter.
+    delim: Option<String>,
     scoring: Scoring,
 }
 
@@ -107,6 +109,7 @@ impl Cleaner {
             model_classes: Vec::new(),
             classes: Vec::new(),
             csv: None,
+            delim: None,
             scoring,
         };
         c.rescore()?;
@@ -134,9 +137,15 @@ impl Cleaner {
         for s in &skipped {
             eprintln!("warning: skipping {s}");
         }
-        self.csv = match b.info.data.as_ref().map(|d| &d.split) {
-            Some(crate::data::items::SplitKind::Csv { labels, .. }) => Some(labels.path.clone()),
-            _ => None,
+        (self.csv, self.delim) = match b.info.data.as_ref().map(|d| &d.split) {
+            Some(crate::data::items::SplitKind::Csv { labels, .. }) => (
+                Some(labels.path.clone()),
+                labels
+                    .label_delim
+                    .clone()
+                    .filter(|_| b.info.task.is_multi()),
+            ),
+            _ => (None, None),
         };
         let paths: Vec<PathBuf> = items.iter().map(|(i, _)| i.path.clone()).collect();
         let preds = predict(&b, &paths, &self.scoring.opts);
@@ -154,12 +163,22 @@ impl Cleaner {
         self.model_classes = b.info.classes.clone();
         let mut classes = self.model_classes.clone();
         for e in &self.entries {
-            if !classes.contains(&e.label) {
-                classes.push(e.label.clone());
+            for l in self.labels_of(&e.label) {
+                if !classes.iter().any(|c| c == l) {
+                    classes.push(l.to_string());
+                }
             }
         }
         self.classes = classes;
         Ok(())
+    }
+
+    /// An image's labels: its class, or for a multi-label model each label of its cell.
+    fn labels_of<'a>(&'a self, label: &'a str) -> Vec<&'a str> {
+        match &self.delim {
+            Some(d) => crate::data::dataset::split_labels(label, d).collect(),
+            None => vec![label],
+        }
     }
 
     /// The model's classes, then any other class folder of the data.
@@ -178,6 +197,9 @@ impl Cleaner {
 
     fn view(&self, id: usize) -> ItemView {
         let e = &self.entries[id];
+        if self.delim.is_some() {
+            return self.view_multi(id);
+        }
         let top = e.probs.as_ref().and_then(|p| {
             p.iter()
                 .enumerate()
@@ -202,13 +224,70 @@ impl Cleaner {
         }
     }
 
+    /// A multi-label image: the labels above 0.5 as its prediction (their lowest probability
+    /// beside it) and fastai's `BCEWithLogitsLossFlat` of its label set as its loss.
+    fn view_multi(&self, id: usize) -> ItemView {
+        let e = &self.entries[id];
+        let truth = self.labels_of(&e.label);
+        let mut predicted = None;
+        let mut probability = None;
+        let mut loss = None;
+        if let Some(p) = &e.probs {
+            let above = crate::infer::predict::decide(
+                p,
+                crate::bundle::Task::MultiLabel,
+                0,
+                crate::bundle::DEFAULT_THRESH,
+            );
+            predicted = Some(
+                above
+                    .iter()
+                    .map(|(i, _)| self.model_classes[*i].as_str())
+                    .collect::<Vec<_>>()
+                    .join(self.delim.as_deref().unwrap_or(" ")),
+            );
+            probability = above.last().map(|(_, v)| *v as f64);
+            let known = truth
+                .iter()
+                .all(|t| self.model_classes.iter().any(|c| c == t));
+            loss = known.then(|| {
+                let bce: f64 = self
+                    .model_classes
+                    .iter()
+                    .zip(p)
+                    .map(|(c, &q)| {
+                        let q = (q as f64).clamp(1e-12, 1.0 - 1e-12);
+                        if truth.contains(&c.as_str()) {
+                            -q.ln()
+                        } else {
+                            -(1.0 - q).ln()
+                        }
+                    })
+                    .sum();
+                bce / self.model_classes.len().max(1) as f64
+            });
+        }
+        ItemView {
+            id: id as u64,
+            path: self
+                .trash
+                .rel(&e.path)
+                .unwrap_or_else(|_| e.path.display().to_string()),
+            label: e.label.clone(),
+            split: e.split,
+            predicted,
+            probability,
+            loss,
+        }
+    }
+
     /// The images of `class` (all classes: `None`) in `split`, not deleted, in `sort` order.
     pub fn items(&self, class: Option<&str>, split: SplitChoice, sort: Sort) -> Vec<ItemView> {
         let mut v: Vec<ItemView> = (0..self.entries.len())
             .filter(|&i| {
                 let e = &self.entries[i];
                 !e.deleted
-                    && class.is_none_or(|c| e.label == c)
+                    && class.is_none_or(|c| self.labels_of(&e.label).contains(&c))
                     && (split == SplitChoice::All || e.split == split)
             })
             .map(|i| self.view(i))
@@ -243,7 +322,18 @@ impl Cleaner {
         }
         let (label, deleted, at) = match action {
             Action::Delete => {
-                let (_, at) = self.trash.delete(&e.path, &e.label)?;
+                // CSV labels need not be folder names (`a/b`, sets): their trash folder is the
+                // image's own folder's name.
+                let bucket = match &self.csv {
+                    None => e.label.clone(),
+                    Some(_) => e
+                        .path
+                        .parent()
+                        .and_then(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "images".into()),
+                };
+                let (_, at) = self.trash.delete(&e.path, &bucket)?;
                 (e.label.clone(), true, at)
             }
             Action::Move(label) => {

@@ -33,6 +33,12 @@ pub struct Args {
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     anyhow::ensure!(a.top > 0, "--top must be at least 1");
     let b = bundle::load(&a.model, a.compute.runtime()?)?;
+    anyhow::ensure!(
+        !b.info.task.is_multi(),
+        "{} is a multi-label model: it has no confusion matrix or single top-loss class; \
+         `finetune evaluate MODEL IMAGES --labels CSV` reports it per label",
+        a.model.display()
+    );
     let opts = a.tta.options(max_file_bytes)?;
     let ev = match a.split {
         None => evaluate(&b, &a.data, a.top, &opts, None)?,
