@@ -7,26 +7,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::OnceLock;
-
-/// A tiny model trained on the embedded sample (train/ split at random; test/ beside it).
-fn model() -> &'static (tempfile::TempDir, PathBuf) {
-    static M: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let m = tmp.path().join("m");
-        let o = run(tiny_train(1)
-            .args(["--arch", "resnet18", "--threads", "1", "--quiet"])
-            .arg("--out")
-            .arg(&m)
-            .arg(repo().join("assets/sample")));
-        assert!(o.status.success(), "train: {}", o.stderr);
-        (tmp, m)
-    })
-}
+use std::process::Stdio;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -69,32 +52,30 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 }
 
 struct Cleaner {
-    child: Child,
+    _child: KillOnDrop,
     addr: String,
 }
 
 impl Cleaner {
     fn start(data: &Path) -> Cleaner {
-        let mut child = bin()
-            .args(["clean", "--device", "cpu", "--threads", "1", "--port", "0"])
-            .arg("--model")
-            .arg(&model().1)
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_first_line(
+            bin()
+                .args(["clean", "--device", "cpu", "--threads", "1", "--port", "0"])
+                .arg("--model")
+                .arg(sample_model())
+                .arg(data)
+                .stderr(Stdio::inherit()),
+        );
         let addr = line
             .split("http://")
             .nth(1)
             .and_then(|r| r.split('/').next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
-        Cleaner { child, addr }
+        Cleaner {
+            _child: child,
+            addr,
+        }
     }
 
     /// One raw HTTP/1.1 request (the path is sent exactly as given); (status, JSON or null).
@@ -143,13 +124,6 @@ impl Cleaner {
     }
 }
 
-impl Drop for Cleaner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn dechunk(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = b;
@@ -193,7 +167,7 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
             "cpu",
         ])
         .args(["--threads", "1"])
-        .arg(&model().1)
+        .arg(sample_model())
         .arg(data.join("test")));
     let ev: Value = serde_json::from_str(&o.stdout).unwrap();
     for (item, want) in test.iter().zip(ev["top_losses"].as_array().unwrap()) {
@@ -215,7 +189,7 @@ fn api_deletes_moves_undoes_and_restore_gives_the_folder_back() {
     assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
     let valid = c.items("split=valid");
     let n_valid: Value =
-        serde_json::from_str(&std::fs::read_to_string(model().1.join("model.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(sample_model().join("model.json")).unwrap())
             .unwrap();
     assert_eq!(
         valid.len() as u64,
@@ -469,31 +443,15 @@ fn two_clients_at_once_leave_a_consistent_folder_and_log() {
 /// leave a consistent folder; then `--restore` gives the folder back.
 #[test]
 fn browser_page_cleans_with_keys_and_buttons() {
-    let chromium =
-        std::env::var("FINETUNE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return skip(
-            "no Chromium at /usr/bin/chromium (or $FINETUNE_CHROMIUM)",
-            "apt-get install chromium",
-        );
-    }
-    let py = python();
-    let has_playwright = std::process::Command::new(&py)
-        .args(["-c", "import playwright"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_playwright {
-        return skip(
-            "no playwright in the venv",
-            "run `make test`: scripts/setup-venv.sh installs it",
-        );
-    }
+    let Some(chromium) = browser() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     copy_dir(&repo().join("assets/sample"), &data);
     let before = snapshot(&data);
     let c = Cleaner::start(&data);
-    let mut cmd = std::process::Command::new(&py);
+    let mut cmd = std::process::Command::new(python());
     cmd.arg(repo().join("tests/browser/clean_test.py"))
         .arg(format!("http://{}", c.addr))
         .arg(&data)

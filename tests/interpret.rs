@@ -5,24 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-/// A tiny model on the embedded sample (its train/ folder, a seeded random split).
-fn model() -> &'static (tempfile::TempDir, PathBuf) {
-    static M: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let m = tmp.path().join("m");
-        let o = run(tiny_train(1)
-            .args(["--arch", "resnet18", "--threads", "1", "--quiet"])
-            .arg("--out")
-            .arg(&m)
-            .arg(repo().join("assets/sample/train")));
-        assert!(o.status.success(), "train: {}", o.stderr);
-        (tmp, m)
-    })
-}
+use std::path::Path;
 
 fn attr(tag: &str, name: &str) -> Option<String> {
     let key = format!("{name}=\"");
@@ -89,7 +72,7 @@ fn interpret(args: &[&str], data: &Path, out: &Path) -> String {
     let o = run(bin()
         .args(["interpret", "--device", "cpu", "--threads", "1"])
         .args(args)
-        .arg(&model().1)
+        .arg(sample_model())
         .arg(data)
         .arg("--out")
         .arg(out));
@@ -110,7 +93,7 @@ fn report_shows_evaluates_top_losses_in_order_and_its_confusion_matrix() {
     let o = run(bin()
         .args(["evaluate", "--json", "--top-losses", "8", "--device", "cpu"])
         .args(["--threads", "1"])
-        .arg(&model().1)
+        .arg(sample_model())
         .arg(&test));
     assert!(o.status.success(), "{}", o.stderr);
     let ev: Value = serde_json::from_str(&o.stdout).unwrap();
@@ -194,11 +177,11 @@ fn split_valid_is_the_valid_set_the_model_was_measured_on() {
     let tmp = tempfile::tempdir().unwrap();
     let html = interpret(
         &["--split", "valid", "--top", "3"],
-        &repo().join("assets/sample/train"),
+        &repo().join("assets/sample"),
         &tmp.path().join("v.html"),
     );
     let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(model().1.join("model.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(sample_model().join("model.json")).unwrap())
             .unwrap();
     let acc = info["metrics"]["accuracy"].as_f64().unwrap();
     let n = info["data"]["valid_images"].as_u64().unwrap();
@@ -222,7 +205,7 @@ fn bad_requests_are_refused_with_the_fix() {
     refused(
         bin()
             .args(["interpret", "--device", "cpu", "--split", "test"])
-            .arg(&model().1)
+            .arg(sample_model())
             .arg(repo().join("assets/sample/train"))
             .arg("--out")
             .arg(&out),
@@ -231,7 +214,7 @@ fn bad_requests_are_refused_with_the_fix() {
     refused(
         bin()
             .args(["interpret", "--device", "cpu", "--top", "0"])
-            .arg(&model().1)
+            .arg(sample_model())
             .arg(repo().join("assets/sample/test"))
             .arg("--out")
             .arg(&out),

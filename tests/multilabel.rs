@@ -194,27 +194,14 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
     }
 
     // serve answers with the same label sets for ?thresh=, and refuses a threshold out of (0, 1).
-    let mut child = bin()
-        .arg("serve")
-        .arg(&model)
-        .args(["--port", "0", "--device", "cpu", "--threads", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child);
+    let (_serve, line) = spawn_first_line(bin().arg("serve").arg(&model).args([
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]));
     let base = line
         .trim()
         .strip_prefix("listening on ")
@@ -260,29 +247,13 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
 
     // The cleaner lists a label's images by their label set's binary cross-entropy; relabelling is
     // for the CSV, deleting works.
-    let mut child = bin()
-        .args([
-            "clean",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--model",
-        ])
-        .arg(&model)
-        .arg(&train_dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let _clean = Kill(child);
+    let (_clean, line) = spawn_first_line(
+        bin()
+            .args(["clean", "--port", "0", "--device", "cpu", "--threads", "1"])
+            .arg("--model")
+            .arg(&model)
+            .arg(&train_dir),
+    );
     let url = line
         .split("open ")
         .nth(1)

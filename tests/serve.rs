@@ -911,25 +911,10 @@ fn silent_and_slow_clients_are_cut_off_after_the_header_timeout() {
 /// browser, the fake webcam) shows exactly what the API answers for the bytes the page sent.
 #[test]
 fn browser_page_matches_the_api() {
-    let chromium =
-        std::env::var("FINETUNE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        return common::skip(
-            "no Chromium at /usr/bin/chromium (or $FINETUNE_CHROMIUM)",
-            "apt-get install chromium",
-        );
-    }
+    let Some(chromium) = common::browser() else {
+        return;
+    };
     let py = common::python();
-    let has_playwright = std::process::Command::new(&py)
-        .args(["-c", "import playwright"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_playwright {
-        return common::skip(
-            "no playwright in the venv",
-            "run `make test`: scripts/setup-venv.sh installs it",
-        );
-    }
     let s = Server::start(&[]);
     let files = images();
     let mut cmd = std::process::Command::new(&py);

@@ -5,9 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 
 /// Two tiny bundles on the same data: `crop` (random crop window + `--augment`, so TTA has
@@ -180,25 +178,14 @@ fn serve_tta_answers_like_predict_tta() {
     let m = model("crop");
     let fs = files();
     let want = predict(&m, &fs, &["--tta"]);
-    let mut child = bin()
-        .arg("serve")
-        .arg(&m)
-        .args(["--port", "0", "--device", "cpu", "--threads", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child);
+    let (_serve, line) = spawn_first_line(bin().arg("serve").arg(&m).args([
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]));
     let base = line
         .trim()
         .strip_prefix("listening on ")

@@ -210,18 +210,12 @@ impl Cleaner {
             let k = self.model_classes.iter().position(|c| *c == e.label)?;
             Some(-(p[k].max(1e-12) as f64).ln())
         });
-        ItemView {
-            id: id as u64,
-            path: self
-                .trash
-                .rel(&e.path)
-                .unwrap_or_else(|_| e.path.display().to_string()),
-            label: e.label.clone(),
-            split: e.split,
-            predicted: top.as_ref().map(|t| t.0.clone()),
-            probability: top.map(|t| t.1),
+        self.item_view(
+            id,
+            top.as_ref().map(|t| t.0.clone()),
+            top.map(|t| t.1),
             loss,
-        }
+        )
     }
 
     /// A multi-label image: the labels above 0.5 as its prediction (their lowest probability
@@ -267,6 +261,17 @@ impl Cleaner {
                 bce / self.model_classes.len().max(1) as f64
             });
         }
+        self.item_view(id, predicted, probability, loss)
+    }
+
+    fn item_view(
+        &self,
+        id: usize,
+        predicted: Option<String>,
+        probability: Option<f64>,
+        loss: Option<f64>,
+    ) -> ItemView {
+        let e = &self.entries[id];
         ItemView {
             id: id as u64,
             path: self

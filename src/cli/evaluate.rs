@@ -45,24 +45,37 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         &opts,
         a.labels.csv().as_ref(),
     )?;
-    for (p, why) in &ev.skipped {
-        eprintln!("warning: skipped {}: {why}", p.display());
-    }
     if let Some(p) = &a.plot {
         std::fs::write(p, ev.confusion_svg())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
         eprintln!("confusion matrix plot: {}", p.display());
     }
+    let save = || ev.save(&a.model, &a.test_dir);
+    report(&a, &ev.skipped, save, &ev, ev.to_text())
+}
+
+/// What both kinds of evaluation end with: a warning per skipped file, `--save` into the bundle,
+/// then the report as JSON or text.
+fn report(
+    a: &Args,
+    skipped: &[(PathBuf, String)],
+    save: impl FnOnce() -> Result<(), bundle::BundleError>,
+    ev: &impl serde::Serialize,
+    text: String,
+) -> anyhow::Result<()> {
+    for (p, why) in skipped {
+        eprintln!("warning: skipped {}: {why}", p.display());
+    }
     if a.save {
-        ev.save(&a.model, &a.test_dir).map_err(|e| {
+        save().map_err(|e| {
             anyhow::anyhow!("cannot save the evaluation in {}: {e}", a.model.display())
         })?;
         eprintln!("evaluation saved in {}", a.model.display());
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&ev)?);
+        println!("{}", serde_json::to_string_pretty(ev)?);
     } else {
-        print!("{}", ev.to_text());
+        print!("{text}");
     }
     Ok(())
 }
@@ -76,6 +89,10 @@ fn run_multi(
 ) -> anyhow::Result<()> {
     finetune::infer::predict::check_thresh(a.thresh)
         .map_err(|e| anyhow::anyhow!("--thresh: {e}"))?;
+    anyhow::ensure!(
+        a.plot.is_none(),
+        "--plot draws a confusion matrix, which a multi-label model has not; see the per-label table"
+    );
     let recorded = b.info.data.as_ref().and_then(|d| match &d.split {
         finetune::data::items::SplitKind::Csv { labels, .. } => labels.label_delim.clone(),
         _ => None,
@@ -103,25 +120,8 @@ fn run_multi(
     )?;
     ev.skipped
         .extend(skipped.into_iter().map(|s| (s.path, s.reason)));
-    for (p, why) in &ev.skipped {
-        eprintln!("warning: skipped {}: {why}", p.display());
-    }
-    anyhow::ensure!(
-        a.plot.is_none(),
-        "--plot draws a confusion matrix, which a multi-label model has not; see the per-label table"
-    );
-    if a.save {
-        let mut v = serde_json::to_value(&ev)?;
-        v["test_dir"] = serde_json::json!(a.test_dir.display().to_string());
-        bundle::write_evaluation(&a.model, &v, "").map_err(|e| {
-            anyhow::anyhow!("cannot save the evaluation in {}: {e}", a.model.display())
-        })?;
-        eprintln!("evaluation saved in {}", a.model.display());
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&ev)?);
-    } else {
-        print!("{}", ev.to_text());
-    }
-    Ok(())
+    let mut v = serde_json::to_value(&ev)?;
+    v["test_dir"] = serde_json::json!(a.test_dir.display().to_string());
+    let save = || bundle::write_evaluation(&a.model, &v, "");
+    report(a, &ev.skipped, save, &ev, ev.to_text())
 }

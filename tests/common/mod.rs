@@ -464,3 +464,72 @@ pub mod http {
         (base, log)
     }
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with its stdout piped; returns it with the first line it prints (the servers print
+/// their address there).
+pub fn spawn_first_line(cmd: &mut Command) -> (KillOnDrop, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start finetune");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped stdout")),
+        &mut line,
+    )
+    .expect("read the first line");
+    (KillOnDrop(child), line)
+}
+
+/// Debian's Chromium and the venv's Playwright, which the browser tests drive; `None` (the test
+/// records its skip) when either is missing.
+pub fn browser() -> Option<PathBuf> {
+    let chromium = std::env::var_os("FINETUNE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        skip(
+            "no Chromium at /usr/bin/chromium (or $FINETUNE_CHROMIUM)",
+            "apt-get install chromium",
+        );
+        return None;
+    }
+    let has_playwright = Command::new(python())
+        .args(["-c", "import playwright"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_playwright {
+        skip(
+            "no playwright in the venv",
+            "run `make test`: scripts/setup-venv.sh installs it",
+        );
+        return None;
+    }
+    Some(chromium)
+}
+
+/// A tiny model (resnet18 from random weights, 32 px, one epoch after the frozen one) trained on
+/// the embedded sample (`assets/sample`: its train/ split at random, test/ beside it), once per test
+/// binary.
+pub fn sample_model() -> &'static Path {
+    static M: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &M.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("m");
+        let o = run(tiny_train(1)
+            .args(["--arch", "resnet18", "--threads", "1", "--quiet"])
+            .arg("--out")
+            .arg(&m)
+            .arg(repo().join("assets/sample")));
+        assert!(o.status.success(), "train: {}", o.stderr);
+        (tmp, m)
+    })
+    .1
+}
