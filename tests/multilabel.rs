@@ -194,19 +194,7 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
     }
 
     // serve answers with the same label sets for ?thresh=, and refuses a threshold out of (0, 1).
-    let (_serve, line) = spawn_first_line(bin().arg("serve").arg(&model).args([
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]));
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let (_serve, base) = serve_model(&model);
     let ask = |query: &str, f: &Path| {
         ureq::post(&format!("{base}/predictions/m{query}"))
             .set("Content-Type", "image/jpeg")

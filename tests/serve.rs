@@ -926,15 +926,7 @@ fn browser_page_matches_the_api() {
     if let Some(shot) = std::env::var_os("FINETUNE_SCREENSHOT") {
         cmd.arg("--screenshot").arg(shot);
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
-    assert_eq!(v["ok"], true);
+    let v = common::browser_script(&mut cmd);
     assert!(v["checked_requests"].as_u64().unwrap() >= 3);
 }
 

@@ -178,19 +178,7 @@ fn serve_tta_answers_like_predict_tta() {
     let m = model("crop");
     let fs = files();
     let want = predict(&m, &fs, &["--tta"]);
-    let (_serve, line) = spawn_first_line(bin().arg("serve").arg(&m).args([
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]));
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let (_serve, base) = serve_model(&m);
     let url = format!("{base}/predictions/crop");
     let ask = |query: &str, f: &Path| -> Result<Value, (u16, String)> {
         match ureq::post(&format!("{url}{query}"))

@@ -214,13 +214,7 @@ impl Evaluation {
             self.correct,
             self.total
         );
-        let w = self
-            .classes
-            .iter()
-            .map(|c| c.chars().count())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let w = name_width(&self.classes);
         s.push_str(&format!(
             "{:<w$}  {:>9}  {:>6}  {:>6}  {:>7}\n",
             "class", "precision", "recall", "f1", "support"
@@ -280,6 +274,16 @@ impl Evaluation {
         }
         s
     }
+}
+
+/// The width of a text table's first column: the longest class name, at least 5.
+pub(crate) fn name_width(names: &[String]) -> usize {
+    names
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5)
 }
 
 pub(crate) fn xml_escape(s: &str) -> String {

@@ -150,13 +150,7 @@ impl MultiEvaluation {
             self.total,
             if self.tta.is_some() { ", TTA" } else { "" }
         );
-        let w = self
-            .classes
-            .iter()
-            .map(|c| c.chars().count())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let w = super::evaluate::name_width(&self.classes);
         s.push_str(&format!(
             "{:<w$}  {:>9}  {:>6}  {:>6}  {:>7}  {:>9}\n",
             "label", "precision", "recall", "f1", "support", "predicted"

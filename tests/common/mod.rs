@@ -533,3 +533,37 @@ pub fn sample_model() -> &'static Path {
     })
     .1
 }
+
+/// `finetune serve MODEL` on a free port, 1 CPU thread; returns it with its base URL.
+pub fn serve_model(model: &Path) -> (KillOnDrop, String) {
+    let (child, line) = spawn_first_line(bin().arg("serve").arg(model).args([
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]));
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// Runs a browser test script (`cmd`, its arguments given); it must succeed and end with one JSON
+/// line saying `"ok": true`, which is returned.
+pub fn browser_script(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run the browser script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("a JSON summary");
+    assert_eq!(v["ok"], true);
+    v
+}
