@@ -51,3 +51,13 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${need[@]}"
 fi
+# Distributed training's c10d shim needs Gloo's headers (the torch wheel lacks them): Debian's
+# libgloo-dev, headers only. Installed when apt-get can (root or passwordless sudo); otherwise the
+# build goes on without distributed training and says so, and its tests skip (visibly).
+if [ ! -f /usr/include/gloo/algorithm.h ] && [ -z "${GLOO_INCLUDE_DIR:-}" ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  echo "setup: installing libgloo-dev (Gloo's headers, for distributed training)"
+  $SUDO apt-get install -y -q libgloo-dev >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q libgloo-dev >/dev/null 2>&1; } \
+    || echo "setup: could not install libgloo-dev; finetune builds without distributed training (apt-get install libgloo-dev, then rebuild)" >&2
+fi

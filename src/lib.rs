@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod clean;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod download;
 pub mod export;
 pub mod infer;

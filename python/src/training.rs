@@ -7,6 +7,7 @@ use finetune::data::augment::AugConfig;
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
+use finetune::train::distributed;
 use finetune::train::report::{table_header_for, table_row};
 use finetune::train::run::{Feedback, Outcome, Plan, Pretrained, Session, Settings};
 use finetune::train::{EpochRow, FineTune, Report};
@@ -132,7 +133,7 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
     mixup=None, cutmix=None, save_best=None, early_stop=None, labels=None, fn_col="0",
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
-    precision="auto", quiet=false, max_file_mb=None
+    precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train<'py>(
@@ -173,8 +174,19 @@ pub(crate) fn train<'py>(
     precision: &str,
     quiet: bool,
     max_file_mb: Option<u64>,
+    dist_backend: &str,
+    dist_timeout: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let dev = parse_device(device).map_err(device_err)?;
+    // Under torchrun (`python -m torch.distributed.run script.py`), one rank of a data-parallel
+    // run, exactly as `finetune train` under torchrun.
+    let launch =
+        finetune::dist::Launch::from_env().map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut dev = parse_device(device).map_err(device_err)?;
+    if let Some(l) = &launch {
+        dev = distributed::rank_device(l, dev);
+    }
+    let leader = launch.as_ref().is_none_or(|l| l.is_leader());
+    let quiet = quiet || !leader;
     let precision = precision
         .parse::<finetune::model::PrecisionChoice>()
         .map_err(PyValueError::new_err)?;
@@ -184,9 +196,16 @@ pub(crate) fn train<'py>(
         ..finetune::model::Runtime::from(dev)
     };
     let cap = crate::model::max_file_bytes(max_file_mb);
-    let plan = match resume {
-        Some(dir) => Plan::resume(&dir, data, cap),
-        None => {
+    let restarted = launch.as_ref().and_then(|l| {
+        let out = resume.clone().or(out.clone()).unwrap_or_else(|| {
+            finetune::train::run::default_out(data.as_deref().unwrap_or(std::path::Path::new("")))
+        });
+        distributed::restart_plan(l, &out, data.clone(), cap)
+    });
+    let plan = match (restarted, resume) {
+        (Some(plan), _) => plan,
+        (None, Some(dir)) => Plan::resume(&dir, data, cap),
+        (None, None) => {
             let Some(data) = data else {
                 return Err(PyTypeError::new_err(
                     "train() needs a data folder (or resume=DIR)",
@@ -276,6 +295,18 @@ pub(crate) fn train<'py>(
         }
     }
     .map_err(run_err)?;
+    let mut plan = plan;
+    plan.world = launch.as_ref().map_or(1, |l| l.world);
+    let replica = match &launch {
+        Some(l) => {
+            let opts = distributed::DistOptions {
+                backend: dist_backend.to_string(),
+                timeout: Duration::from_secs(dist_timeout.max(1)),
+            };
+            Some(distributed::join(l, &opts, dev).map_err(run_err)?)
+        }
+        None => None,
+    };
     // Training runs on its own thread while this one waits without the GIL, checking for Ctrl-C
     // (Python's handler only runs on the main thread, between calls into Python).
     let stop = Arc::new(AtomicBool::new(false));
@@ -296,6 +327,9 @@ pub(crate) fn train<'py>(
                     log: &mut log,
                 };
                 let mut session = Session::start(plan, rt, &mut fb)?;
+                if let Some(r) = replica {
+                    session.distribute(r)?;
+                }
                 session.learn.stop = stop_worker;
                 session.run(&mut PyReport {
                     quiet,

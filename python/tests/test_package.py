@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 import finetune
-from conftest import REPO, SAMPLE, bad_files, cli, cli_error, cli_predict
+from conftest import REPO, SAMPLE, bad_files, cli, cli_error, cli_predict, finetune_bin
 
 TOL = 1e-6
 
@@ -205,6 +206,40 @@ def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
         finetune.train(SAMPLE / "train", augment={"max_warp": 0.5}, out=tmp_path / "m")
     with pytest.raises(ValueError, match="unknown key `warp`"):
         finetune.train(SAMPLE / "train", augment={"warp": 0.5}, out=tmp_path / "m")
+
+
+def test_train_under_torchrun_is_the_clis_data_parallel_run(tmp_path):
+    """`python -m torch.distributed.run script.py` calling finetune.train: one data-parallel run of
+    two ranks, as `torchrun finetune train`: rank 0 alone writes the bundle, both return its metrics,
+    which equal the CLI's under torchrun for the same seed."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import json, os, sys, finetune\n"
+        f"r = finetune.train({str(SAMPLE / 'train')!r}, out={str(tmp_path / 'py')!r}, arch='resnet18',"
+        " random_init=True, size=32, bs=4, epochs=1, device='cpu', quiet=True)\n"
+        f"open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK']), 'w')"
+        ".write(json.dumps(r['history']))\n")
+    p = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, timeout=600, env=env,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([*torchrun, "--no-python", finetune_bin(), "train", str(SAMPLE / "train"), "--out",
+                        str(tmp_path / "cli"), "--arch", "resnet18", "--random-init", "--size", "32", "--bs", "4",
+                        "--epochs", "1", "--device", "cpu", "--quiet"],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    info = json.loads((tmp_path / "py" / "model.json").read_text())["training"]
+    assert (info["world_size"], info["global_batch"], info["dist_backend"]) == (2, 8, "gloo")
+    h0, h1 = (json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1))
+    assert h0 == h1, "the ranks returned different metrics"
+    with open(tmp_path / "cli" / "metrics.csv") as f:
+        want = list(csv.DictReader(f))
+    assert len(h0) == len(want) == 2
+    for g, w in zip(h0, want):
+        for k in ("train_loss", "valid_loss", "error_rate"):
+            assert abs(g[k] - float(w[k])) <= 1e-6, (k, g, w)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["cli", "py", "rank0", "rank1", "train.py"]
 
 
 def test_save_best_and_early_stop_are_the_clis(tmp_path):

@@ -152,6 +152,19 @@ pub struct TrainingInfo {
     pub precision: Option<crate::model::Precision>,
     pub interrupted: bool,
     pub seconds: f64,
+    /// A data-parallel run's processes, the batch each step saw (`bs × world_size`) and the
+    /// backend (absent for one process).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<Distributed>,
+}
+
+/// How a data-parallel run was spread (`training.world_size`, `training.global_batch`,
+/// `training.dist_backend` in model.json).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Distributed {
+    pub world_size: usize,
+    pub global_batch: usize,
+    pub dist_backend: crate::dist::Backend,
 }
 
 impl TrainingInfo {

@@ -18,8 +18,8 @@ mod write;
 
 pub use checkpoint::{Checkpoint, RngState, TrackerState, TrainState};
 pub use info::{
-    kept_row, DataInfo, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Monitor, Normalization,
-    Task, Tracking, TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
+    kept_row, DataInfo, Distributed, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Monitor,
+    Normalization, Task, Tracking, TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
 };
 pub use read::{
     load, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics, read_info,

@@ -1,6 +1,7 @@
 use finetune::bundle::Mix;
 use finetune::data::{DataConfig, DataLoaders, PadMode, ResizeMethod, Size};
 use finetune::model::{ArchSpec, Network};
+use finetune::train::distributed;
 use finetune::train::run::{self, Feedback, Plan, Pretrained, Session, Settings};
 use finetune::train::{ConsoleReport, FineTune};
 use std::path::PathBuf;
@@ -75,6 +76,13 @@ pub struct Args {
     quiet: bool,
     #[command(flatten)]
     compute: super::ComputeArgs,
+    /// Under torchrun: the c10d backend (auto: NCCL on CUDA when built in, else Gloo).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gloo", "nccl"])]
+    dist_backend: String,
+    /// Under torchrun: seconds any rank waits for the others (joining, each collective) before
+    /// it stops with an error naming the lost rank.
+    #[arg(long, value_name = "SECONDS", default_value_t = finetune::dist::DEFAULT_TIMEOUT_S)]
+    dist_timeout: u64,
 }
 
 /// `--augment` and its magnitudes, for train and show-batch.
@@ -273,10 +281,32 @@ fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
 
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
-    let rt = a.compute.runtime()?;
-    let mut plan = match &a.resume {
-        Some(dir) => Plan::resume(dir, a.data.clone(), max_file_bytes)?,
-        None => Plan::new(
+    // torchrun (or any launcher setting its variables) makes this one rank of a data-parallel run.
+    let launch = finetune::dist::Launch::from_env()?;
+    let mut rt = a.compute.runtime()?;
+    if let Some(l) = &launch {
+        rt.device = distributed::rank_device(l, rt.device);
+    }
+    let restarted = launch.as_ref().and_then(|l| {
+        let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| {
+            run::default_out(a.data.as_deref().unwrap_or(std::path::Path::new("")))
+        });
+        distributed::restart_plan(l, &out, a.data.clone(), max_file_bytes)
+    });
+    let leader = launch.as_ref().is_none_or(|l| l.is_leader());
+    let mut plan = match (restarted, &a.resume) {
+        (Some(plan), _) => {
+            let plan = plan?;
+            if leader {
+                eprintln!(
+                    "torchrun restarted the group: continuing {} from its checkpoint",
+                    plan.out.display()
+                );
+            }
+            plan
+        }
+        (None, Some(dir)) => Plan::resume(dir, a.data.clone(), max_file_bytes)?,
+        (None, None) => Plan::new(
             a.data.clone().unwrap_or_default(),
             a.out.clone(),
             a.force,
@@ -308,15 +338,42 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         )?,
     };
     plan.cache = a.data_opts.cache();
-    let session = Session::start(
+    plan.world = launch.as_ref().map_or(1, |l| l.world);
+    let opts = distributed::DistOptions {
+        backend: a.dist_backend.clone(),
+        timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
+    };
+    let replica = match &launch {
+        Some(l) => Some(distributed::join(l, &opts, rt.device)?),
+        None => None,
+    };
+    if let (Some(r), true) = (&replica, leader) {
+        eprintln!(
+            "distributed: {} processes ({}), --bs {} per process, global batch {}",
+            r.world(),
+            r.group.backend,
+            plan.cfg.bs,
+            plan.cfg.bs * r.world()
+        );
+    }
+    // Only rank 0 speaks; the others would repeat it.
+    let quiet = a.quiet || !leader;
+    let mut session = Session::start(
         plan,
         rt,
         &mut Feedback {
-            bar: &progress_bar(a.quiet),
-            download_bar: super::console::stderr_is_tty(),
-            log: &mut |m| eprintln!("{m}"),
+            bar: &progress_bar(quiet),
+            download_bar: leader && super::console::stderr_is_tty(),
+            log: &mut |m| {
+                if leader {
+                    eprintln!("{m}")
+                }
+            },
         },
     )?;
+    if let Some(r) = replica {
+        session.distribute(r)?;
+    }
     let stop = session.stop_flag();
     let _ = ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -326,6 +383,10 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
             "\nCtrl-C: finishing the current batch, then saving (press again to quit at once)"
         );
     });
+    if !leader {
+        session.run(&mut finetune::train::SilentReport)?;
+        return Ok(());
+    }
     let mut report = ConsoleReport::new(a.quiet);
     let o = session.run(&mut report)?;
     println!();

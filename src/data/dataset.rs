@@ -424,11 +424,15 @@ impl DataLoaders {
     }
 
     pub fn train_order<R: Rng>(&self, rng: &mut R) -> Vec<Vec<usize>> {
+        self.train_order_by(rng, self.cfg.bs)
+    }
+
+    /// [`Self::train_order`] in batches of `bs` (a data-parallel run's global batch, which each
+    /// rank then cuts into its share).
+    pub fn train_order_by<R: Rng>(&self, rng: &mut R, bs: usize) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..self.train.len()).collect();
         idx.shuffle(rng);
-        idx.chunks_exact(self.cfg.bs.max(1))
-            .map(<[usize]>::to_vec)
-            .collect()
+        idx.chunks_exact(bs.max(1)).map(<[usize]>::to_vec).collect()
     }
 
     /// (u8 NHWC images, i64 labels) for training items `idx` (random crop position when cropping).
@@ -439,10 +443,20 @@ impl DataLoaders {
     /// Validation batches in order, nothing dropped; each is made only when reached, so the
     /// validation set is never copied whole.
     pub fn valid_batches(&self) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        self.valid_shard(0, 1)
+    }
+
+    /// The validation images `rank`, `rank + world`, ... in batches (a data-parallel rank's share:
+    /// the shares together are the whole set, each image once, so summed metrics are the set's).
+    pub fn valid_shard(
+        &self,
+        rank: usize,
+        world: usize,
+    ) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
         let bs = self.cfg.bs.max(1);
-        let n = self.valid.len();
-        (0..n).step_by(bs).map(move |start| {
-            let idx: Vec<usize> = (start..(start + bs).min(n)).collect();
+        let mine: Vec<usize> = (rank..self.valid.len()).step_by(world.max(1)).collect();
+        let batches: Vec<Vec<usize>> = mine.chunks(bs).map(<[usize]>::to_vec).collect();
+        batches.into_iter().map(move |idx| {
             let mut rng = rand::rngs::mock::StepRng::new(0, 0);
             self.batch(&self.valid, &idx, false, &mut rng)
         })

@@ -15,6 +15,7 @@ pub use super::smooth_loss::SmoothLoss;
 use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking, DEFAULT_THRESH};
 use crate::data::augment::{self, AugConfig};
 use crate::data::DataLoaders;
+use crate::dist::{DistError, Replica};
 use crate::model::{Network, Precision};
 use rand::SeedableRng;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +72,11 @@ pub struct Learner {
     pub std: [f64; 3],
     /// `FINETUNE_PROFILE`: time every part of the loop (see [`PhaseTimes`]).
     profile: bool,
+    /// This process's place in a data-parallel run (see [`Self::distribute`]); `None` alone.
+    pub replica: Option<Replica>,
+    /// Why a data-parallel run stopped (a lost rank, diverged weights): training ends at once
+    /// and the run reports it.
+    pub dist_error: std::sync::Mutex<Option<DistError>>,
 }
 
 /// The data generator of a run with `seed` (shuffles, crops, augmentation and mixing draws); kept
@@ -93,6 +99,11 @@ fn loss_read_every(device: Device) -> usize {
 
 /// One optimisation step on a batch already on the device; returns the loss (detached, on the
 /// device, not read: reading it would synchronise with a GPU).
+///
+/// Data-parallel (`sync`): between backward and the step, the gradients are averaged over the
+/// ranks, so every replica takes the step one process would take on the global batch; the loss
+/// returned is the global batch's, and `stop` votes are summed in the same collective (the
+/// returned second tensor), so every rank stops after the same batch.
 #[allow(clippy::too_many_arguments)]
 fn step(
     net: &Network,
@@ -104,7 +115,8 @@ fn step(
     mom: f64,
     times: &mut PhaseTimes,
     profile: bool,
-) -> Tensor {
+    sync: Option<(&Replica, bool)>,
+) -> Result<(Tensor, Option<Tensor>), DistError> {
     let mut t = Timer::start(profile, net.device());
     let logits = net.forward_t(x, true);
     let loss = super::loss::loss(&logits, y, label_smoothing, mix);
@@ -112,9 +124,23 @@ fn step(
     opt.zero_grad();
     scaler.scale_loss(&loss).backward();
     t.lap(&mut times.backward);
+    let mut out = (loss.detach(), None);
+    if let Some((replica, stop)) = sync {
+        let grads = opt.grads();
+        let local = Tensor::stack(
+            &[
+                loss.detach().to_kind(Kind::Float),
+                Tensor::from(stop as i32 as f32).to_device(loss.device()),
+            ],
+            0,
+        );
+        let summed = replica.average_grads(&grads, &local)?;
+        out = (summed.get(0) / replica.world() as f64, Some(summed.get(1)));
+        t.lap(&mut times.sync);
+    }
     scaler.step(opt, lrs, mom);
     t.lap(&mut times.step);
-    loss.detach()
+    Ok(out)
 }
 
 /// (name, tensor, group, do_wd, is_bn) for every learnable parameter, in fastai's terms:
@@ -166,6 +192,65 @@ impl Learner {
             mean: net_stats.0,
             std: net_stats.1,
             profile: std::env::var_os("FINETUNE_PROFILE").is_some_and(|v| !v.is_empty()),
+            replica: None,
+            dist_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Makes this learner one replica of a data-parallel run: every variable (parameters and
+    /// BatchNorm statistics) becomes rank 0's, and from now on each epoch takes this rank's share
+    /// of every global batch of `bs × world` images, averages gradients and sums metrics.
+    pub fn distribute(&mut self, replica: Replica) -> Result<(), DistError> {
+        let vars: Vec<Tensor> = self.vars();
+        replica.broadcast_vars(&vars)?;
+        self.replica = Some(replica);
+        Ok(())
+    }
+
+    /// Every variable of the network, in a fixed order (the same on every rank).
+    fn vars(&self) -> Vec<Tensor> {
+        let mut v: Vec<(String, Tensor)> = self.net.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The variables that are not parameters (BatchNorm's running statistics), in a fixed order.
+    fn buffers(&self) -> Vec<Tensor> {
+        let params: std::collections::HashSet<String> =
+            self.net.param_names().iter().cloned().collect();
+        let mut v: Vec<(String, Tensor)> = self
+            .net
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(k, _)| !params.contains(k))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Training batches per epoch: global batches of `bs × world` (last incomplete one dropped).
+    pub fn n_batches(&self) -> usize {
+        self.dls.train.len() / self.global_bs().max(1)
+    }
+
+    /// The batch one optimisation step sees: `bs` alone, `bs × world` data-parallel.
+    pub fn global_bs(&self) -> usize {
+        self.dls.cfg.bs * self.replica.as_ref().map_or(1, Replica::world)
+    }
+
+    /// The error that stopped a data-parallel run, if one did.
+    pub fn dist_failure(&self) -> Option<DistError> {
+        self.dist_error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    fn dist_failed(&self) -> bool {
+        self.dist_error.lock().is_ok_and(|e| e.is_some())
+    }
+
+    fn fail(&self, e: DistError) {
+        if let Ok(mut slot) = self.dist_error.lock() {
+            slot.get_or_insert(e);
         }
     }
 
@@ -179,9 +264,30 @@ impl Learner {
         }
     }
 
-    /// The next epoch's training batches, as index lists (seeded shuffle).
+    /// The next epoch's training batches, as index lists (seeded shuffle). Data-parallel: every
+    /// rank draws the same permutation into global batches and takes its `bs` of each (rank 0
+    /// the first), so the ranks together see exactly the batches one process would.
     pub(crate) fn epoch_order(&mut self) -> Vec<Vec<usize>> {
-        self.dls.train_order(&mut self.rng)
+        let Some(r) = &self.replica else {
+            return self.dls.train_order(&mut self.rng);
+        };
+        let (rank, bs, global) = (r.rank(), self.dls.cfg.bs, self.global_bs());
+        self.dls
+            .train_order_by(&mut self.rng, global)
+            .into_iter()
+            .map(|b| b[rank * bs..(rank + 1) * bs].to_vec())
+            .collect()
+    }
+
+    /// The generator of this epoch's crops, augmentation and mixing draws: the data RNG alone;
+    /// data-parallel, one per (rank, phase, epoch), so ranks draw differently while the shared
+    /// RNG, used only for the shuffle, stays the same on all of them (and resumes exactly).
+    fn draw_rng(&self, phase: &str, epoch: usize) -> Option<rand_chacha::ChaCha8Rng> {
+        let r = self.replica.as_ref()?;
+        let base = epoch_seed(self.seed, phase, epoch) as u64;
+        Some(data_rng(
+            base ^ (r.rank() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ))
     }
 
     /// Images and labels of one training batch.
@@ -227,7 +333,8 @@ impl Learner {
         let (x, y, mixed) = spec.finish_train(batch);
         let mut times = PhaseTimes::default();
         let ls = self.label_smoothing;
-        step(
+        let sync = self.replica.as_ref().map(|r| (r, false));
+        match step(
             &self.net,
             &mut self.opt,
             &mut self.scaler,
@@ -237,8 +344,14 @@ impl Learner {
             mom,
             &mut times,
             false,
-        )
-        .double_value(&[])
+            sync,
+        ) {
+            Ok((loss, _)) => loss.double_value(&[]),
+            Err(e) => {
+                self.fail(e);
+                f64::NAN
+            }
+        }
     }
 
     /// Size-weighted mean validation loss and error rate, in eval mode.
@@ -253,8 +366,13 @@ impl Learner {
     /// over every label of every image) and `f1` its samples-averaged F1 (`F1ScoreMulti`).
     pub fn validate_metrics(&self) -> ValidMetrics {
         let spec = self.input_spec();
-        let n_batches = self.dls.valid.len().div_ceil(self.dls.cfg.bs.max(1));
-        let mut batches = self.dls.valid_batches();
+        let (rank, world) = self
+            .replica
+            .as_ref()
+            .map_or((0, 1), |r| (r.rank(), r.world()));
+        let mine = self.dls.valid.len().saturating_sub(rank).div_ceil(world);
+        let n_batches = mine.div_ceil(self.dls.cfg.bs.max(1));
+        let mut batches = self.dls.valid_shard(rank, world);
         let mut results: Vec<(Tensor, Tensor, Option<Tensor>, i64, i64)> = Vec::new();
         tch::no_grad(|| {
             overlapped(
@@ -294,6 +412,26 @@ impl Learner {
             n += bs;
             decisions += d;
         }
+        if let Some(r) = &self.replica {
+            // Every rank validated its share: the sums are the whole set's (counts stay exact in f64).
+            let multi = self.dls.is_multi_label();
+            let local = [
+                loss_sum,
+                correct as f64,
+                decisions as f64,
+                n as f64,
+                f1.unwrap_or(0.0),
+            ];
+            match r.sum(&local) {
+                Ok(s) if s.len() == 5 => {
+                    loss_sum = s[0];
+                    (correct, decisions, n) = (s[1] as i64, s[2] as i64, s[3] as i64);
+                    f1 = multi.then_some(s[4]);
+                }
+                Ok(_) => {}
+                Err(e) => self.fail(e),
+            }
+        }
         if n == 0 {
             return ValidMetrics {
                 loss: f64::NAN,
@@ -319,7 +457,7 @@ impl Learner {
         report: &mut dyn Report,
     ) {
         let lr_max = lr.per_group(self.n_groups());
-        let n_batches = self.dls.n_train_batches();
+        let n_batches = self.n_batches();
         let total = (n_batches * n_epochs).max(1) as f64;
         // Each fit tracks afresh (fastai's reset_on_fit); a checkpoint of this fit restores its state.
         self.tracker = TrackerState::default();
@@ -331,19 +469,26 @@ impl Learner {
             report.end_epoch(row);
         }
         for epoch in start..n_epochs {
-            if self.tracker.stopped {
+            if self.tracker.stopped || self.dist_failed() {
                 break;
             }
             let t0 = Instant::now();
-            tch::manual_seed(epoch_seed(self.seed, phase, epoch));
+            // Dropout masks: per rank too, so replicas do not drop the same units.
+            let rank = self.replica.as_ref().map_or(0, Replica::rank) as i64;
+            tch::manual_seed(epoch_seed(self.seed, phase, epoch).wrapping_add(rank));
             report.begin_epoch(epoch, n_batches);
             let order = self.epoch_order();
+            let mut own_draws = self.draw_rng(phase, epoch);
             let spec = self.input_spec();
             let read_every = loss_read_every(spec.device);
             let profile = self.profile;
             let mut times = PhaseTimes::default();
             // Losses not yet read back, with their batch index.
             let mut unread: Vec<(usize, Tensor)> = Vec::new();
+            // Data-parallel: the summed stop votes not yet read, and whether any rank asked.
+            let mut votes: Vec<Tensor> = Vec::new();
+            let mut voted_stop = false;
+            let mut failed: Option<DistError> = None;
             let Learner {
                 net,
                 dls,
@@ -356,19 +501,26 @@ impl Learner {
                 aug_config,
                 label_smoothing,
                 mix,
+                replica,
                 ..
             } = &mut *self;
             let aug = do_augment.then_some(*aug_config);
             let (dls, label_smoothing, mix) = (&*dls, *label_smoothing, *mix);
+            let draws = match own_draws.as_mut() {
+                Some(r) => r,
+                None => rng,
+            };
+            let replica = replica.as_ref();
             let (ran, overlap) = overlapped(
                 order.len(),
-                |i| spec.prepare_train(dls, &order[i], rng, aug.as_ref(), mix.as_ref()),
+                |i| spec.prepare_train(dls, &order[i], draws, aug.as_ref(), mix.as_ref()),
                 |i, batch| {
                     let (x, y, mixed) = spec.finish_train(batch);
                     let pos = (epoch * n_batches + i) as f64 / total;
                     let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
                     let mom = sched.mom(pos);
-                    let loss = step(
+                    let asked = stop.load(Ordering::Relaxed);
+                    let (loss, vote) = match step(
                         net,
                         opt,
                         scaler,
@@ -378,11 +530,29 @@ impl Learner {
                         mom,
                         &mut times,
                         profile,
-                    );
+                        replica.map(|r| (r, asked)),
+                    ) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    };
                     hypers.push((phase.to_string(), BatchHypers { lrs, mom }));
                     unread.push((i, loss));
-                    let stopping = stop.load(Ordering::Relaxed);
-                    if unread.len() >= read_every || stopping || i + 1 == n_batches {
+                    votes.extend(vote);
+                    // Alone, this process's flag; data-parallel, the votes every rank reads at
+                    // the same batch, so all stop together (never one waiting on the others).
+                    let read_now = unread.len() >= read_every || i + 1 == n_batches;
+                    let stopping = match replica {
+                        None => asked,
+                        Some(_) if read_now => {
+                            voted_stop |= votes.drain(..).any(|v| v.double_value(&[]) > 0.0);
+                            voted_stop
+                        }
+                        Some(_) => false,
+                    };
+                    if read_now || stopping {
                         let t = Instant::now();
                         read_losses(&mut unread, &mut smooth, report);
                         times.read += t.elapsed();
@@ -390,6 +560,14 @@ impl Learner {
                     !stopping
                 },
             );
+            if let Some(e) = failed {
+                self.fail(e);
+                report.message("distributed training failed: stopping");
+                return;
+            }
+            if voted_stop {
+                self.stop.store(true, Ordering::Relaxed);
+            }
             let t = Instant::now();
             read_losses(&mut unread, &mut smooth, report);
             times.read += t.elapsed();
@@ -399,10 +577,32 @@ impl Learner {
             if self.stop.load(Ordering::Relaxed) {
                 self.interrupted = true;
             }
+            if let Some(r) = &self.replica {
+                // BatchNorm's running statistics saw only this rank's images: rank 0's become
+                // everyone's, as DDP's broadcast_buffers does before each forward.
+                if let Err(e) = r.broadcast_vars(&self.buffers()) {
+                    self.fail(e);
+                    return;
+                }
+            }
             report.begin_validate();
             let t = Instant::now();
             let v = self.validate_metrics();
             times.validate = t.elapsed();
+            if let Some(r) = &self.replica {
+                // Cheap next to an epoch, and the proof that the replicas are one model.
+                match r.same_weights(&self.vars()) {
+                    Ok(true) => {}
+                    Ok(false) => self.fail(DistError::Diverged {
+                        phase: phase.to_string(),
+                        epoch,
+                    }),
+                    Err(e) => self.fail(e),
+                }
+            }
+            if self.dist_failed() {
+                return;
+            }
             let row = EpochRow {
                 phase: phase.to_string(),
                 epoch,
@@ -456,7 +656,7 @@ impl Learner {
                 report,
             );
         }
-        if self.interrupted || ft.epochs == 0 {
+        if self.interrupted || ft.epochs == 0 || self.dist_failed() {
             return;
         }
         let base = ft.base_lr / 2.0;
@@ -563,7 +763,7 @@ mod tests {
 
             // The serial loop, written out: what fit_one_cycle did before the producer thread.
             let lr_max = lr.per_group(b.n_groups());
-            let n_batches = b.dls.n_train_batches();
+            let n_batches = b.n_batches();
             let total = (n_batches * 2) as f64;
             let mut smooth = SmoothLoss::default();
             for epoch in 0..2 {

@@ -1,6 +1,7 @@
 //! Training: fastai's Adam, one-cycle schedules, `fine_tune`, `lr_find`.
 
 pub mod checkpoint;
+pub mod distributed;
 pub mod grad_scaler;
 pub mod learner;
 pub mod loss;

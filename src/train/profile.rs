@@ -16,6 +16,8 @@ pub struct PhaseTimes {
     pub forward: Duration,
     pub backward: Duration,
     pub step: Duration,
+    /// Data-parallel: averaging gradients across the ranks (between backward and step).
+    pub sync: Duration,
     /// Reading losses back to the host.
     pub read: Duration,
     pub validate: Duration,
@@ -25,12 +27,13 @@ impl PhaseTimes {
     pub fn line(&self, phase: &str, epoch: usize, total: f64) -> String {
         let s = |d: Duration| d.as_secs_f64();
         format!(
-            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + loss reads {:.2}s + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
+            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + gradient all-reduce {:.2}s + loss reads {:.2}s + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
             self.batches,
             s(self.wait),
             s(self.forward),
             s(self.backward),
             s(self.step),
+            s(self.sync),
             s(self.read),
             s(self.validate),
             (total
@@ -38,6 +41,7 @@ impl PhaseTimes {
                 - s(self.forward)
                 - s(self.backward)
                 - s(self.step)
+                - s(self.sync)
                 - s(self.read)
                 - s(self.validate))
             .max(0.0),

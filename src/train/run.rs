@@ -68,6 +68,14 @@ pub enum RunError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    #[error("{out} was trained on {then} process(es) and this run has {now}: resume it with the same number (the batch each step sees, and so the schedule, depends on it)")]
+    WorldChanged {
+        out: DisplayPath,
+        then: usize,
+        now: usize,
+    },
 }
 
 /// A path shown as `Path::display` shows it, so messages read as they did when the CLI built them.
@@ -224,6 +232,8 @@ pub struct Plan {
     pub tracking: Option<Tracking>,
     /// The bundle's record and checkpoint when resuming.
     pub resume: Option<(ModelInfo, Checkpoint)>,
+    /// How many data-parallel processes run this plan (1 alone; see `train::distributed`).
+    pub world: usize,
 }
 
 /// The settings of a new run (what `finetune train` takes on its command line).
@@ -309,6 +319,7 @@ impl Plan {
             mix: s.mix,
             tracking: s.tracking,
             resume: None,
+            world: 1,
         })
     }
 
@@ -366,6 +377,7 @@ impl Plan {
             mix: t.mix,
             tracking: t.tracking,
             resume: Some((info, ck)),
+            world: 1,
         })
     }
 
@@ -418,6 +430,11 @@ impl Plan {
                 precision: Some(learn.net.precision()),
                 interrupted,
                 seconds,
+                distributed: learn.replica.as_ref().map(|r| bundle::Distributed {
+                    world_size: r.world(),
+                    global_batch: learn.global_bs(),
+                    dist_backend: r.group.backend,
+                }),
             }),
             data: Some(DataInfo {
                 // Absolute, so `--resume` finds the data from any working folder.
@@ -441,7 +458,7 @@ impl Plan {
 /// a Ctrl-C handler) to end it after the current batch with a resumable bundle.
 pub struct Session {
     pub learn: Learner,
-    plan: Rc<Plan>,
+    pub(super) plan: Rc<Plan>,
     weights: Option<PathBuf>,
     device: tch::Device,
 }
@@ -482,6 +499,18 @@ impl Session {
             fb,
         )?;
         if let Some((info, ck)) = &plan.resume {
+            let then = info
+                .training
+                .as_ref()
+                .and_then(|t| t.distributed)
+                .map_or(1, |d| d.world_size);
+            if then != plan.world {
+                return Err(RunError::WorldChanged {
+                    out: dp(&plan.out),
+                    then,
+                    now: plan.world,
+                });
+            }
             let d = info.data.as_ref();
             let same = info.classes == dls.classes
                 && d.is_some_and(|d| {
@@ -569,7 +598,12 @@ impl Session {
             .and_then(|(i, _)| i.training.as_ref().map(|t| t.seconds))
             .unwrap_or(0.0);
         let (plan, weights, device) = (self.plan.clone(), self.weights.clone(), self.device);
+        // Data-parallel, only rank 0 writes: the replicas hold the same model.
+        let leader = self.learn.replica.as_ref().is_none_or(|r| r.is_leader());
         self.learn.on_epoch_end = Some(Box::new(move |l, report| {
+            if !leader {
+                return;
+            }
             let info = plan.model_info(
                 l,
                 &weights,
@@ -592,6 +626,9 @@ impl Session {
         let learn = &mut self.learn;
         learn.fine_tune(self.plan.ft, report);
         learn.on_epoch_end = None;
+        if let Some(e) = learn.dist_failure() {
+            return Err(e.into());
+        }
         let info = self.plan.model_info(
             learn,
             &self.weights,
@@ -604,7 +641,9 @@ impl Session {
         } else {
             None
         };
-        bundle::save(&self.plan.out, &learn.net, &info, &learn.rows, resume)?;
+        if leader {
+            bundle::save(&self.plan.out, &learn.net, &info, &learn.rows, resume)?;
+        }
         Ok(Outcome {
             out: self.plan.out.clone(),
             info,
