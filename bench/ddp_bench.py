@@ -49,12 +49,13 @@ def main():
     (data / "train").symlink_to(Path(a.data).resolve() / "train")
     (data / "valid").symlink_to(Path(a.data).resolve() / "validation")
     common = ["train", str(data), "--arch", "mobilenet_v2", "--weights", a.weights, "--size", "192",
-              "--epochs", str(a.epochs), "--freeze-epochs", "1", "--device", "cpu", "--quiet", "--force"]
+              "--device", "cpu", "--quiet", "--force"]
+    epochs = ["--epochs", str(a.epochs), "--freeze-epochs", "1"]
     env = {**os.environ, "FINETUNE_PROFILE": "1", "FINETUNE_IMAGE_CACHE": str(tmp / "cache")}
     # Warm the image cache first, so neither side pays for decoding.
     run([F, *common, "--epochs", "0", "--freeze-epochs", "0", "--out", str(tmp / "warm")], env)
-    one, _ = run([F, *common, "--bs", "64", "--threads", "2", "--out", str(tmp / "one")], env)
-    two, err = run([TORCHRUN, "--no-python", "--standalone", "--nproc-per-node", "2", F, *common, "--bs", "32",
+    one, _ = run([F, *common, *epochs, "--bs", "64", "--threads", "2", "--out", str(tmp / "one")], env)
+    two, err = run([TORCHRUN, "--no-python", "--standalone", "--nproc-per-node", "2", F, *common, *epochs, "--bs", "32",
                     "--threads", "1", "--out", str(tmp / "two")], {**env, "OMP_NUM_THREADS": "1"})
     accs = {}
     for k in ("one", "two"):

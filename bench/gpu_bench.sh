@@ -62,3 +62,29 @@ print(json.dumps({"job": "fine_tune(3) resnet18 192px", "train_images": info["da
                   "training_seconds": sum(float(r["seconds"]) for r in rows),
                   "process_seconds": end - start}))
 EOF
+
+# 3. Data-parallel on every GPU of the machine (NCCL; needs a build with FINETUNE_NCCL=1 on this
+#    machine: `FINETUNE_NCCL=1 cargo build --release --bin finetune`). The same seed-sized job, global
+#    batch 64 × GPUs, 1 GPU vs all of them; images/s from the epoch times in metrics.csv.
+NGPU=$($PY -c 'import torch; print(torch.cuda.device_count())')
+if [ "$DEVICE" = cuda ] && [ "$NGPU" -ge 2 ]; then
+  for n in 1 "$NGPU"; do
+    $PY -m torch.distributed.run --no-python --standalone --nproc-per-node "$n" $BIN train "$WORK/data" \
+      --arch resnet18 --random-init --epochs "$EPOCHS" --size 192 --bs 64 --device cuda --precision auto \
+      --dist-backend "${DIST_BACKEND:-auto}" --out "$WORK/ddp$n" --no-cache --quiet --force >/dev/null
+    $PY - "$WORK/ddp$n" "$n" <<'EOF2'
+import csv, json, sys
+out, n = sys.argv[1], int(sys.argv[2])
+rows = list(csv.DictReader(open(f"{out}/metrics.csv")))
+t = json.load(open(f"{out}/model.json"))["training"]
+images = json.load(open(f"{out}/model.json"))["data"]["train_images"]
+secs = sum(float(r["seconds"]) for r in rows if r["phase"] == "unfrozen")
+epochs = sum(1 for r in rows if r["phase"] == "unfrozen")
+print(json.dumps({"job": "data-parallel resnet18 192px", "gpus": n, "backend": t.get("dist_backend", "none"),
+                  "global_batch": t.get("global_batch", t["bs"]), "unfrozen_img_per_s": images * epochs / secs,
+                  "accuracy": rows[-1]["accuracy"]}))
+EOF2
+  done
+else
+  echo "data-parallel: skipped (needs 2+ GPUs; this machine has $NGPU)"
+fi
