@@ -5,7 +5,7 @@
 
 use super::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// A part of a network: trainable with tch, and exportable to ONNX by the same definition.
 pub trait Part: ModuleT + OnnxExport {}
@@ -200,6 +200,27 @@ pub fn same_padding(i: i64, k: i64, s: i64) -> (i64, i64) {
     (total / 2, total - total / 2)
 }
 
+impl Conv {
+    /// This convolution's geometry with other weights (the inference plan's folded ones).
+    fn forward_with(&self, x: &Tensor, ws: &Tensor, bs: Option<&Tensor>) -> Tensor {
+        let (padding, x) = match self.pad {
+            Pad::Torch => ([(self.k - 1) / 2; 2], x.shallow_clone()),
+            Pad::Same => {
+                let size = x.size();
+                let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+                let (t, b) = same_padding(h, self.k, self.stride);
+                let (l, r) = same_padding(w, self.k, self.stride);
+                if t == b && l == r {
+                    ([t, l], x.shallow_clone())
+                } else {
+                    ([0, 0], x.constant_pad_nd([l, r, t, b]))
+                }
+            }
+        };
+        x.conv2d(ws, bs, [self.stride, self.stride], padding, [1, 1], self.groups)
+    }
+}
+
 impl nn::Module for Conv {
     fn forward(&self, x: &Tensor) -> Tensor {
         if self.pad == Pad::Torch {
@@ -243,6 +264,8 @@ pub struct ConvBnAct {
     /// The BatchNorm's epsilon, for the export (tch keeps its own private).
     eps: f64,
     act: Act,
+    /// The inference plan's folded weight and bias, made at the first pass in the plan.
+    folded: std::sync::Mutex<Option<(Tensor, Tensor)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -311,12 +334,43 @@ impl ConvBnAct {
             bn: norm.bn(bn_path, c_out),
             eps: norm.eps,
             act: s.act,
+            folded: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The BatchNorm folded into the convolution with its eval statistics, in float32:
+    /// `W·s` and `β − μ·s` with `s = γ/√(σ² + ε)` per output channel, so `conv(x, W·s) + β − μ·s`
+    /// is `bn(conv(x, W))` up to rounding. The weight keeps the convolution's memory format.
+    pub fn fold(&self) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let bn = &self.bn;
+            let var = bn.running_var.to_kind(Kind::Float);
+            let mut scale = (var + self.eps).rsqrt();
+            if let Some(g) = &bn.ws {
+                scale = scale * g.to_kind(Kind::Float);
+            }
+            let shift = match &bn.bs {
+                Some(b) => b.to_kind(Kind::Float) - bn.running_mean.to_kind(Kind::Float) * &scale,
+                None => -(bn.running_mean.to_kind(Kind::Float) * &scale),
+            };
+            let ws = &self.conv.conv.ws;
+            let w = (ws.to_kind(Kind::Float) * scale.view([-1, 1, 1, 1])).to_kind(ws.kind());
+            let w = if ws.is_contiguous() { w.contiguous() } else { w };
+            (w, shift.to_kind(ws.kind()))
+        })
     }
 }
 
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        if !train && super::plan::active() {
+            let (w, b) = {
+                let mut slot = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+                let (w, b) = slot.get_or_insert_with(|| self.fold());
+                (w.shallow_clone(), b.shallow_clone())
+            };
+            return self.act.apply(self.conv.forward_with(x, &w, Some(&b)));
+        }
         self.act.apply(x.apply(&self.conv).apply_t(&self.bn, train))
     }
 }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod memory_format;
 pub mod network;
 pub mod onnx;
+pub mod plan;
 pub mod precision;
 pub mod registry;
 mod runtime;

@@ -1,0 +1,99 @@
+//! The inference plan (`src/model/plan.rs`): BatchNorm folded into the convolution before it, for
+//! networks whose weights no longer change. Its logits must be the network's own.
+
+mod common;
+use common::*;
+use finetune::model::{plan, Arch, Network};
+use tch::{Device, Kind, Tensor};
+
+/// Real photos of the sample at `size`, normalised as ImageNet weights expect.
+fn photos(size: i64) -> Tensor {
+    let mut imgs = Vec::new();
+    for class in ["hat", "pants", "shoes", "t-shirt"] {
+        let dir = repo().join("assets/sample/train").join(class);
+        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().take(2) {
+            let img = image::open(f).unwrap().to_rgb8();
+            let img = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::Triangle);
+            imgs.push(Tensor::from_slice(img.as_raw()).view([size, size, 3]));
+        }
+    }
+    let x = Tensor::stack(&imgs, 0).permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
+    let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([1, 3, 1, 1]);
+    (x - mean) / std
+}
+
+/// Every architecture, its BatchNorm statistics taken from real photos (train-mode passes, as
+/// training leaves them) so activations and logits have real sizes: the plan's logits equal the
+/// network's within 1e-4 of the logits' size (order 1–10), and the BatchNorm families do take the
+/// folded path (their logits are not bit-identical, the others' are).
+#[test]
+fn the_plans_logits_are_the_networks_for_every_arch() {
+    tch::set_num_threads(2);
+    let x = photos(64);
+    let mut report = Vec::new();
+    for arch in Arch::ALL {
+        tch::manual_seed(0);
+        let net = Network::classifier(arch, 4, Device::Cpu);
+        tch::no_grad(|| {
+            for _ in 0..10 {
+                let _ = tch::nn::ModuleT::forward_t(&net, &x, true);
+            }
+        });
+        let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
+        let before = plan::passes();
+        let folded = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
+        assert_eq!(plan::passes(), before + 1);
+        let size = plain.abs().max().double_value(&[]).max(1.0);
+        let diff = max_abs_diff(&plain, &folded) / size;
+        report.push(format!("{arch}: {diff:.1e} of {size:.1}"));
+        assert!(diff <= 1e-4, "{arch}: the plan's logits differ by {diff} of their size {size}");
+        let has_bn = net.vs.variables().keys().any(|k| k.ends_with("running_mean"));
+        let body_bn = net
+            .vs
+            .variables()
+            .keys()
+            .any(|k| k.starts_with("body") && k.ends_with("running_mean"));
+        if body_bn {
+            assert!(!plain.equal(&folded), "{arch}: nothing was folded");
+        } else {
+            assert!(!has_bn || plain.equal(&folded), "{arch}: changed without a BatchNorm to fold");
+        }
+        // Out of the plan, the same network is the unfolded one again.
+        let again = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
+        assert!(again.equal(&plain), "{arch}: the plan leaked out of its call");
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// The fold against one BatchNorm written out: conv(x, W) → (y − μ)/√(σ² + ε)·γ + β.
+#[test]
+fn a_folded_layer_equals_the_formula() {
+    use finetune::model::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad};
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(1);
+    let layer = ConvBnAct::new(&vs.root(), 3, 5, ConvSpec::new(3, 2, 1, Act::Relu), Norm::TORCH, Pad::Torch);
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        vars["1.running_mean"].shallow_clone().copy_(&Tensor::from_slice(&[0.5f32, -1.0, 0.0, 2.0, 0.1]));
+        vars["1.running_var"].shallow_clone().copy_(&Tensor::from_slice(&[0.25f32, 4.0, 1.0, 0.01, 9.0]));
+        vars["1.weight"].shallow_clone().copy_(&Tensor::from_slice(&[1.5f32, -0.5, 2.0, 0.3, 1.0]));
+        vars["1.bias"].shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.2, -0.3, 0.0, 1.0]));
+    });
+    let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
+    let y = x.conv2d(&vars["0.weight"], None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+    let v = |k: &str| vars[k].view([1, -1, 1, 1]);
+    let want = ((y - v("1.running_mean")) / (v("1.running_var") + 1e-5).sqrt() * v("1.weight")
+        + v("1.bias"))
+    .relu();
+    let got = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&layer, &x, false)));
+    let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&layer, &x, false));
+    assert!(max_abs_diff(&got, &want) < 1e-5, "{}", max_abs_diff(&got, &want));
+    assert!(max_abs_diff(&plain, &want) < 1e-5);
+    let (w, b) = layer.fold();
+    let s = (vars["1.running_var"].shallow_clone() + 1e-5).rsqrt() * &vars["1.weight"];
+    assert!(w.allclose(&(&vars["0.weight"] * s.view([-1, 1, 1, 1])), 0.0, 0.0, false));
+    assert!(b.allclose(&(&vars["1.bias"] - &vars["1.running_mean"] * &s), 1e-7, 1e-7, false));
+}
