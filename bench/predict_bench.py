@@ -155,15 +155,15 @@ half = files[: len(files) // 2]
 os.makedirs("target/bench", exist_ok=True)
 
 
-def wall(cmd):
+def wall(cmd, env=None):
     t = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
     return time.time() - t, p.stdout
 
 
-def finetune(subset):
+def finetune(subset, plan=True):
     lst = f"target/bench/predict-files-{len(subset)}"
     # Symlinks in one folder: the same files, given as one folder argument (no argv limit).
     d = f"{lst}.d"
@@ -171,7 +171,10 @@ def finetune(subset):
         os.makedirs(d)
         for i, f in enumerate(subset):
             os.symlink(os.path.abspath(f), f"{d}/{i:06d}{os.path.splitext(f)[1]}")
-    t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv", "--threads", str(args.threads)])
+    # FINETUNE_PLAN=0: the same without the inference plan (BatchNorm not folded), for its share.
+    env = None if plan else {**os.environ, "FINETUNE_PLAN": "0"}
+    t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv", "--threads", str(args.threads)],
+                  env)
     assert len(out.strip().splitlines()) == len(subset) + 1, "one CSV row per image"
     return t
 
@@ -196,6 +199,7 @@ TORCH, ORT = ["--torch-only"], ["--ort-only", ONNX]
 
 rows = []
 for name, fn in [("finetune predict", finetune),
+                 ("finetune predict, FINETUNE_PLAN=0 (BatchNorm not folded)", lambda s: finetune(s, plan=False)),
                  ("PyTorch eager, decode in the main process", lambda s: python_side(TORCH, s, 0)),
                  ("PyTorch eager, DataLoader 2 workers", lambda s: python_side(TORCH, s, 2)),
                  ("onnxruntime (finetune export), decode in the main process", lambda s: python_side(ORT, s, 0)),
@@ -206,8 +210,8 @@ for name, fn in [("finetune predict", finetune),
     rows.append((name, t_all, rate))
     print(f"{name}: {len(files)} images in {t_all:.1f} s end to end; {rate:.1f} img/s without start-up", flush=True)
 
-best_torch = max(r[2] for r in rows[1:3])
-best_ort = max(r[2] for r in rows[3:5])
+best_torch = max(r[2] for r in rows[2:4])
+best_ort = max(r[2] for r in rows[4:6])
 print(f"\n{provenance.line()}\n")
 print(f"{len(files)} images from {args.images}, model {args.model}, bs {args.bs}, {args.threads} threads on every side\n")
 print("| side | images | end-to-end wall s | img/s (start-up excluded) |\n|---|---:|---:|---:|")
@@ -215,3 +219,4 @@ for name, t, rate in rows:
     print(f"| {name} | {len(files)} | {t:.1f} | {rate:.1f} |")
 print(f"| finetune / best PyTorch eager | | | **{rows[0][2] / best_torch:.2f}×** |")
 print(f"| finetune / best onnxruntime | | | **{rows[0][2] / best_ort:.2f}×** |")
+print(f"| finetune / finetune without the plan | | | **{rows[0][2] / rows[1][2]:.2f}×** |")

@@ -334,6 +334,15 @@ fn routes_and_parity_with_predict() {
         .unwrap();
     assert!(images >= 10.0, "{images} images counted");
     assert!(m.body.contains("finetune_images_per_second "));
+    // Its forward passes ran in the inference plan (BatchNorm folded).
+    let passes: f64 = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("finetune_inference_plan_passes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(passes >= 1.0, "serve's passes did not run in the plan");
 }
 
 /// A PNG signature and an IHDR chunk claiming `w`×`h` pixels, with a correct CRC.

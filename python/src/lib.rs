@@ -9,7 +9,7 @@ mod errors;
 mod model;
 mod training;
 
-use model::{_read_image, load, Model};
+use model::{_read_image, inference_plan_passes, load, Model};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -26,7 +26,7 @@ create_exception!(
 #[pymodule]
 mod _finetune {
     #[pymodule_export]
-    use super::{_read_image, load, train, FinetuneError, Model};
+    use super::{_read_image, inference_plan_passes, load, train, FinetuneError, Model};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -364,3 +364,11 @@ fn tta_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Tta>> {
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(Some(t))
 }
+
+/// How many forward passes ran in the inference plan (BatchNorm folded into the convolutions) in
+/// this process: every prediction of a loaded model does (a diagnostic; `finetune serve` reports
+/// the same as `finetune_inference_plan_passes_total`).
+#[pyfunction]
+pub fn inference_plan_passes() -> usize {
+    finetune::model::plan::passes()
+}

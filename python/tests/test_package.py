@@ -67,7 +67,10 @@ def test_predict_equals_the_cli(bundle, photos):
     m = finetune.load(out, device="cpu")
     want, skipped = cli_predict(out, photos, 3)
     assert not skipped
+    before = finetune.inference_plan_passes()
     got = m.predict(photos, top_k=3)
+    # The prediction ran in the inference plan (BatchNorm folded), as the CLI's does.
+    assert finetune.inference_plan_passes() > before
     assert len(got) == len(photos)
     for p, g in zip(photos, got):
         assert len(g) == 3

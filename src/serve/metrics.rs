@@ -150,6 +150,15 @@ impl Metrics {
             "finetune_images_per_second {}",
             images as f64 / RATE_WINDOW.as_secs_f64()
         );
+        out.push_str(
+            "# HELP finetune_inference_plan_passes_total Forward passes run in the inference plan (BatchNorm folded into the convolutions).\n",
+        );
+        out.push_str("# TYPE finetune_inference_plan_passes_total counter\n");
+        let _ = writeln!(
+            out,
+            "finetune_inference_plan_passes_total {}",
+            crate::model::plan::passes()
+        );
         out
     }
 }
