@@ -30,6 +30,7 @@ run zoo $PY bench/zoo_bench.py
 run predict $PY bench/predict_bench.py --model target/demo-model --images ../shared/data/clothing-small/train
 run serve $PY bench/serve_bench.py --model target/demo-model
 run ddp $PY bench/ddp_bench.py
+run python-predict $PY bench/python_predict_bench.py --model target/demo-model
 if want cache; then
   bench/cache_bench.sh startup >&2
   bench/cache_bench.sh memory >&2
