@@ -545,7 +545,8 @@ impl Learner {
                     // the same batch, so all stop together (never one waiting on the others).
                     let read_now = unread.len() >= read_every || i + 1 == n_batches;
                     let stopping = match replica {
-                        None => asked,
+                        // Alone: a Ctrl-C during this step stops after it, as before.
+                        None => stop.load(Ordering::Relaxed),
                         Some(_) if read_now => {
                             voted_stop |= votes.drain(..).any(|v| v.double_value(&[]) > 0.0);
                             voted_stop
