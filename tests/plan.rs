@@ -11,15 +11,26 @@ fn photos(size: i64) -> Tensor {
     let mut imgs = Vec::new();
     for class in ["hat", "pants", "shoes", "t-shirt"] {
         let dir = repo().join("assets/sample/train").join(class);
-        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         for f in files.iter().take(2) {
             let img = image::open(f).unwrap().to_rgb8();
-            let img = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::Triangle);
+            let img = image::imageops::resize(
+                &img,
+                size as u32,
+                size as u32,
+                image::imageops::FilterType::Triangle,
+            );
             imgs.push(Tensor::from_slice(img.as_raw()).view([size, size, 3]));
         }
     }
-    let x = Tensor::stack(&imgs, 0).permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
+    let x = Tensor::stack(&imgs, 0)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float)
+        / 255.0;
     let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).view([1, 3, 1, 1]);
     (x - mean) / std
@@ -49,8 +60,15 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
         let size = plain.abs().max().double_value(&[]).max(1.0);
         let diff = max_abs_diff(&plain, &folded) / size;
         report.push(format!("{arch}: {diff:.1e} of {size:.1}"));
-        assert!(diff <= 1e-4, "{arch}: the plan's logits differ by {diff} of their size {size}");
-        let has_bn = net.vs.variables().keys().any(|k| k.ends_with("running_mean"));
+        assert!(
+            diff <= 1e-4,
+            "{arch}: the plan's logits differ by {diff} of their size {size}"
+        );
+        let has_bn = net
+            .vs
+            .variables()
+            .keys()
+            .any(|k| k.ends_with("running_mean"));
         let body_bn = net
             .vs
             .variables()
@@ -59,11 +77,17 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
         if body_bn {
             assert!(!plain.equal(&folded), "{arch}: nothing was folded");
         } else {
-            assert!(!has_bn || plain.equal(&folded), "{arch}: changed without a BatchNorm to fold");
+            assert!(
+                !has_bn || plain.equal(&folded),
+                "{arch}: changed without a BatchNorm to fold"
+            );
         }
         // Out of the plan, the same network is the unfolded one again.
         let again = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
-        assert!(again.equal(&plain), "{arch}: the plan leaked out of its call");
+        assert!(
+            again.equal(&plain),
+            "{arch}: the plan leaked out of its call"
+        );
     }
     eprintln!("{}", report.join("\n"));
 }
@@ -74,26 +98,62 @@ fn a_folded_layer_equals_the_formula() {
     use finetune::model::layers::{Act, ConvBnAct, ConvSpec, Norm, Pad};
     let vs = tch::nn::VarStore::new(Device::Cpu);
     tch::manual_seed(1);
-    let layer = ConvBnAct::new(&vs.root(), 3, 5, ConvSpec::new(3, 2, 1, Act::Relu), Norm::TORCH, Pad::Torch);
+    let layer = ConvBnAct::new(
+        &vs.root(),
+        3,
+        5,
+        ConvSpec::new(3, 2, 1, Act::Relu),
+        Norm::TORCH,
+        Pad::Torch,
+    );
     let vars = vs.variables();
     tch::no_grad(|| {
-        vars["1.running_mean"].shallow_clone().copy_(&Tensor::from_slice(&[0.5f32, -1.0, 0.0, 2.0, 0.1]));
-        vars["1.running_var"].shallow_clone().copy_(&Tensor::from_slice(&[0.25f32, 4.0, 1.0, 0.01, 9.0]));
-        vars["1.weight"].shallow_clone().copy_(&Tensor::from_slice(&[1.5f32, -0.5, 2.0, 0.3, 1.0]));
-        vars["1.bias"].shallow_clone().copy_(&Tensor::from_slice(&[0.1f32, 0.2, -0.3, 0.0, 1.0]));
+        vars["1.running_mean"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[0.5f32, -1.0, 0.0, 2.0, 0.1]));
+        vars["1.running_var"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[0.25f32, 4.0, 1.0, 0.01, 9.0]));
+        vars["1.weight"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[1.5f32, -0.5, 2.0, 0.3, 1.0]));
+        vars["1.bias"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[0.1f32, 0.2, -0.3, 0.0, 1.0]));
     });
     let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
-    let y = x.conv2d(&vars["0.weight"], None::<&Tensor>, [2, 2], [1, 1], [1, 1], 1);
+    let y = x.conv2d(
+        &vars["0.weight"],
+        None::<&Tensor>,
+        [2, 2],
+        [1, 1],
+        [1, 1],
+        1,
+    );
     let v = |k: &str| vars[k].view([1, -1, 1, 1]);
     let want = ((y - v("1.running_mean")) / (v("1.running_var") + 1e-5).sqrt() * v("1.weight")
         + v("1.bias"))
     .relu();
     let got = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&layer, &x, false)));
     let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&layer, &x, false));
-    assert!(max_abs_diff(&got, &want) < 1e-5, "{}", max_abs_diff(&got, &want));
+    assert!(
+        max_abs_diff(&got, &want) < 1e-5,
+        "{}",
+        max_abs_diff(&got, &want)
+    );
     assert!(max_abs_diff(&plain, &want) < 1e-5);
     let (w, b) = layer.fold();
     let s = (vars["1.running_var"].shallow_clone() + 1e-5).rsqrt() * &vars["1.weight"];
-    assert!(w.allclose(&(&vars["0.weight"] * s.view([-1, 1, 1, 1])), 0.0, 0.0, false));
-    assert!(b.allclose(&(&vars["1.bias"] - &vars["1.running_mean"] * &s), 1e-7, 1e-7, false));
+    assert!(w.allclose(
+        &(&vars["0.weight"] * s.view([-1, 1, 1, 1])),
+        0.0,
+        0.0,
+        false
+    ));
+    assert!(b.allclose(
+        &(&vars["1.bias"] - &vars["1.running_mean"] * &s),
+        1e-7,
+        1e-7,
+        false
+    ));
 }

@@ -37,14 +37,16 @@ pub fn probabilities_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Vec<f32>> {
     let x = x.to_device(bundle.net.device());
     let multi = bundle.info.task.is_multi();
     // A bundle's weights never change once loaded: its passes run in the inference plan.
-    let p = crate::model::plan::folded(|| tch::no_grad(|| {
-        let logits = bundle.net.forward_t(&x, false);
-        if multi {
-            logits.to_kind(tch::Kind::Float).sigmoid()
-        } else {
-            logits.softmax(-1, tch::Kind::Float)
-        }
-    }))
+    let p = crate::model::plan::folded(|| {
+        tch::no_grad(|| {
+            let logits = bundle.net.forward_t(&x, false);
+            if multi {
+                logits.to_kind(tch::Kind::Float).sigmoid()
+            } else {
+                logits.softmax(-1, tch::Kind::Float)
+            }
+        })
+    })
     .to_device(tch::Device::Cpu);
     let n = p.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();

@@ -217,7 +217,14 @@ impl Conv {
                 }
             }
         };
-        x.conv2d(ws, bs, [self.stride, self.stride], padding, [1, 1], self.groups)
+        x.conv2d(
+            ws,
+            bs,
+            [self.stride, self.stride],
+            padding,
+            [1, 1],
+            self.groups,
+        )
     }
 }
 
@@ -347,7 +354,7 @@ impl ConvBnAct {
             let var = bn.running_var.to_kind(Kind::Float);
             let mut scale = (var + self.eps).rsqrt();
             if let Some(g) = &bn.ws {
-                scale = scale * g.to_kind(Kind::Float);
+                scale *= g.to_kind(Kind::Float);
             }
             let shift = match &bn.bs {
                 Some(b) => b.to_kind(Kind::Float) - bn.running_mean.to_kind(Kind::Float) * &scale,
@@ -355,7 +362,11 @@ impl ConvBnAct {
             };
             let ws = &self.conv.conv.ws;
             let w = (ws.to_kind(Kind::Float) * scale.view([-1, 1, 1, 1])).to_kind(ws.kind());
-            let w = if ws.is_contiguous() { w.contiguous() } else { w };
+            let w = if ws.is_contiguous() {
+                w.contiguous()
+            } else {
+                w
+            };
             (w, shift.to_kind(ws.kind()))
         })
     }
