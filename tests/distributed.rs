@@ -56,8 +56,8 @@ fn data(dir: &Path) -> PathBuf {
     d
 }
 
-/// `finetune train` arguments shared by every run here (after the data folder).
-fn train_args(bs: usize, epochs: usize) -> Vec<String> {
+/// `finetune train` arguments shared by every run here, with `--out out` (the data folder follows).
+fn train_args(bs: usize, epochs: usize, out: &str) -> Vec<String> {
     [
         "train",
         "--random-init",
@@ -74,25 +74,28 @@ fn train_args(bs: usize, epochs: usize) -> Vec<String> {
         &bs.to_string(),
         "--epochs",
         &epochs.to_string(),
+        "--out",
+        out,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
 }
 
-fn torchrun_cmd(nproc: usize) -> Command {
+/// torchrun with one thread per rank and the tests' image cache; launcher arguments follow.
+fn torchrun_base() -> Command {
     let mut c = Command::new(torchrun());
-    c.args([
-        "--no-python",
-        "--standalone",
-        "--nproc-per-node",
-        &nproc.to_string(),
-    ])
-    .env("OMP_NUM_THREADS", "1")
-    .env(
+    c.arg("--no-python").env("OMP_NUM_THREADS", "1").env(
         "FINETUNE_IMAGE_CACHE",
         repo().join("target/test-image-cache"),
     );
+    c
+}
+
+/// `nproc` ranks on this machine.
+fn torchrun_cmd(nproc: usize) -> Command {
+    let mut c = torchrun_base();
+    c.args(["--standalone", "--nproc-per-node", &nproc.to_string()]);
     c
 }
 
@@ -133,8 +136,7 @@ fn two_ranks_train_like_one_process_and_write_one_bundle() {
     let d = data(tmp.path());
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut args = train_args(4, 2);
-    args.extend(["--out".into(), "two".into()]);
+    let args = train_args(4, 2, "two");
     let o = run(torchrun_cmd(2)
         .arg(env!("CARGO_BIN_EXE_finetune"))
         .args(&args)
@@ -172,8 +174,7 @@ fn two_ranks_train_like_one_process_and_write_one_bundle() {
     );
 
     // One process, the same global batch.
-    let mut args = train_args(8, 2);
-    args.extend(["--out".into(), "one".into()]);
+    let args = train_args(8, 2, "one");
     let o = run(bin().args(&args).arg(&d).current_dir(&work));
     assert!(o.status.success(), "{}", o.stderr);
     let one = work.join("one");
@@ -346,14 +347,6 @@ fn spawn_rank(
         .unwrap()
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !done() {
-        assert!(t.elapsed() < limit, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits for `child` up to `limit`; its output.
 fn finish(mut child: std::process::Child, limit: Duration) -> Output {
     let t = Instant::now();
@@ -383,17 +376,12 @@ fn a_killed_rank_stops_the_other_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let port = free_port();
-    let mut args = train_args(4, 200);
-    args.extend([
-        "--out".into(),
-        "k".into(),
-        "--dist-timeout".into(),
-        "120".into(),
-    ]);
+    let mut args = train_args(4, 200, "k");
+    args.extend(["--dist-timeout".into(), "120".into()]);
     let r0 = spawn_rank(0, port, &args, &d, tmp.path());
     let mut r1 = KillOnDrop(spawn_rank(1, port, &args, &d, tmp.path()));
     // The first epoch's checkpoint: both ranks are well into training.
-    wait_for("the first checkpoint", Duration::from_secs(300), || {
+    wait_for(300, "the first checkpoint", || {
         tmp.path().join("k/model.json").exists()
     });
     r1.0.kill().unwrap();
@@ -422,8 +410,7 @@ fn a_rank_with_another_seed_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let port = free_port();
-    let mut args = train_args(4, 1);
-    args.extend(["--out".into(), "s".into()]);
+    let args = train_args(4, 1, "s");
     let mut other = args.clone();
     other.extend(["--seed".into(), "7".into()]);
     let r0 = spawn_rank(0, port, &args, &d, tmp.path());
@@ -455,8 +442,7 @@ fn a_restarted_group_resumes_to_the_uninterrupted_result() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let run_to = |out: &str, kill: bool| {
-        let mut args = train_args(4, 3);
-        args.extend(["--out".into(), out.into()]);
+        let args = train_args(4, 3, out);
         let child = torchrun_cmd(2)
             .args(["--max-restarts", "1", "--monitor-interval", "0.2"])
             .arg(env!("CARGO_BIN_EXE_finetune"))
@@ -469,7 +455,7 @@ fn a_restarted_group_resumes_to_the_uninterrupted_result() {
             .unwrap();
         if kill {
             let bundle = tmp.path().join(out);
-            wait_for("the first checkpoint", Duration::from_secs(300), || {
+            wait_for(300, "the first checkpoint", || {
                 bundle.join("model.json").exists()
             });
             let worker = workers_of(child.id());
@@ -540,22 +526,16 @@ fn two_nodes_meet_through_a_c10d_rendezvous() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let port = free_port();
-    let mut args = train_args(4, 1);
-    args.extend(["--out".into(), "n".into()]);
+    let args = train_args(4, 1, "n");
     let node = |_: usize| {
-        Command::new(torchrun())
-            .args(["--no-python", "--nnodes", "2", "--nproc-per-node", "1"])
+        torchrun_base()
+            .args(["--nnodes", "2", "--nproc-per-node", "1"])
             .args(["--rdzv-backend", "c10d", "--rdzv-id", "finetune-test"])
             .arg(format!("--rdzv-endpoint=127.0.0.1:{port}"))
             .arg(env!("CARGO_BIN_EXE_finetune"))
             .args(&args)
             .arg(&d)
             .current_dir(tmp.path())
-            .env("OMP_NUM_THREADS", "1")
-            .env(
-                "FINETUNE_IMAGE_CACHE",
-                repo().join("target/test-image-cache"),
-            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn train_args(out: &Path, data: &Path) -> Command {
     train_epochs(out, data, 3)
@@ -40,18 +39,6 @@ fn state(out: &Path) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(out.join("resume/state.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     Some((v["phase"].as_str()?.to_string(), v["epochs_done"].as_u64()?))
-}
-
-/// Waits until `cond` holds (polling), or panics after `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -325,23 +325,21 @@ fn routes_and_parity_with_predict() {
     assert!(m.body.contains("finetune_batch_size_count"));
     assert!(m.body.contains("finetune_queue_depth{model=\"pets\"} 0"));
     assert!(m.body.contains("finetune_request_duration_seconds_bucket"));
-    let images: f64 = m
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("finetune_images_total{model=\"pets\"} "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    // The value of the metric line that starts with `name` (labels included).
+    let metric = |name: &str| -> f64 {
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let images = metric("finetune_images_total{model=\"pets\"} ");
     assert!(images >= 10.0, "{images} images counted");
     assert!(m.body.contains("finetune_images_per_second "));
     // Its forward passes ran in the inference plan (BatchNorm folded).
-    let passes: f64 = m
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("finetune_inference_plan_passes_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let passes = metric("finetune_inference_plan_passes_total ");
     assert!(passes >= 1.0, "serve's passes did not run in the plan");
 }
 

@@ -197,10 +197,7 @@ pub(crate) fn train<'py>(
     };
     let cap = crate::model::max_file_bytes(max_file_mb);
     let restarted = launch.as_ref().and_then(|l| {
-        let out = resume.clone().or(out.clone()).unwrap_or_else(|| {
-            finetune::train::run::default_out(data.as_deref().unwrap_or(std::path::Path::new("")))
-        });
-        distributed::restart_plan(l, &out, data.clone(), cap)
+        distributed::restart_plan(l, resume.as_deref(), out.as_deref(), data.clone(), cap)
     });
     let plan = match (restarted, resume) {
         (Some(plan), _) => plan,

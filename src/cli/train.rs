@@ -288,10 +288,8 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         rt.device = distributed::rank_device(l, rt.device);
     }
     let restarted = launch.as_ref().and_then(|l| {
-        let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(|| {
-            run::default_out(a.data.as_deref().unwrap_or(std::path::Path::new("")))
-        });
-        distributed::restart_plan(l, &out, a.data.clone(), max_file_bytes)
+        let (resume, out) = (a.resume.as_deref(), a.out.as_deref());
+        distributed::restart_plan(l, resume, out, a.data.clone(), max_file_bytes)
     });
     let leader = launch.as_ref().is_none_or(|l| l.is_leader());
     let mut plan = match (restarted, &a.resume) {

@@ -43,18 +43,26 @@ pub fn join(launch: &Launch, opts: &DistOptions, device: Device) -> Result<Repli
 }
 
 /// After torchrun restarted the group (`--max-restarts`), the run continues from the checkpoint
-/// the previous attempt left in `out` (as `--resume` would); `None` on a first attempt or when
-/// `out` holds no checkpoint.
+/// the previous attempt left in its bundle folder (`resume`, else `out`, else the default for
+/// `data`), as `--resume` would; `None` on a first attempt or when the folder holds no checkpoint.
 pub fn restart_plan(
     launch: &Launch,
-    out: &Path,
+    resume: Option<&Path>,
+    out: Option<&Path>,
     data: Option<PathBuf>,
     max_file_bytes: u64,
 ) -> Option<Result<Plan, RunError>> {
-    if launch.restart == 0 || !matches!(crate::bundle::read_checkpoint(out), Ok(Some(_))) {
+    if launch.restart == 0 {
         return None;
     }
-    Some(Plan::resume(out, data, max_file_bytes))
+    let dir = match resume.or(out) {
+        Some(d) => d.to_path_buf(),
+        None => super::run::default_out(data.as_deref().unwrap_or(Path::new(""))),
+    };
+    if !matches!(crate::bundle::read_checkpoint(&dir), Ok(Some(_))) {
+        return None;
+    }
+    Some(Plan::resume(&dir, data, max_file_bytes))
 }
 
 impl Session {

@@ -209,21 +209,23 @@ impl Learner {
 
     /// Every variable of the network, in a fixed order (the same on every rank).
     fn vars(&self) -> Vec<Tensor> {
-        let mut v: Vec<(String, Tensor)> = self.net.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.into_iter().map(|(_, t)| t).collect()
+        self.sorted_vars(|_| true)
     }
 
     /// The variables that are not parameters (BatchNorm's running statistics), in a fixed order.
     fn buffers(&self) -> Vec<Tensor> {
-        let params: std::collections::HashSet<String> =
-            self.net.param_names().iter().cloned().collect();
+        let params: std::collections::HashSet<&String> = self.net.param_names().iter().collect();
+        self.sorted_vars(|k| !params.contains(k))
+    }
+
+    /// The variables whose names `keep` accepts, sorted by name.
+    fn sorted_vars(&self, keep: impl Fn(&String) -> bool) -> Vec<Tensor> {
         let mut v: Vec<(String, Tensor)> = self
             .net
             .vs
             .variables()
             .into_iter()
-            .filter(|(k, _)| !params.contains(k))
+            .filter(|(k, _)| keep(k))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().map(|(_, t)| t).collect()

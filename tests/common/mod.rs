@@ -567,3 +567,15 @@ pub fn browser_script(cmd: &mut Command) -> serde_json::Value {
     assert_eq!(v["ok"], true);
     v
 }
+
+/// Waits until `cond` holds (polling), or panics after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
