@@ -23,7 +23,7 @@ run fastai-folders $PY bench/bench.py --per-class 0 --archs mobilenet_v2 --seeds
 run fastai-resnet18 $PY bench/bench.py --per-class 0 --archs resnet18 --seeds 42
 run fastai-seed-protocol $PY bench/bench.py --protocol seed --per-class 0 --archs mobilenet_v2 --seeds 42,1,2,3,4
 run same-split $PY bench/same_split.py --seeds 42,1,2,3,4
-for recipe in augment mixup label_smoothing tta; do
+for recipe in augment mixup label_smoothing; do
   run "fastai-recipe-$recipe" $PY bench/bench.py --per-class 0 --archs mobilenet_v2 --seeds 42,1,2 --recipe "$recipe"
 done
 run zoo $PY bench/zoo_bench.py
