@@ -10,6 +10,7 @@ pub fn arg(name: &str, default: &str) -> String {
 }
 
 /// Seconds per call, after one untimed warm-up call (the value read back forces completion).
+#[allow(dead_code)] // not every example that includes this file times closures
 pub fn time(iters: usize, f: &mut dyn FnMut() -> f64) -> f64 {
     std::hint::black_box(f());
     let t = std::time::Instant::now();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark (issue 10's fast path): one script, a few minutes, for a CUDA machine with
-# torch 2.11.0. Run from the repo root after `cargo build --release --bin finetune --example zoo_speed`
+# torch 2.11.0. Run from the repo root after `cargo build --release --bin finetune --example zoo_speed
+# --example engine_speed`
 # (here or there). The binaries find libtorch by rpath; on another machine this script points
 # LD_LIBRARY_PATH at that machine's torch and its CUDA libraries.
 #
@@ -87,4 +88,21 @@ EOF2
   done
 else
   echo "data-parallel: skipped (needs 2+ GPUs; this machine has $NGPU)"
+fi
+
+# 4. The inference plan on the GPU (after `cargo build --release --example engine_speed`): the
+#    section-2 bundle's forward passes on 1024 random 192 px images, batches of $BS, as `predict` runs
+#    them: the plan (BatchNorm folded, cuDNN's conv+ReLU and conv+add+ReLU), without fusion, without
+#    the plan; fp32 and --precision auto (bf16/fp16 autocast).
+ENGINE=./target/release/examples/engine_speed
+if [ -x "$ENGINE" ] && [ -f "$WORK/model/model.json" ]; then
+  $PY -c 'import numpy as np, sys; np.random.default_rng(0).integers(0, 256, size=(1024, 192, 192, 3), dtype=np.uint8).tofile(sys.argv[1])' "$WORK/pixels.u8"
+  for p in fp32 auto; do
+    for v in "" FINETUNE_FUSE=0 FINETUNE_PLAN=0; do
+      env $v "$ENGINE" "$WORK/model" "$WORK/pixels.u8" --device "$DEVICE" --precision "$p" --bs "$BS" --repeats 3 \
+        | sed "s/^{/{\"variant\": \"${v:-plan}\", /"
+    done
+  done
+else
+  echo "engine: skipped (build the engine_speed example; needs section 2's bundle)"
 fi

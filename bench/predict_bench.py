@@ -3,8 +3,8 @@
 Usage (from the repo root, after `make build` and a trained bundle, e.g. from `make bench`):
   python bench/predict_bench.py --model target/bench/model-mobilenet_v2-42 --images ../shared/data/clothing-small/train
 
-PyTorch side: the same network — torchvision's mobilenet_v2 body + fastai's head (`create_head`, written
-out in plain PyTorch; the head `finetune train` builds), random weights (speed does not depend on their values) — NCHW,
+PyTorch side: the same network — the bundle's arch from torchvision + fastai's head (`create_head`,
+written out in plain PyTorch in bench/torch_models.py; the head `finetune train` builds), random weights (speed does not depend on their values) — NCHW,
 `torch.inference_mode()`, the bundle's batch size of `predict` (64), PIL decode + squish resize to
 the bundle's size (bilinear, antialiased) + ImageNet normalisation, as a PyTorch user writes it;
 once with decoding in the main process and once with a 2-worker DataLoader, the faster counts.
@@ -54,29 +54,16 @@ def image_files(root):
 def torch_side():
     """One PyTorch run over the files in args.list; prints the seconds from the first decode on."""
     import torch
-    import torchvision
     from PIL import Image
-    from torch import nn
+
+    import torch_models
 
     torch.set_num_threads(args.threads)
-
-    class ConcatPool(nn.Module):  # fastai's AdaptiveConcatPool2d
-        def forward(self, x):
-            return torch.cat([nn.functional.adaptive_max_pool2d(x, 1), nn.functional.adaptive_avg_pool2d(x, 1)], 1)
-
-    def create_head(nf, n):
-        """fastai 2.8's create_head(nf, n) (concat pool, first BN, 512 hidden), written out so the
-        timing does not include importing fastai."""
-        return nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(2 * nf), nn.Dropout(0.25),
-                             nn.Linear(2 * nf, 512, bias=False), nn.ReLU(inplace=True), nn.BatchNorm1d(512),
-                             nn.Dropout(0.5), nn.Linear(512, n, bias=False))
-
     info = json.load(open(os.path.join(args.model, "model.json")))
     w, h = info["size"]["w"], info["size"]["h"]
     mean = torch.tensor(info["normalization"]["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(info["normalization"]["std"]).view(1, 3, 1, 1)
-    body = torchvision.models.mobilenet_v2().features
-    model = torch.nn.Sequential(body, create_head(1280, len(info["classes"]))).eval()
+    model = torch_models.model(info["arch"], len(info["classes"]))
     files = open(args.list).read().splitlines()
 
     class Files(torch.utils.data.Dataset):
@@ -163,7 +150,7 @@ def wall(cmd, env=None):
     return time.time() - t, p.stdout
 
 
-def finetune(subset, plan=True):
+def finetune(subset, plan=True, fuse=True):
     lst = f"target/bench/predict-files-{len(subset)}"
     # Symlinks in one folder: the same files, given as one folder argument (no argv limit).
     d = f"{lst}.d"
@@ -172,7 +159,8 @@ def finetune(subset, plan=True):
         for i, f in enumerate(subset):
             os.symlink(os.path.abspath(f), f"{d}/{i:06d}{os.path.splitext(f)[1]}")
     # FINETUNE_PLAN=0: the same without the inference plan (BatchNorm not folded), for its share.
-    env = None if plan else {**os.environ, "FINETUNE_PLAN": "0"}
+    # FINETUNE_FUSE=0: folded, but no activation or residual add fused into the convolutions.
+    env = {**os.environ, "FINETUNE_PLAN": "1" if plan else "0", "FINETUNE_FUSE": "1" if fuse else "0"}
     t, out = wall(["./target/release/finetune", "predict", args.model, d, "--csv", "--threads", str(args.threads)],
                   env)
     assert len(out.strip().splitlines()) == len(subset) + 1, "one CSV row per image"
@@ -200,6 +188,7 @@ TORCH, ORT = ["--torch-only"], ["--ort-only", ONNX]
 rows = []
 for name, fn in [("finetune predict", finetune),
                  ("finetune predict, FINETUNE_PLAN=0 (BatchNorm not folded)", lambda s: finetune(s, plan=False)),
+                 ("finetune predict, FINETUNE_FUSE=0 (folded, not fused)", lambda s: finetune(s, fuse=False)),
                  ("PyTorch eager, decode in the main process", lambda s: python_side(TORCH, s, 0)),
                  ("PyTorch eager, DataLoader 2 workers", lambda s: python_side(TORCH, s, 2)),
                  ("onnxruntime (finetune export), decode in the main process", lambda s: python_side(ORT, s, 0)),
@@ -210,8 +199,8 @@ for name, fn in [("finetune predict", finetune),
     rows.append((name, t_all, rate))
     print(f"{name}: {len(files)} images in {t_all:.1f} s end to end; {rate:.1f} img/s without start-up", flush=True)
 
-best_torch = max(r[2] for r in rows[2:4])
-best_ort = max(r[2] for r in rows[4:6])
+best_torch = max(r[2] for r in rows[3:5])
+best_ort = max(r[2] for r in rows[5:7])
 print(f"\n{provenance.line()}\n")
 print(f"{len(files)} images from {args.images}, model {args.model}, bs {args.bs}, {args.threads} threads on every side\n")
 print("| side | images | end-to-end wall s | img/s (start-up excluded) |\n|---|---:|---:|---:|")
@@ -220,3 +209,4 @@ for name, t, rate in rows:
 print(f"| finetune / best PyTorch eager | | | **{rows[0][2] / best_torch:.2f}×** |")
 print(f"| finetune / best onnxruntime | | | **{rows[0][2] / best_ort:.2f}×** |")
 print(f"| finetune / finetune without the plan | | | **{rows[0][2] / rows[1][2]:.2f}×** |")
+print(f"| finetune / finetune without fusion | | | **{rows[0][2] / rows[2][2]:.2f}×** |")

@@ -266,6 +266,18 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
     assert!(items
         .iter()
         .all(|i| i["label"].as_str().unwrap().split(' ').any(|l| l == "hat")));
+    let summary = || -> Value {
+        let s = ureq::get(&format!("{url}/api/summary")).call().unwrap();
+        serde_json::from_str(&s.into_string().unwrap()).unwrap()
+    };
+    // A class's count is its images, each pair counted under both of its labels.
+    let count = |s: &Value, k: &str| {
+        s["classes"].as_array().unwrap().iter().find(|c| c["name"] == k).unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = summary();
+    assert_eq!(count(&before, "hat"), 160, "{before}");
     let first = &items[0]["id"];
     let post = |body: &str| {
         ureq::post(&format!("{url}/api/items/{first}"))
@@ -277,6 +289,12 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
         other => panic!("a move of a CSV-labelled image must be 400: {other:?}"),
     }
     assert!(post(r#"{"action": "delete"}"#).is_ok());
+    let after = summary();
+    assert_eq!(count(&after, "hat"), 159, "{after}");
+    assert_eq!(
+        after["images"].as_u64().unwrap() + 1,
+        before["images"].as_u64().unwrap()
+    );
     let gone = train_dir.join(items[0]["path"].as_str().unwrap().trim_start_matches("./"));
     assert!(!gone.exists());
 

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use finetune::model::{plan, Arch, Network};
+use finetune::model::{fused, plan, Arch, Network};
 use tch::{Device, Kind, Tensor};
 
 /// Real photos of the sample at `size`, normalised as ImageNet weights expect.
@@ -39,10 +39,16 @@ fn photos(size: i64) -> Tensor {
 /// Every architecture, its BatchNorm statistics taken from real photos (train-mode passes, as
 /// training leaves them) so activations and logits have real sizes: the plan's logits equal the
 /// network's within 1e-4 of the logits' size (order 1–10), and the BatchNorm families do take the
-/// folded path (their logits are not bit-identical, the others' are).
+/// folded path (their logits are not bit-identical, the others' are), through oneDNN's fused
+/// convolutions: with their activation, and (ResNet, RegNet, MobileNetV2, the MBConv families, in
+/// channels-last as `--memory-format auto` runs them) with their residual add.
 #[test]
 fn the_plans_logits_are_the_networks_for_every_arch() {
     tch::set_num_threads(2);
+    // The x86-64 PyTorch wheels are built with oneDNN: here fusion must be there, not skipped.
+    if cfg!(target_arch = "x86_64") {
+        assert!(fused::available(), "libtorch's fused convolutions were not found");
+    }
     let x = photos(64);
     let mut report = Vec::new();
     for arch in Arch::ALL {
@@ -55,6 +61,7 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
         });
         let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
         let before = plan::passes();
+        let fused_before = fused::calls();
         let folded = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
         assert_eq!(plan::passes(), before + 1);
         let size = plain.abs().max().double_value(&[]).max(1.0);
@@ -76,6 +83,17 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
             .any(|k| k.starts_with("body") && k.ends_with("running_mean"));
         if body_bn {
             assert!(!plain.equal(&folded), "{arch}: nothing was folded");
+            let (unary, binary) = fused::calls();
+            if fused::available() {
+                assert!(unary > fused_before.0, "{arch}: no fused convolution ran");
+                let residual = ["resnet", "regnet", "mobilenet", "efficientnet"]
+                    .iter()
+                    .any(|f| arch.to_string().starts_with(f));
+                assert!(
+                    !residual || binary > fused_before.1,
+                    "{arch}: no residual add ran fused"
+                );
+            }
         } else {
             assert!(
                 !has_bn || plain.equal(&folded),

@@ -152,16 +152,15 @@ async fn classes(State(s): State<Shared>) -> Json<Value> {
 }
 
 fn summary_of(c: &Cleaner) -> Value {
-    let all = c.items(None, SplitChoice::All, Sort::Path);
-    let classes: Vec<Value> = c
-        .classes()
-        .iter()
-        .map(|k| json!({"name": k, "count": all.iter().filter(|i| i.label == *k).count()}))
+    let (images, counts) = c.counts();
+    let classes: Vec<Value> = counts
+        .into_iter()
+        .map(|(k, n)| json!({"name": k, "count": n}))
         .collect();
     json!({
         "data": c.root().display().to_string(),
         "classes": classes,
-        "images": all.len(),
+        "images": images,
         "changes": c.changes(),
         "splits": ["all", "train", "valid", "test"],
     })

@@ -125,11 +125,10 @@ impl Cleaner {
             Ok(x) => x,
             // A bundle from elsewhere: every image, in no split.
             Err(SplitError::NotRecorded) => {
-                let s = crate::data::items::split(&root, 0.5, 0)?;
-                let all = s.train.items.into_iter().chain(s.valid.items);
+                let all = crate::data::items::labelled(&root)?;
                 (
-                    all.map(|i| (i, SplitChoice::All)).collect(),
-                    s.train.skipped,
+                    all.items.into_iter().map(|i| (i, SplitChoice::All)).collect(),
+                    all.skipped,
                 )
             }
             Err(e) => return Err(e.into()),
@@ -184,6 +183,25 @@ impl Cleaner {
     /// The model's classes, then any other class folder of the data.
     pub fn classes(&self) -> &[String] {
         &self.classes
+    }
+
+    /// Images not deleted, and how many of them carry each class (in [`Self::classes`]' order;
+    /// a multi-label image counts once for each of its labels), in one pass over the entries.
+    pub fn counts(&self) -> (usize, Vec<(&str, usize)>) {
+        let mut per: std::collections::HashMap<&str, usize> = Default::default();
+        let mut images = 0;
+        for e in self.entries.iter().filter(|e| !e.deleted) {
+            images += 1;
+            for l in self.labels_of(&e.label) {
+                *per.entry(l).or_default() += 1;
+            }
+        }
+        let classes = self
+            .classes
+            .iter()
+            .map(|k| (k.as_str(), per.get(k.as_str()).copied().unwrap_or(0)))
+            .collect();
+        (images, classes)
     }
 
     /// Deletes and moves in effect (across sessions, as the log says).

@@ -75,6 +75,8 @@ pub struct Entry {
 pub struct Trash {
     root: PathBuf,
     entries: Vec<Entry>,
+    /// The highest sequence number in the log, so an action numbers itself without a scan.
+    last_seq: u64,
 }
 
 impl Trash {
@@ -118,7 +120,12 @@ impl Trash {
                 }
             }
         }
-        Ok(Trash { root, entries })
+        let last_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+        Ok(Trash {
+            root,
+            entries,
+            last_seq,
+        })
     }
 
     /// The data folder, canonical.
@@ -298,7 +305,7 @@ impl Trash {
         missing: bool,
     ) -> Result<Entry, TrashError> {
         let e = Entry {
-            seq: self.entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1,
+            seq: self.last_seq + 1,
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -321,6 +328,7 @@ impl Trash {
             .map_err(io("open", &log))?;
         f.write_all(line.as_bytes()).map_err(io("write", &log))?;
         f.sync_data().map_err(io("write", &log))?;
+        self.last_seq = e.seq;
         self.entries.push(e.clone());
         Ok(e)
     }

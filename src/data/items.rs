@@ -402,32 +402,63 @@ pub fn random_split(
     Ok((train, valid))
 }
 
-/// `root/train` + `root/valid|validation` when present, otherwise a random split of `root`
-/// (`root/test` is never used for training).
-pub fn split(root: &Path, valid_pct: f64, seed: u64) -> Result<Split, ItemsError> {
-    let train_dir = root.join("train");
-    let valid_dir = ["valid", "validation"]
+/// Where a data folder's labelled images are: its own `train/` and `valid/` (or `validation/`)
+/// folders, or one folder (`root/train` when only that exists, else `root`) to split at random.
+enum Layout {
+    Folders { train: PathBuf, valid: PathBuf },
+    One(PathBuf),
+}
+
+fn layout(root: &Path) -> Layout {
+    let train = root.join("train");
+    let valid = ["valid", "validation"]
         .iter()
         .map(|v| root.join(v))
         .find(|p| p.is_dir());
-    if let (true, Some(valid_dir)) = (train_dir.is_dir(), valid_dir) {
-        let train = scan(&train_dir, &[])?;
-        let valid = scan(&valid_dir, &[])?;
-        return Ok(Split {
-            train,
-            valid,
-            kind: SplitKind::Folders {
-                train: train_dir,
-                valid: valid_dir,
-            },
-        });
+    match (train.is_dir(), valid) {
+        (true, Some(valid)) => Layout::Folders { train, valid },
+        (true, None) => Layout::One(train),
+        (false, _) => Layout::One(root.to_path_buf()),
     }
-    let base = if train_dir.is_dir() {
-        train_dir
-    } else {
-        root.to_path_buf()
+}
+
+/// Folders a one-folder layout leaves out: the test set, and valid folders beside a lone `train/`.
+const NOT_TRAINING: [&str; 3] = ["test", "valid", "validation"];
+
+/// Every labelled image [`split`] would divide, undivided, with what was skipped in any of its
+/// folders: for scoring a folder with a model that did not record its split (`clean`), where a
+/// class of a single image is no error.
+pub fn labelled(root: &Path) -> Result<Scan, ItemsError> {
+    match layout(root) {
+        Layout::Folders { train, valid } => {
+            let mut all = scan(&train, &[])?;
+            let valid = scan(&valid, &[])?;
+            all.items.extend(valid.items);
+            all.skipped.extend(valid.skipped);
+            all.dirs.extend(valid.dirs);
+            all.items.sort();
+            all.skipped.sort();
+            all.dirs.sort();
+            Ok(all)
+        }
+        Layout::One(base) => scan(&base, &NOT_TRAINING),
+    }
+}
+
+/// `root/train` + `root/valid|validation` when present, otherwise a random split of `root`
+/// (`root/test` is never used for training).
+pub fn split(root: &Path, valid_pct: f64, seed: u64) -> Result<Split, ItemsError> {
+    let base = match layout(root) {
+        Layout::Folders { train, valid } => {
+            return Ok(Split {
+                train: scan(&train, &[])?,
+                valid: scan(&valid, &[])?,
+                kind: SplitKind::Folders { train, valid },
+            })
+        }
+        Layout::One(base) => base,
     };
-    let all = scan(&base, &["test", "valid", "validation"])?;
+    let all = scan(&base, &NOT_TRAINING)?;
     let mut counts: std::collections::BTreeMap<&str, (usize, &Path)> = Default::default();
     for it in &all.items {
         let e = counts
@@ -497,6 +528,37 @@ mod tests {
         assert_eq!(names, PINNED_SPLIT);
     }
     const PINNED_SPLIT: [&str; 4] = ["000.jpg", "006.jpg", "001.jpg", "016.jpg"];
+
+    /// `labelled` lists what `split` divides, without its two-per-class rule, and reports what
+    /// it skipped in the valid folder too.
+    #[test]
+    fn labelled_lists_every_image_split_would_divide() {
+        let d = tempfile::tempdir().unwrap();
+        let png = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::RgbImage::new(2, 2).save(p).unwrap();
+        };
+        png(&d.path().join("a/1.png"));
+        png(&d.path().join("a/2.png"));
+        png(&d.path().join("b/1.png"));
+        png(&d.path().join("test/a/9.png"));
+        assert!(matches!(
+            split(d.path(), 0.5, 0),
+            Err(ItemsError::TooFewToSplit { .. })
+        ));
+        let all = labelled(d.path()).unwrap();
+        let names: Vec<_> = all.items.iter().map(|i| i.label.as_str()).collect();
+        assert_eq!(names, ["a", "a", "b"], "test/ is left out, b's one image kept");
+
+        let d = tempfile::tempdir().unwrap();
+        png(&d.path().join("train/a/1.png"));
+        png(&d.path().join("valid/a/2.png"));
+        std::fs::write(d.path().join("valid/a/broken.jpg"), b"not a jpeg").unwrap();
+        let all = labelled(d.path()).unwrap();
+        assert_eq!(all.items.len(), 2);
+        assert_eq!(all.skipped.len(), 1, "{:?}", all.skipped);
+        assert!(all.skipped[0].path.ends_with("valid/a/broken.jpg"));
+    }
 
     #[test]
     fn every_class_keeps_a_training_image() {

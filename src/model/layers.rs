@@ -1,8 +1,9 @@
 //! The bottom of `model/`: what every family file builds with (the [`Part`] trait every body and
 //! head implements, torchvision's `Conv2dNormActivation` and `SqueezeExcitation`, TensorFlow's
 //! "SAME" padding, stochastic depth, `_make_divisible`). It imports nothing of `model/` but the
-//! ONNX writer, so the families stay leaves.
+//! ONNX writer, the inference plan's flag and its fused kernels, so the families stay leaves.
 
+use super::fused::{self, Geometry, Post};
 use super::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
@@ -79,6 +80,17 @@ pub enum Act {
 }
 
 impl Act {
+    /// The same activation as a oneDNN post-op (the inference plan's fused convolutions).
+    fn post(self) -> Post {
+        match self {
+            Act::None => Post::None,
+            Act::Relu => Post::Relu,
+            Act::Relu6 => Post::Clamp(0.0, 6.0),
+            Act::Hardswish => Post::Hardswish,
+            Act::Silu => Post::Silu,
+        }
+    }
+
     /// The activation in ONNX.
     pub fn onnx(self, g: &mut Graph, x: &str) -> String {
         match self {
@@ -201,30 +213,52 @@ pub fn same_padding(i: i64, k: i64, s: i64) -> (i64, i64) {
 }
 
 impl Conv {
-    /// This convolution's geometry with other weights (the inference plan's folded ones).
-    fn forward_with(&self, x: &Tensor, ws: &Tensor, bs: Option<&Tensor>) -> Tensor {
-        let (padding, x) = match self.pad {
-            Pad::Torch => ([(self.k - 1) / 2; 2], x.shallow_clone()),
+    /// The input as this convolution reads it and its geometry: TensorFlow's uneven "SAME"
+    /// padding is applied to the input here, even padding is left to the convolution.
+    fn prepare(&self, x: &Tensor) -> (Tensor, Geometry) {
+        let geometry = |padding| Geometry {
+            stride: self.stride,
+            padding,
+            groups: self.groups,
+        };
+        match self.pad {
+            Pad::Torch => (x.shallow_clone(), geometry([(self.k - 1) / 2; 2])),
             Pad::Same => {
                 let size = x.size();
                 let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
                 let (t, b) = same_padding(h, self.k, self.stride);
                 let (l, r) = same_padding(w, self.k, self.stride);
                 if t == b && l == r {
-                    ([t, l], x.shallow_clone())
+                    (x.shallow_clone(), geometry([t, l]))
                 } else {
-                    ([0, 0], x.constant_pad_nd([l, r, t, b]))
+                    (x.constant_pad_nd([l, r, t, b]), geometry([0, 0]))
                 }
             }
-        };
-        x.conv2d(
-            ws,
-            bs,
-            [self.stride, self.stride],
-            padding,
-            [1, 1],
-            self.groups,
-        )
+        }
+    }
+
+    /// `act(conv(x, ws) + bs)` with other weights (the inference plan's folded ones): one fused
+    /// oneDNN kernel where it applies, else the eager ops.
+    fn forward_with(&self, x: &Tensor, ws: &Tensor, bs: &Tensor, act: Act) -> Tensor {
+        let (x, g) = self.prepare(x);
+        if let Some(y) = fused::conv(&x, ws, bs, g, act.post()) {
+            return y;
+        }
+        act.apply(x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups))
+    }
+
+    /// `relu?(conv(x, ws) + bs + residual)` likewise (a residual block's last convolution).
+    fn forward_add(&self, x: &Tensor, ws: &Tensor, bs: &Tensor, residual: &Tensor, relu: bool) -> Tensor {
+        let (x, g) = self.prepare(x);
+        if let Some(y) = fused::conv_add(&x, residual, ws, bs, g, relu) {
+            return y;
+        }
+        let mut y = x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups);
+        let _ = y.g_add_(residual);
+        if relu {
+            let _ = y.relu_();
+        }
+        y
     }
 }
 
@@ -233,22 +267,14 @@ impl nn::Module for Conv {
         if self.pad == Pad::Torch {
             return x.apply(&self.conv);
         }
-        let size = x.size();
-        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
-        let (t, b) = same_padding(h, self.k, self.stride);
-        let (l, r) = same_padding(w, self.k, self.stride);
-        let (x, padding) = if t == b && l == r {
-            (x.shallow_clone(), [t, l])
-        } else {
-            (x.constant_pad_nd([l, r, t, b]), [0, 0])
-        };
+        let (x, g) = self.prepare(x);
         x.conv2d(
             &self.conv.ws,
             self.conv.bs.as_ref(),
-            [self.stride, self.stride],
-            padding,
+            [g.stride; 2],
+            g.padding,
             [1, 1],
-            self.groups,
+            g.groups,
         )
     }
 }
@@ -372,15 +398,52 @@ impl ConvBnAct {
     }
 }
 
+impl ConvBnAct {
+    /// The folded weight and bias, made at the first pass in the plan and kept.
+    fn planned(&self) -> (Tensor, Tensor) {
+        let mut slot = self.folded.lock().unwrap_or_else(|p| p.into_inner());
+        let (w, b) = slot.get_or_insert_with(|| self.fold());
+        (w.shallow_clone(), b.shallow_clone())
+    }
+
+    fn in_plan(train: bool) -> bool {
+        !train && super::plan::active()
+    }
+
+    /// This layer, then a ReLU that its family applies outside it (ResNet's `relu(bn(conv(x)))`
+    /// with an activation-free `ConvBnAct`); in the plan one fused kernel.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Tensor {
+        if Self::in_plan(train) && self.act == Act::None {
+            let (w, b) = self.planned();
+            return self.conv.forward_with(x, &w, &b, Act::Relu);
+        }
+        let mut y = self.forward_t(x, train);
+        let _ = y.relu_();
+        y
+    }
+
+    /// `relu?(self(x) + residual)`: a residual block's last layer and its skip connection. The
+    /// add is in place, as torchvision's `out += identity` (BatchNorm's backward does not need
+    /// its output); in the plan, one fused kernel where oneDNN has it.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor, relu: bool, train: bool) -> Tensor {
+        if Self::in_plan(train) && self.act == Act::None {
+            let (w, b) = self.planned();
+            return self.conv.forward_add(x, &w, &b, residual, relu);
+        }
+        let mut y = self.forward_t(x, train);
+        let _ = y.g_add_(residual);
+        if relu {
+            let _ = y.relu_();
+        }
+        y
+    }
+}
+
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        if !train && super::plan::active() {
-            let (w, b) = {
-                let mut slot = self.folded.lock().unwrap_or_else(|p| p.into_inner());
-                let (w, b) = slot.get_or_insert_with(|| self.fold());
-                (w.shallow_clone(), b.shallow_clone())
-            };
-            return self.act.apply(self.conv.forward_with(x, &w, Some(&b)));
+        if Self::in_plan(train) {
+            let (w, b) = self.planned();
+            return self.conv.forward_with(x, &w, &b, self.act);
         }
         self.act.apply(x.apply(&self.conv).apply_t(&self.bn, train))
     }
@@ -467,9 +530,15 @@ impl ModuleT for MbConv {
                     y = y.apply(se);
                 }
             }
-            y = c.forward_t(&y, train);
+            // In eval mode stochastic depth is the identity, so the skip connection can join the
+            // last convolution (one fused kernel in the inference plan).
+            y = if i + 1 == self.convs.len() && self.residual && !train {
+                c.forward_add(&y, x, false, train)
+            } else {
+                c.forward_t(&y, train)
+            };
         }
-        if self.residual {
+        if self.residual && train {
             stochastic_depth(y, self.sd_prob, train) + x
         } else {
             y

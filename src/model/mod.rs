@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod family;
+pub mod fused;
 pub mod head;
 pub mod imagenet;
 pub mod layers;

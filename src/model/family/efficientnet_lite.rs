@@ -40,10 +40,16 @@ struct Block {
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut y = x.shallow_clone();
-        for c in &self.convs {
-            y = c.forward_t(&y, train);
+        for (i, c) in self.convs.iter().enumerate() {
+            // In eval mode drop-connect is the identity, so the skip connection can join the
+            // last convolution (one fused kernel in the inference plan).
+            y = if i + 1 == self.convs.len() && self.residual && !train {
+                c.forward_add(&y, x, false, train)
+            } else {
+                c.forward_t(&y, train)
+            };
         }
-        if self.residual {
+        if self.residual && train {
             stochastic_depth(y, self.drop_connect, train) + x
         } else {
             y

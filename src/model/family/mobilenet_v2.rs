@@ -30,7 +30,7 @@ fn conv_bn(
 /// projection is a bare conv (`conv.K`) then a BN (`conv.K+1`), not a `Conv2dNormActivation`.
 #[derive(Debug)]
 struct InvertedResidual {
-    convs: Sequential,
+    convs: Vec<ConvBnAct>,
     residual: bool,
 }
 
@@ -38,7 +38,7 @@ impl InvertedResidual {
     fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64, expand: i64) -> Self {
         let hidden = c_in * expand;
         let c = &p / "conv";
-        let mut convs = Sequential::default();
+        let mut convs = Vec::new();
         if expand != 1 {
             convs.push(conv_bn(&c / "0", c_in, hidden, 1, 1, 1, true));
         }
@@ -70,18 +70,26 @@ impl InvertedResidual {
 
 impl ModuleT for InvertedResidual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.convs.forward_t(x, train);
+        let (last, rest) = self.convs.split_last().expect("a projection");
+        let mut y = x.shallow_clone();
+        for c in rest {
+            y = c.forward_t(&y, train);
+        }
+        // The skip connection joins the projection (one fused kernel in the inference plan).
         if self.residual {
-            y + x
+            last.forward_add(&y, x, false, train)
         } else {
-            y
+            last.forward_t(&y, train)
         }
     }
 }
 
 impl OnnxExport for InvertedResidual {
     fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let y = self.convs.onnx(g, x);
+        let mut y = x.to_string();
+        for c in &self.convs {
+            y = c.onnx(g, &y);
+        }
         if self.residual {
             g.add(&y, x)
         } else {

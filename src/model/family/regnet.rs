@@ -141,17 +141,17 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = self.a.forward_t(x, train).relu();
-        y = self.b.forward_t(&y, train).relu();
-        if let Some(se) = &self.se {
-            y = se.forward(&y);
-        }
-        y = self.c.forward_t(&y, train);
         let shortcut = match &self.proj {
             Some(p) => p.forward_t(x, train),
             None => x.shallow_clone(),
         };
-        (shortcut + y).relu()
+        let mut y = self.a.forward_relu(x, train);
+        y = self.b.forward_relu(&y, train);
+        if let Some(se) = &self.se {
+            y = se.forward(&y);
+        }
+        // relu(shortcut + c(y)); in the inference plan the add and the ReLU run inside c.
+        self.c.forward_add(&y, &shortcut, true, train)
     }
 }
 

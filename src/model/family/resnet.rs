@@ -45,23 +45,19 @@ struct Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        let last = self.convs.len() - 1;
-        for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward_t(&y, train);
-            if i != last {
-                let _ = y.relu_();
-            }
-        }
         let identity = match &self.downsample {
             Some(d) => d.forward_t(x, train),
             None => x.shallow_clone(),
         };
-        // In place, as torchvision (`out += identity; relu(inplace=True)`): BatchNorm's backward
-        // does not need its output, so two activation-sized buffers per block are never made.
-        let _ = y.g_add_(&identity);
-        let _ = y.relu_();
-        y
+        let mut y = x.shallow_clone();
+        let last = self.convs.len() - 1;
+        for c in &self.convs[..last] {
+            y = c.forward_relu(&y, train);
+        }
+        // `out += identity; relu(inplace=True)` as torchvision, in place (BatchNorm's backward
+        // does not need its output, so two activation-sized buffers per block are never made);
+        // in the inference plan the add and the ReLU run inside the last convolution.
+        self.convs[last].forward_add(&y, &identity, true, train)
     }
 }
 
@@ -155,11 +151,10 @@ impl ResnetBody {
 
 impl ModuleT for ResnetBody {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y =
-            self.stem
-                .forward_t(x, train)
-                .relu_()
-                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut y = self
+            .stem
+            .forward_relu(x, train)
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.layers {
             y = b.forward_t(&y, train);
         }
