@@ -17,7 +17,7 @@ run() {
   "$@" | tee "$R/$name.md"
 }
 $PY -c 'import fastai' 2>/dev/null || $PY -m pip install -q fastai==2.8.12
-cargo build --release --bin finetune --example zoo_speed --example data_pipeline
+cargo build --release --bin finetune --example zoo_speed --example data_pipeline --example engine_speed
 [ -f target/demo-model/model.json ] || ./scripts/demo.sh
 run fastai-folders $PY bench/bench.py --per-class 0 --archs mobilenet_v2 --seeds 42,1,2
 run fastai-resnet18 $PY bench/bench.py --per-class 0 --archs resnet18 --seeds 42
@@ -28,6 +28,7 @@ for recipe in augment mixup label_smoothing; do
 done
 run zoo $PY bench/zoo_bench.py
 run predict $PY bench/predict_bench.py --model target/demo-model --images ../shared/data/clothing-small/train
+run engine $PY bench/engine_bench.py
 run serve $PY bench/serve_bench.py --model target/demo-model
 run ddp $PY bench/ddp_bench.py
 run python-predict $PY bench/python_predict_bench.py --model target/demo-model

@@ -272,7 +272,12 @@ fn two_photos_side_by_side_are_learned_as_both_labels() {
     };
     // A class's count is its images, each pair counted under both of its labels.
     let count = |s: &Value, k: &str| {
-        s["classes"].as_array().unwrap().iter().find(|c| c["name"] == k).unwrap()["count"]
+        s["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == k)
+            .unwrap()["count"]
             .as_u64()
             .unwrap()
     };

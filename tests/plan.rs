@@ -47,7 +47,10 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
     tch::set_num_threads(2);
     // The x86-64 PyTorch wheels are built with oneDNN: here fusion must be there, not skipped.
     if cfg!(target_arch = "x86_64") {
-        assert!(fused::available(), "libtorch's fused convolutions were not found");
+        assert!(
+            fused::available(),
+            "libtorch's fused convolutions were not found"
+        );
     }
     let x = photos(64);
     let mut report = Vec::new();

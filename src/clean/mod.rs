@@ -127,7 +127,10 @@ impl Cleaner {
             Err(SplitError::NotRecorded) => {
                 let all = crate::data::items::labelled(&root)?;
                 (
-                    all.items.into_iter().map(|i| (i, SplitChoice::All)).collect(),
+                    all.items
+                        .into_iter()
+                        .map(|i| (i, SplitChoice::All))
+                        .collect(),
                     all.skipped,
                 )
             }

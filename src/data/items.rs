@@ -548,7 +548,11 @@ mod tests {
         ));
         let all = labelled(d.path()).unwrap();
         let names: Vec<_> = all.items.iter().map(|i| i.label.as_str()).collect();
-        assert_eq!(names, ["a", "a", "b"], "test/ is left out, b's one image kept");
+        assert_eq!(
+            names,
+            ["a", "a", "b"],
+            "test/ is left out, b's one image kept"
+        );
 
         let d = tempfile::tempdir().unwrap();
         png(&d.path().join("train/a/1.png"));

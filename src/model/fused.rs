@@ -108,7 +108,10 @@ fn kernels() -> Option<&'static Kernels> {
             if lib.is_null() {
                 return None;
             }
-            let unary = libc::dlsym(lib, c"aoti_torch_cpu_mkldnn__convolution_pointwise".as_ptr());
+            let unary = libc::dlsym(
+                lib,
+                c"aoti_torch_cpu_mkldnn__convolution_pointwise".as_ptr(),
+            );
             let binary = libc::dlsym(
                 lib,
                 c"aoti_torch_cpu_mkldnn__convolution_pointwise_binary".as_ptr(),
@@ -127,7 +130,10 @@ fn kernels() -> Option<&'static Kernels> {
 
 /// Fused convolutions run so far in this process: `(with an activation, with a residual add)`.
 pub fn calls() -> (usize, usize) {
-    (UNARY.load(Ordering::Relaxed), BINARY.load(Ordering::Relaxed))
+    (
+        UNARY.load(Ordering::Relaxed),
+        BINARY.load(Ordering::Relaxed),
+    )
 }
 
 /// Whether this process has the fused kernels (libtorch with oneDNN, `FINETUNE_FUSE` not `0`).
@@ -167,9 +173,9 @@ pub struct Geometry {
 }
 
 fn eligible(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| {
-        t.device() == Device::Cpu && t.kind() == Kind::Float && !t.requires_grad()
-    }) && ts[0].dim() == 4
+    ts.iter()
+        .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && !t.requires_grad())
+        && ts[0].dim() == 4
 }
 
 fn fuse_off() -> bool {
@@ -209,7 +215,9 @@ fn cuda_finish(r: Result<Tensor, tch::TchError>, counter: &AtomicUsize) -> Optio
 fn finish(rc: i32, out: Handle, counter: &AtomicUsize) -> Option<Tensor> {
     if rc != 0 || out.is_null() {
         BROKEN.store(true, Ordering::Relaxed);
-        eprintln!("warning: oneDNN's fused convolution failed (libtorch logged why); continuing unfused");
+        eprintln!(
+            "warning: oneDNN's fused convolution failed (libtorch logged why); continuing unfused"
+        );
         return None;
     }
     counter.fetch_add(1, Ordering::Relaxed);
@@ -347,13 +355,17 @@ mod tests {
     fn fused_equals_eager() {
         if !available() {
             // The x86-64 PyTorch wheels have oneDNN, so there this cannot pass by skipping.
-            assert!(!cfg!(target_arch = "x86_64"), "no fused kernels found");
+            if cfg!(target_arch = "x86_64") {
+                panic!("no fused kernels found");
+            }
             eprintln!("no fused kernels in this libtorch (built without oneDNN)");
             return;
         }
         tch::manual_seed(0);
         let _guard = tch::no_grad_guard();
-        for (c_in, c_out, k, groups, stride) in [(8, 16, 3, 1, 1), (16, 16, 3, 16, 2), (16, 8, 1, 1, 1)] {
+        for (c_in, c_out, k, groups, stride) in
+            [(8, 16, 3, 1, 1), (16, 16, 3, 16, 2), (16, 8, 1, 1, 1)]
+        {
             let g = Geometry {
                 stride,
                 padding: [(k - 1) / 2; 2],
@@ -384,7 +396,11 @@ mod tests {
                     let res = Tensor::randn_like(&eager);
                     let res = if nhwc_input { nhwc(&res) } else { res };
                     for relu in [false, true] {
-                        let want = if relu { (&eager + &res).relu() } else { &eager + &res };
+                        let want = if relu {
+                            (&eager + &res).relu()
+                        } else {
+                            &eager + &res
+                        };
                         match conv_add(&x, &res, &w, &b, g, relu) {
                             Some(got) => {
                                 let d = f64::try_from((got - &want).abs().max()).unwrap();

@@ -248,7 +248,14 @@ impl Conv {
     }
 
     /// `relu?(conv(x, ws) + bs + residual)` likewise (a residual block's last convolution).
-    fn forward_add(&self, x: &Tensor, ws: &Tensor, bs: &Tensor, residual: &Tensor, relu: bool) -> Tensor {
+    fn forward_add(
+        &self,
+        x: &Tensor,
+        ws: &Tensor,
+        bs: &Tensor,
+        residual: &Tensor,
+        relu: bool,
+    ) -> Tensor {
         let (x, g) = self.prepare(x);
         if let Some(y) = fused::conv_add(&x, residual, ws, bs, g, relu) {
             return y;

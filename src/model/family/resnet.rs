@@ -151,10 +151,10 @@ impl ResnetBody {
 
 impl ModuleT for ResnetBody {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = self
-            .stem
-            .forward_relu(x, train)
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut y =
+            self.stem
+                .forward_relu(x, train)
+                .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for b in &self.layers {
             y = b.forward_t(&y, train);
         }
