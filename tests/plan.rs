@@ -178,3 +178,20 @@ fn a_folded_layer_equals_the_formula() {
         false
     ));
 }
+
+/// At 32 px a ResNet's last blocks are one pixel, where oneDNN refuses a fused residual add: the
+/// plan leaves those to the eager add, its logits still equal the network's, and fusion stays on.
+#[test]
+fn one_pixel_blocks_stay_exact_and_keep_fusion_on() {
+    tch::set_num_threads(2);
+    let x = photos(32);
+    tch::manual_seed(0);
+    let net = Network::classifier("resnet18".parse().unwrap(), 4, Device::Cpu);
+    let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
+    let folded = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
+    let size = plain.abs().max().double_value(&[]).max(1.0);
+    assert!(max_abs_diff(&plain, &folded) / size <= 1e-4);
+    if cfg!(target_arch = "x86_64") {
+        assert!(fused::available(), "a refused kernel turned fusion off");
+    }
+}

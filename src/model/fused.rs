@@ -212,11 +212,16 @@ fn cuda_finish(r: Result<Tensor, tch::TchError>, counter: &AtomicUsize) -> Optio
 }
 
 /// Takes ownership of a tensor a kernel returned, or marks fusion broken on failure.
-fn finish(rc: i32, out: Handle, counter: &AtomicUsize) -> Option<Tensor> {
+fn finish(rc: i32, out: Handle, counter: &AtomicUsize, args: &[&Tensor]) -> Option<Tensor> {
     if rc != 0 || out.is_null() {
         BROKEN.store(true, Ordering::Relaxed);
+        let shapes: Vec<String> = args
+            .iter()
+            .map(|t| format!("{:?}/{:?}", t.size(), t.stride()))
+            .collect();
         eprintln!(
-            "warning: oneDNN's fused convolution failed (libtorch logged why); continuing unfused"
+            "warning: oneDNN's fused convolution failed on {} (libtorch logged why); continuing unfused",
+            shapes.join(", ")
         );
         return None;
     }
@@ -266,7 +271,7 @@ pub fn conv(x: &Tensor, w: &Tensor, b: &Tensor, g: Geometry, post: Post) -> Opti
             &mut out,
         )
     };
-    finish(rc, out, &UNARY)
+    finish(rc, out, &UNARY, &[x, w, b])
 }
 
 /// `conv(x, w) + b + residual`, then a ReLU if `relu`, in one kernel (a residual block's last
@@ -297,7 +302,10 @@ pub fn conv_add(
         return cuda_finish(r, &BINARY);
     }
     let k = kernels()?;
-    if !eligible(&[x, residual, w, b]) || g.groups != 1 || !channels_last(x) {
+    // oneDNN cannot describe the residual of a 1×1 output (libtorch: "could not create a memory"),
+    // as deep blocks at small input sizes have (resnet18 at 32 px).
+    let one_pixel = residual.size().get(2..4) == Some(&[1, 1][..]);
+    if !eligible(&[x, residual, w, b]) || g.groups != 1 || !channels_last(x) || one_pixel {
         return None;
     }
     let stride = [g.stride; 2];
@@ -329,7 +337,7 @@ pub fn conv_add(
             &mut out,
         )
     };
-    finish(rc, out, &BINARY)
+    finish(rc, out, &BINARY, &[x, residual, w, b])
 }
 
 /// NHWC-dense, as `data::layout` tells it: the NHWC view is contiguous.
@@ -411,6 +419,25 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A residual block whose output is one pixel is left to the caller (oneDNN refuses it), and
+    /// nothing is broken by it.
+    #[test]
+    fn one_pixel_residual_is_left_unfused() {
+        let _guard = tch::no_grad_guard();
+        let x = nhwc(&Tensor::randn([2, 8, 1, 1], (Kind::Float, Device::Cpu)));
+        let w = nhwc(&Tensor::randn([8, 8, 3, 3], (Kind::Float, Device::Cpu)));
+        let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        let g = Geometry {
+            stride: 1,
+            padding: [1, 1],
+            groups: 1,
+        };
+        assert!(conv_add(&x, &x, &w, &b, g, true).is_none());
+        if available() {
+            assert!(conv(&x, &w, &b, g, Post::Relu).is_some(), "fusion still on");
         }
     }
 
