@@ -20,6 +20,7 @@
 //! else returns `None` and the caller runs the eager layers. `FINETUNE_FUSE=0` turns fusion off (the
 //! plan still folds), for comparisons.
 
+use crate::data::layout::MemoryFormat;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -305,7 +306,8 @@ pub fn conv_add(
     // oneDNN cannot describe the residual of a 1×1 output (libtorch: "could not create a memory"),
     // as deep blocks at small input sizes have (resnet18 at 32 px).
     let one_pixel = residual.size().get(2..4) == Some(&[1, 1][..]);
-    if !eligible(&[x, residual, w, b]) || g.groups != 1 || !channels_last(x) || one_pixel {
+    if !eligible(&[x, residual, w, b]) || g.groups != 1 || !MemoryFormat::Nhwc.holds(x) || one_pixel
+    {
         return None;
     }
     let stride = [g.stride; 2];
@@ -340,17 +342,12 @@ pub fn conv_add(
     finish(rc, out, &BINARY, &[x, residual, w, b])
 }
 
-/// NHWC-dense, as `data::layout` tells it: the NHWC view is contiguous.
-fn channels_last(x: &Tensor) -> bool {
-    x.dim() == 4 && x.permute([0, 2, 3, 1]).is_contiguous()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn nhwc(x: &Tensor) -> Tensor {
-        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+        MemoryFormat::Nhwc.apply(x)
     }
 
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, g: Geometry) -> Tensor {

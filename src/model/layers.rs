@@ -260,13 +260,19 @@ impl Conv {
         if let Some(y) = fused::conv_add(&x, residual, ws, bs, g, relu) {
             return y;
         }
-        let mut y = x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups);
-        let _ = y.g_add_(residual);
-        if relu {
-            let _ = y.relu_();
-        }
-        y
+        let y = x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups);
+        add_residual(y, residual, relu)
     }
+}
+
+/// `relu?(y + residual)` in place on `y`, as torchvision's `out += identity; relu(inplace=True)`
+/// (the layer that made `y` does not need it for its backward).
+fn add_residual(mut y: Tensor, residual: &Tensor, relu: bool) -> Tensor {
+    let _ = y.g_add_(residual);
+    if relu {
+        let _ = y.relu_();
+    }
+    y
 }
 
 impl nn::Module for Conv {
@@ -429,20 +435,14 @@ impl ConvBnAct {
         y
     }
 
-    /// `relu?(self(x) + residual)`: a residual block's last layer and its skip connection. The
-    /// add is in place, as torchvision's `out += identity` (BatchNorm's backward does not need
-    /// its output); in the plan, one fused kernel where oneDNN has it.
+    /// `relu?(self(x) + residual)`: a residual block's last layer and its skip connection, added
+    /// in place as torchvision does; in the plan, one fused kernel where oneDNN has it.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor, relu: bool, train: bool) -> Tensor {
         if Self::in_plan(train) && self.act == Act::None {
             let (w, b) = self.planned();
             return self.conv.forward_add(x, &w, &b, residual, relu);
         }
-        let mut y = self.forward_t(x, train);
-        let _ = y.g_add_(residual);
-        if relu {
-            let _ = y.relu_();
-        }
-        y
+        add_residual(self.forward_t(x, train), residual, relu)
     }
 }
 
@@ -515,10 +515,11 @@ impl OnnxExport for SqueezeExcite {
     }
 }
 
-/// The inverted-residual block of MobileNetV3 and EfficientNet (`MBConv`, `FusedMBConv`): its
+/// The inverted-residual block of MobileNetV3, EfficientNet and EfficientNet-Lite (`MBConv`,
+/// `FusedMBConv`, lukemelas' `MBConvBlock` with drop-connect as `sd_prob`): its
 /// convolutions in order (expansion, depthwise, projection; fused: k×k expansion, projection), a
 /// squeeze-excite before the convolution at index `se.0`, and the residual when the shape is kept,
-/// with stochastic depth `sd_prob` (0 for MobileNetV3). The two families differ only in how they
+/// with stochastic depth `sd_prob` (0 for MobileNetV3). The families differ only in how they
 /// build it (activations, SE widths, padding), not in how it runs.
 #[derive(Debug)]
 pub struct MbConv {

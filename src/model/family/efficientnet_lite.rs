@@ -4,7 +4,7 @@
 //! EfficientNet-B0 in: no squeeze-excite, ReLU6 instead of SiLU, and TensorFlow "SAME" padding
 //! (the weights come from TensorFlow); BatchNorm eps 1e-3, momentum 0.01.
 
-use crate::model::layers::{stochastic_depth, Act, ConvBnAct, ConvSpec, Norm, Pad};
+use crate::model::layers::{Act, ConvBnAct, ConvSpec, MbConv, Norm, Pad};
 use crate::model::onnx::{Graph, OnnxExport};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -29,52 +29,10 @@ const STAGES: [(i64, i64, i64, i64, i64, i64); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-/// lukemelas' `MBConvBlock` without squeeze-excite.
-#[derive(Debug)]
-struct Block {
-    convs: Vec<ConvBnAct>,
-    residual: bool,
-    drop_connect: f64,
-}
-
-impl ModuleT for Block {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = x.shallow_clone();
-        for (i, c) in self.convs.iter().enumerate() {
-            // In eval mode drop-connect is the identity, so the skip connection can join the
-            // last convolution (one fused kernel in the inference plan).
-            y = if i + 1 == self.convs.len() && self.residual && !train {
-                c.forward_add(&y, x, false, train)
-            } else {
-                c.forward_t(&y, train)
-            };
-        }
-        if self.residual && train {
-            stochastic_depth(y, self.drop_connect, train) + x
-        } else {
-            y
-        }
-    }
-}
-
-impl OnnxExport for Block {
-    fn onnx(&self, g: &mut Graph, x: &str) -> String {
-        let mut y = x.to_string();
-        for c in &self.convs {
-            y = c.onnx(g, &y);
-        }
-        if self.residual {
-            g.add(&y, x)
-        } else {
-            y
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct EfficientnetLiteBody {
     stem: ConvBnAct,
-    blocks: Vec<Block>,
+    blocks: Vec<MbConv>,
     head: ConvBnAct,
 }
 
@@ -134,10 +92,13 @@ impl EfficientnetLiteBody {
                     1,
                     Act::None,
                 ));
-                blocks.push(Block {
+                // lukemelas' `MBConvBlock` without squeeze-excite; drop-connect is its
+                // stochastic depth.
+                blocks.push(MbConv {
                     convs,
+                    se: None,
                     residual: stride == 1 && c_in == c_out,
-                    drop_connect: 0.2 * blocks.len() as f64 / total as f64,
+                    sd_prob: 0.2 * blocks.len() as f64 / total as f64,
                 });
             }
         }
