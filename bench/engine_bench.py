@@ -17,7 +17,10 @@ one process per side, one untimed warm-up batch, best of --repeats passes over a
 - PyTorch eager: the same network in torchvision + fastai's head (bench/torch_models.py), in NCHW and
   in channels-last, under `torch.inference_mode()`;
 - Python: `finetune.load(MODEL).predict_arrays(pixels)`.
-Prints the markdown table under the provenance line. Runs one job at a time (timings side by side
+Every side runs in --procs separate processes and the best counts (on this host a whole process
+is now and then 20 % slower than the next, whatever it runs). Then, for the first arch, a second
+table: the plan and onnxruntime at each of --batch-sizes (how `predict`'s batch of 64 was chosen).
+Prints the markdown tables under the provenance line. Runs one job at a time (timings side by side
 are worthless).
 """
 import argparse
@@ -37,6 +40,9 @@ ap.add_argument("--size", type=int, default=160)
 ap.add_argument("--bs", type=int, default=64)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--procs", type=int, default=2, help="processes per side; the best counts")
+ap.add_argument("--batch-sizes", default="1,8,16,32,64,128",
+                help="the batch-size table: plan and onnxruntime at each, on the first arch ('' skips it)")
 ap.add_argument("--work", default="target/bench/engine")
 ap.add_argument("--side", choices=["ort", "torch", "arrays"], help=argparse.SUPPRESS)
 ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -145,6 +151,11 @@ def last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def rate(cmd, env=None):
+    """The best images/s of --procs runs of one side's process."""
+    return max(last_json(run(cmd, env))["img_s"] for _ in range(args.procs))
+
+
 os.makedirs(args.work, exist_ok=True)
 run(["cargo", "build", "--release", "--bin", "finetune", "--example", "engine_speed"])
 pixels = f"{args.work}/pixels-{args.n}-{args.size}.u8"
@@ -162,8 +173,14 @@ if not os.path.exists(pixels):
             f.write(Image.open(p).convert("RGB").resize((args.size, args.size), Image.BILINEAR).tobytes())
     os.replace(f"{pixels}.tmp", pixels)
 
-me = [sys.executable, os.path.abspath(__file__), "--n", str(args.n), "--size", str(args.size), "--bs", str(args.bs),
-      "--threads", str(args.threads), "--repeats", str(args.repeats), "--pixels", pixels]
+
+def me_at(bs):
+    """This script as one side's process, at batch size `bs`."""
+    return [sys.executable, os.path.abspath(__file__), "--n", str(args.n), "--size", str(args.size), "--bs", str(bs),
+            "--threads", str(args.threads), "--repeats", str(args.repeats), "--pixels", pixels]
+
+
+me = me_at(args.bs)
 engine = ["./target/release/examples/engine_speed"]
 common = ["--bs", str(args.bs), "--threads", str(args.threads), "--repeats", str(args.repeats)]
 rows = []
@@ -179,18 +196,33 @@ for arch in args.archs.split(","):
     r["plan"] = fused["img_s"]
     if fused["fused"][0] == 0 and arch != "convnext_tiny":
         sys.exit(f"{arch}: the plan ran no fused convolution ({fused})")
-    r["nofuse"] = last_json(run([*engine, model, pixels, *common], {"FINETUNE_FUSE": "0"}))["img_s"]
-    r["eager"] = last_json(run([*engine, model, pixels, *common], {"FINETUNE_PLAN": "0"}))["img_s"]
-    r["ort"] = last_json(run([*me, "--side", "ort", "--model", model]))["img_s"]
-    r["torch_nchw"] = last_json(run([*me, "--side", "torch", "--model", model, "--layout", "nchw"]))["img_s"]
-    r["torch_nhwc"] = last_json(run([*me, "--side", "torch", "--model", model, "--layout", "nhwc"]))["img_s"]
-    r["arrays"] = last_json(run([*me, "--side", "arrays", "--model", model]))["img_s"]
+    for _ in range(args.procs - 1):
+        r["plan"] = max(r["plan"], last_json(run([*engine, model, pixels, *common]))["img_s"])
+    r["nofuse"] = rate([*engine, model, pixels, *common], {"FINETUNE_FUSE": "0"})
+    r["eager"] = rate([*engine, model, pixels, *common], {"FINETUNE_PLAN": "0"})
+    r["ort"] = rate([*me, "--side", "ort", "--model", model])
+    r["torch_nchw"] = rate([*me, "--side", "torch", "--model", model, "--layout", "nchw"])
+    r["torch_nhwc"] = rate([*me, "--side", "torch", "--model", model, "--layout", "nhwc"])
+    r["arrays"] = rate([*me, "--side", "arrays", "--model", model])
     rows.append(r)
     print(json.dumps(r), file=sys.stderr, flush=True)
 
+bs_rows = []
+if args.batch_sizes:
+    arch = args.archs.split(",")[0]
+    model = f"{args.work}/model-{arch}-{args.size}"
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        if bs > args.n:
+            sys.exit(f"--batch-sizes: {bs} is more than --n {args.n} images")
+        per = ["--bs", str(bs), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        r = {"bs": bs, "plan": rate([*engine, model, pixels, *per])}
+        r["ort"] = rate([*me_at(bs), "--side", "ort", "--model", model])
+        bs_rows.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+
 print(f"{provenance.line()}\n")
 print(f"{args.n} clothing-small photos pre-decoded to {args.size}×{args.size}, batches of {args.bs}, {args.threads} threads "
-      f"on every side, img/s, best of {args.repeats} passes\n")
+      f"on every side, img/s, best of {args.repeats} passes in each of {args.procs} processes\n")
 print("| arch | finetune plan (folded + fused) | plan, FINETUNE_FUSE=0 | FINETUNE_PLAN=0 (eager) | onnxruntime `session.run` | "
       "PyTorch eager NCHW | PyTorch eager channels-last | Python `predict_arrays` | plan / onnxruntime | "
       "`predict_arrays` / plan |")
@@ -198,3 +230,10 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['arch']} | {r['plan']:.1f} | {r['nofuse']:.1f} | {r['eager']:.1f} | {r['ort']:.1f} | {r['torch_nchw']:.1f} | "
           f"{r['torch_nhwc']:.1f} | {r['arrays']:.1f} | **{r['plan'] / r['ort']:.2f}×** | {r['arrays'] / r['plan']:.2f}× |")
+
+if bs_rows:
+    print(f"\n{arch} by batch size (same pixels, {args.threads} threads, img/s, best of {args.repeats} passes "
+          f"in each of {args.procs} processes)\n")
+    print("| batch size | finetune plan | onnxruntime `session.run` | plan / onnxruntime |\n|---:|---:|---:|---:|")
+    for r in bs_rows:
+        print(f"| {r['bs']} | {r['plan']:.1f} | {r['ort']:.1f} | {r['plan'] / r['ort']:.2f}× |")

@@ -18,7 +18,8 @@ for); decode is included everywhere.
 
 Images/s is measured without start-up on both sides: every run is done on the first half of the
 images and on all of them, and the rate is (all − half) images / (time(all) − time(half)); end-to-end
-wall time for all images is reported beside it. Runs one job at a time.
+wall time for all images is reported beside it. A second table gives `predict`'s start-up: the
+process alone (`--version`) and a whole one-photo `predict`, best of 5. Runs one job at a time.
 """
 import argparse
 import json
@@ -199,6 +200,19 @@ for name, fn in [("finetune predict", finetune),
     rows.append((name, t_all, rate))
     print(f"{name}: {len(files)} images in {t_all:.1f} s end to end; {rate:.1f} img/s without start-up", flush=True)
 
+# Start-up: what a one-image `predict` costs before its image, best of 5 (page cache warm): the
+# process with libtorch loaded (`--version`), then a whole `predict` of one photo.
+def best_wall(cmd, n=5):
+    return min(wall(cmd, os.environ)[0] for _ in range(n))
+
+
+startup = [("`finetune --version` (process start, libtorch loaded)",
+            best_wall(["./target/release/finetune", "--version"])),
+           ("`finetune predict MODEL one.jpg` (+ bundle loaded, one photo decoded and predicted)",
+            best_wall(["./target/release/finetune", "predict", args.model, files[0], "--threads", str(args.threads)]))]
+for name, t in startup:
+    print(f"{name}: {t:.3f} s", flush=True)
+
 best_torch = max(r[2] for r in rows[3:5])
 best_ort = max(r[2] for r in rows[5:7])
 print(f"\n{provenance.line()}\n")
@@ -210,3 +224,6 @@ print(f"| finetune / best PyTorch eager | | | **{rows[0][2] / best_torch:.2f}×*
 print(f"| finetune / best onnxruntime | | | **{rows[0][2] / best_ort:.2f}×** |")
 print(f"| finetune / finetune without the plan | | | **{rows[0][2] / rows[1][2]:.2f}×** |")
 print(f"| finetune / finetune without fusion | | | **{rows[0][2] / rows[2][2]:.2f}×** |")
+print("\n| start-up (best of 5) | wall s |\n|---|---:|")
+for name, t in startup:
+    print(f"| {name} | {t:.3f} |")

@@ -114,6 +114,11 @@ pub fn predict_each(
 /// RGB pixels (or an error of the caller's kind), in parallel, a chunk at a time; each result
 /// reaches `on_result` in input order. Everything that feeds the network goes through here, so
 /// all inputs get the same transform; with `tta`, test-time augmentation.
+///
+/// Decoding runs one chunk ahead of the network, on another thread (training's producer, in
+/// small): the network's passes leave a core idle now and then (the softmax, the head, each
+/// layer's last rows) and the next chunk's decoding fills it, instead of the two alternating.
+/// At most three chunks' pixels exist at once: one in the network, one waiting, one decoding.
 pub fn predict_with<T: Sync, E: Send>(
     bundle: &Bundle,
     items: &[T],
@@ -122,30 +127,42 @@ pub fn predict_with<T: Sync, E: Send>(
     mut on_result: impl FnMut(&T, Result<Vec<f32>, E>),
 ) {
     let info = &bundle.info;
-    for chunk in items.chunks(CHUNK) {
-        // TTA cuts its own crop windows, so it takes the images before the window.
-        let decoded: Vec<Result<image::RgbImage, E>> = chunk
-            .par_iter()
-            .map(|it| {
-                decode(it).map(|img| match tta {
-                    None => preprocess(&img, info),
-                    Some(_) => prepare(&img, info.resize, info.size, info.pad_mode),
-                })
-            })
-            .collect();
-        let ok: Vec<&image::RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
-        for b in ok.chunks(BATCH) {
-            probs.extend(match tta {
-                None => probabilities(bundle, b),
-                Some(t) => tta::probabilities(bundle, b, t),
-            });
+    // TTA cuts its own crop windows, so it takes the images before the window.
+    let prepare_one = |it: &T| {
+        decode(it).map(|img| match tta {
+            None => preprocess(&img, info),
+            Some(_) => prepare(&img, info.resize, info.size, info.pad_mode),
+        })
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<image::RgbImage, E>>>(1);
+        let prepare_one = &prepare_one;
+        scope.spawn(move || {
+            for chunk in items.chunks(CHUNK) {
+                let decoded = chunk.par_iter().map(prepare_one).collect();
+                // The receiver is gone only when the caller stopped early (a panic in
+                // `on_result`): nothing left to decode for.
+                if tx.send(decoded).is_err() {
+                    break;
+                }
+            }
+        });
+        for (chunk, decoded) in items.chunks(CHUNK).zip(rx) {
+            let ok: Vec<&image::RgbImage> =
+                decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
+            for b in ok.chunks(BATCH) {
+                probs.extend(match tta {
+                    None => probabilities(bundle, b),
+                    Some(t) => tta::probabilities(bundle, b, t),
+                });
+            }
+            let mut it = probs.into_iter();
+            for (item, r) in chunk.iter().zip(decoded) {
+                on_result(item, r.map(|_| it.next().unwrap_or_default()));
+            }
         }
-        let mut it = probs.into_iter();
-        for (item, r) in chunk.iter().zip(decoded) {
-            on_result(item, r.map(|_| it.next().unwrap_or_default()));
-        }
-    }
+    });
 }
 
 pub fn predict(
