@@ -3,7 +3,9 @@ same images and against a plain PyTorch eager HTTP server (torchvision body + th
 weights from the bundle, one request at a time: the usual first deployment).
 
 Usage (repo root, after `make demo`): python bench/serve_bench.py [--model target/demo-model]
-    [--images ../shared/data/clothing-small/test] [--n 200] [--clients 1,8,32]
+    [--images ../shared/data/clothing-small/test] [--n 200] [--clients 1,8,32] [--no-eager]
+With several bundles (--model a,b,c) it measures each in turn: `make bench-all` runs it so on the
+engine benchmark's per-arch bundles at 8 and 32 clients (`serve-archs`).
 Prints a markdown table. Run it alone on the machine: the clients share its cores with the servers
 (both servers face the same Python clients, so the comparison is fair; absolute numbers are lower
 than a remote client would see).
@@ -149,60 +151,73 @@ def eager_server(model_dir, port):
 def main():
     global PATH
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="target/demo-model")
+    ap.add_argument("--model", default="target/demo-model",
+                    help="a bundle, or several separated by commas (one table row group per bundle)")
     ap.add_argument("--images", default="../shared/data/clothing-small/test")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--no-eager", action="store_true",
+                    help="finetune only (the PyTorch server knows mobilenet_v2 and ResNets only)")
     ap.add_argument("--eager-server", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.eager_server:
         return eager_server(a.model, 0)
     paths = images(a.images, a.n)
-    name = os.path.basename(os.path.abspath(a.model))
+    levels = [int(c) for c in a.clients.split(",")]
     rows = []
 
     # `predict` as the server is measured: warmed up and without start-up or model loading. Its
     # images/s is (all − half) images over (time(all) − time(half)), as bench/predict_bench.py does.
-    def predict(subset):
+    def predict(model, subset):
         t = time.perf_counter()
-        subprocess.run([BIN, "predict", a.model, *subset, "--json", "--threads", a.threads], check=True,
+        subprocess.run([BIN, "predict", model, *subset, "--json", "--threads", a.threads], check=True,
                        stdout=subprocess.DEVNULL)
         return time.perf_counter() - t
 
-    # The files ten times over, so the difference between the two runs (1 000 images) is seconds,
-    # well above the jitter of start-up.
-    many = paths * 10
-    predict(paths[:16])
-    half = many[: len(many) // 2]
-    t_half, t_all = predict(half), predict(many)
-    predict_ips = (len(many) - len(half)) / (t_all - t_half)
+    models = a.model.split(",")
+    for model in models:
+        name = os.path.basename(os.path.abspath(model))
+        arch = json.load(open(f"{model}/model.json"))["arch"]
+        # The files ten times over, so the difference between the two runs (1 000 images) is
+        # seconds, well above the jitter of start-up.
+        many = paths * 10
+        predict(model, paths[:16])
+        half = many[: len(many) // 2]
+        t_half, t_all = predict(model, half), predict(model, many)
+        predict_ips = (len(many) - len(half)) / (t_all - t_half)
 
-    levels = [int(c) for c in a.clients.split(",")]
-    srv, base = start([BIN, "serve", a.model, "--port", "0", "--threads", a.threads])
-    PATH = f"/predictions/{name}"
-    load(base, paths[:16], 4)  # warm-up
-    for c in levels:
-        rows.append(("finetune serve", c, *load(base, paths, c)))
-    srv.terminate()
-    srv.wait()
+        srv, base = start([BIN, "serve", model, "--port", "0", "--threads", a.threads])
+        PATH = f"/predictions/{name}"
+        load(base, paths[:16], 4)  # warm-up
+        label = "finetune serve" if len(models) == 1 else f"finetune serve, {arch}"
+        for c in levels:
+            rows.append((label, c, *load(base, paths, c), predict_ips))
+        srv.terminate()
+        srv.wait()
 
-    env = dict(os.environ, THREADS=a.threads)
-    srv, base = start([sys.executable, __file__, "--eager-server", "--model", a.model], env=env)
-    PATH = "/predict"
-    load(base, paths[:16], 1)
-    for c in levels:
-        rows.append(("PyTorch eager http.server", c, *load(base, paths, c)))
-    srv.terminate()
-    srv.wait()
+        if not a.no_eager:
+            env = dict(os.environ, THREADS=a.threads)
+            srv, base = start([sys.executable, __file__, "--eager-server", "--model", model], env=env)
+            PATH = "/predict"
+            load(base, paths[:16], 1)
+            for c in levels:
+                rows.append(("PyTorch eager http.server", c, *load(base, paths, c), predict_ips))
+            srv.terminate()
+            srv.wait()
 
     print(f"\n{provenance.line()}\n")
-    print(f"{len(paths)} images from {a.images}, model {a.model}, {a.threads} threads on both servers and "
-          f"`finetune predict`; both servers and predict warmed up first; `finetune predict` on the same "
-          f"files: {predict_ips:.1f} images/s without start-up and model loading\n")
+    if len(models) == 1:
+        print(f"{len(paths)} images from {a.images}, model {a.model}, {a.threads} threads on both servers and "
+              f"`finetune predict`; both servers and predict warmed up first; `finetune predict` on the same "
+              f"files: {rows[0][-1]:.1f} images/s without start-up and model loading\n")
+    else:
+        print(f"{len(paths)} images from {a.images}, models {a.model}, {a.threads} threads on the server and "
+              f"`finetune predict`, both warmed up first; vs predict: against `finetune predict` of the same "
+              f"model on the same files, without start-up and model loading\n")
     print("| server | clients | images/s | p50 ms | p99 ms | non-200 | vs predict |")
     print("|---|---|---|---|---|---|---|")
-    for s, c, ips, p50, p99, bad in rows:
+    for s, c, ips, p50, p99, bad, predict_ips in rows:
         print(f"| {s} | {c} | {ips:.1f} | {p50:.0f} | {p99:.0f} | {bad} | {ips / predict_ips:.0%} |")
 
 

@@ -30,6 +30,10 @@ run zoo $PY bench/zoo_bench.py
 run predict $PY bench/predict_bench.py --model target/demo-model --images ../shared/data/clothing-small/train
 run engine $PY bench/engine_bench.py
 run serve $PY bench/serve_bench.py --model target/demo-model
+# serve per arch, on the engine benchmark's bundles (it makes them), finetune alone at 8 and 32 clients.
+E=target/bench/engine
+run serve-archs $PY bench/serve_bench.py --no-eager --clients 8,32 \
+  --model $E/model-mobilenet_v2-160,$E/model-resnet18-160,$E/model-efficientnet_b0-160,$E/model-convnext_tiny-160
 run ddp $PY bench/ddp_bench.py
 run python-predict $PY bench/python_predict_bench.py --model target/demo-model
 if want cache; then
