@@ -65,6 +65,7 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
         let plain = tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false));
         let before = plan::passes();
         let fused_before = fused::calls();
+        let packed_before = fused::packed();
         let folded = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
         assert_eq!(plan::passes(), before + 1);
         // The weights were planned at a batch of 64: a smaller batch reuses them.
@@ -105,6 +106,11 @@ fn the_plans_logits_are_the_networks_for_every_arch() {
                 assert!(
                     !residual || binary > fused_before.1,
                     "{arch}: no residual add ran fused"
+                );
+                // Channels-last networks (the residual ones here) get their weights packed.
+                assert!(
+                    !residual || fused::packed() > packed_before,
+                    "{arch}: no weight was packed for oneDNN"
                 );
             }
         } else {

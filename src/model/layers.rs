@@ -213,55 +213,97 @@ pub fn same_padding(i: i64, k: i64, s: i64) -> (i64, i64) {
 }
 
 impl Conv {
-    /// The input as this convolution reads it and its geometry: TensorFlow's uneven "SAME"
-    /// padding is applied to the input here, even padding is left to the convolution.
-    fn prepare(&self, x: &Tensor) -> (Tensor, Geometry) {
+    /// The geometry this convolution runs with on an input of `size`, and TensorFlow's uneven
+    /// "SAME" padding `[l, r, t, b]` to apply to the input first, if it needs one (even padding
+    /// is left to the convolution).
+    fn geometry(&self, size: &[i64]) -> (Geometry, Option<[i64; 4]>) {
         let geometry = |padding| Geometry {
             stride: self.stride,
             padding,
             groups: self.groups,
         };
         match self.pad {
-            Pad::Torch => (x.shallow_clone(), geometry([(self.k - 1) / 2; 2])),
+            Pad::Torch => (geometry([(self.k - 1) / 2; 2]), None),
             Pad::Same => {
-                let size = x.size();
                 let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
                 let (t, b) = same_padding(h, self.k, self.stride);
                 let (l, r) = same_padding(w, self.k, self.stride);
                 if t == b && l == r {
-                    (x.shallow_clone(), geometry([t, l]))
+                    (geometry([t, l]), None)
                 } else {
-                    (x.constant_pad_nd([l, r, t, b]), geometry([0, 0]))
+                    (geometry([0, 0]), Some([l, r, t, b]))
                 }
             }
         }
     }
 
-    /// `act(conv(x, ws) + bs)` with other weights (the inference plan's folded ones): one fused
-    /// oneDNN kernel where it applies, else the eager ops.
-    fn forward_with(&self, x: &Tensor, ws: &Tensor, bs: &Tensor, act: Act) -> Tensor {
-        let (x, g) = self.prepare(x);
-        if let Some(y) = fused::conv(&x, ws, bs, g, act.post()) {
-            return y;
+    /// The input as this convolution reads it and its geometry.
+    fn prepare(&self, x: &Tensor) -> (Tensor, Geometry) {
+        match self.geometry(&x.size()) {
+            (g, Some(pad)) => (x.constant_pad_nd(pad), g),
+            (g, None) => (x.shallow_clone(), g),
         }
-        act.apply(x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups))
     }
 
-    /// `relu?(conv(x, ws) + bs + residual)` likewise (a residual block's last convolution).
-    fn forward_add(
-        &self,
-        x: &Tensor,
-        ws: &Tensor,
-        bs: &Tensor,
-        residual: &Tensor,
-        relu: bool,
-    ) -> Tensor {
+    /// The inference plan's weight packed for oneDNN's kernel on inputs like `x` (see
+    /// [`fused::pack`]); only for channels-last inputs: a packed weight makes oneDNN run
+    /// channels-last, which would switch an NCHW network's layout under it.
+    fn pack(&self, x: &Tensor, ws: &Tensor) -> Option<Tensor> {
+        if !crate::data::layout::MemoryFormat::Nhwc.holds(x) {
+            return None;
+        }
+        let mut size = x.size();
+        let (g, pad) = self.geometry(&size);
+        if let (Some([l, r, t, b]), 4) = (pad, size.len()) {
+            size[2] += t + b;
+            size[3] += l + r;
+        }
+        fused::pack(ws, g, &size)
+    }
+
+    /// `act(conv(x, p.w) + p.b)` with the inference plan's folded weights: one fused oneDNN
+    /// kernel (given the packed weight) where it applies, else the eager ops.
+    fn forward_with(&self, x: &Tensor, p: &Planned, act: Act) -> Tensor {
         let (x, g) = self.prepare(x);
-        if let Some(y) = fused::conv_add(&x, residual, ws, bs, g, relu) {
+        if let Some(y) = fused::conv(&x, p.kernel_weight(), &p.b, g, act.post()) {
             return y;
         }
-        let y = x.conv2d(ws, Some(bs), [g.stride; 2], g.padding, [1, 1], g.groups);
+        act.apply(x.conv2d(&p.w, Some(&p.b), [g.stride; 2], g.padding, [1, 1], g.groups))
+    }
+
+    /// `relu?(conv(x, p.w) + p.b + residual)` likewise (a residual block's last convolution).
+    fn forward_add(&self, x: &Tensor, p: &Planned, residual: &Tensor, relu: bool) -> Tensor {
+        let (x, g) = self.prepare(x);
+        if let Some(y) = fused::conv_add(&x, residual, p.kernel_weight(), &p.b, g, relu) {
+            return y;
+        }
+        let y = x.conv2d(&p.w, Some(&p.b), [g.stride; 2], g.padding, [1, 1], g.groups);
         add_residual(y, residual, relu)
+    }
+}
+
+/// A convolution's weights in the inference plan: BatchNorm folded in, and on the CPU the folded
+/// weight also packed once into the layout oneDNN's kernel reads (`None` where it is not).
+#[derive(Debug)]
+struct Planned {
+    w: Tensor,
+    b: Tensor,
+    packed: Option<Tensor>,
+}
+
+impl Planned {
+    /// What the fused kernel is given: the packed weight if there is one. The eager fallback
+    /// always takes `w` (a packed tensor is opaque to every other op).
+    fn kernel_weight(&self) -> &Tensor {
+        self.packed.as_ref().unwrap_or(&self.w)
+    }
+
+    fn shallow_clone(&self) -> Planned {
+        Planned {
+            w: self.w.shallow_clone(),
+            b: self.b.shallow_clone(),
+            packed: self.packed.as_ref().map(|t| t.shallow_clone()),
+        }
     }
 }
 
@@ -310,8 +352,8 @@ pub struct ConvBnAct {
     /// The BatchNorm's epsilon, for the export (tch keeps its own private).
     eps: f64,
     act: Act,
-    /// The inference plan's folded weight and bias, made at the first pass in the plan.
-    folded: std::sync::Mutex<Option<(Tensor, Tensor)>>,
+    /// The inference plan's weights, made at the first pass in the plan.
+    folded: std::sync::Mutex<Option<Planned>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -412,11 +454,17 @@ impl ConvBnAct {
 }
 
 impl ConvBnAct {
-    /// The folded weight and bias, made at the first pass in the plan and kept.
-    fn planned(&self) -> (Tensor, Tensor) {
+    /// The folded (and packed) weights, made at the first pass in the plan, packed for that
+    /// input's size, and kept: an input of another size (a last, smaller batch) gets the same
+    /// weights, which oneDNN then reorders for it as it does unpacked ones.
+    fn planned(&self, x: &Tensor) -> Planned {
         let mut slot = self.folded.lock().unwrap_or_else(|p| p.into_inner());
-        let (w, b) = slot.get_or_insert_with(|| self.fold());
-        (w.shallow_clone(), b.shallow_clone())
+        slot.get_or_insert_with(|| {
+            let (w, b) = self.fold();
+            let packed = self.conv.pack(x, &w);
+            Planned { w, b, packed }
+        })
+        .shallow_clone()
     }
 
     fn in_plan(train: bool) -> bool {
@@ -427,8 +475,7 @@ impl ConvBnAct {
     /// with an activation-free `ConvBnAct`); in the plan one fused kernel.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Tensor {
         if Self::in_plan(train) && self.act == Act::None {
-            let (w, b) = self.planned();
-            return self.conv.forward_with(x, &w, &b, Act::Relu);
+            return self.conv.forward_with(x, &self.planned(x), Act::Relu);
         }
         let mut y = self.forward_t(x, train);
         let _ = y.relu_();
@@ -439,8 +486,7 @@ impl ConvBnAct {
     /// in place as torchvision does; in the plan, one fused kernel where oneDNN has it.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor, relu: bool, train: bool) -> Tensor {
         if Self::in_plan(train) && self.act == Act::None {
-            let (w, b) = self.planned();
-            return self.conv.forward_add(x, &w, &b, residual, relu);
+            return self.conv.forward_add(x, &self.planned(x), residual, relu);
         }
         add_residual(self.forward_t(x, train), residual, relu)
     }
@@ -449,8 +495,7 @@ impl ConvBnAct {
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         if Self::in_plan(train) {
-            let (w, b) = self.planned();
-            return self.conv.forward_with(x, &w, &b, self.act);
+            return self.conv.forward_with(x, &self.planned(x), self.act);
         }
         self.act.apply(x.apply(&self.conv).apply_t(&self.bn, train))
     }
