@@ -11,7 +11,8 @@ weights (speed does not depend on their values; BatchNorm folds the same). The f
 then starts from those pixels, normalises them itself and runs batches of --bs with --threads threads,
 one process per side, one untimed warm-up batch, best of --repeats passes over all N:
 - finetune: `cargo run --release --example engine_speed` (each batch exactly as `predict` runs it:
-  pixels stacked, normalised, the plan, probabilities read back); also with FINETUNE_FUSE=0 (BatchNorm
+  pixels stacked, normalised, the plan, probabilities read back); also with FINETUNE_PACK=0 (weights
+  not pre-packed for oneDNN), FINETUNE_FUSE=0 (BatchNorm
   folded, activations and residual adds not fused) and FINETUNE_PLAN=0 (the eager network);
 - onnxruntime: `session.run` on the bundle's `finetune export`, NumPy normalisation per batch;
 - PyTorch eager: the same network in torchvision + fastai's head (bench/torch_models.py), in NCHW and
@@ -198,6 +199,7 @@ for arch in args.archs.split(","):
         sys.exit(f"{arch}: the plan ran no fused convolution ({fused})")
     for _ in range(args.procs - 1):
         r["plan"] = max(r["plan"], last_json(run([*engine, model, pixels, *common]))["img_s"])
+    r["nopack"] = rate([*engine, model, pixels, *common], {"FINETUNE_PACK": "0"})
     r["nofuse"] = rate([*engine, model, pixels, *common], {"FINETUNE_FUSE": "0"})
     r["eager"] = rate([*engine, model, pixels, *common], {"FINETUNE_PLAN": "0"})
     r["ort"] = rate([*me, "--side", "ort", "--model", model])
@@ -216,6 +218,7 @@ if args.batch_sizes:
             sys.exit(f"--batch-sizes: {bs} is more than --n {args.n} images")
         per = ["--bs", str(bs), "--threads", str(args.threads), "--repeats", str(args.repeats)]
         r = {"bs": bs, "plan": rate([*engine, model, pixels, *per])}
+        r["nopack"] = rate([*engine, model, pixels, *per], {"FINETUNE_PACK": "0"})
         r["ort"] = rate([*me_at(bs), "--side", "ort", "--model", model])
         bs_rows.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
@@ -223,17 +226,18 @@ if args.batch_sizes:
 print(f"{provenance.line()}\n")
 print(f"{args.n} clothing-small photos pre-decoded to {args.size}×{args.size}, batches of {args.bs}, {args.threads} threads "
       f"on every side, img/s, best of {args.repeats} passes in each of {args.procs} processes\n")
-print("| arch | finetune plan (folded + fused) | plan, FINETUNE_FUSE=0 | FINETUNE_PLAN=0 (eager) | onnxruntime `session.run` | "
+print("| arch | finetune plan (folded + fused + packed) | plan, FINETUNE_PACK=0 | plan, FINETUNE_FUSE=0 | FINETUNE_PLAN=0 (eager) | onnxruntime `session.run` | "
       "PyTorch eager NCHW | PyTorch eager channels-last | Python `predict_arrays` | plan / onnxruntime | "
       "`predict_arrays` / plan |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    print(f"| {r['arch']} | {r['plan']:.1f} | {r['nofuse']:.1f} | {r['eager']:.1f} | {r['ort']:.1f} | {r['torch_nchw']:.1f} | "
+    print(f"| {r['arch']} | {r['plan']:.1f} | {r['nopack']:.1f} | {r['nofuse']:.1f} | {r['eager']:.1f} | {r['ort']:.1f} | {r['torch_nchw']:.1f} | "
           f"{r['torch_nhwc']:.1f} | {r['arrays']:.1f} | **{r['plan'] / r['ort']:.2f}×** | {r['arrays'] / r['plan']:.2f}× |")
 
 if bs_rows:
     print(f"\n{arch} by batch size (same pixels, {args.threads} threads, img/s, best of {args.repeats} passes "
           f"in each of {args.procs} processes)\n")
-    print("| batch size | finetune plan | onnxruntime `session.run` | plan / onnxruntime |\n|---:|---:|---:|---:|")
+    print("| batch size | finetune plan | plan, FINETUNE_PACK=0 | onnxruntime `session.run` | plan / onnxruntime |\n"
+          "|---:|---:|---:|---:|---:|")
     for r in bs_rows:
-        print(f"| {r['bs']} | {r['plan']:.1f} | {r['ort']:.1f} | {r['plan'] / r['ort']:.2f}× |")
+        print(f"| {r['bs']} | {r['plan']:.1f} | {r['nopack']:.1f} | {r['ort']:.1f} | {r['plan'] / r['ort']:.2f}× |")
