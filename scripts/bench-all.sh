@@ -29,6 +29,8 @@ done
 run zoo $PY bench/zoo_bench.py
 run predict $PY bench/predict_bench.py --model target/demo-model --images ../shared/data/clothing-small/train
 run engine $PY bench/engine_bench.py
+run int8 $PY bench/int8_probe.py
+run int8-percentile $PY bench/int8_probe.py --method percentile
 run serve $PY bench/serve_bench.py --model target/demo-model
 # serve per arch, on the engine benchmark's bundles (it makes them), finetune alone at 8 and 32 clients.
 E=target/bench/engine
