@@ -428,16 +428,33 @@ mod tests {
         x.conv2d(w, Some(b), [g.stride; 2], g.padding, [1, 1], g.groups)
     }
 
+    /// Whether this libtorch has the fused kernels. The x86-64 PyTorch wheels have oneDNN, so
+    /// there a test cannot pass by skipping: it fails instead. Elsewhere it says why it returns.
+    fn kernels_here() -> bool {
+        if available() {
+            return true;
+        }
+        if cfg!(target_arch = "x86_64") {
+            panic!("no fused kernels found");
+        }
+        eprintln!("no fused kernels in this libtorch (built without oneDNN)");
+        false
+    }
+
+    /// A `k`×`k` convolution's geometry with PyTorch's even padding.
+    fn geometry(k: i64, stride: i64, groups: i64) -> Geometry {
+        Geometry {
+            stride,
+            padding: [(k - 1) / 2; 2],
+            groups,
+        }
+    }
+
     /// Each activation and the residual add equal the eager ops, in both memory formats,
     /// grouped and depthwise.
     #[test]
     fn fused_equals_eager() {
-        if !available() {
-            // The x86-64 PyTorch wheels have oneDNN, so there this cannot pass by skipping.
-            if cfg!(target_arch = "x86_64") {
-                panic!("no fused kernels found");
-            }
-            eprintln!("no fused kernels in this libtorch (built without oneDNN)");
+        if !kernels_here() {
             return;
         }
         tch::manual_seed(0);
@@ -445,11 +462,7 @@ mod tests {
         for (c_in, c_out, k, groups, stride) in
             [(8, 16, 3, 1, 1), (16, 16, 3, 16, 2), (16, 8, 1, 1, 1)]
         {
-            let g = Geometry {
-                stride,
-                padding: [(k - 1) / 2; 2],
-                groups,
-            };
+            let g = geometry(k, stride, groups);
             let w = Tensor::randn([c_out, c_in / groups, k, k], (Kind::Float, Device::Cpu));
             let b = Tensor::randn([c_out], (Kind::Float, Device::Cpu));
             for nhwc_input in [false, true] {
@@ -504,10 +517,7 @@ mod tests {
     /// others (a last, smaller batch; another image size), with an activation and a residual.
     #[test]
     fn packed_weights_equal_plain_ones() {
-        if !available() {
-            if cfg!(target_arch = "x86_64") {
-                panic!("no fused kernels found");
-            }
+        if !kernels_here() {
             return;
         }
         tch::manual_seed(0);
@@ -515,11 +525,7 @@ mod tests {
         for (c_in, c_out, k, groups, stride) in
             [(8, 16, 3, 1, 1), (16, 16, 3, 16, 2), (16, 16, 1, 1, 1)]
         {
-            let g = Geometry {
-                stride,
-                padding: [(k - 1) / 2; 2],
-                groups,
-            };
+            let g = geometry(k, stride, groups);
             let w = nhwc(&Tensor::randn(
                 [c_out, c_in / groups, k, k],
                 (Kind::Float, Device::Cpu),
@@ -555,7 +561,7 @@ mod tests {
     /// would read what it has already overwritten): the result is right and the input unchanged.
     #[test]
     fn residual_that_is_the_input_stays_intact() {
-        if !available() {
+        if !kernels_here() {
             return;
         }
         let _guard = tch::no_grad_guard();
@@ -564,11 +570,7 @@ mod tests {
         let before = x.copy();
         let w = nhwc(&Tensor::randn([8, 8, 3, 3], (Kind::Float, Device::Cpu)));
         let b = Tensor::randn([8], (Kind::Float, Device::Cpu));
-        let g = Geometry {
-            stride: 1,
-            padding: [1, 1],
-            groups: 1,
-        };
+        let g = geometry(3, 1, 1);
         let want = (reference(&x, &w, &b, g) + &x).relu();
         let got = conv_add(&x, &x, &w, &b, g, true).expect("fused add");
         assert!(f64::try_from((got - want).abs().max()).unwrap() < 1e-4);
@@ -583,11 +585,7 @@ mod tests {
         let x = nhwc(&Tensor::randn([2, 8, 1, 1], (Kind::Float, Device::Cpu)));
         let w = nhwc(&Tensor::randn([8, 8, 3, 3], (Kind::Float, Device::Cpu)));
         let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
-        let g = Geometry {
-            stride: 1,
-            padding: [1, 1],
-            groups: 1,
-        };
+        let g = geometry(3, 1, 1);
         assert!(conv_add(&x, &x, &w, &b, g, true).is_none());
         if available() {
             assert!(conv(&x, &w, &b, g, Post::Relu).is_some(), "fusion still on");
@@ -600,11 +598,7 @@ mod tests {
         let x = Tensor::randn([1, 4, 6, 6], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let w = Tensor::randn([4, 4, 3, 3], (Kind::Float, Device::Cpu));
         let b = Tensor::zeros([4], (Kind::Float, Device::Cpu));
-        let g = Geometry {
-            stride: 1,
-            padding: [1, 1],
-            groups: 1,
-        };
+        let g = geometry(3, 1, 1);
         assert!(conv(&x, &w, &b, g, Post::Relu).is_none());
     }
 }
