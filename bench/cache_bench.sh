@@ -35,8 +35,15 @@ PYEOF
   tail -1 "$OUT"
 }
 
+# The provenance line of this very run (date, machine, the command as typed), kept for `report`.
+provenance() {
+  "$PY" -c 'import sys; sys.path.insert(0, "bench"); import provenance; print(provenance.line(sys.argv[1:]))' \
+    bench/cache_bench.sh "$1" >"$WORK/provenance-$1.txt"
+}
+
 case "${1:-}" in
 startup)
+  provenance startup
   DATA=$SHARED/data/clothing-small   # train/ (3068) + validation/ (341) folders
   C=$WORK/cache-clothing
   rm -rf "$C"
@@ -51,6 +58,7 @@ startup)
   run "train second run" $F "${T[@]}" --cache-dir "$C"
   ;;
 memory)
+  provenance memory
   for n in 2000 20000; do
     [ -f "$WORK/syn-$n/.done" ] || { rm -rf "$WORK/syn-$n"; "$PY" bench/make_synthetic.py $n "$WORK/syn-$n"; touch "$WORK/syn-$n/.done"; }
   done
@@ -77,15 +85,20 @@ PYEOF
   du -sh "$WORK"/cache-syn/* >&2
   ;;
 report)
-  "$PY" - "$OUT" <<'PYEOF'
-import json, sys
-sys.path.insert(0, "bench")
-import provenance
+  "$PY" - "$OUT" "$WORK" <<'PYEOF'
+import json, os, sys
 rows = {}
 for line in open(sys.argv[1]):
     d = json.loads(line)
     rows[d["name"]] = d  # the last run of each name counts
-print(provenance.line(["bench/cache_bench.sh", "startup", "&&", "bench/cache_bench.sh", "memory"]) + "\n")
+def num(x):
+    """A count with thin groups of thousands: 20 000."""
+    return f"{x:,.0f}".replace(",", " ")
+def measured(mode):
+    """The provenance line the run of `mode` printed (report only prints, it measures nothing)."""
+    p = os.path.join(sys.argv[2], f"provenance-{mode}.txt")
+    return open(p).read().strip() if os.path.exists(p) else f"(no run of `bench/cache_bench.sh {mode}` recorded)"
+print(measured("startup") + "\n")
 print("| run | data ready s | process start → first batch s | `train --freeze-epochs 0 --epochs 0` (mobilenet_v2) wall s | peak RSS MB (pipeline / train) |")
 print("|---|---|---|---|---|")
 for key, label in [("no-cache", "`--no-cache` (decode into memory)"), ("first run", "first run (decode, write the shards)"),
@@ -97,7 +110,8 @@ for key, label in [("no-cache", "`--no-cache` (decode into memory)"), ("first ru
 if rows.get("pipeline first run") and rows.get("pipeline second run"):
     a, b = rows["pipeline first run"], rows["pipeline second run"]
     print(f"\nsecond run, process start → first batch: {100 * b['start_to_first_batch_s'] / a['start_to_first_batch_s']:.1f} % of the first run's")
-print("\n| images | mode | data ready s | peak RSS MB, data pipeline, one full pass | peak RSS MB, `lr-find --num-it 2` mobilenet_v2 (model included) |")
+print("\n" + measured("memory") + "\n")
+print("| images | mode | data ready s | peak RSS MB, data pipeline, one full pass | peak RSS MB, `lr-find --num-it 2` mobilenet_v2 (model included) |")
 print("|---|---|---|---|---|")
 for n in (2000, 20000):
     for key, label, lr in [("no-cache", "`--no-cache`", "no-cache"), ("first run", "cache, first run", None),
@@ -105,13 +119,29 @@ for n in (2000, 20000):
         p = rows.get(f"pipeline {n} {key}")
         l = rows.get(f"lr-find {n} {lr}") if lr else None
         if p:
-            print(f"| {n:,} | {label} | {p['load_s']:.2f} | {p['gnu_time_peak_rss_mb']:.0f} | "
-                  f"{'' if not l else format(l['gnu_time_peak_rss_mb'], '.0f')} |".replace(",", " "))
+            print(f"| {num(n)} | {label} | {p['load_s']:.2f} | {p['gnu_time_peak_rss_mb']:.0f} | "
+                  f"{'' if not l else format(l['gnu_time_peak_rss_mb'], '.0f')} |")
 a, b = rows.get("pipeline 2000 second run"), rows.get("pipeline 20000 second run")
 c, d = rows.get("pipeline 2000 no-cache"), rows.get("pipeline 20000 no-cache")
 if a and b and c and d:
     print(f"\nfrom 2 000 to 20 000 images, peak RSS grows by {b['gnu_time_peak_rss_mb'] - a['gnu_time_peak_rss_mb']:.0f} MB "
           f"with the cache (second run) and by {d['gnu_time_peak_rss_mb'] - c['gnu_time_peak_rss_mb']:.0f} MB without it")
+# docs/scaling.md's table: reading batches from the shards (u8 gather into the batch tensor, one core),
+# from the `memory` runs' second runs (page-cached shards) and the one with its shards evicted first.
+BYTES = 192 * 192 * 3
+big, small = rows.get("pipeline 20000 second run"), rows.get("pipeline 2000 second run")
+cold = rows.get("pipeline 20000 second run, shards not in page cache")
+if big and small and cold:
+    print("\n" + measured("memory") + "\n")
+    print("| read (u8 batches of 64 at 192×192, gathered from the shards) | images/s | |")
+    print("|---|---|---|")
+    g = big["gather_img_per_s"]
+    print(f"| one epoch of random batches, page-cached shards ({num(big['train'] + big['valid'])} images) | {num(g)} | {g * BYTES / 1e9:.1f} GB/s |")
+    print(f"| the same, the {num(small['train'] + small['valid'])}-image set | {num(small['gather_img_per_s'])} | |")
+    ranks = " / ".join(num(r["img_per_s"]) for r in big["ranks"])
+    print(f"| each of {len(big['ranks'])} ranks' `RankSplit` share of {num(big['train'])} training images, in turn | {ranks} | |")
+    c = cold["gather_img_per_s"]
+    print(f"| one epoch, shards evicted from the page cache first (`POSIX_FADV_DONTNEED`) | {num(c)} | {c * BYTES / 1e9:.1f} GB/s |")
 PYEOF
   ;;
 *)

@@ -46,6 +46,10 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have maturin 1.16.0 || need+=("maturin==1.16.0")
   have pytest 9.2.0 || need+=("pytest==9.2.0")
   have ray 2.60.0 || need+=("ray[data]==2.60.0")
+  # CUDA's libcu++ headers (headers only), which the torch wheel's nvidia-* dependencies lack: `make
+  # lint` compiles the c10d shim's NCCL build with them (scripts/check-nccl-shim.sh). The CUDA 13.0
+  # series, as the torch wheel's runtime.
+  have nvidia-cuda-cccl 13.0.85 || need+=("nvidia-cuda-cccl==13.0.85")
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} into $VENV (from PyPI; torch is large, this takes a few minutes once)"

@@ -15,3 +15,9 @@ pub mod paths;
 pub mod search;
 pub mod serve;
 pub mod train;
+
+/// The test suite's skip helper, so a unit test that cannot run here is recorded like the
+/// integration tests' skips (one file for both).
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+pub(crate) mod test_skip;

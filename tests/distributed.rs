@@ -386,8 +386,15 @@ fn a_killed_rank_stops_the_other_naming_it() {
     });
     r1.0.kill().unwrap();
     let t = Instant::now();
-    let o = finish(r0, Duration::from_secs(150));
+    // Well before --dist-timeout (120 s): the lost rank's sockets close, and the next collective
+    // fails at once; a rank 0 that waited out the timeout fails here.
+    let o = finish(r0, Duration::from_secs(60));
+    let stopped = t.elapsed();
     assert!(!o.status.success(), "rank 0 went on alone");
+    assert!(
+        stopped < Duration::from_secs(30),
+        "rank 0 stopped {stopped:?} after rank 1 died: it waited for the timeout instead of failing at once"
+    );
     assert!(
         o.stderr.contains("rank 1") && o.stderr.contains("died"),
         "rank 0's error does not name the lost rank: {}",
@@ -395,7 +402,7 @@ fn a_killed_rank_stops_the_other_naming_it() {
     );
     eprintln!(
         "rank 0 stopped {:.1}s after rank 1 was killed",
-        t.elapsed().as_secs_f64()
+        stopped.as_secs_f64()
     );
     // What was saved stays a resumable bundle.
     assert!(info(&tmp.path().join("k"))["training"]["interrupted"] == true);

@@ -114,6 +114,8 @@ fn report_shows_evaluates_top_losses_in_order_and_its_confusion_matrix() {
             w["predicted"].as_str().unwrap()
         );
         let loss: f64 = attr(f, "data-loss").unwrap().parse().unwrap();
+        // Exact: `interpret` is `evaluate` (the same batches, one thread each, the same kernels)
+        // plus a report; only the decimal round trip through the page can differ.
         assert!((loss - w["loss"].as_f64().unwrap()).abs() < 1e-12);
         assert!(loss <= last, "loss order");
         last = loss;

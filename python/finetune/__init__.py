@@ -13,9 +13,9 @@ Everything runs in Rust (the same code as the command line); the GIL is released
 # libtorch into the process, and the extension binds to those very libraries.
 import torch  # noqa: F401
 
-from ._finetune import FinetuneError, Model, __version__, _read_image, inference_plan_passes, load, train
+from ._finetune import DISTRIBUTED, FinetuneError, Model, __version__, _read_image, inference_plan_passes, load, train
 
-__all__ = ["FinetuneError", "Model", "inference_plan_passes", "load", "read_image", "train", "__version__"]
+__all__ = ["DISTRIBUTED", "FinetuneError", "Model", "inference_plan_passes", "load", "read_image", "train", "__version__"]
 
 
 def read_image(path):

@@ -33,6 +33,8 @@ mod _finetune {
         use pyo3::types::PyModuleMethods;
         super::keep_freed_memory();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // Whether this build can train under torchrun (Gloo's headers were there at build time).
+        m.add("DISTRIBUTED", finetune::dist::AVAILABLE)?;
         m.add(
             "IMAGE_EXTENSIONS",
             finetune::data::items::IMAGE_EXTS.to_vec(),

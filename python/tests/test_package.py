@@ -211,6 +211,8 @@ def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
         finetune.train(SAMPLE / "train", augment={"warp": 0.5}, out=tmp_path / "m")
 
 
+@pytest.mark.skipif(not finetune.DISTRIBUTED, reason="finetune was built without distributed training "
+                    "(no Gloo headers): apt-get install libgloo-dev, then rebuild")
 def test_train_under_torchrun_is_the_clis_data_parallel_run(tmp_path):
     """`python -m torch.distributed.run script.py` calling finetune.train: one data-parallel run of
     two ranks, as `torchrun finetune train`: rank 0 alone writes the bundle, both return its metrics,

@@ -79,36 +79,9 @@ pub const NEEDS_SHARED: &str =
 /// How to enable the tests that fill a small disk.
 pub const NEEDS_ROOT: &str = "run the suite as root, which may mount a tmpfs";
 
-/// Every skip goes through here, so none goes unseen: it is appended to `target/test-skips.tsv`
-/// (test, reason, how to enable), which `make test` sums up at the end. Under
-/// `FINETUNE_REQUIRE_ALL=1` (CI) a skip is a failure instead: CI installs everything the suite needs.
-pub fn skip(why: &str, enable: &str) {
-    let test = format!(
-        "{}::{}",
-        env!("CARGO_CRATE_NAME"),
-        std::thread::current().name().unwrap_or("?")
-    );
-    if std::env::var("FINETUNE_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("{test} would skip ({why}), and FINETUNE_REQUIRE_ALL=1 allows no skip; to run it: {enable}");
-    }
-    eprintln!("SKIPPED: {why} (to run it: {enable})");
-    println!("SKIPPED: {why} (to run it: {enable})");
-    let log = std::env::var_os("FINETUNE_SKIP_LOG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/test-skips.tsv"));
-    let line = format!("{test}\t{why}\t{enable}\n").replace(['\r'], " ");
-    let appended = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = appended {
-        eprintln!(
-            "warning: could not record the skip in {}: {e}",
-            log.display()
-        );
-    }
-}
+#[path = "skip.rs"]
+mod skip_log;
+pub use skip_log::skip;
 
 pub fn mobilenet_weights() -> Option<PathBuf> {
     let p = shared()?.join("weights/mobilenet_v2-b0353104.pth");
@@ -126,15 +99,42 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| repo().join(".venv/bin/python"))
 }
 
-/// Reference outputs from the venv's torch/torchvision, generated once per `target/` dir.
+/// The kernel-selection variables of oneDNN and ATen (`ONEDNN_MAX_CPU_ISA=AVX2
+/// ATEN_CPU_CAPABILITY=avx2` make this processor take the kernels an AVX2-only one would), as a
+/// name: "native" when neither is set.
+pub fn isa_tag() -> String {
+    let vars: Vec<String> = ["ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect();
+    if vars.is_empty() {
+        "native".into()
+    } else {
+        vars.join(",")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    }
+}
+
+/// Reference outputs from the venv's torch/torchvision, generated once per `target/` dir, kernel
+/// set and processor.
+///
+/// The references are what PyTorch computes with the very kernels the test will run: the same
+/// libtorch, the same instruction set (one folder per `isa_tag`) and the same processor (its model
+/// and flags are part of the marker). A reference made with AVX-512 kernels and compared with an
+/// AVX2 run differs by kernel rounding, not by anything finetune computes (measured: resnet101's
+/// logits 4.6e-4 apart, bf16 logits 0.125 apart, Adam's second step 0.035 apart through the sign of
+/// a near-zero gradient), so the parity tests keep bounds that catch a wrong layer.
 pub fn reference() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
     DIR.get_or_init(|| {
         let _g = LOCK.lock().unwrap();
-        let dir = repo().join("target/reference");
-        // Regenerated whenever the script changes (its hash is the marker's content).
-        let script = std::fs::read(repo().join("tests/reference/make_reference.py")).unwrap();
+        let dir = repo().join("target/reference").join(isa_tag());
+        // Regenerated whenever the script or the processor changes (their hash is the marker).
+        let mut script = std::fs::read(repo().join("tests/reference/make_reference.py")).unwrap();
+        script.extend_from_slice(cpu_identity().as_bytes());
         let want: String =
             sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&script))
                 .iter()
@@ -157,10 +157,23 @@ pub fn reference() -> PathBuf {
                 st.success(),
                 "reference script failed; run `make test` to set up the venv"
             );
+            std::fs::write(dir.join("done"), &want).unwrap();
         }
         dir
     })
     .clone()
+}
+
+/// The processor's model name and feature flags (Linux's /proc/cpuinfo; empty elsewhere): which
+/// kernels oneDNN and ATen pick on it.
+pub fn cpu_identity() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("model name") || l.starts_with("flags"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The binary, with its image cache under target/ (never the user's cache folder).
