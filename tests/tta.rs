@@ -58,8 +58,14 @@ fn predict(model: &Path, files: &[PathBuf], extra: &[&str]) -> Vec<Vec<(String, 
     )
 }
 
+/// Probabilities within `tol`, the same labels in the same order. Not bit-exact where the two sides
+/// run other batches (an image alone, serve's batches): oneDNN's kernels and summation orders depend
+/// on the batch shape, so logits agree to rounding, and a probability (at most 1) moves by less;
+/// 1e-5 there, 1e-6 where only the combination differs. The worst difference is printed (seen: 6e-8
+/// on an AVX-512 Xeon, natively and under ONEDNN_MAX_CPU_ISA=AVX2).
 fn assert_close(a: &[Vec<(String, f64)>], b: &[Vec<(String, f64)>], tol: f64, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
+    eprintln!("{what}: max |Δp| {:.1e}", max_diff(a, b));
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.len(), y.len(), "{what}");
         for ((lx, px), (ly, py)) in x.iter().zip(y) {
