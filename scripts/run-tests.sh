@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run through `make test` / `make test-avx2`, which set up the venv and point torch-sys at its
-# libtorch (LIBTORCH_USE_PYTORCH). Runs `cargo test --release` over every test file, even after a failure (--no-fail-fast), one test
+# Runs `cargo test --release` over every test file, even after a failure (--no-fail-fast), one test
 # at a time; then sums up the skips and names every failed test. Exits non-zero on any failure.
+# Run it through `make test` / `make test-avx2`, which set up the venv and point torch-sys at its
+# libtorch (LIBTORCH_USE_PYTORCH); run alone, cargo rebuilds against no libtorch and fails.
 #   scripts/run-tests.sh [CARGO TEST TARGETS...]   e.g. --test clean --lib
 # FINETUNE_TEST_LOG (default target/test.log) keeps the whole output; FINETUNE_SKIP_LOG (default
 # target/test-skips.tsv) the skips, started afresh.
