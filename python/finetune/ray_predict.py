@@ -77,12 +77,15 @@ def plan_cpus(cluster_cpus, num_workers):
     return min(1.0, int(share * 10000) / 10000), read
 
 
-def _schema(top_k):
+def _schema(top_k, unknown=False):
     import pyarrow as pa
 
     fields = [("path", pa.string()), ("label", pa.string()), ("score", pa.float64())]
     for i in range(2, top_k + 1):
         fields += [(f"label_{i}", pa.string()), (f"score_{i}", pa.float64())]
+    if unknown:
+        # The model's "unknown" answer, as `finetune predict` prints it.
+        fields += [("unknown", pa.bool_()), ("unknown_score", pa.float64())]
     fields.append(("error", pa.string()))
     return pa.schema(fields)
 
@@ -95,7 +98,8 @@ class Predictor:
 
         self.model = finetune.load(model, device=device)
         self.top_k = max(1, min(top_k, len(self.model.classes)))
-        self.schema = _schema(self.top_k)
+        self.unknown = self.model.info.get("unknown") is not None
+        self.schema = _schema(self.top_k, self.unknown)
         self.drop_non_images = drop_non_images
         self.exts = {"." + e for e in finetune._finetune.IMAGE_EXTENSIONS}
         self.progress, self.stall = progress, stall
@@ -119,6 +123,7 @@ class Predictor:
             top_k=self.top_k,
             return_exceptions=True,
             names=[paths[i] for i in todo],
+            details=True,
         )
         ranked = [None] * len(paths)
         for i, r in zip(todo, results):
@@ -139,7 +144,11 @@ class Predictor:
                 continue
             cols["path"].append(path)
             cols["error"].append(errors[i])
-            top = ranked[i] or []
+            answer = ranked[i] or {}
+            top = answer.get("predictions", [])
+            if self.unknown:
+                cols["unknown"].append(answer.get("unknown"))
+                cols["unknown_score"].append(answer.get("unknown_score"))
             for k in range(1, self.top_k + 1):
                 label, score = top[k - 1] if k <= len(top) else (None, None)
                 suffix = "" if k == 1 else f"_{k}"

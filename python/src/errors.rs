@@ -46,8 +46,16 @@ pub(crate) fn run_err(e: RunError) -> PyErr {
     }
 }
 
+/// One input's answer before it becomes Python objects: the ranked `(label, score)` list, and the
+/// "unknown" score and decision when the model has them.
+pub(crate) struct Answered {
+    pub top: Vec<(String, f32)>,
+    pub score: Option<f64>,
+    pub unknown: bool,
+}
+
 /// One input's outcome before it becomes Python objects.
-pub(crate) type Ranked = Result<Vec<(String, f32)>, ItemError>;
+pub(crate) type Ranked = Result<Answered, ItemError>;
 
 pub(crate) enum ItemError {
     Missing(PathBuf),

@@ -5,7 +5,7 @@ use crate::errors::*;
 use finetune::bundle::{self, Bundle};
 use finetune::data::decode::{decode_bytes, decode_file};
 use finetune::device::select as parse_device;
-use finetune::infer::predict::{predict_with, Prediction};
+use finetune::infer::predict::{decide, predict_with, Answer};
 use finetune::infer::tta::Tta;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -14,17 +14,26 @@ use pyo3::types::PyList;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// Results as Python lists of `(label, score)`; a failed item raises, or with
-/// `return_exceptions` stands in the list as its exception (as `asyncio.gather` does).
+/// Results as Python lists of `(label, score)` (with `details`, dicts that add `unknown` and
+/// `unknown_score`); a failed item raises, or with `return_exceptions` stands in the list as its
+/// exception (as `asyncio.gather` does).
 pub(crate) fn to_python(
     py: Python<'_>,
     results: Vec<Ranked>,
     return_exceptions: bool,
+    details: bool,
 ) -> PyResult<Py<PyList>> {
     let out = PyList::empty(py);
     for r in results {
         match r {
-            Ok(top) => out.append(PyList::new(py, top)?)?,
+            Ok(a) if details => {
+                let d = pyo3::types::PyDict::new(py);
+                d.set_item("predictions", PyList::new(py, a.top)?)?;
+                d.set_item("unknown", a.unknown)?;
+                d.set_item("unknown_score", a.score)?;
+                out.append(d)?
+            }
+            Ok(a) => out.append(PyList::new(py, a.top)?)?,
             Err(e) if return_exceptions => out.append(e.to_py().into_value(py))?,
             Err(e) => return Err(e.to_py()),
         }
@@ -73,16 +82,16 @@ impl Model {
                 &items,
                 decode,
                 tta.as_ref(),
-                |_, r: Result<Vec<f32>, _>| {
-                    out.push(r.map(|probs| {
-                        let p = Prediction {
-                            path: PathBuf::new(),
-                            probs,
-                        };
-                        p.decide(task, k, thresh)
-                            .into_iter()
-                            .map(|(i, s)| (classes[i].clone(), s))
-                            .collect()
+                |_, r: Result<Answer, _>| {
+                    out.push(r.map(|a| {
+                        Answered {
+                            top: decide(&a.probs, task, k, thresh)
+                                .into_iter()
+                                .map(|(i, s)| (classes[i].clone(), s))
+                                .collect(),
+                            score: a.score.filter(|_| b.accept.is_some()),
+                            unknown: a.unknown,
+                        }
                     }))
                 },
             );
@@ -166,7 +175,11 @@ impl Model {
     /// with `return_exceptions=True` its place in the list holds that exception instead.
     /// `tta=True` (or a dict of `n`, `beta`, `seed`) predicts with test-time augmentation, as
     /// `finetune predict --tta` (fastai's `Learner.tta`).
-    #[pyo3(signature = (paths, top_k=1, return_exceptions=false, tta=None, thresh=0.5))]
+    /// `details=True` gives a dict per image instead: `predictions` (the list above), `unknown`
+    /// (the image is none of the classes, as far as the model can tell) and `unknown_score`
+    /// (higher = more like the training data; `None` for a model without the unknown answer).
+    #[pyo3(signature = (paths, top_k=1, return_exceptions=false, tta=None, thresh=0.5, details=false))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments, each one a parameter
     fn predict(
         &self,
         py: Python<'_>,
@@ -175,6 +188,7 @@ impl Model {
         return_exceptions: bool,
         tta: Option<&Bound<'_, PyAny>>,
         thresh: f64,
+        details: bool,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
         finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
@@ -184,12 +198,12 @@ impl Model {
             }
             decode_file(p, self.max_file_bytes).map_err(ItemError::Decode)
         });
-        to_python(py, r, return_exceptions)
+        to_python(py, r, return_exceptions, details)
     }
 
     /// Like `predict`, for decoded pixels: a uint8 array of shape (N, H, W, 3), or a list of
     /// (H, W, 3) arrays of any sizes. They get the same resize and normalisation as files.
-    #[pyo3(signature = (arrays, top_k=1, tta=None, thresh=0.5))]
+    #[pyo3(signature = (arrays, top_k=1, tta=None, thresh=0.5, details=false))]
     fn predict_arrays(
         &self,
         py: Python<'_>,
@@ -197,48 +211,87 @@ impl Model {
         top_k: usize,
         tta: Option<&Bound<'_, PyAny>>,
         thresh: f64,
+        details: bool,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
         finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
-        let mut images = Vec::new();
-        let batch = PyBuffer::<u8>::get(arrays)
-            .ok()
-            .filter(|b| b.dimensions() == 4);
-        if let Some(buf) = batch {
-            let s = buf.shape().to_vec();
-            if s[3] != 3 || s[1] == 0 || s[2] == 0 {
-                return Err(PyValueError::new_err(format!(
-                    "arrays: expected uint8 RGB pixels of shape (N, H, W, 3), got shape {s:?}"
-                )));
-            }
-            let data = buf.to_vec(py)?;
-            let per = s[1] * s[2] * 3;
-            for chunk in data.chunks_exact(per.max(1)) {
-                images.push(
-                    image::RgbImage::from_raw(s[2] as u32, s[1] as u32, chunk.to_vec())
-                        .ok_or_else(|| {
-                            PyValueError::new_err("arrays: pixel buffer does not match its shape")
-                        })?,
-                );
-            }
-        } else {
-            if PyBuffer::<u8>::get(arrays).is_ok_and(|b| b.dimensions() == 3) {
-                return Err(PyValueError::new_err(
-                    "arrays: got one (H, W, 3) image; pass [image] or an (N, H, W, 3) array",
+        let images = images_of(py, arrays)?;
+        let r = self.rank(py, images, (top_k, thresh), tta, |img| Ok(img.clone()));
+        to_python(py, r, false, details)
+    }
+
+    /// Embeddings (the head's input: the body's concat-pooled features, what `finetune embed`
+    /// writes) of image files, decoded pixels or encoded bytes, as a float32 numpy array of shape
+    /// (N, D) in input order. Each item is a path (str or os.PathLike), bytes of an encoded
+    /// image, or uint8 RGB pixels (H, W, 3); an unreadable one raises naming it.
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        enum Item {
+            Path(PathBuf),
+            Bytes(PathBuf, Vec<u8>),
+            Pixels(image::RgbImage),
+        }
+        let mut list = Vec::new();
+        for (i, it) in items.try_iter()?.enumerate() {
+            let it = it?;
+            if let Ok(p) = it.extract::<PathBuf>() {
+                list.push(Item::Path(p));
+            } else if it.is_instance_of::<pyo3::types::PyBytes>() {
+                list.push(Item::Bytes(
+                    PathBuf::from(format!("<bytes {i}>")),
+                    it.extract::<Vec<u8>>()?,
                 ));
-            }
-            for (i, a) in arrays.try_iter()?.enumerate() {
-                images.push(rgb_of(py, &a?, &format!("arrays[{i}]"))?);
+            } else {
+                list.push(Item::Pixels(rgb_of(py, &it, &format!("items[{i}]"))?));
             }
         }
-        let r = self.rank(py, images, (top_k, thresh), tta, |img| Ok(img.clone()));
-        to_python(py, r, false)
+        let cap = self.max_file_bytes;
+        let rows = py.detach(|| {
+            let b = self.lock();
+            let info = &b.info;
+            let mut out: Vec<Result<Vec<f32>, ItemError>> = Vec::with_capacity(list.len());
+            finetune::infer::predict::map_batches(
+                &list,
+                |it| {
+                    let img = match it {
+                        Item::Path(p) if !p.exists() => return Err(ItemError::Missing(p.clone())),
+                        Item::Path(p) => decode_file(p, cap).map_err(ItemError::Decode)?,
+                        Item::Bytes(n, bytes) => {
+                            decode_bytes(n, bytes).map_err(ItemError::Decode)?
+                        }
+                        Item::Pixels(img) => img.clone(),
+                    };
+                    Ok(finetune::infer::predict::preprocess(&img, info))
+                },
+                |imgs| {
+                    let f = finetune::infer::predict::features(&b, imgs);
+                    finetune::infer::trust::fit::rows(&f.pooled)
+                },
+                |_, r| out.push(r),
+            );
+            out
+        });
+        let d = self.lock().info.arch.head_inputs() as usize;
+        let mut flat = Vec::with_capacity(rows.len() * d);
+        for r in &rows {
+            match r {
+                Ok(v) => flat.extend_from_slice(v),
+                Err(e) => return Err(e.to_py()),
+            }
+        }
+        let np = py.import("numpy")?;
+        let arr = np.call_method1("array", (flat,))?;
+        let arr = arr.call_method1("astype", ("float32",))?;
+        arr.call_method1("reshape", ((rows.len(), d),))
     }
 
     /// Like `predict`, for encoded image files in memory (bytes of a JPEG, PNG, ...): decoding and
     /// resizing run in Rust on all cores. `names` (e.g. the source paths) name the images in
     /// errors. Ray's batch predictor calls this.
-    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None, thresh=0.5))]
+    #[pyo3(signature = (blobs, top_k=1, return_exceptions=false, names=None, tta=None, thresh=0.5, details=false))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments, each one a parameter
     fn predict_encoded(
         &self,
@@ -249,6 +302,7 @@ impl Model {
         names: Option<Vec<String>>,
         tta: Option<&Bound<'_, PyAny>>,
         thresh: f64,
+        details: bool,
     ) -> PyResult<Py<PyList>> {
         let tta = tta_of(tta)?;
         finetune::infer::predict::check_thresh(thresh).map_err(PyValueError::new_err)?;
@@ -275,7 +329,7 @@ impl Model {
         let r = self.rank(py, items, (top_k, thresh), tta, |(name, bytes)| {
             decode_bytes(name, bytes).map_err(ItemError::Decode)
         });
-        to_python(py, r, return_exceptions)
+        to_python(py, r, return_exceptions, details)
     }
 
     fn __repr__(&self) -> String {
@@ -293,19 +347,41 @@ impl Model {
 
 /// Loads a bundle made by `finetune train` (or `finetune.train`). `device`: auto (CUDA when
 /// present), cpu, cuda or cuda:N. `max_file_mb`: the largest image file `predict` reads (default:
-/// `FINETUNE_MAX_FILE_MB`, else 64, as the CLI's `--max-file-mb`).
+/// `FINETUNE_MAX_FILE_MB`, else 64, as the CLI's `--max-file-mb`). `raw_probs=True` answers with
+/// the raw softmax instead of the calibrated probabilities (the CLI's `--raw-probs`); `unknown`:
+/// the share of validation images the "unknown" threshold accepts, or `"off"` (default: the
+/// bundle's own, as the CLI's `--unknown`).
 #[pyfunction]
-#[pyo3(signature = (path, device="auto", max_file_mb=None))]
+#[pyo3(signature = (path, device="auto", max_file_mb=None, raw_probs=false, unknown=None))]
 pub(crate) fn load(
     py: Python<'_>,
     path: PathBuf,
     device: &str,
     max_file_mb: Option<u64>,
+    raw_probs: bool,
+    unknown: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Model> {
     let dev = parse_device(device).map_err(device_err)?;
-    let b = py
+    let accept = match unknown.filter(|u| !u.is_none()) {
+        None => None,
+        Some(u) => {
+            let text = match u.extract::<f64>() {
+                Ok(v) => v.to_string(),
+                Err(_) => u.str()?.to_string(),
+            };
+            let a: finetune::infer::trust::Accept = text
+                .parse()
+                .map_err(|e: String| PyValueError::new_err(format!("unknown: {e}")))?;
+            Some(a.0)
+        }
+    };
+    let mut b = py
         .detach(|| bundle::load(&path, dev))
         .map_err(|e| bundle_err(e, &path))?;
+    b.calibrated = !raw_probs;
+    if let Some(a) = accept {
+        b.accept = a.filter(|_| b.info.unknown.is_some());
+    }
     Ok(Model {
         bundle: Mutex::new(b),
         path,
@@ -371,4 +447,42 @@ fn tta_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Tta>> {
 #[pyfunction]
 pub fn inference_plan_passes() -> usize {
     finetune::model::plan::passes()
+}
+
+/// `arrays` as images: a uint8 array of shape (N, H, W, 3), or a list of (H, W, 3) arrays.
+fn images_of(py: Python<'_>, arrays: &Bound<'_, PyAny>) -> PyResult<Vec<image::RgbImage>> {
+    {
+        let mut images = Vec::new();
+        let batch = PyBuffer::<u8>::get(arrays)
+            .ok()
+            .filter(|b| b.dimensions() == 4);
+        if let Some(buf) = batch {
+            let s = buf.shape().to_vec();
+            if s[3] != 3 || s[1] == 0 || s[2] == 0 {
+                return Err(PyValueError::new_err(format!(
+                    "arrays: expected uint8 RGB pixels of shape (N, H, W, 3), got shape {s:?}"
+                )));
+            }
+            let data = buf.to_vec(py)?;
+            let per = s[1] * s[2] * 3;
+            for chunk in data.chunks_exact(per.max(1)) {
+                images.push(
+                    image::RgbImage::from_raw(s[2] as u32, s[1] as u32, chunk.to_vec())
+                        .ok_or_else(|| {
+                            PyValueError::new_err("arrays: pixel buffer does not match its shape")
+                        })?,
+                );
+            }
+        } else {
+            if PyBuffer::<u8>::get(arrays).is_ok_and(|b| b.dimensions() == 3) {
+                return Err(PyValueError::new_err(
+                    "arrays: got one (H, W, 3) image; pass [image] or an (N, H, W, 3) array",
+                ));
+            }
+            for (i, a) in arrays.try_iter()?.enumerate() {
+                images.push(rgb_of(py, &a?, &format!("arrays[{i}]"))?);
+            }
+        }
+        Ok(images)
+    }
 }

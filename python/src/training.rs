@@ -133,7 +133,8 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
     mixup=None, cutmix=None, save_best=None, early_stop=None, labels=None, fn_col="0",
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
-    precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300
+    precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300,
+    unknown=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train<'py>(
@@ -176,7 +177,21 @@ pub(crate) fn train<'py>(
     max_file_mb: Option<u64>,
     dist_backend: &str,
     dist_timeout: u64,
+    unknown: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
+    let accept = match unknown.filter(|u| !u.is_none()) {
+        None => Some(finetune::infer::trust::DEFAULT_ACCEPT),
+        Some(u) => {
+            let text = match u.extract::<f64>() {
+                Ok(v) => v.to_string(),
+                Err(_) => u.str()?.to_string(),
+            };
+            text.parse::<finetune::infer::trust::Accept>()
+                .map_err(|e| PyValueError::new_err(format!("unknown: {e}")))?
+                .0
+        }
+    };
     // Under torchrun (`python -m torch.distributed.run script.py`), one rank of a data-parallel
     // run, exactly as `finetune train` under torchrun.
     let launch =
@@ -375,7 +390,37 @@ pub(crate) fn train<'py>(
         }
         return Err(e);
     }
-    outcome_dict(py, &outcome)
+    let d = outcome_dict(py, &outcome)?;
+    if leader && !outcome.interrupted {
+        // As at the end of `finetune train`: the temperature and the "unknown" answer.
+        let opts = finetune::infer::trust::FitOptions {
+            accept,
+            max_file_bytes: cap,
+            ..Default::default()
+        };
+        let data = outcome.info.data.as_ref().map(|d| d.source.clone());
+        if let Some(data) = data {
+            let fitted = py
+                .detach(|| finetune::infer::trust::calibrate(&outcome.out, &data, rt, &opts))
+                .map_err(fail)?;
+            let c = fitted.calibration;
+            if !quiet {
+                py_print(&format!(
+                    "calibrated: temperature {:.3} (valid ECE {:.4} -> {:.4}); unknown: {}",
+                    c.temperature,
+                    c.ece_before,
+                    c.ece_after,
+                    fitted.unknown.as_ref().map_or("off", |u| u.score.name())
+                ));
+            }
+            let text = serde_json::to_string(&c).map_err(fail)?;
+            d.set_item(
+                "calibration",
+                py.import("json")?.call_method1("loads", (text,))?,
+            )?;
+        }
+    }
+    Ok(d)
 }
 
 /// `augment=`: `False`, `True` (fastai's defaults) or a dict overriding `max_warp`, `max_rotate`,

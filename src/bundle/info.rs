@@ -230,4 +230,11 @@ pub struct ModelInfo {
     pub training: Option<TrainingInfo>,
     pub data: Option<DataInfo>,
     pub metrics: Option<FinalMetrics>,
+    /// The temperature every probability is divided by (absent: bundles from before calibration,
+    /// or `finetune calibrate` not run yet; they answer with the raw softmax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::trust::Calibration>,
+    /// The "unknown" answer's score and threshold (absent: every image gets a class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<super::trust::UnknownInfo>,
 }

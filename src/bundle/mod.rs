@@ -9,11 +9,13 @@
 //! | `model.json` | [`ModelInfo`]: what is needed to use the model, and how it was made |
 //! | `metrics.csv` | one [`EpochRow`] per epoch |
 //! | `evaluation.json`, `confusion.svg` | what `evaluate --save` measured (the model card shows it) |
+//! | `ood.safetensors` | the training features' statistics behind the "unknown" score ([`FeatureStats`]) |
 //! | `resume/` | an unfinished run's [`Checkpoint`]: `checkpoint.safetensors` and `state.json` |
 
 mod checkpoint;
 mod info;
 mod read;
+mod trust;
 mod write;
 
 pub use checkpoint::{Checkpoint, RngState, TrackerState, TrainState};
@@ -22,10 +24,11 @@ pub use info::{
     Normalization, Task, Tracking, TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
 };
 pub use read::{
-    load, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics, read_info,
-    Bundle,
+    load, load_unscored, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics,
+    read_info, Bundle,
 };
-pub use write::{check_out_dir, save, write_evaluation};
+pub use trust::{quantile, Calibration, FeatureStats, Score, UnknownInfo};
+pub use write::{check_out_dir, save, write_evaluation, write_trust};
 
 use crate::model::weights::WeightsError;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,8 @@ pub const METRICS_FILE: &str = "metrics.csv";
 /// Where `evaluate --save` puts its results (the model card and serve read them).
 pub const EVALUATION_FILE: &str = "evaluation.json";
 pub const CONFUSION_FILE: &str = "confusion.svg";
+/// The feature statistics of the "unknown" score (`finetune calibrate`, or the end of `train`).
+pub const OOD_FILE: &str = "ood.safetensors";
 /// Where an unfinished bundle keeps what `train --resume` needs.
 pub const RESUME_DIR: &str = "resume";
 const RESUME_WEIGHTS: &str = "checkpoint.safetensors";

@@ -1,8 +1,9 @@
 //! Reading a bundle, every read bounded (a bundle may come from anyone).
 
 use super::{
-    BundleError, Checkpoint, ModelInfo, CONFUSION_FILE, EVALUATION_FILE, FORMAT_VERSION, INFO_FILE,
-    METRICS_FILE, RESUME_DIR, RESUME_STATE, RESUME_WEIGHTS, WEIGHTS_FILE,
+    BundleError, Checkpoint, FeatureStats, ModelInfo, CONFUSION_FILE, EVALUATION_FILE,
+    FORMAT_VERSION, INFO_FILE, METRICS_FILE, OOD_FILE, RESUME_DIR, RESUME_STATE, RESUME_WEIGHTS,
+    WEIGHTS_FILE,
 };
 use crate::model::Network;
 use std::collections::BTreeMap;
@@ -73,16 +74,116 @@ pub fn read_info(dir: &Path) -> Result<ModelInfo, BundleError> {
 pub struct Bundle {
     pub info: ModelInfo,
     pub net: Network,
+    /// What the "unknown" score's distances are measured against (`ood.safetensors`), when the
+    /// bundle records a score that needs them.
+    pub stats: Option<FeatureStats>,
+    /// Divide the logits by the recorded temperature (the default); `false` gives the raw
+    /// softmax (`--raw-probs`).
+    pub calibrated: bool,
+    /// The share of validation images the "unknown" threshold accepts; `None` never answers
+    /// unknown (`--unknown off`, or a bundle without the score).
+    pub accept: Option<f64>,
+}
+
+impl Bundle {
+    /// What the logits are divided by: the recorded temperature, or 1 (raw softmax).
+    pub fn temperature(&self) -> f64 {
+        match (&self.info.calibration, self.calibrated) {
+            (Some(c), true) => c.temperature,
+            _ => 1.0,
+        }
+    }
+
+    /// The threshold below which an image's score makes it unknown, if the bundle answers unknown.
+    pub fn threshold(&self) -> Option<f64> {
+        let u = self.info.unknown.as_ref()?;
+        Some(u.threshold_for(self.accept?))
+    }
 }
 
 /// Loads the bundle in `dir` onto `rt` (a device alone: the `auto` memory format and precision).
 pub fn load(dir: &Path, rt: impl Into<crate::model::Runtime>) -> Result<Bundle, BundleError> {
-    let info = read_info(dir)?;
+    load_inner(dir, rt.into(), true)
+}
+
+/// [`load`] without the "unknown" answer (its statistics not read): what `finetune calibrate`
+/// starts from, so a damaged `ood.safetensors` can be fitted again.
+pub fn load_unscored(
+    dir: &Path,
+    rt: impl Into<crate::model::Runtime>,
+) -> Result<Bundle, BundleError> {
+    load_inner(dir, rt.into(), false)
+}
+
+fn load_inner(dir: &Path, rt: crate::model::Runtime, scored: bool) -> Result<Bundle, BundleError> {
+    let mut info = read_info(dir)?;
     let net = Network::classifier(info.arch, info.classes.len() as i64, rt);
     let path = dir.join(WEIGHTS_FILE);
     let tensors = crate::model::weights::read_weights(&path)?;
     crate::model::load::load_exact(&net, &path, tensors)?;
-    Ok(Bundle { info, net })
+    if !scored {
+        info.unknown = None;
+    }
+    let stats = match &info.unknown {
+        Some(u) if u.score.needs_stats() => Some(read_stats(dir, &info)?),
+        _ => None,
+    };
+    let accept = info.unknown.as_ref().map(|u| u.accept);
+    Ok(Bundle {
+        info,
+        net,
+        stats,
+        calibrated: true,
+        accept,
+    })
+}
+
+/// The features' statistics, their shapes checked against the model: a bundle may come from anyone.
+fn read_stats(dir: &Path, info: &ModelInfo) -> Result<FeatureStats, BundleError> {
+    let path = dir.join(OOD_FILE);
+    let mut t: std::collections::HashMap<String, tch::Tensor> =
+        crate::model::weights::read_weights(&path)?
+            .into_iter()
+            .collect();
+    let bad = |msg: String| BundleError::Json {
+        path: path.clone(),
+        msg: format!(
+            "{msg}; run `finetune calibrate {} DATA` to make it again",
+            dir.display()
+        ),
+    };
+    let mut take = |name: &str| {
+        t.remove(name)
+            .map(|x| x.to_kind(tch::Kind::Float))
+            .ok_or_else(|| bad(format!("it has no `{name}` tensor")))
+    };
+    let (means, precision, bank) = (take("means")?, take("precision")?, take("bank")?);
+    let d = crate::model::FEATURES;
+    let pooled = info.arch.head_inputs();
+    let rows = if info.task.is_multi() {
+        1
+    } else {
+        info.classes.len() as i64
+    };
+    let ok = means.size() == [rows, d]
+        && precision.size() == [d, d]
+        && bank.dim() == 2
+        && bank.size()[1] == pooled
+        && bank.size()[0] >= 1;
+    if !ok {
+        return Err(bad(format!(
+            "its shapes (means {:?}, precision {:?}, bank {:?}) do not fit a model of {rows} \
+             classes, {d} hidden and {pooled} pooled features",
+            means.size(),
+            precision.size(),
+            bank.size()
+        )));
+    }
+    Ok(FeatureStats {
+        means,
+        precision,
+        bank,
+    })
 }
 
 /// A small optional file of the bundle as text (`None` when absent, unreadable or over 16 MiB).

@@ -1,8 +1,9 @@
 //! Writing a bundle: all at once, or not at all.
 
 use super::{
-    io, BundleError, Checkpoint, EpochRow, ModelInfo, CONFUSION_FILE, EVALUATION_FILE, INFO_FILE,
-    METRICS_FILE, RESUME_DIR, RESUME_STATE, RESUME_WEIGHTS, WEIGHTS_FILE,
+    io, BundleError, Checkpoint, EpochRow, FeatureStats, ModelInfo, CONFUSION_FILE,
+    EVALUATION_FILE, INFO_FILE, METRICS_FILE, OOD_FILE, RESUME_DIR, RESUME_STATE, RESUME_WEIGHTS,
+    WEIGHTS_FILE,
 };
 use crate::model::Network;
 use std::path::Path;
@@ -148,4 +149,46 @@ pub fn write_evaluation(
     })?;
     write_file(&path, &json)?;
     write_file(&dir.join(CONFUSION_FILE), confusion_svg.as_bytes())
+}
+
+/// Records a bundle's calibration and "unknown" statistics (`info.calibration`, `info.unknown`):
+/// the statistics first, then `model.json`, each atomically, so a crash between the two leaves
+/// statistics that `model.json` does not yet mention (ignored) and never the reverse.
+pub fn write_trust(
+    dir: &Path,
+    info: &ModelInfo,
+    stats: Option<&FeatureStats>,
+) -> Result<(), BundleError> {
+    let ood = dir.join(OOD_FILE);
+    match stats {
+        Some(s) => {
+            let tmp = crate::atomic::temp_sibling(&ood, "new");
+            let vars: Vec<(String, tch::Tensor)> = FeatureStats::NAMES
+                .iter()
+                .zip([&s.means, &s.precision, &s.bank])
+                // The bank is the bulk and needs no more than fp16's 3 digits for a cosine.
+                .map(|(k, t)| {
+                    let kind = if *k == "bank" {
+                        tch::Kind::Half
+                    } else {
+                        tch::Kind::Float
+                    };
+                    (k.to_string(), t.to_kind(kind))
+                })
+                .collect();
+            write_safetensors(&tmp, &vars)
+                .and_then(|()| std::fs::rename(&tmp, &ood).map_err(io(&ood)))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })?;
+        }
+        None => {
+            let _ = std::fs::remove_file(&ood);
+        }
+    }
+    let json = serde_json::to_string_pretty(info).map_err(|e| BundleError::Json {
+        path: dir.join(INFO_FILE),
+        msg: e.to_string(),
+    })?;
+    write_file(&dir.join(INFO_FILE), json.as_bytes())
 }

@@ -23,6 +23,12 @@ pub struct Args {
     /// Multi-label models: a label is predicted when its probability is above this.
     #[arg(long, default_value_t = finetune::bundle::DEFAULT_THRESH)]
     thresh: f64,
+    /// A folder of images of none of the model's classes: report how well each "unknown" score
+    /// tells them from the test images (AUROC, FPR at 95 % TPR, the share flagged unknown).
+    #[arg(long, value_name = "DIR")]
+    ood: Option<PathBuf>,
+    #[command(flatten)]
+    trust: super::TrustArgs,
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
@@ -33,7 +39,8 @@ pub struct Args {
 
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
-    let b = bundle::load(&a.model, a.compute.runtime()?)?;
+    let mut b = bundle::load(&a.model, a.compute.runtime()?)?;
+    a.trust.apply(&mut b);
     let opts = a.tta.options(max_file_bytes)?;
     if b.info.task.is_multi() {
         return run_multi(&a, &b, &opts);
@@ -50,8 +57,27 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
         eprintln!("confusion matrix plot: {}", p.display());
     }
+    let mut text = ev.to_text();
+    let mut value = serde_json::to_value(&ev)?;
+    if let Some(dir) = &a.ood {
+        let test: Vec<PathBuf> = ev_paths(&a, &b, max_file_bytes)?;
+        let r = finetune::infer::trust::report::ood_report(&b, &test, dir, max_file_bytes)?;
+        text.push_str(&r.to_text());
+        value["ood"] = serde_json::to_value(&r)?;
+    }
     let save = || ev.save(&a.model, &a.test_dir);
-    report(&a, &ev.skipped, save, &ev, ev.to_text())
+    report(&a, &ev.skipped, save, &value, text)
+}
+
+/// The test images `evaluate` read, for the `--ood` comparison.
+fn ev_paths(a: &Args, _b: &bundle::Bundle, _cap: u64) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(match a.labels.csv() {
+        None => finetune::data::items::scan(&a.test_dir, &[])?.items,
+        Some(l) => finetune::data::labels::items(&a.test_dir, &l)?.0,
+    }
+    .into_iter()
+    .map(|i| i.path)
+    .collect())
 }
 
 /// What both kinds of evaluation end with: a warning per skipped file, `--save` into the bundle,

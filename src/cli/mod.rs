@@ -1,8 +1,10 @@
 //! The command line: a thin layer over the library.
 
 mod cache;
+mod calibrate;
 mod clean;
 mod download;
+mod embed;
 mod evaluate;
 mod export;
 mod imagenet;
@@ -12,6 +14,7 @@ mod predict;
 mod quickstart;
 mod serve;
 mod show_batch;
+mod similar;
 mod train;
 mod weights;
 
@@ -44,6 +47,9 @@ pub enum Command {
     Quickstart(quickstart::Args),
     /// Fine-tune a pretrained network on a folder of images (fastai's fine_tune).
     Train(train::Args),
+    /// Fit a model's calibration and "unknown" answer on the data it was trained on (done by
+    /// `train` already; for bundles made before, or another acceptance share).
+    Calibrate(calibrate::Args),
     /// Test accuracy, per-class report and confusion matrix of a model on a labelled folder.
     Evaluate(evaluate::Args),
     /// An HTML report of what a model gets wrong: top losses as images, confusion matrix, per class.
@@ -56,6 +62,10 @@ pub enum Command {
     Clean(clean::Args),
     /// Predict the class of images with a trained model.
     Predict(predict::Args),
+    /// Write the embeddings of images (the network's features before its head) as .npy + .csv.
+    Embed(embed::Args),
+    /// List the images that look most like a query image (cosine similarity of embeddings).
+    Similar(similar::Args),
     /// Classify images into the 1000 ImageNet classes with a pretrained checkpoint (top-5).
     ClassifyImagenet(imagenet::Args),
     /// Export a model bundle to another format (ONNX) for other runtimes.
@@ -77,10 +87,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(a) => download::run(a).map(|_| ()),
         Command::Quickstart(a) => quickstart::run(a),
         Command::Train(a) => train::run(a, cap),
+        Command::Calibrate(a) => calibrate::run(a, cap),
         Command::Evaluate(a) => evaluate::run(a, cap),
         Command::Interpret(a) => interpret::run(a, cap),
         Command::Clean(a) => clean::run(a, cap),
         Command::Predict(a) => predict::run(a, cap),
+        Command::Embed(a) => embed::run(a, cap),
+        Command::Similar(a) => similar::run(a, cap),
         Command::LrFind(a) => lr_find::run(a, cap),
         Command::ShowBatch(a) => show_batch::run(a, cap),
         Command::ClassifyImagenet(a) => imagenet::run(a, cap),
@@ -198,5 +211,28 @@ impl TtaArgs {
             max_file_bytes,
             tta,
         })
+    }
+}
+
+/// How far to trust an answer, for every command that predicts: calibrated probabilities (the
+/// default) or the raw softmax, and the "unknown" answer's acceptance share.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Print the raw softmax instead of the calibrated probabilities (the model's temperature
+    /// ignored). Never changes a predicted class.
+    #[arg(long)]
+    pub raw_probs: bool,
+    /// The "unknown" answer: the share of validation images the threshold accepts (default: the
+    /// share the model was calibrated with, 0.95), or `off` to always answer a class.
+    #[arg(long, value_name = "SHARE|off")]
+    pub unknown: Option<finetune::infer::trust::Accept>,
+}
+
+impl TrustArgs {
+    pub fn apply(&self, b: &mut finetune::bundle::Bundle) {
+        b.calibrated = !self.raw_probs;
+        if let Some(accept) = self.unknown {
+            b.accept = accept.0.filter(|_| b.info.unknown.is_some());
+        }
     }
 }

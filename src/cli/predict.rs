@@ -26,12 +26,14 @@ pub struct Args {
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
+    trust: super::TrustArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
 /// The images named or found under `inputs`; what a folder walk leaves out is warned about here,
 /// the same way `evaluate` does, so no file disappears silently.
-fn expand(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+pub(super) fn expand(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
@@ -58,7 +60,9 @@ fn csv_field(s: &str) -> String {
 
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
-    let b = bundle::load(&a.model, a.compute.runtime()?)?;
+    let mut b = bundle::load(&a.model, a.compute.runtime()?)?;
+    a.trust.apply(&mut b);
+    let scored = b.info.unknown.is_some() && b.accept.is_some();
     let paths = expand(&a.inputs)?;
     anyhow::ensure!(!paths.is_empty(), "no images found in the given inputs");
     let k = a.top_k.clamp(1, b.info.classes.len());
@@ -68,7 +72,11 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if a.csv {
-        writeln!(out, "path,label,probability")?;
+        writeln!(
+            out,
+            "path,label,probability{}",
+            if scored { ",unknown,score" } else { "" }
+        )?;
     }
     let mut json = Vec::new();
     let mut failed = 0usize;
@@ -77,17 +85,24 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         Ok(p) => {
             let top = p.decide(task, k, a.thresh);
             let path = p.path.display().to_string();
+            let score = p.score.filter(|_| scored);
             let res = if a.json {
-                json.push(serde_json::json!({
+                let mut v = serde_json::json!({
                     "path": path,
                     "predictions": top.iter().map(|(i, pr)| serde_json::json!({"label": classes[*i], "probability": pr})).collect::<Vec<_>>(),
-                }));
+                });
+                if let Some(s) = score {
+                    v["unknown"] = p.unknown.into();
+                    v["score"] = s.into();
+                }
+                json.push(v);
                 Ok(())
             } else if a.csv {
+                let tail = score.map_or(String::new(), |s| format!(",{},{s:.6}", p.unknown));
                 top.iter().try_for_each(|(i, pr)| {
                     writeln!(
                         out,
-                        "{},{},{:.6}",
+                        "{},{},{:.6}{tail}",
                         csv_field(&path),
                         csv_field(&classes[*i]),
                         pr
@@ -98,7 +113,16 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                     .iter()
                     .map(|(i, pr)| format!("{}  {:.4}", classes[*i], pr))
                     .collect();
-                writeln!(out, "{path}  {}", cols.join("  "))
+                match score {
+                    // The closest classes stay visible: "unknown" is a decision about the
+                    // image, not a class.
+                    Some(s) if p.unknown => writeln!(
+                        out,
+                        "{path}  unknown  (closest: {}; score {s:.4})",
+                        cols.join("  ")
+                    ),
+                    _ => writeln!(out, "{path}  {}", cols.join("  ")),
+                }
             };
             if let Err(e) = res {
                 io_err.get_or_insert(e);

@@ -37,6 +37,8 @@ pub struct Args {
     #[arg(long, default_value_t = 30.0)]
     header_timeout_s: f64,
     #[command(flatten)]
+    trust: super::TrustArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
@@ -53,6 +55,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cors: a.cors,
         body_timeout: seconds("--body-timeout-s", a.body_timeout_s)?,
         header_timeout: seconds("--header-timeout-s", a.header_timeout_s)?,
+        raw_probs: a.trust.raw_probs,
+        accept: a.trust.unknown.map(|u| u.0),
     };
     serve::run(&a.models, opts, |addr| {
         let mut out = std::io::stdout().lock();

@@ -74,6 +74,10 @@ pub struct Args {
     /// Only the epoch tables, no progress bars.
     #[arg(long, short)]
     quiet: bool,
+    /// The "unknown" answer: fit it at the end of training with a threshold that accepts this
+    /// share of the validation images (0.95 by default), or `off` for none.
+    #[arg(long, value_name = "SHARE|off")]
+    unknown: Option<finetune::infer::trust::Accept>,
     #[command(flatten)]
     compute: super::ComputeArgs,
     /// Under torchrun: the c10d backend (auto: NCCL on CUDA when built in, else Gloo).
@@ -356,6 +360,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     }
     // Only rank 0 speaks; the others would repeat it.
     let quiet = a.quiet || !leader;
+    let calib_rt = rt;
     let mut session = Session::start(
         plan,
         rt,
@@ -399,6 +404,16 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         );
     }
     println!("model saved to {}", o.out.display());
+    if !o.interrupted {
+        let fit = finetune::infer::trust::FitOptions {
+            accept: a
+                .unknown
+                .map_or(Some(finetune::infer::trust::DEFAULT_ACCEPT), |u| u.0),
+            max_file_bytes,
+            ..Default::default()
+        };
+        super::calibrate::fit_and_report(&o.out, None, calib_rt, &fit)?;
+    }
     if o.interrupted && o.resumable {
         println!(
             "continue it with: finetune train --resume {}",

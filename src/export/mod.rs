@@ -63,14 +63,19 @@ pub fn metadata(info: &ModelInfo) -> Vec<(String, String)> {
         (
             "outputs".into(),
             if info.task.is_multi() {
-                "logits [batch, classes]; probabilities = sigmoid(logits) [batch, classes], one \
-                 independent probability per label (multi-label; a label applies above 0.5); \
-                 class i is classes[i]"
+                "logits [batch, classes] (raw); probabilities = sigmoid(logits / temperature) \
+                 [batch, classes], one independent probability per label (multi-label; a label \
+                 applies above 0.5); class i is classes[i]"
             } else {
-                "logits [batch, classes]; probabilities = softmax(logits) [batch, classes]; \
-                 class i is classes[i]"
+                "logits [batch, classes] (raw); probabilities = softmax(logits / temperature) \
+                 [batch, classes], calibrated as finetune predict prints them; class i is \
+                 classes[i]"
             }
             .into(),
+        ),
+        (
+            "temperature".into(),
+            info.calibration.map_or(1.0, |c| c.temperature).to_string(),
         ),
         ("task".into(), name(&info.task)),
         ("arch".into(), info.arch.name().into()),
@@ -100,13 +105,22 @@ pub fn onnx_model(
     let mut g = Graph::new(opset, (info.size.h as i64, info.size.w as i64));
     let logits = tch::no_grad(|| net.onnx(&mut g, "input"));
     g.rename(&logits, "logits");
+    // The calibrated probabilities `predict` prints: the logits divided by the bundle's
+    // temperature first (a scalar Div, in fp32 like libtorch's), when it has one.
+    let scaled = match &info.calibration {
+        Some(c) => {
+            let t = g.constant("temperature", &[], &[c.temperature as f32]);
+            g.node("Div", &["logits", &t], vec![])
+        }
+        None => "logits".to_string(),
+    };
     // A multi-label model's labels are independent: one sigmoid each, as `predict` computes them.
     let probs = if info.task.is_multi() {
-        g.node("Sigmoid", &["logits"], vec![])
+        g.node("Sigmoid", &[&scaled], vec![])
     } else {
         g.node(
             "Softmax",
-            &["logits"],
+            &[&scaled],
             vec![("axis", crate::model::onnx::Attr::Int(1))],
         )
     };

@@ -56,6 +56,16 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
     /// The test-time augmentation the probabilities come from (`null`: the plain transform).
     pub tta: Option<super::tta::Tta>,
+    /// Calibration on these images: NLL and ECE with the raw softmax and with the model's
+    /// temperature (`null`: the bundle has none).
+    pub calibration: Option<super::trust::report::TestCalibration>,
+    /// Images the model called unknown (`null`: no unknown answer); they still count in the
+    /// accuracy by their closest class, and `accepted_accuracy` is the accuracy of the others.
+    pub unknown: Option<usize>,
+    pub accepted_accuracy: Option<f64>,
+    /// The reliability diagram of the probabilities as answered: per confidence bin (15 equal
+    /// widths), (images, mean confidence, accuracy).
+    pub reliability: Vec<(usize, f64, f64)>,
 }
 
 impl Evaluation {
@@ -128,11 +138,20 @@ pub fn evaluate_scan(
         .iter()
         .map(|s| (s.path.clone(), s.reason.clone()))
         .collect();
+    let mut answered: Vec<(Vec<f32>, usize)> = Vec::new();
+    let (mut unknown, mut accepted, mut accepted_right) = (0usize, 0usize, 0usize);
     for (r, &actual) in preds.into_iter().zip(&labels) {
         match r {
             Ok(p) => {
                 let (pred, prob) = p.top(1)[0];
                 confusion[actual][pred] += 1;
+                if p.unknown {
+                    unknown += 1;
+                } else {
+                    accepted += 1;
+                    accepted_right += usize::from(pred == actual);
+                }
+                answered.push((p.probs.clone(), actual));
                 let p_true = p.probs[actual].max(1e-12) as f64;
                 losses.push(Loss {
                     path: p.path,
@@ -187,7 +206,18 @@ pub fn evaluate_scan(
     most_confused.sort_by(|x, y| y.2.cmp(&x.2).then(x.0.cmp(&y.0)).then(x.1.cmp(&y.1)));
     losses.sort_by(|a, b| b.loss.total_cmp(&a.loss));
     losses.truncate(k_losses);
+    let (probs, y): (Vec<Vec<f32>>, Vec<usize>) = answered.into_iter().unzip();
+    let reliability = super::trust::calibration::reliability(&probs, &y);
+    let calibration = bundle.info.calibration.map(|c| {
+        super::trust::report::TestCalibration::measure(&probs, &y, c.temperature, bundle.calibrated)
+    });
+    let has_unknown = bundle.threshold().is_some();
     Ok(Evaluation {
+        reliability,
+        calibration,
+        unknown: has_unknown.then_some(unknown),
+        accepted_accuracy: (has_unknown && accepted > 0)
+            .then(|| accepted_right as f64 / accepted as f64),
         accuracy: correct as f64 / total as f64,
         correct,
         total,
@@ -209,11 +239,27 @@ impl Evaluation {
             None => String::new(),
         };
         let mut s = format!(
-            "Test accuracy{tta}: {:.2}% ({}/{})\n\n",
+            "Test accuracy{tta}: {:.2}% ({}/{})\n",
             self.accuracy * 100.0,
             self.correct,
             self.total
         );
+        if let Some(c) = &self.calibration {
+            s.push_str(&format!(
+                "Calibration (temperature {:.3}): NLL {:.4} raw -> {:.4} calibrated, ECE {:.4} -> {:.4}\n",
+                c.temperature, c.nll_raw, c.nll_calibrated, c.ece_raw, c.ece_calibrated
+            ));
+        }
+        if let Some(u) = self.unknown {
+            s.push_str(&format!(
+                "Unknown: {u} of {} images ({:.1}%); accuracy on the rest {}\n",
+                self.total,
+                u as f64 / self.total.max(1) as f64 * 100.0,
+                self.accepted_accuracy
+                    .map_or("-".into(), |a| format!("{:.2}%", a * 100.0))
+            ));
+        }
+        s.push('\n');
         let w = name_width(&self.classes);
         s.push_str(&format!(
             "{:<w$}  {:>9}  {:>6}  {:>6}  {:>7}\n",

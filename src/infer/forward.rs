@@ -14,19 +14,137 @@ pub fn preprocess(img: &image::RgbImage, info: &ModelInfo) -> image::RgbImage {
     crop_window(&prepared, info.size, false, &mut rng)
 }
 
+/// What the model answers for one image: its probabilities (calibrated unless the bundle was told
+/// otherwise) and, when the bundle has an "unknown" score, the score and whether it fell below the
+/// threshold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// One per class in the bundle's order: softmax of `logits / T`, or for a multi-label model
+    /// one sigmoid per label.
+    pub probs: Vec<f32>,
+    /// How much the image looks like the training data (higher = more); `None` for a bundle
+    /// without the score.
+    pub score: Option<f64>,
+    /// The score is below the threshold: the image is none of the classes, as far as the model
+    /// can tell.
+    pub unknown: bool,
+}
+
 /// Softmax probabilities of preprocessed images (all of the bundle's input size), one forward pass;
 /// one row per image, in the bundle's class order.
 pub fn probabilities(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Vec<f32>> {
+    answers(bundle, images)
+        .into_iter()
+        .map(|a| a.probs)
+        .collect()
+}
+
+/// [`Answer`]s of preprocessed images (all of the bundle's input size), one forward pass.
+pub fn answers(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Answer> {
     if images.is_empty() {
         return Vec::new();
     }
+    answers_of(bundle, &input(bundle, images))
+}
+
+/// Preprocessed images as the network's normalised input.
+fn input(bundle: &Bundle, images: &[&image::RgbImage]) -> tch::Tensor {
     let info = &bundle.info;
-    let x = bundle.net.input(
+    bundle.net.input(
         &stack_u8(images),
         info.normalization.mean,
         info.normalization.std,
-    );
-    probabilities_of(bundle, &x)
+    )
+}
+
+/// What one pass reads besides the answer, one row per image (see
+/// `model::head::FastaiHead::features`).
+#[derive(Debug)]
+pub struct Features {
+    /// The head's input, the concat-pooled body features `[N, 2·nf]`: the embedding, and what the
+    /// k-NN score compares.
+    pub pooled: tch::Tensor,
+    /// The hidden features the last Linear reads `[N, 512]` (Mahalanobis).
+    pub hidden: tch::Tensor,
+    /// Raw logits `[N, classes]`, before any temperature.
+    pub logits: tch::Tensor,
+}
+
+impl Features {
+    pub fn to_cpu(&self) -> Features {
+        let c = |t: &tch::Tensor| t.to_device(tch::Device::Cpu);
+        Features {
+            pooled: c(&self.pooled),
+            hidden: c(&self.hidden),
+            logits: c(&self.logits),
+        }
+    }
+
+    /// Row `i` alone (as a batch of one).
+    pub fn row(&self, i: i64) -> Features {
+        let r = |t: &tch::Tensor| t.narrow(0, i, 1);
+        Features {
+            pooled: r(&self.pooled),
+            hidden: r(&self.hidden),
+            logits: r(&self.logits),
+        }
+    }
+
+    /// Rows stacked back into one batch.
+    pub fn cat(rows: &[Features], widths: [i64; 3]) -> Features {
+        let cat = |f: fn(&Features) -> &tch::Tensor, w: i64| {
+            if rows.is_empty() {
+                tch::Tensor::zeros([0, w], (tch::Kind::Float, tch::Device::Cpu))
+            } else {
+                tch::Tensor::cat(&rows.iter().map(f).collect::<Vec<_>>(), 0)
+            }
+        };
+        Features {
+            pooled: cat(|r| &r.pooled, widths[0]),
+            hidden: cat(|r| &r.hidden, widths[1]),
+            logits: cat(|r| &r.logits, widths[2]),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.logits.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The features of preprocessed images, on the CPU.
+pub fn features(bundle: &Bundle, images: &[&image::RgbImage]) -> Features {
+    features_of(bundle, &input(bundle, images)).to_cpu()
+}
+
+/// Features of a normalised batch on the network's device, in the inference plan (empty
+/// `[N, 0]` features for a network without fastai's head).
+fn features_of(bundle: &Bundle, x: &tch::Tensor) -> Features {
+    let x = x.to_device(bundle.net.device());
+    // A bundle's weights never change once loaded: its passes run in the inference plan.
+    crate::model::plan::folded(|| {
+        tch::no_grad(|| match bundle.net.features(&x) {
+            Some([pooled, hidden, logits]) => Features {
+                pooled,
+                hidden,
+                logits,
+            },
+            None => {
+                let logits = bundle.net.forward_t(&x, false);
+                let empty = || {
+                    tch::Tensor::zeros([logits.size()[0], 0], (tch::Kind::Float, logits.device()))
+                };
+                Features {
+                    pooled: empty(),
+                    hidden: empty(),
+                    logits,
+                }
+            }
+        })
+    })
 }
 
 /// Probabilities of the network on an already normalised float batch `[N, 3, H, W]` (any device),
@@ -34,21 +152,43 @@ pub fn probabilities(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Vec<f3
 /// (each label's own probability; they need not sum to 1). Serve's KServe v2 `FP32` input takes
 /// this path.
 pub fn probabilities_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Vec<f32>> {
-    let x = x.to_device(bundle.net.device());
-    let multi = bundle.info.task.is_multi();
-    // A bundle's weights never change once loaded: its passes run in the inference plan.
-    let p = crate::model::plan::folded(|| {
-        tch::no_grad(|| {
-            let logits = bundle.net.forward_t(&x, false);
-            if multi {
-                logits.to_kind(tch::Kind::Float).sigmoid()
-            } else {
-                logits.softmax(-1, tch::Kind::Float)
-            }
-        })
-    })
+    answers_of(bundle, x).into_iter().map(|a| a.probs).collect()
+}
+
+/// [`Answer`]s of an already normalised float batch (see [`probabilities_of`]).
+pub fn answers_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Answer> {
+    let f = features_of(bundle, x);
+    let z = &f.logits;
+    let t = bundle.temperature();
+    // Exactly the old computation when uncalibrated (no division by 1).
+    let zt = if t == 1.0 { z.shallow_clone() } else { z / t };
+    let p = if bundle.info.task.is_multi() {
+        zt.sigmoid()
+    } else {
+        zt.softmax(-1, tch::Kind::Float)
+    }
     .to_device(tch::Device::Cpu);
     let n = p.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
-    flat.chunks(n.max(1)).map(|c| c.to_vec()).collect()
+    let scores = match &bundle.info.unknown {
+        Some(u) if f.hidden.size()[1] > 0 => Some(super::trust::scores::score(
+            u.score,
+            &f,
+            bundle.stats.as_ref(),
+            u.k,
+        )),
+        _ => None,
+    };
+    let threshold = bundle.threshold();
+    flat.chunks(n.max(1))
+        .enumerate()
+        .map(|(i, c)| {
+            let score = scores.as_ref().and_then(|s| s.get(i).copied());
+            Answer {
+                probs: c.to_vec(),
+                score,
+                unknown: matches!((score, threshold), (Some(s), Some(t)) if !(s >= t)),
+            }
+        })
+        .collect()
 }

@@ -175,6 +175,22 @@ pub fn html(ev: &Evaluation, ctx: &Context, thumbs: &[Option<RgbImage>]) -> Stri
         }
         s.push_str("</table>\n");
     }
+    let calib = match &ev.calibration {
+        Some(c) => format!(
+            "Temperature {:.3}: expected calibration error {:.4} with the raw softmax, {:.4} \
+             calibrated (NLL {:.4} → {:.4}).",
+            c.temperature, c.ece_raw, c.ece_calibrated, c.nll_raw, c.nll_calibrated
+        ),
+        None => "This model has no calibration (run `finetune calibrate MODEL DATA`).".into(),
+    };
+    let _ = writeln!(
+        s,
+        "<h2>Reliability</h2>\n<p>Accuracy of the images in each confidence bin against their \
+         confidence; on the dashed diagonal a probability means what it says. {}</p>\n\
+         <div id=\"reliability\">{}</div>",
+        esc(&calib),
+        super::trust::report::reliability_svg(&ev.reliability)
+    );
     s.push_str(
         "<h2>Per class</h2>\n<table id=\"per-class\">\n<tr><th>class</th><th>precision</th>\
          <th>recall</th><th>f1</th><th>support</th></tr>\n",

@@ -1,5 +1,6 @@
 //! Using a trained or pretrained network: prediction, evaluation, ImageNet classification.
 
+pub mod embed;
 pub mod evaluate;
 pub mod evaluate_multi;
 pub mod forward;
@@ -7,4 +8,5 @@ pub mod imagenet;
 pub mod interpret;
 pub mod predict;
 pub mod splits;
+pub mod trust;
 pub mod tta;

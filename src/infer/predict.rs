@@ -1,6 +1,8 @@
 //! Batched, parallel inference with a bundle: validation transform, softmax probabilities.
 
-pub use super::forward::{preprocess, probabilities, probabilities_of};
+pub use super::forward::{
+    answers, answers_of, features, preprocess, probabilities, probabilities_of, Answer,
+};
 use super::tta::{self, Tta};
 use crate::bundle::Bundle;
 use crate::data::decode::{decode_file, DecodeError};
@@ -31,6 +33,10 @@ pub struct Prediction {
     pub path: PathBuf,
     /// Probabilities for every class, in the bundle's class order.
     pub probs: Vec<f32>,
+    /// The "unknown" score, when the bundle has one (see [`Answer`]).
+    pub score: Option<f64>,
+    /// The image is none of the classes, as far as the model can tell.
+    pub unknown: bool,
 }
 
 /// What a model answers for one image's probabilities: the `k` most likely classes, or for a
@@ -102,9 +108,11 @@ pub fn predict_each(
         |p| decode_file(p, opts.max_file_bytes),
         opts.tta.as_ref(),
         |p, r| {
-            on_result(r.map(|probs| Prediction {
+            on_result(r.map(|a| Prediction {
                 path: p.clone(),
-                probs,
+                probs: a.probs,
+                score: a.score,
+                unknown: a.unknown,
             }))
         },
     );
@@ -124,7 +132,7 @@ pub fn predict_with<T: Sync, E: Send>(
     items: &[T],
     decode: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,
     tta: Option<&Tta>,
-    mut on_result: impl FnMut(&T, Result<Vec<f32>, E>),
+    on_result: impl FnMut(&T, Result<Answer, E>),
 ) {
     let info = &bundle.info;
     // TTA cuts its own crop windows, so it takes the images before the window.
@@ -134,12 +142,32 @@ pub fn predict_with<T: Sync, E: Send>(
             Some(_) => prepare(&img, info.resize, info.size, info.pad_mode),
         })
     };
+    map_batches(
+        items,
+        prepare_one,
+        |b| match tta {
+            None => answers(bundle, b),
+            Some(t) => tta::answers(bundle, b, t),
+        },
+        on_result,
+    );
+}
+
+/// The pipeline under [`predict_with`], for any per-batch computation `run` (answers, features):
+/// `prepare` turns an item into the network's image in parallel, a chunk ahead of `run`, which
+/// sees batches of at most [`BATCH`] images and returns one result per image.
+pub fn map_batches<T: Sync, E: Send, R: Default>(
+    items: &[T],
+    prepare: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,
+    mut run: impl FnMut(&[&image::RgbImage]) -> Vec<R>,
+    mut on_result: impl FnMut(&T, Result<R, E>),
+) {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<image::RgbImage, E>>>(1);
-        let prepare_one = &prepare_one;
+        let prepare = &prepare;
         scope.spawn(move || {
             for chunk in items.chunks(CHUNK) {
-                let decoded = chunk.par_iter().map(prepare_one).collect();
+                let decoded = chunk.par_iter().map(prepare).collect();
                 // The receiver is gone only when the caller stopped early (a panic in
                 // `on_result`): nothing left to decode for.
                 if tx.send(decoded).is_err() {
@@ -150,14 +178,11 @@ pub fn predict_with<T: Sync, E: Send>(
         for (chunk, decoded) in items.chunks(CHUNK).zip(rx) {
             let ok: Vec<&image::RgbImage> =
                 decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
-            let mut probs: Vec<Vec<f32>> = Vec::with_capacity(ok.len());
+            let mut results: Vec<R> = Vec::with_capacity(ok.len());
             for b in ok.chunks(BATCH) {
-                probs.extend(match tta {
-                    None => probabilities(bundle, b),
-                    Some(t) => tta::probabilities(bundle, b, t),
-                });
+                results.extend(run(b));
             }
-            let mut it = probs.into_iter();
+            let mut it = results.into_iter();
             for (item, r) in chunk.iter().zip(decoded) {
                 on_result(item, r.map(|_| it.next().unwrap_or_default()));
             }

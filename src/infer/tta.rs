@@ -10,6 +10,7 @@
 //! whatever else is in its batch, so `predict --tta`, `evaluate --tta`, `serve ?tta=1` and the Python
 //! package agree to the last digit, and a seed reproduces them.
 
+use super::forward::Answer;
 use crate::bundle::Bundle;
 use crate::data::augment::{self, AugParams};
 use crate::data::tensor::{normalize_float, stack_u8};
@@ -101,6 +102,15 @@ pub fn combine(augmented: &[Vec<Vec<f32>>], plain: &[Vec<f32>], beta: f64) -> Ve
 /// TTA probabilities of images after the bundle's resize but before its crop window
 /// ([`crate::data::transform::prepare`]); one row per image, in the bundle's class order.
 pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) -> Vec<Vec<f32>> {
+    answers(bundle, prepared, tta)
+        .into_iter()
+        .map(|a| a.probs)
+        .collect()
+}
+
+/// TTA [`Answer`]s: the combined probabilities; the "unknown" score and decision are the plain
+/// pass's, the view its threshold was set on.
+pub fn answers(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) -> Vec<Answer> {
     if prepared.is_empty() {
         return Vec::new();
     }
@@ -114,7 +124,8 @@ pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) 
     };
     let plain_imgs = window(0.5, 0.5);
     let refs: Vec<&image::RgbImage> = plain_imgs.iter().collect();
-    let plain = super::forward::probabilities(bundle, &refs);
+    let plain_answers = super::forward::answers(bundle, &refs);
+    let plain: Vec<Vec<f32>> = plain_answers.iter().map(|a| a.probs.clone()).collect();
     // Squish and pad leave no room for a crop window: an unaugmented pass would only repeat the
     // plain forward pass, so its result is reused.
     let no_room = prepared
@@ -141,6 +152,10 @@ pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) 
         })
         .collect();
     combine(&augmented, &plain, tta.beta)
+        .into_iter()
+        .zip(plain_answers)
+        .map(|(probs, a)| Answer { probs, ..a })
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub struct FastaiHead {
     lin2: nn::Linear,
 }
 
+/// The width of the head's hidden layer: the penultimate features (`Network::features`).
+pub const FEATURES: i64 = 512;
+
 fn head_bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     // fastai's BatchNorm init: weight 1, bias 1e-3.
     let cfg = nn::BatchNormConfig {
@@ -65,9 +68,9 @@ impl FastaiHead {
         FastaiHead {
             pool,
             bn1: head_bn(idx(0), nf),
-            lin1: kaiming_linear(idx(2), nf, 512),
-            bn2: head_bn(idx(4), 512),
-            lin2: kaiming_linear(idx(6), 512, n_classes),
+            lin1: kaiming_linear(idx(2), nf, FEATURES),
+            bn2: head_bn(idx(4), FEATURES),
+            lin2: kaiming_linear(idx(6), FEATURES, n_classes),
         }
     }
 }
@@ -77,6 +80,26 @@ pub fn concat_pool(x: &Tensor) -> Tensor {
     let mx = x.adaptive_max_pool2d([1, 1]).0;
     let avg = x.adaptive_avg_pool2d([1, 1]);
     Tensor::cat(&[mx, avg], 1).flatten(1, -1)
+}
+
+impl FastaiHead {
+    /// An eval-mode pass that keeps what the "unknown" scores and embeddings read: the head's
+    /// input (the concat-pooled body features, `2·nf` values; `nf` for ViT's class token), the
+    /// hidden features the last Linear reads (512, after ReLU and BatchNorm), and the logits.
+    pub fn features(&self, x: &Tensor) -> [Tensor; 3] {
+        let pooled = if self.pool {
+            concat_pool(x)
+        } else {
+            x.shallow_clone()
+        };
+        let h = pooled
+            .apply_t(&self.bn1, false)
+            .apply(&self.lin1)
+            .relu()
+            .apply_t(&self.bn2, false);
+        let logits = h.apply(&self.lin2);
+        [pooled, h, logits]
+    }
 }
 
 impl ModuleT for FastaiHead {

@@ -22,6 +22,7 @@ pub mod weights;
 pub use catalog::{
     timm, Arch, ArchSpec, Family, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS,
 };
+pub use head::FEATURES;
 pub use load::{load_checkpoint, load_tensors, Part};
 pub use memory_format::{FormatChoice, MemoryFormat};
 pub use network::Network;

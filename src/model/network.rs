@@ -17,12 +17,29 @@ pub const BODY: &str = "body";
 pub const TOP: &str = "top";
 pub const HEAD: &str = "head";
 
+/// What sits on the body: fastai's head (a classifier being fine-tuned, whose penultimate
+/// features the "unknown" score and embeddings read) or torchvision's ImageNet classifier.
+#[derive(Debug)]
+enum Top {
+    Fastai(FastaiHead),
+    Imagenet(ImagenetClassifier),
+}
+
+impl Top {
+    fn part(&self) -> &dyn Part {
+        match self {
+            Top::Fastai(h) => h,
+            Top::Imagenet(c) => c,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Network {
     pub arch: Arch,
     pub vs: nn::VarStore,
     body: Box<dyn Part>,
-    top: Box<dyn Part>,
+    top: Top,
     /// Names of the learnable parameters (not BN running statistics), recorded at construction
     /// because freezing later changes `requires_grad`.
     params: Vec<String>,
@@ -41,7 +58,7 @@ impl Network {
         let root = vs.root();
         let body = arch.build_body(&(&root / BODY));
         let head = &root / HEAD;
-        let top: Box<dyn Part> = Box::new(if arch.is_vit() {
+        let top = Top::Fastai(if arch.is_vit() {
             FastaiHead::unpooled(&head, arch.body_channels(), n_classes)
         } else {
             FastaiHead::new(&head, arch.body_channels(), n_classes)
@@ -55,17 +72,11 @@ impl Network {
         let vs = nn::VarStore::new(rt.device);
         let root = vs.root();
         let body = arch.build_body(&(&root / BODY));
-        let top: Box<dyn Part> = Box::new(ImagenetClassifier::new(&(&root / TOP), arch));
+        let top = Top::Imagenet(ImagenetClassifier::new(&(&root / TOP), arch));
         Self::finish(arch, vs, body, top, rt)
     }
 
-    fn finish(
-        arch: Arch,
-        vs: nn::VarStore,
-        body: Box<dyn Part>,
-        top: Box<dyn Part>,
-        rt: Runtime,
-    ) -> Self {
+    fn finish(arch: Arch, vs: nn::VarStore, body: Box<dyn Part>, top: Top, rt: Runtime) -> Self {
         let mut params: Vec<String> = vs
             .variables()
             .into_iter()
@@ -153,13 +164,33 @@ impl Network {
     }
 }
 
+impl Network {
+    /// An eval-mode pass that also returns the features (see [`FastaiHead::features`]):
+    /// `[pooled [N, 2·nf], hidden [N, 512], logits [N, classes]]`, all fp32. `None` for a network
+    /// without fastai's head (an ImageNet classifier).
+    pub fn features(&self, x: &Tensor) -> Option<[Tensor; 3]> {
+        let Top::Fastai(head) = &self.top else {
+            return None;
+        };
+        let x = self.format.apply(x);
+        let _autocast = Autocast::enter(self.device(), self.precision);
+        Some(
+            head.features(&self.body.forward_t(&x, false))
+                .map(|t| t.to_kind(tch::Kind::Float)),
+        )
+    }
+}
+
 impl ModuleT for Network {
     /// `x` is taken in the network's memory format (converted when it is not, e.g. a contiguous
     /// NCHW batch given to a channels-last network).
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let x = self.format.apply(x);
         let _autocast = Autocast::enter(self.device(), self.precision);
-        let y = self.top.forward_t(&self.body.forward_t(&x, train), train);
+        let y = self
+            .top
+            .part()
+            .forward_t(&self.body.forward_t(&x, train), train);
         // Logits leave as fp32 whatever ran inside (a no-op for fp32).
         y.to_kind(tch::Kind::Float)
     }
@@ -170,6 +201,6 @@ impl OnnxExport for Network {
     fn onnx(&self, g: &mut Graph, x: &str) -> String {
         g.name_variables(self.vs.variables());
         let y = self.body.onnx(g, x);
-        self.top.onnx(g, &y)
+        self.top.part().onnx(g, &y)
     }
 }

@@ -2,11 +2,12 @@
 //! routes hand it encoded images or ready tensors and get probabilities back, or an [`InferError`]
 //! that says which part failed. It knows nothing of HTTP.
 
-use super::worker::{Input, Job};
+use super::worker::{Input, Job, Output};
 use super::Model;
 use crate::data::decode::decode_bytes;
 use crate::data::transform::prepare;
 use crate::infer::predict::preprocess;
+use crate::infer::predict::Answer;
 use axum::body::Bytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +23,42 @@ pub enum InferError {
     Internal(String),
 }
 
+/// What a request asks of each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Answer,
+    /// The answer after test-time augmentation (fastai's defaults).
+    Tta,
+    Embedding,
+}
+
 /// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers;
 /// with `tta`, the worker runs test-time augmentation (fastai's defaults) on them.
-pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Vec<f32>>, InferError> {
+pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Answer>, InferError> {
+    let want = if tta { Want::Tta } else { Want::Answer };
+    let out = run(m, images, want).await?;
+    Ok(out
+        .into_iter()
+        .map(|o| match o {
+            Output::Answer(a) => a,
+            Output::Embedding(_) => Answer::default(),
+        })
+        .collect())
+}
+
+/// The embeddings of encoded images (the head's input, as `finetune embed`).
+pub async fn embeddings(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, InferError> {
+    let out = run(m, images, Want::Embedding).await?;
+    Ok(out
+        .into_iter()
+        .map(|o| match o {
+            Output::Embedding(e) => e,
+            Output::Answer(_) => Vec::new(),
+        })
+        .collect())
+}
+
+async fn run(m: &Model, images: Vec<Bytes>, want: Want) -> Result<Vec<Output>, InferError> {
     let info = m.info.clone();
     let several = images.len() > 1;
     let prepared = tokio::task::spawn_blocking(move || {
@@ -34,12 +68,12 @@ pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Vec<
             .map(|(i, b)| {
                 let name = format!("image {}", i + 1);
                 decode_bytes(std::path::Path::new(&name), b)
-                    .map(|img| {
-                        if tta {
+                    .map(|img| match want {
+                        Want::Tta => {
                             Input::Tta(prepare(&img, info.resize, info.size, info.pad_mode))
-                        } else {
-                            Input::Image(preprocess(&img, &info))
                         }
+                        Want::Answer => Input::Image(preprocess(&img, &info)),
+                        Want::Embedding => Input::Embed(preprocess(&img, &info)),
                     })
                     .map_err(|e| if several { e.to_string() } else { e.reason() })
             })
@@ -48,11 +82,23 @@ pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Vec<
     .await
     .map_err(|e| InferError::Internal(e.to_string()))?
     .map_err(InferError::Decode)?;
-    inputs(m, prepared).await
+    queue(m, prepared).await
 }
 
-/// Queues each input to the model's worker and waits for the answers, in order.
-pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Vec<f32>>, InferError> {
+/// Queues ready inputs (KServe v2's `FP32` tensors) and waits for their answers, in order.
+pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Answer>, InferError> {
+    Ok(queue(m, inputs)
+        .await?
+        .into_iter()
+        .map(|o| match o {
+            Output::Answer(a) => a,
+            Output::Embedding(_) => Answer::default(),
+        })
+        .collect())
+}
+
+/// Queues each input to the model's worker and waits for the outputs, in order.
+async fn queue(m: &Model, inputs: Vec<Input>) -> Result<Vec<Output>, InferError> {
     let mut waits = Vec::with_capacity(inputs.len());
     for input in inputs {
         let (tx, rx) = tokio::sync::oneshot::channel();

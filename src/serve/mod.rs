@@ -55,6 +55,11 @@ pub struct Options {
     /// How long a client may take to send a request's headers before its connection is closed
     /// (also how long an idle keep-alive connection stays open).
     pub header_timeout: Duration,
+    /// Answer with the raw softmax instead of the calibrated probabilities (`--raw-probs`).
+    pub raw_probs: bool,
+    /// The "unknown" acceptance share for every model: `None` keeps each bundle's own,
+    /// `Some(None)` turns the answer off (`--unknown off`).
+    pub accept: Option<Option<f64>>,
 }
 
 /// One served model: its card data and its worker's queue.
@@ -68,6 +73,9 @@ pub struct Model {
     /// The confusion matrix `evaluate --save` drew, shown on the page.
     pub confusion_svg: Option<String>,
     pub queue: Queue,
+    /// Whether its probabilities are calibrated, and the "unknown" acceptance share in use.
+    pub calibrated: bool,
+    pub accept: Option<f64>,
 }
 
 pub struct AppState {
@@ -103,7 +111,12 @@ pub fn run(
         if models.contains_key(&name) {
             return Err(ServeError::DuplicateName(name));
         }
-        let b = bundle::load(dir, opts.runtime)?;
+        let mut b = bundle::load(dir, opts.runtime)?;
+        b.calibrated = !opts.raw_probs;
+        if let Some(a) = opts.accept {
+            b.accept = a.filter(|_| b.info.unknown.is_some());
+        }
+        let (calibrated, accept) = (b.calibrated && b.info.calibration.is_some(), b.accept);
         let info = b.info.clone();
         let (queue, handle) = worker::spawn(&name, b, &settings, metrics.clone())?;
         workers.push(handle);
@@ -116,6 +129,8 @@ pub fn run(
                 evaluation: bundle::read_evaluation(dir),
                 confusion_svg: bundle::read_confusion_svg(dir),
                 queue,
+                calibrated,
+                accept,
             },
         );
     }

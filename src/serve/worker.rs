@@ -4,7 +4,7 @@
 
 use super::metrics::Metrics;
 use crate::bundle::Bundle;
-use crate::infer::predict::{probabilities, probabilities_of};
+use crate::infer::predict::{answers, answers_of, Answer};
 use crate::infer::tta::{self, Tta};
 use image::RgbImage;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,12 +22,22 @@ pub enum Input {
     /// Decoded and resized but not yet cropped, for test-time augmentation (`?tta=1`) with fastai's
     /// defaults: the same probabilities as `finetune predict --tta`.
     Tta(RgbImage),
+    /// Like `Image`, for its embedding (the head's input, as `finetune embed`) instead of an
+    /// answer.
+    Embed(RgbImage),
 }
 
-/// One image and where its probabilities go.
+/// What the worker sends back for one input.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Answer(Answer),
+    Embedding(Vec<f32>),
+}
+
+/// One image and where its answer goes.
 pub struct Job {
     pub input: Input,
-    pub reply: oneshot::Sender<Vec<f32>>,
+    pub reply: oneshot::Sender<Output>,
 }
 
 /// Counters of one model's worker, shown in the model card and /metrics.
@@ -126,29 +136,40 @@ fn run(
             }
         }
         stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
-        let probs = forward(&bundle, &jobs);
+        let outputs = forward(&bundle, &jobs);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.images.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         stats.largest_batch.fetch_max(jobs.len(), Ordering::Relaxed);
         metrics.observe_batch(jobs.len());
-        let mut probs = probs.into_iter();
+        let mut outputs = outputs.into_iter();
         for j in jobs {
             // A request whose client went away has dropped its receiver; nothing to do.
-            let _ = j.reply.send(probs.next().unwrap_or_default());
+            if let Some(o) = outputs.next() {
+                let _ = j.reply.send(o);
+            }
         }
     }
 }
 
-/// One forward pass over the images, one over the tensors and the TTA passes over the images that
-/// asked for them (requests rarely mix them), answers in job order.
-fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Vec<f32>> {
-    let images: Vec<&RgbImage> = jobs
-        .iter()
-        .filter_map(|j| match &j.input {
-            Input::Image(i) => Some(i),
-            _ => None,
-        })
-        .collect();
+/// One forward pass over the images, one over the tensors, the TTA passes over the images that
+/// asked for them and one over those asking for embeddings (requests rarely mix them); outputs
+/// in job order.
+fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Output> {
+    let pick = |f: fn(&Input) -> Option<&RgbImage>| -> Vec<&RgbImage> {
+        jobs.iter().filter_map(|j| f(&j.input)).collect()
+    };
+    let images = pick(|i| match i {
+        Input::Image(x) => Some(x),
+        _ => None,
+    });
+    let tta_images = pick(|i| match i {
+        Input::Tta(x) => Some(x),
+        _ => None,
+    });
+    let embed_images = pick(|i| match i {
+        Input::Embed(x) => Some(x),
+        _ => None,
+    });
     let tensors: Vec<&[f32]> = jobs
         .iter()
         .filter_map(|j| match &j.input {
@@ -156,29 +177,28 @@ fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Vec<f32>> {
             _ => None,
         })
         .collect();
-    let tta_images: Vec<&RgbImage> = jobs
-        .iter()
-        .filter_map(|j| match &j.input {
-            Input::Tta(i) => Some(i),
-            _ => None,
-        })
-        .collect();
-    let mut from_images = probabilities(bundle, &images).into_iter();
-    let mut from_tta = tta::probabilities(bundle, &tta_images, &Tta::default()).into_iter();
+    let mut from_images = answers(bundle, &images).into_iter();
+    let mut from_tta = tta::answers(bundle, &tta_images, &Tta::default()).into_iter();
+    let mut from_embed = if embed_images.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let f = crate::infer::forward::features(bundle, &embed_images);
+        crate::infer::trust::fit::rows(&f.pooled).into_iter()
+    };
     let mut from_tensors = if tensors.is_empty() {
         Vec::new().into_iter()
     } else {
         let (h, w) = (bundle.info.size.h as i64, bundle.info.size.w as i64);
         let flat: Vec<f32> = tensors.concat();
         let x = tch::Tensor::from_slice(&flat).view([tensors.len() as i64, 3, h, w]);
-        probabilities_of(bundle, &x).into_iter()
+        answers_of(bundle, &x).into_iter()
     };
     jobs.iter()
         .map(|j| match j.input {
-            Input::Image(_) => from_images.next(),
-            Input::Tensor(_) => from_tensors.next(),
-            Input::Tta(_) => from_tta.next(),
+            Input::Image(_) => Output::Answer(from_images.next().unwrap_or_default()),
+            Input::Tensor(_) => Output::Answer(from_tensors.next().unwrap_or_default()),
+            Input::Tta(_) => Output::Answer(from_tta.next().unwrap_or_default()),
+            Input::Embed(_) => Output::Embedding(from_embed.next().unwrap_or_default()),
         })
-        .map(Option::unwrap_or_default)
         .collect()
 }

@@ -415,6 +415,8 @@ impl Plan {
                 mean: learn.mean,
                 std: learn.std,
             },
+            calibration: None,
+            unknown: None,
             training: Some(TrainingInfo {
                 fine_tune: self.ft,
                 bs: learn.dls.cfg.bs,

@@ -193,6 +193,16 @@ impl Arch {
         self.facts().body_channels
     }
 
+    /// The width of fastai's head input: the concat pool doubles the body's channels; ViT's class
+    /// token is not pooled.
+    pub fn head_inputs(self) -> i64 {
+        if self.is_vit() {
+            self.body_channels()
+        } else {
+            2 * self.body_channels()
+        }
+    }
+
     /// Number of parameter groups (fastai splitter): resnet has two body groups plus the head;
     /// archs without a `model_meta` entry in fastai (MobileNet, EfficientNet, and every timm model)
     /// get `default_split`: `[body], [head]`.

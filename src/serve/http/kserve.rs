@@ -31,8 +31,34 @@ pub async fn v2_metadata(State(st): St, Path(name): Path<String>) -> Result<Json
             {"name": "image", "datatype": "BYTES", "shape": [-1]},
             {"name": "input", "datatype": "FP32", "shape": [-1, 3, m.info.size.h, m.info.size.w]},
         ],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, m.info.classes.len()]}],
+        "outputs": outputs_meta(m),
     })))
+}
+
+/// The outputs a model offers: its probabilities; with the "unknown" answer, whether each image is
+/// unknown and its score; on request (`"outputs": [{"name": "embedding"}]`) the embedding.
+fn outputs_meta(m: &crate::serve::Model) -> Value {
+    let mut o = vec![
+        json!({"name": "probabilities", "datatype": "FP32", "shape": [-1, m.info.classes.len()]}),
+    ];
+    if m.accept.is_some() {
+        o.push(json!({"name": "unknown", "datatype": "BOOL", "shape": [-1]}));
+        o.push(json!({"name": "unknown_score", "datatype": "FP64", "shape": [-1]}));
+    }
+    o.push(
+        json!({"name": "embedding", "datatype": "FP32", "shape": [-1, m.info.arch.head_inputs()]}),
+    );
+    Value::Array(o)
+}
+
+/// Whether the request names the `embedding` output.
+fn wants_embedding(v: &Value) -> bool {
+    v.get("outputs")
+        .and_then(|o| o.as_array())
+        .is_some_and(|o| {
+            o.iter()
+                .any(|o| o.get("name").and_then(|n| n.as_str()) == Some("embedding"))
+        })
 }
 
 pub async fn v2_model_ready(
@@ -77,8 +103,14 @@ pub async fn v2_infer(
         .filter(|d| !d.is_empty())
         .ok_or_else(|| ApiError::bad("the input's \"data\" must be a non-empty list"))?;
     let classification = classification_k(&v)?;
+    let embedding = wants_embedding(&v);
     let t = Instant::now();
-    let probs = match input.get("datatype").and_then(|d| d.as_str()) {
+    if embedding && input.get("datatype").and_then(|d| d.as_str()) != Some("BYTES") {
+        return Err(ApiError::bad(
+            "the embedding output takes BYTES input (base64-encoded images)",
+        ));
+    }
+    let answers = match input.get("datatype").and_then(|d| d.as_str()) {
         Some("BYTES") => {
             let mut images = Vec::with_capacity(data.len());
             for (i, d) in data.iter().enumerate() {
@@ -87,6 +119,18 @@ pub async fn v2_infer(
                     .ok_or_else(|| ApiError::bad(format!("data[{i}] must be a base64 string")))?;
                 let b = decode_b64(s).map_err(|e| ApiError::bad(format!("data[{i}]: {e}")))?;
                 images.push(Bytes::from(b));
+            }
+            if embedding {
+                let e = infer::embeddings(m, images).await?;
+                let (n, d) = (e.len(), e.first().map_or(0, Vec::len));
+                let flat: Vec<f32> = e.into_iter().flatten().collect();
+                let output =
+                    json!({"name": "embedding", "datatype": "FP32", "shape": [n, d], "data": flat});
+                let mut out = json!({"model_name": m.name, "model_version": "1", "outputs": [output]});
+                if let Some(id) = v.get("id") {
+                    out["id"] = id.clone();
+                }
+                return Ok(timed(t, Json(out)));
             }
             infer::images(m, images, false).await?
         }
@@ -100,7 +144,8 @@ pub async fn v2_infer(
             )))
         }
     };
-    let n = probs.len();
+    let n = answers.len();
+    let probs: Vec<&Vec<f32>> = answers.iter().map(|a| &a.probs).collect();
     let classes = &m.info.classes;
     let c = classes.len();
     let output = match classification {
@@ -120,11 +165,23 @@ pub async fn v2_infer(
             json!({"name": "probabilities", "datatype": "BYTES", "shape": [n, k], "data": data})
         }
         None => {
-            let flat: Vec<f32> = probs.into_iter().flatten().collect();
+            let flat: Vec<f32> = probs.into_iter().flatten().copied().collect();
             json!({"name": "probabilities", "datatype": "FP32", "shape": [n, c], "data": flat})
         }
     };
-    let mut out = json!({"model_name": m.name, "model_version": "1", "outputs": [output]});
+    let mut outputs = vec![output];
+    if m.accept.is_some() {
+        let unknown: Vec<bool> = answers.iter().map(|a| a.unknown).collect();
+        let score: Vec<f64> = answers
+            .iter()
+            .map(|a| a.score.unwrap_or(f64::NAN))
+            .collect();
+        outputs.push(json!({"name": "unknown", "datatype": "BOOL", "shape": [n], "data": unknown}));
+        outputs.push(
+            json!({"name": "unknown_score", "datatype": "FP64", "shape": [n], "data": score}),
+        );
+    }
+    let mut out = json!({"model_name": m.name, "model_version": "1", "outputs": outputs});
     if let Some(id) = v.get("id") {
         out["id"] = id.clone();
     }

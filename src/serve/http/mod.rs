@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/models/{model}", get(model_card))
         .route("/models/{model}/confusion.svg", get(confusion_svg))
         .route("/predictions/{model}", post(predictions).put(predictions))
+        .route("/embed/{model}", post(embed))
         .route("/metrics", get(metrics))
         .route("/v2/health/live", get(v2_live))
         .route("/v2/health/ready", get(v2_ready))

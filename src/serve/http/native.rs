@@ -3,6 +3,7 @@
 
 use super::body::read_images;
 use super::{model, timed, ApiError, St};
+use crate::infer::predict::Answer;
 use crate::serve::infer;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::header;
@@ -65,6 +66,7 @@ pub async fn list_models(State(st): St) -> Json<Value> {
                 "arch": m.info.arch,
                 "num_classes": m.info.classes.len(),
                 "predictions": format!("/predictions/{}", m.name),
+                "embed": format!("/embed/{}", m.name),
             })
         })
         .collect();
@@ -99,6 +101,13 @@ pub async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<
             v
         }),
         "metrics": i.metrics,
+        // How far to trust an answer: the temperature and the "unknown" threshold in use.
+        "calibration": i.calibration.filter(|_| m.calibrated),
+        "unknown": i.unknown.as_ref().filter(|_| m.accept.is_some()).map(|u| json!({
+            "score": u.score,
+            "accept": m.accept,
+            "threshold": u.threshold_of(u.score, m.accept.unwrap_or(u.accept)),
+        })),
         "final_epoch": m.final_metrics,
         "valid_error_rate": valid_error,
         // From `finetune evaluate MODEL TESTDIR --save`, when it was run.
@@ -182,13 +191,43 @@ fn parse_thresh(query: Option<&str>) -> Result<f64, ApiError> {
 }
 
 /// The answer for one image: the top `k`, or for a multi-label model every label above `thresh`.
-fn top(probs: &[f32], info: &crate::bundle::ModelInfo, k: usize, thresh: f64) -> Value {
+/// TorchServe's shape (a list of `{label, score}`) is kept; a model with the "unknown" answer adds
+/// `unknown` and `unknown_score` to each entry (the same for all of an image's entries).
+fn top(a: &Answer, info: &crate::bundle::ModelInfo, k: usize, thresh: f64) -> Value {
     Value::Array(
-        crate::infer::predict::decide(probs, info.task, k, thresh)
+        crate::infer::predict::decide(&a.probs, info.task, k, thresh)
             .into_iter()
-            .map(|(i, p)| json!({"label": info.classes.get(i), "score": p}))
+            .map(|(i, p)| {
+                let mut v = json!({"label": info.classes.get(i), "score": p});
+                if let Some(s) = a.score {
+                    v["unknown"] = a.unknown.into();
+                    v["unknown_score"] = s.into();
+                }
+                v
+            })
             .collect(),
     )
+}
+
+/// `POST /embed/{model}`: one image's embedding (a list of floats), or a list of them for
+/// several images, in the same body shapes as `/predictions`.
+pub async fn embed(
+    State(st): St,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let m = model(&st, &name)?;
+    let (images, several) = read_images(req, st.body_timeout).await?;
+    let t = Instant::now();
+    let e = infer::embeddings(m, images).await?;
+    Ok(timed(
+        t,
+        Json(if several {
+            json!(e)
+        } else {
+            json!(e.into_iter().next().unwrap_or_default())
+        }),
+    ))
 }
 
 pub async fn predictions(
@@ -206,8 +245,8 @@ pub async fn predictions(
     let thresh = parse_thresh(q.as_deref())?;
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
-    let probs = infer::images(m, images, tta).await?;
-    let lists: Vec<Value> = probs.iter().map(|p| top(p, &m.info, k, thresh)).collect();
+    let answers = infer::images(m, images, tta).await?;
+    let lists: Vec<Value> = answers.iter().map(|a| top(a, &m.info, k, thresh)).collect();
     Ok(timed(
         t,
         Json(if several {
