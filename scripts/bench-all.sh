@@ -37,6 +37,8 @@ E=target/bench/engine
 run serve-archs $PY bench/serve_bench.py --no-eager --clients 8,32 \
   --model $E/model-mobilenet_v2-160,$E/model-resnet18-160,$E/model-efficientnet_b0-160,$E/model-convnext_tiny-160
 run ddp $PY bench/ddp_bench.py
+# Accuracy figures, not timings: calibration and the "unknown" scores (docs/benchmarks.md).
+run trust $PY bench/trust_bench.py
 run python-predict $PY bench/python_predict_bench.py --model target/demo-model
 if want cache; then
   bench/cache_bench.sh startup >&2

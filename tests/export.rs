@@ -51,6 +51,8 @@ fn info(arch: Arch, size: Size, resize: ResizeMethod) -> ModelInfo {
         training: None,
         data: None,
         metrics: None,
+        calibration: None,
+        unknown: None,
     }
 }
 

@@ -161,7 +161,16 @@ fn report_shows_evaluates_top_losses_in_order_and_its_confusion_matrix() {
     assert_eq!(cells, counts);
     let acc = format!("{:.2}%", ev["accuracy"].as_f64().unwrap() * 100.0);
     assert!(html.contains(&format!("<b id=\"accuracy\">{acc}</b>")));
-    assert_eq!(html.matches("<svg ").count(), 2, "counts and normalised");
+    // Counts and normalised, then the reliability diagram (a bar per non-empty confidence bin).
+    assert_eq!(
+        html.matches("<svg ").count(),
+        3,
+        "counts, normalised, reliability"
+    );
+    assert!(
+        html.contains("<div id=\"reliability\"><svg "),
+        "no reliability diagram"
+    );
     assert_well_formed(&html);
 
     // The contact sheet: fastai's grid for 8 images (2 rows of 4) of 192-pixel cells.

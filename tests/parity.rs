@@ -80,6 +80,8 @@ fn channels_last_bundles_are_standard_files() {
             training: None,
             data: None,
             metrics: None,
+            calibration: None,
+            unknown: None,
         };
         bundle::save(&dir.path().join(format.name()), &net, &info, &[], None).unwrap();
         logits.push(tch::no_grad(|| net.forward_t(&x, false)));

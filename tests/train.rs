@@ -537,7 +537,8 @@ fn fine_tune_mobilenet_v2_for_real() {
         .arg(&hat));
     assert!(o.status.success(), "{}", o.stderr);
     let lines: Vec<&str> = o.stdout.lines().collect();
-    assert_eq!(lines[0], "path,label,probability");
+    // A model with the "unknown" answer appends its two columns.
+    assert_eq!(lines[0], "path,label,probability,unknown,score");
     assert_eq!(lines.len(), 1 + 2 * 10);
     let o = run(bin().args(["predict", "--json"]).arg(&out).arg(&hat));
     let js: Vec<serde_json::Value> = serde_json::from_str(&o.stdout).unwrap();

@@ -396,6 +396,7 @@ pub(crate) fn train<'py>(
         let opts = finetune::infer::trust::FitOptions {
             accept,
             max_file_bytes: cap,
+            after_training: true,
             ..Default::default()
         };
         let data = outcome.info.data.as_ref().map(|d| d.source.clone());

@@ -141,10 +141,6 @@ fn load_inner(dir: &Path, rt: crate::model::Runtime, scored: bool) -> Result<Bun
 /// The features' statistics, their shapes checked against the model: a bundle may come from anyone.
 fn read_stats(dir: &Path, info: &ModelInfo) -> Result<FeatureStats, BundleError> {
     let path = dir.join(OOD_FILE);
-    let mut t: std::collections::HashMap<String, tch::Tensor> =
-        crate::model::weights::read_weights(&path)?
-            .into_iter()
-            .collect();
     let bad = |msg: String| BundleError::Json {
         path: path.clone(),
         msg: format!(
@@ -152,6 +148,11 @@ fn read_stats(dir: &Path, info: &ModelInfo) -> Result<FeatureStats, BundleError>
             dir.display()
         ),
     };
+    let mut t: std::collections::HashMap<String, tch::Tensor> =
+        crate::model::weights::read_weights(&path)
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .collect();
     let mut take = |name: &str| {
         t.remove(name)
             .map(|x| x.to_kind(tch::Kind::Float))

@@ -77,6 +77,7 @@ pub fn router(cleaner: Cleaner, max_file_bytes: u64) -> Router {
         .route("/api/items/{id}", post(act))
         .route("/api/undo", post(undo))
         .route("/api/rescore", post(rescore))
+        .route("/api/leaks", get(leaks))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such page".into()) })
         .layer(axum::middleware::from_fn(guard))
         .with_state(state)
@@ -164,6 +165,15 @@ fn summary_of(c: &Cleaner) -> Value {
         "changes": c.changes(),
         "splits": ["all", "train", "valid", "test"],
     })
+}
+
+/// Images that look like one photo in two splits (train/valid/test): a leak that flatters the
+/// validation or test figures.
+async fn leaks(State(s): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "threshold": crate::clean::LEAK_SIMILARITY,
+        "pairs": lock(&s).leaks(),
+    }))
 }
 
 async fn summary(State(s): State<Shared>) -> Json<Value> {

@@ -11,7 +11,7 @@ pub use api::{router, serve};
 use trash::{Trash, TrashError};
 
 use crate::bundle::{self, BundleError};
-use crate::infer::predict::{predict, Options};
+use crate::infer::predict::{map_batches, preprocess, Options};
 use crate::infer::splits::{self, SplitChoice, SplitError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,21 @@ pub struct Cleaner {
     /// Multi-label models: the label cells' delimiter.
     delim: Option<String>,
     scoring: Scoring,
+    /// Near-duplicates in different splits (entry, entry, cosine similarity), most similar first.
+    leaks: Vec<(usize, usize, f32)>,
+}
+
+/// Two images of different splits whose embeddings are at least this similar (cosine) are shown
+/// as a likely leak: the same photo re-encoded, resized or cropped a little (measured on
+/// clothing-small, docs/usage.md "Leakage").
+pub const LEAK_SIMILARITY: f32 = 0.95;
+
+/// A pair of images that may be one photo in two splits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leak {
+    pub a: ItemView,
+    pub b: ItemView,
+    pub similarity: f32,
 }
 
 impl Cleaner {
@@ -111,6 +126,7 @@ impl Cleaner {
             csv: None,
             delim: None,
             scoring,
+            leaks: Vec::new(),
         };
         c.rescore()?;
         Ok(c)
@@ -150,18 +166,51 @@ impl Cleaner {
             _ => (None, None),
         };
         let paths: Vec<PathBuf> = items.iter().map(|(i, _)| i.path.clone()).collect();
-        let preds = predict(&b, &paths, &self.scoring.opts);
+        // One pass gives the probabilities and the embeddings (for the look-alikes across
+        // splits); TTA, when asked, gives the probabilities in its own passes.
+        let cap = self.scoring.opts.max_file_bytes;
+        let mut probs: Vec<Option<Vec<f32>>> = Vec::with_capacity(paths.len());
+        let mut embeddings: Vec<Option<tch::Tensor>> = Vec::with_capacity(paths.len());
+        #[derive(Default)]
+        struct Row(Vec<f32>, Option<tch::Tensor>);
+        let info = &b.info;
+        map_batches(
+            &paths,
+            |p| crate::data::decode::decode_file(p, cap).map(|img| preprocess(&img, info)),
+            |imgs| {
+                let (a, f) = crate::infer::forward::answers_with_features(&b, imgs);
+                a.into_iter()
+                    .enumerate()
+                    .map(|(i, a)| Row(a.probs, Some(f.pooled.get(i as i64))))
+                    .collect()
+            },
+            |_, r| match r {
+                Ok(Row(p, e)) => {
+                    probs.push(Some(p));
+                    embeddings.push(e);
+                }
+                Err(_) => {
+                    probs.push(None);
+                    embeddings.push(None);
+                }
+            },
+        );
+        if self.scoring.opts.tta.is_some() {
+            let preds = crate::infer::predict::predict(&b, &paths, &self.scoring.opts);
+            probs = preds.into_iter().map(|p| p.ok().map(|p| p.probs)).collect();
+        }
         self.entries = items
             .into_iter()
-            .zip(preds)
-            .map(|((item, split), p)| Entry {
+            .zip(probs)
+            .map(|((item, split), probs)| Entry {
                 path: item.path,
                 label: item.label,
                 split,
-                probs: p.ok().map(|p| p.probs),
+                probs,
                 deleted: false,
             })
             .collect();
+        self.leaks = leaks(&self.entries, &embeddings);
         self.model_classes = b.info.classes.clone();
         let mut classes = self.model_classes.clone();
         for e in &self.entries {
@@ -173,6 +222,19 @@ impl Cleaner {
         }
         self.classes = classes;
         Ok(())
+    }
+
+    /// Near-duplicates in different splits, most similar first (deleted images left out).
+    pub fn leaks(&self) -> Vec<Leak> {
+        self.leaks
+            .iter()
+            .filter(|(a, b, _)| !self.entries[*a].deleted && !self.entries[*b].deleted)
+            .map(|&(a, b, s)| Leak {
+                a: self.view(a),
+                b: self.view(b),
+                similarity: s,
+            })
+            .collect()
     }
 
     /// An image's labels: its class, or for a multi-label model each label of its cell.
@@ -440,4 +502,40 @@ impl Cleaner {
 /// Puts back everything the log says was deleted or moved (`finetune clean DATA --restore`).
 pub fn restore(data: &Path) -> Result<Vec<trash::Entry>, TrashError> {
     Trash::open(data)?.restore()
+}
+
+/// Pairs of entries in different splits (train, valid, test) whose embeddings' cosine similarity is
+/// at least [`LEAK_SIMILARITY`], most similar first, at most 1,000. Compared a block of 512 rows at a
+/// time, so memory stays at the embeddings plus one `[512, N]` block.
+fn leaks(entries: &[Entry], embeddings: &[Option<tch::Tensor>]) -> Vec<(usize, usize, f32)> {
+    let idx: Vec<usize> = (0..entries.len())
+        .filter(|&i| embeddings[i].is_some() && entries[i].split != SplitChoice::All)
+        .collect();
+    if idx.len() < 2 {
+        return Vec::new();
+    }
+    let rows: Vec<tch::Tensor> = idx
+        .iter()
+        .filter_map(|&i| embeddings[i].as_ref().map(|t| t.shallow_clone()))
+        .collect();
+    let e = crate::infer::trust::scores::normalize(&tch::Tensor::stack(&rows, 0));
+    let split: Vec<SplitChoice> = idx.iter().map(|&i| entries[i].split).collect();
+    let mut out = Vec::new();
+    let n = idx.len() as i64;
+    for start in (0..n).step_by(512) {
+        let len = 512.min(n - start);
+        let sims = e.narrow(0, start, len).matmul(&e.transpose(0, 1));
+        let hits = sims.ge(LEAK_SIMILARITY as f64).nonzero();
+        let pairs: Vec<i64> = Vec::try_from(hits.flatten(0, -1)).unwrap_or_default();
+        for p in pairs.chunks(2) {
+            let (a, b) = ((start + p[0]) as usize, p[1] as usize);
+            if a < b && split[a] != split[b] {
+                let s = sims.double_value(&[p[0], p[1]]) as f32;
+                out.push((idx[a], idx[b], s));
+            }
+        }
+    }
+    out.sort_by(|x, y| y.2.total_cmp(&x.2));
+    out.truncate(1000);
+    out
 }

@@ -25,17 +25,26 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         accept: a.unknown.0,
         k: a.k,
         max_file_bytes,
+        after_training: false,
     };
-    fit_and_report(&a.model, a.data.as_deref(), a.compute.runtime()?, &opts)?;
+    fit_and_report(
+        &a.model,
+        a.data.as_deref(),
+        a.compute.runtime()?,
+        &opts,
+        true,
+    )?;
     Ok(())
 }
 
-/// Fits and prints what was fitted (also the end of `finetune train`).
+/// Fits and prints what was fitted (also the end of `finetune train`, which has warned about the
+/// files it skipped already: `warn` false).
 pub fn fit_and_report(
     model: &Path,
     data: Option<&Path>,
     rt: finetune::model::Runtime,
     opts: &FitOptions,
+    warn: bool,
 ) -> anyhow::Result<Fitted> {
     let data = match data {
         Some(d) => d.to_path_buf(),
@@ -53,7 +62,7 @@ pub fn fit_and_report(
     let f = trust::calibrate(model, &data, rt, opts).map_err(|e| {
         anyhow::anyhow!("calibrating {} on {}: {e}", model.display(), data.display())
     })?;
-    for (p, why) in &f.skipped {
+    for (p, why) in f.skipped.iter().filter(|_| warn) {
         eprintln!("warning: skipped {}: {why}", p.display());
     }
     let c = &f.calibration;

@@ -59,6 +59,21 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         clean::Sort::Path,
     );
     let changes = cleaner.changes();
+    let leaks = cleaner.leaks();
+    if !leaks.is_empty() {
+        eprintln!(
+            "warning: {} pair(s) of images look like one photo in two splits (cosine similarity of \
+             their embeddings >= {}; the page lists them under \"look-alikes across splits\"), e.g.",
+            leaks.len(),
+            clean::LEAK_SIMILARITY
+        );
+        for l in leaks.iter().take(3) {
+            eprintln!(
+                "  {} ({:?}) ~ {} ({:?}): {:.3}",
+                l.a.path, l.a.split, l.b.path, l.b.split, l.similarity
+            );
+        }
+    }
     let app = clean::router(cleaner, max_file_bytes);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

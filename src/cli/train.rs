@@ -410,9 +410,10 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                 .unknown
                 .map_or(Some(finetune::infer::trust::DEFAULT_ACCEPT), |u| u.0),
             max_file_bytes,
+            after_training: true,
             ..Default::default()
         };
-        super::calibrate::fit_and_report(&o.out, None, calib_rt, &fit)?;
+        super::calibrate::fit_and_report(&o.out, None, calib_rt, &fit, false)?;
     }
     if o.interrupted && o.resumable {
         println!(

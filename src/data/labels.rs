@@ -228,8 +228,21 @@ pub fn split(
     valid_pct: f64,
     seed: u64,
 ) -> Result<(Split, Vec<Skip>), LabelsError> {
+    split_with(images, l, valid_pct, seed, true)
+}
+
+/// [`split`], reporting the skipped rows only when `warn` (not again for a folder just trained on).
+pub fn split_with(
+    images: &Path,
+    l: &LabelsCsv,
+    valid_pct: f64,
+    seed: u64,
+    warn: bool,
+) -> Result<(Split, Vec<Skip>), LabelsError> {
     let (rows, skipped) = read(images, l)?;
-    report(&skipped, &l.path);
+    if warn {
+        report(&skipped, &l.path);
+    }
     let (train, valid, kind) = match &l.valid_col {
         Some(_) => {
             let (v, t): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.valid);

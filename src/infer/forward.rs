@@ -1,6 +1,7 @@
 //! One forward pass over prepared images: the validation transform and probabilities, the
 //! level below `predict` (files, chunks, streaming) and `tta` (augmented passes), which both use it.
 
+pub use super::features::Features;
 use crate::bundle::{Bundle, ModelInfo};
 use crate::data::tensor::stack_u8;
 use crate::data::transform::{crop_window, prepare};
@@ -47,6 +48,16 @@ pub fn answers(bundle: &Bundle, images: &[&image::RgbImage]) -> Vec<Answer> {
     answers_of(bundle, &input(bundle, images))
 }
 
+/// [`answers`] with the pass's features (on the CPU), for a caller that wants both from one pass
+/// (`clean`'s scores and its look-alikes across splits).
+pub fn answers_with_features(
+    bundle: &Bundle,
+    images: &[&image::RgbImage],
+) -> (Vec<Answer>, Features) {
+    let f = features_of(bundle, &input(bundle, images));
+    (answer(bundle, &f), f.to_cpu())
+}
+
 /// Preprocessed images as the network's normalised input.
 fn input(bundle: &Bundle, images: &[&image::RgbImage]) -> tch::Tensor {
     let info = &bundle.info;
@@ -55,64 +66,6 @@ fn input(bundle: &Bundle, images: &[&image::RgbImage]) -> tch::Tensor {
         info.normalization.mean,
         info.normalization.std,
     )
-}
-
-/// What one pass reads besides the answer, one row per image (see
-/// `model::head::FastaiHead::features`).
-#[derive(Debug)]
-pub struct Features {
-    /// The head's input, the concat-pooled body features `[N, 2·nf]`: the embedding, and what the
-    /// k-NN score compares.
-    pub pooled: tch::Tensor,
-    /// The hidden features the last Linear reads `[N, 512]` (Mahalanobis).
-    pub hidden: tch::Tensor,
-    /// Raw logits `[N, classes]`, before any temperature.
-    pub logits: tch::Tensor,
-}
-
-impl Features {
-    pub fn to_cpu(&self) -> Features {
-        let c = |t: &tch::Tensor| t.to_device(tch::Device::Cpu);
-        Features {
-            pooled: c(&self.pooled),
-            hidden: c(&self.hidden),
-            logits: c(&self.logits),
-        }
-    }
-
-    /// Row `i` alone (as a batch of one).
-    pub fn row(&self, i: i64) -> Features {
-        let r = |t: &tch::Tensor| t.narrow(0, i, 1);
-        Features {
-            pooled: r(&self.pooled),
-            hidden: r(&self.hidden),
-            logits: r(&self.logits),
-        }
-    }
-
-    /// Rows stacked back into one batch.
-    pub fn cat(rows: &[Features], widths: [i64; 3]) -> Features {
-        let cat = |f: fn(&Features) -> &tch::Tensor, w: i64| {
-            if rows.is_empty() {
-                tch::Tensor::zeros([0, w], (tch::Kind::Float, tch::Device::Cpu))
-            } else {
-                tch::Tensor::cat(&rows.iter().map(f).collect::<Vec<_>>(), 0)
-            }
-        };
-        Features {
-            pooled: cat(|r| &r.pooled, widths[0]),
-            hidden: cat(|r| &r.hidden, widths[1]),
-            logits: cat(|r| &r.logits, widths[2]),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.logits.size()[0] as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The features of preprocessed images, on the CPU.
@@ -157,7 +110,10 @@ pub fn probabilities_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Vec<f32>> {
 
 /// [`Answer`]s of an already normalised float batch (see [`probabilities_of`]).
 pub fn answers_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Answer> {
-    let f = features_of(bundle, x);
+    answer(bundle, &features_of(bundle, x))
+}
+
+fn answer(bundle: &Bundle, f: &Features) -> Vec<Answer> {
     let z = &f.logits;
     let t = bundle.temperature();
     // Exactly the old computation when uncalibrated (no division by 1).
@@ -173,7 +129,7 @@ pub fn answers_of(bundle: &Bundle, x: &tch::Tensor) -> Vec<Answer> {
     let scores = match &bundle.info.unknown {
         Some(u) if f.hidden.size()[1] > 0 => Some(super::trust::scores::score(
             u.score,
-            &f,
+            f,
             bundle.stats.as_ref(),
             u.k,
         )),

@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod evaluate;
 pub mod evaluate_multi;
+pub mod features;
 pub mod forward;
 pub mod imagenet;
 pub mod interpret;

@@ -56,6 +56,12 @@ pub type Labelled = (Vec<(Item, SplitChoice)>, Vec<Skip>);
 /// Every image of `data` with the split it belongs to under the model's recorded split: the train
 /// and valid sets exactly as `finetune train` drew them, then `data/test/` when present.
 pub fn labelled(info: &ModelInfo, data: &Path) -> Result<Labelled, SplitError> {
+    labelled_with(info, data, true)
+}
+
+/// [`labelled`], saying (`warn`) when the folder's valid set differs from the recorded one; the
+/// end of `train` has no reason to (it just read the folder, and counts only readable images).
+pub fn labelled_with(info: &ModelInfo, data: &Path, warn: bool) -> Result<Labelled, SplitError> {
     let kind = &info.data.as_ref().ok_or(SplitError::NotRecorded)?.split;
     let split = match kind {
         SplitKind::Random { valid_pct, seed } => items::split(data, *valid_pct, *seed)?,
@@ -66,10 +72,17 @@ pub fn labelled(info: &ModelInfo, data: &Path) -> Result<Labelled, SplitError> {
             valid_pct,
             seed,
         } => {
-            crate::data::labels::split(data, labels, valid_pct.unwrap_or(0.2), seed.unwrap_or(0))?.0
+            crate::data::labels::split_with(
+                data,
+                labels,
+                valid_pct.unwrap_or(0.2),
+                seed.unwrap_or(0),
+                warn,
+            )?
+            .0
         }
     };
-    if let Some(d) = &info.data {
+    if let Some(d) = info.data.as_ref().filter(|_| warn) {
         if d.valid_images != split.valid.items.len() {
             eprintln!(
                 "warning: {} gives {} valid images where the model recorded {}: is it the folder \

@@ -7,7 +7,7 @@ use super::calibration::{self, Targets};
 use super::scores::{self, DEFAULT_K};
 use crate::bundle::{self, Bundle, BundleError, Calibration, Score, UnknownInfo};
 use crate::data::decode::decode_file;
-use crate::infer::forward::Features;
+use crate::infer::features::Features;
 use crate::infer::predict::{map_batches, preprocess};
 use crate::infer::splits::{self, SplitChoice, SplitError};
 use rand::seq::SliceRandom;
@@ -51,6 +51,9 @@ pub struct FitOptions {
     pub accept: Option<f64>,
     pub k: usize,
     pub max_file_bytes: u64,
+    /// Right after training on the folder: no warning that its valid set differs from the
+    /// recorded one (the record counts readable images only).
+    pub after_training: bool,
 }
 
 impl Default for FitOptions {
@@ -59,6 +62,7 @@ impl Default for FitOptions {
             accept: Some(DEFAULT_ACCEPT),
             k: DEFAULT_K,
             max_file_bytes: crate::data::files::DEFAULT_MAX_FILE_BYTES,
+            after_training: false,
         }
     }
 }
@@ -228,7 +232,7 @@ pub fn calibrate(
         check_share(a)?;
     }
     let mut b = bundle::load_unscored(dir, rt)?;
-    let (all, _) = splits::labelled(&b.info, data)?;
+    let (all, _) = splits::labelled_with(&b.info, data, !opts.after_training)?;
     let known = |l: &str| b.info.task.is_multi() || b.info.classes.iter().any(|c| c == l);
     let pick = |which: SplitChoice| -> Vec<(PathBuf, String)> {
         all.iter()

@@ -3,7 +3,7 @@
 //! Higher always means "more like the training data" (distances are negated).
 
 use crate::bundle::{FeatureStats, Score};
-use crate::infer::forward::Features;
+use crate::infer::features::Features;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Kind, Tensor};
@@ -210,8 +210,13 @@ mod tests {
         let got = score(Score::Knn, &f, Some(&st), 3);
         let xn = normalize(&f.pooled);
         for i in 0..5 {
+            // √(2 − 2·cos): the Euclidean distance of unit vectors (the bank's rows are unit
+            // length to fp16's rounding, which this form ignores as the score does).
             let mut d: Vec<f64> = (0..40)
-                .map(|j| (xn.get(i) - st.bank.get(j)).norm().double_value(&[]))
+                .map(|j| {
+                    let c = xn.get(i).dot(&st.bank.get(j)).double_value(&[]);
+                    (2.0 - 2.0 * c).max(0.0).sqrt()
+                })
                 .collect();
             d.sort_by(|a, b| a.total_cmp(b));
             assert!(
