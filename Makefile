@@ -38,7 +38,8 @@ test: $(SETUP)
 # a user's machine. `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 make test` runs the whole suite so.
 # Every file that compares floats (about 8 minutes); the others test files, servers and messages.
 AVX2_TESTS := --lib --test clean --test plan --test parity --test export --test tta --test train \
-  --test distributed --test interpret --test serve --test multilabel --test cli_imagenet --test reliability
+  --test distributed --test interpret --test serve --test multilabel --test cli_imagenet --test reliability \
+  --test trust
 test-avx2: $(SETUP)
 	cargo build --release
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FINETUNE_TEST_LOG=target/test-avx2.log \

@@ -74,8 +74,11 @@ def wallpapers(cache):
         print(f"note: apt-get download failed, no wallpapers set:\n{got.stderr[-500:]}")
         return None
     root = cache / "unpacked"
-    for deb in debs.glob("*.deb"):
-        sh("dpkg", "-x", deb, root / deb.stem)
+    root.mkdir(parents=True, exist_ok=True)
+    for deb in sorted(debs.glob("*.deb")):
+        x = subprocess.run(["dpkg", "-x", str(deb), str(root / deb.stem)], capture_output=True, text=True)
+        if x.returncode != 0:
+            print(f"note: {deb.name} not unpacked: {x.stderr.strip()[-200:]}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     seen, n = set(), 0
     for p in sorted(root.rglob("*")):

@@ -930,7 +930,9 @@ fn browser_page_matches_the_api() {
         return;
     };
     let py = common::python();
-    let s = Server::start(&[]);
+    // Half the validation images' scores as the threshold, so that some of these images are
+    // "unknown" and the page's notice is checked both ways.
+    let s = Server::start(&["--unknown", "0.5"]);
     let files = images();
     let mut cmd = std::process::Command::new(&py);
     cmd.arg(common::repo().join("tests/browser/page_test.py"))
@@ -943,6 +945,7 @@ fn browser_page_matches_the_api() {
     }
     let v = common::browser_script(&mut cmd);
     assert!(v["checked_requests"].as_u64().unwrap() >= 3);
+    assert!(v["unknown_cards"].as_u64().unwrap() >= 1, "{v}");
 }
 
 /// The Python client examples of docs/serving.md (requests; TorchServe, Hugging Face and KServe v2

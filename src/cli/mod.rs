@@ -46,7 +46,7 @@ pub enum Command {
     /// Download 10 animals, fetch resnet18, fine-tune and evaluate, in one command (needs the internet).
     Quickstart(quickstart::Args),
     /// Fine-tune a pretrained network on a folder of images (fastai's fine_tune).
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Fit a model's calibration and "unknown" answer on the data it was trained on (done by
     /// `train` already; for bundles made before, or another acceptance share).
     Calibrate(calibrate::Args),
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Download(a) => download::run(a).map(|_| ()),
         Command::Quickstart(a) => quickstart::run(a),
-        Command::Train(a) => train::run(a, cap),
+        Command::Train(a) => train::run(*a, cap),
         Command::Calibrate(a) => calibrate::run(a, cap),
         Command::Evaluate(a) => evaluate::run(a, cap),
         Command::Interpret(a) => interpret::run(a, cap),

@@ -143,7 +143,7 @@ fn answer(bundle: &Bundle, f: &Features) -> Vec<Answer> {
             Answer {
                 probs: c.to_vec(),
                 score,
-                unknown: matches!((score, threshold), (Some(s), Some(t)) if !(s >= t)),
+                unknown: matches!((score, threshold), (Some(s), Some(t)) if super::trust::scores::below(s, t)),
             }
         })
         .collect()

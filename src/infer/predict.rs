@@ -155,7 +155,7 @@ pub fn predict_with<T: Sync, E: Send>(
 
 /// The pipeline under [`predict_with`], for any per-batch computation `run` (answers, features):
 /// `prepare` turns an item into the network's image in parallel, a chunk ahead of `run`, which
-/// sees batches of at most [`BATCH`] images and returns one result per image.
+/// sees batches of at most 64 images and returns one result per image.
 pub fn map_batches<T: Sync, E: Send, R: Default>(
     items: &[T],
     prepare: impl Fn(&T) -> Result<image::RgbImage, E> + Sync,

@@ -49,6 +49,17 @@ def check_card(card, answer, what):
     assert scores == sorted(scores, reverse=True), (what, scores)
     top = card.query_selector(".bar.top")
     assert top is not None and top.get_attribute("data-label") == answer[0]["label"], what
+    # The "unknown" notice shows exactly when the API says so, with its score.
+    notice = card.query_selector("[data-unknown='1']")
+    if answer[0].get("unknown"):
+        assert notice is not None, (what, answer[0])
+        assert f"{answer[0]['unknown_score']:.3f}" in notice.inner_text(), (what, notice.inner_text())
+        UNKNOWN_SEEN.append(what)
+    else:
+        assert notice is None, (what, answer[0])
+
+
+UNKNOWN_SEEN = []
 
 
 def main():
@@ -202,7 +213,7 @@ def main():
             page.wait_for_function("document.querySelectorAll('article[data-done]').length >= %d" % min(4, len(a.images)))
             page.screenshot(path=a.screenshot, full_page=True)
         browser.close()
-    print(json.dumps({"ok": True, "checked_requests": len(sent)}))
+    print(json.dumps({"ok": True, "checked_requests": len(sent), "unknown_cards": len(UNKNOWN_SEEN)}))
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ pub fn ood_report(
     let si = all_scores(bundle, &inside);
     let so = all_scores(bundle, &outside);
     let u = bundle.info.unknown.as_ref();
-    let share =
-        |v: &[f64], t: f64| v.iter().filter(|&&x| !(x >= t)).count() as f64 / v.len().max(1) as f64;
+    let share = |v: &[f64], t: f64| {
+        v.iter().filter(|&&x| super::scores::below(x, t)).count() as f64 / v.len().max(1) as f64
+    };
     let rows = si
         .iter()
         .map(|(s, a)| {

@@ -116,6 +116,15 @@ pub fn fit_stats(
     }
 }
 
+/// Whether a score makes an image unknown at `threshold`: below it, or not a number (nothing to
+/// vouch for the image).
+pub fn below(score: f64, threshold: f64) -> bool {
+    !matches!(
+        score.partial_cmp(&threshold),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    )
+}
+
 /// AUROC of telling `inside` (positives) from `outside` by score: the probability that a random
 /// inside image scores above a random outside one, ties counting half (Mann–Whitney U).
 pub fn auroc(inside: &[f64], outside: &[f64]) -> f64 {
