@@ -185,13 +185,13 @@ pub fn reliability_svg(bins: &[(usize, f64, f64)]) -> String {
         let x = m + i as f64 * bw;
         let bh = acc * inner;
         s.push_str(&format!(
-            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#4a7ab5\">\
-             <title>{n} images, confidence {:.0}–{:.0}%: accuracy {:.1}%</title></rect>",
-            m + inner - bh,
-            bw - 1.0,
+            "<g><title>{n} images, confidence {:.0}–{:.0}%: accuracy {:.1}%</title>\
+             <rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#4a7ab5\"/></g>",
             i as f64 / bins.len() as f64 * 100.0,
             (i + 1) as f64 / bins.len() as f64 * 100.0,
-            acc * 100.0
+            acc * 100.0,
+            m + inner - bh,
+            bw - 1.0,
         ));
     }
     s.push_str(&format!(
