@@ -26,13 +26,16 @@ pub struct Args {
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
+    trust: super::TrustArgs,
+    #[command(flatten)]
     compute: super::ComputeArgs,
 }
 
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     anyhow::ensure!(a.top > 0, "--top must be at least 1");
-    let b = bundle::load(&a.model, a.compute.runtime()?)?;
+    let mut b = bundle::load(&a.model, a.compute.runtime()?)?;
+    a.trust.apply(&mut b);
     anyhow::ensure!(
         !b.info.task.is_multi(),
         "{} is a multi-label model: it has no confusion matrix or single top-loss class; \

@@ -127,12 +127,10 @@ fn answer(bundle: &Bundle, f: &Features) -> Vec<Answer> {
     let n = p.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
     let scores = match &bundle.info.unknown {
-        Some(u) if f.hidden.size()[1] > 0 => Some(super::trust::scores::score(
-            u.score,
-            f,
-            bundle.stats.as_ref(),
-            u.k,
-        )),
+        // `--unknown off`: no score either, so every entry point answers alike.
+        Some(u) if f.hidden.size()[1] > 0 && bundle.accept.is_some() => Some(
+            super::trust::scores::score(u.score, f, bundle.stats.as_ref(), u.k),
+        ),
         _ => None,
     };
     let threshold = bundle.threshold();
