@@ -362,25 +362,13 @@ pub(crate) fn load(
     unknown: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Model> {
     let dev = parse_device(device).map_err(device_err)?;
-    let accept = match unknown.filter(|u| !u.is_none()) {
-        None => None,
-        Some(u) => {
-            let text = match u.extract::<f64>() {
-                Ok(v) => v.to_string(),
-                Err(_) => u.str()?.to_string(),
-            };
-            let a: finetune::infer::trust::Accept = text
-                .parse()
-                .map_err(|e: String| PyValueError::new_err(format!("unknown: {e}")))?;
-            Some(a.0)
-        }
-    };
+    let accept = accept_of(unknown)?;
     let mut b = py
         .detach(|| bundle::load(&path, dev))
         .map_err(|e| bundle_err(e, &path))?;
     b.calibrated = !raw_probs;
     if let Some(a) = accept {
-        b.accept = a.filter(|_| b.info.unknown.is_some());
+        b.set_accept(a);
     }
     Ok(Model {
         bundle: Mutex::new(b),
@@ -485,4 +473,20 @@ fn images_of(py: Python<'_>, arrays: &Bound<'_, PyAny>) -> PyResult<Vec<image::R
         }
         Ok(images)
     }
+}
+
+/// `unknown=`: `None` (the default), a share like `0.95`, or `"off"` (`Some(None)`), parsed as the
+/// CLI's `--unknown`.
+pub(crate) fn accept_of(unknown: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Option<f64>>> {
+    let Some(u) = unknown.filter(|u| !u.is_none()) else {
+        return Ok(None);
+    };
+    let text = match u.extract::<f64>() {
+        Ok(v) => v.to_string(),
+        Err(_) => u.str()?.to_string(),
+    };
+    let a: finetune::infer::trust::Accept = text
+        .parse()
+        .map_err(|e: String| PyValueError::new_err(format!("unknown: {e}")))?;
+    Ok(Some(a.0))
 }

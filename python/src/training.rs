@@ -180,18 +180,8 @@ pub(crate) fn train<'py>(
     unknown: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
-    let accept = match unknown.filter(|u| !u.is_none()) {
-        None => Some(finetune::infer::trust::DEFAULT_ACCEPT),
-        Some(u) => {
-            let text = match u.extract::<f64>() {
-                Ok(v) => v.to_string(),
-                Err(_) => u.str()?.to_string(),
-            };
-            text.parse::<finetune::infer::trust::Accept>()
-                .map_err(|e| PyValueError::new_err(format!("unknown: {e}")))?
-                .0
-        }
-    };
+    let accept =
+        crate::model::accept_of(unknown)?.unwrap_or(Some(finetune::infer::trust::DEFAULT_ACCEPT));
     // Under torchrun (`python -m torch.distributed.run script.py`), one rank of a data-parallel
     // run, exactly as `finetune train` under torchrun.
     let launch =

@@ -94,6 +94,12 @@ impl Bundle {
         }
     }
 
+    /// Answers "unknown" at another acceptance share, or never (`None`); a bundle without the
+    /// score stays without it.
+    pub fn set_accept(&mut self, accept: Option<f64>) {
+        self.accept = accept.filter(|_| self.info.unknown.is_some());
+    }
+
     /// The threshold below which an image's score makes it unknown, if the bundle answers unknown.
     pub fn threshold(&self) -> Option<f64> {
         let u = self.info.unknown.as_ref()?;

@@ -60,7 +60,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let mut text = ev.to_text();
     let mut value = serde_json::to_value(&ev)?;
     if let Some(dir) = &a.ood {
-        let test: Vec<PathBuf> = ev_paths(&a, &b, max_file_bytes)?;
+        let test: Vec<PathBuf> = ev_paths(&a)?;
         let r = finetune::infer::trust::report::ood_report(&b, &test, dir, max_file_bytes)?;
         text.push_str(&r.to_text());
         value["ood"] = serde_json::to_value(&r)?;
@@ -70,7 +70,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
 }
 
 /// The test images `evaluate` read, for the `--ood` comparison.
-fn ev_paths(a: &Args, _b: &bundle::Bundle, _cap: u64) -> anyhow::Result<Vec<PathBuf>> {
+fn ev_paths(a: &Args) -> anyhow::Result<Vec<PathBuf>> {
     Ok(match a.labels.csv() {
         None => finetune::data::items::scan(&a.test_dir, &[])?.items,
         Some(l) => finetune::data::labels::items(&a.test_dir, &l)?.0,

@@ -232,7 +232,7 @@ impl TrustArgs {
     pub fn apply(&self, b: &mut finetune::bundle::Bundle) {
         b.calibrated = !self.raw_probs;
         if let Some(accept) = self.unknown {
-            b.accept = accept.0.filter(|_| b.info.unknown.is_some());
+            b.set_accept(accept.0);
         }
     }
 }

@@ -114,7 +114,7 @@ pub fn run(
         let mut b = bundle::load(dir, opts.runtime)?;
         b.calibrated = !opts.raw_probs;
         if let Some(a) = opts.accept {
-            b.accept = a.filter(|_| b.info.unknown.is_some());
+            b.set_accept(a);
         }
         let (calibrated, accept) = (b.calibrated && b.info.calibration.is_some(), b.accept);
         let info = b.info.clone();

@@ -95,20 +95,18 @@ pub fn fit_temperature(logits: &[Vec<f32>], targets: Targets) -> f64 {
     1.0 / ((a + b) / 2.0)
 }
 
-/// Expected calibration error over [`ECE_BINS`] equal-width bins: `Σ_m |B_m|/n · |acc(B_m) −
-/// conf(B_m)|`. Single-label: the confidence is the top probability and "correct" whether its
-/// class is the target. Multi-label: every label's probability is one prediction, "correct" when
-/// the label is present (the reliability of each probability as a frequency).
-pub fn ece(probs: &[Vec<f32>], targets: Targets) -> f64 {
-    let mut conf = [0f64; ECE_BINS];
-    let mut hit = [0f64; ECE_BINS];
-    let mut count = [0usize; ECE_BINS];
+/// Per confidence bin (equal widths; bin m holds ((m−1)/M, m/M], 0 goes to the first): how many
+/// predictions, the sum of their confidences and how many were right. Single-label: the
+/// confidence is the top probability and "right" whether its class is the target. Multi-label:
+/// every label's probability is one prediction, "right" when the label is present (the
+/// reliability of each probability as a frequency).
+fn bins(probs: &[Vec<f32>], targets: Targets) -> [(usize, f64, f64); ECE_BINS] {
+    let mut out = [(0usize, 0f64, 0f64); ECE_BINS];
     let mut add = |p: f64, correct: bool| {
-        // Bin m holds ((m−1)/M, m/M]; 0 goes to the first.
         let m = ((p * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
-        conf[m] += p;
-        hit[m] += correct as u8 as f64;
-        count[m] += 1;
+        out[m].0 += 1;
+        out[m].1 += p;
+        out[m].2 += correct as u8 as f64;
     };
     match targets {
         Targets::Single(y) => {
@@ -129,37 +127,32 @@ pub fn ece(probs: &[Vec<f32>], targets: Targets) -> f64 {
             }
         }
     }
-    let n: usize = count.iter().sum();
+    out
+}
+
+/// Expected calibration error over [`ECE_BINS`] equal-width bins: `Σ_m |B_m|/n · |acc(B_m) −
+/// conf(B_m)|`, with confidence and correctness as `bins` defines them.
+pub fn ece(probs: &[Vec<f32>], targets: Targets) -> f64 {
+    let b = bins(probs, targets);
+    let n: usize = b.iter().map(|x| x.0).sum();
     if n == 0 {
         return 0.0;
     }
-    (0..ECE_BINS)
-        .filter(|&m| count[m] > 0)
-        .map(|m| (hit[m] - conf[m]).abs() / n as f64)
+    b.iter()
+        .filter(|x| x.0 > 0)
+        .map(|&(_, conf, hit)| (hit - conf).abs() / n as f64)
         .sum()
 }
 
 /// The reliability diagram's bars: per bin, (images, mean confidence, accuracy).
 pub fn reliability(probs: &[Vec<f32>], labels: &[usize]) -> Vec<(usize, f64, f64)> {
-    let mut out = vec![(0usize, 0f64, 0f64); ECE_BINS];
-    for (p, &y) in probs.iter().zip(labels) {
-        let (top, &pt) = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap_or((0, &0.0));
-        let m = ((pt as f64 * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
-        out[m].0 += 1;
-        out[m].1 += pt as f64;
-        out[m].2 += (top == y) as u8 as f64;
-    }
-    for b in &mut out {
-        if b.0 > 0 {
-            b.1 /= b.0 as f64;
-            b.2 /= b.0 as f64;
-        }
-    }
-    out
+    bins(probs, Targets::Single(labels))
+        .iter()
+        .map(|&(n, conf, hit)| match n {
+            0 => (0, 0.0, 0.0),
+            _ => (n, conf / n as f64, hit / n as f64),
+        })
+        .collect()
 }
 
 /// Softmax (or sigmoids) of `logits / T`, in f32 like the network's own.
