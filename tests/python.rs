@@ -71,6 +71,10 @@ fn python_package_and_ray_job() {
         "-q",
         "-p",
         "no:cacheprovider",
+        // pytest keeps its last three runs' folders by default (670 MB each here); a failed
+        // test's folder is all anyone reads.
+        "-o",
+        "tmp_path_retention_policy=failed",
         "python/tests",
     ])
     .current_dir(repo())

@@ -12,13 +12,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A tiny trained bundle named `pets` and its data, made once for the whole file.
-fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+fn fixture() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static F: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
+        let tmp = common::binary_tempdir();
+        let data = tmp.join("data");
         common::synthetic(&data, 8);
-        let model = tmp.path().join("pets");
+        let model = tmp.join("pets");
         let out = common::tiny_train(1)
             .args(["--arch", "resnet18", "--threads", "1", "--out"])
             .arg(&model)

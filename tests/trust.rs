@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 struct Fixture {
-    _tmp: tempfile::TempDir,
     model: PathBuf,
     /// Images of none of the classes.
     ood: PathBuf,
@@ -23,8 +22,8 @@ fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
         let weights = mobilenet_weights()?;
-        let tmp = tempfile::tempdir().unwrap();
-        let model = tmp.path().join("m");
+        let tmp = binary_tempdir();
+        let model = tmp.join("m");
         let o = run(bin()
             .args([
                 "train",
@@ -42,13 +41,9 @@ fn fixture() -> Option<&'static Fixture> {
             .arg(repo().join("assets/sample")));
         assert!(o.status.success(), "train: {}", o.stderr);
         assert!(o.stdout.contains("calibrated on"), "{}", o.stdout);
-        let ood = tmp.path().join("ood");
+        let ood = tmp.join("ood");
         draw_ood(&ood, 40);
-        Some(Fixture {
-            _tmp: tmp,
-            model,
-            ood,
-        })
+        Some(Fixture { model, ood })
     })
     .as_ref()
 }

@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 
 /// Two tiny bundles on the same data: `crop` (random crop window + `--augment`, so TTA has
 /// something to vary) and `squish` (no augmentation: its training transform is the plain one).
-fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
+        let tmp = binary_tempdir();
+        let data = tmp.join("data");
         synthetic(&data, 8);
         for (name, extra) in [
             ("crop", &["--resize", "crop", "--augment"][..]),
@@ -24,7 +24,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
                 .args(["--arch", "resnet18", "--threads", "1", "--quiet"])
                 .args(extra)
                 .arg("--out")
-                .arg(tmp.path().join(name))
+                .arg(tmp.join(name))
                 .arg(&data));
             assert!(o.status.success(), "train {name}: {}", o.stderr);
         }
@@ -33,7 +33,7 @@ fn fixture() -> &'static (tempfile::TempDir, PathBuf) {
 }
 
 fn model(name: &str) -> PathBuf {
-    fixture().0.path().join(name)
+    fixture().0.join(name)
 }
 
 fn files() -> Vec<PathBuf> {

@@ -528,23 +528,48 @@ pub fn browser() -> Option<PathBuf> {
     Some(chromium)
 }
 
+/// A temporary folder for a fixture that lives as long as the test binary.
+///
+/// Statics are never dropped, so a `TempDir` kept in a `OnceLock` stayed on disk after every run
+/// (90 MB a binary, thousands of runs later a full CI disk). This one is removed by an `atexit`
+/// hook, which runs when the harness exits, whether its tests passed or failed.
+pub fn binary_tempdir() -> PathBuf {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        let dirs = match DIRS.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    HOOK.call_once(|| {
+        // SAFETY: `remove_all` is a plain `extern "C" fn()` that neither unwinds nor calls exit.
+        let rc = unsafe { libc::atexit(remove_all) };
+        assert_eq!(rc, 0, "atexit refused the clean-up hook");
+    });
+    let dir = tempfile::tempdir().unwrap().keep();
+    DIRS.lock().unwrap().push(dir.clone());
+    dir
+}
+
 /// A tiny model (resnet18 from random weights, 32 px, one epoch after the frozen one) trained on
 /// the embedded sample (`assets/sample`: its train/ split at random, test/ beside it), once per test
 /// binary.
 pub fn sample_model() -> &'static Path {
-    static M: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &M.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let m = tmp.path().join("m");
+    static M: OnceLock<PathBuf> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = binary_tempdir().join("m");
         let o = run(tiny_train(1)
             .args(["--arch", "resnet18", "--threads", "1", "--quiet"])
             .arg("--out")
             .arg(&m)
             .arg(repo().join("assets/sample")));
         assert!(o.status.success(), "train: {}", o.stderr);
-        (tmp, m)
+        m
     })
-    .1
 }
 
 /// `finetune serve MODEL` on a free port, 1 CPU thread; returns it with its base URL.
