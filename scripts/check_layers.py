@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when a module in src/ imports a room of its own or a higher layer, as listed in the
+"""Fails when a file in src/ is over 600 lines (the pickle VM excepted), or when a module in src/
+imports a room of its own or a higher layer, as listed in the
 `layers` block of docs/ARCHITECTURE.md. A room is a folder or file directly under src/; `crate::ROOM`
 paths (and `finetune::ROOM` in the binary) are its imports. A `layers ROOM` block does the same inside
 one room (its rooms are the folders and files directly under src/ROOM; its imports are
@@ -101,8 +102,33 @@ for outer, text in inner.items():
                     i = code.count("\n", 0, at) + 1
                     bad.append(f"src/{outer}/{rel}:{i}: `{outer}::{room}` (layer {sub[room]}) imports "
                                f"`{outer}::{used}` (layer {sub[used]}); imports go down the `layers {outer}` table")
+# The room table's file names are the files: every `name.rs` or `name/` a room's row mentions
+# exists in that room (a moved file is a stale row).
+for row in re.finditer(r"^\| \d+ \| `(\w+)(?:/|\.rs)`[^|]*\| (.*) \|$", doc, re.M):
+    room, text = row.group(1), row.group(2)
+    base = os.path.join(src, room)
+    here = {os.path.relpath(os.path.join(d, x), base) for d, ds, fs in os.walk(base) for x in ds + fs}
+    for name in re.findall(r"`([\w/]+(?:\.rs|/))`", text):
+        stem = name.rstrip("/")
+        if stem in layer:  # another room, named as such
+            continue
+        if not any(h == stem or h.endswith(os.sep + stem) for h in here):
+            bad.append(f"docs/ARCHITECTURE.md: the `{room}` row names `{name}`, which is not in src/{room}/")
+
+# One job per file, each readable in one sitting. The pickle VM is the exception: it is one
+# interpreter loop over PyTorch's opcode table, and splitting the table would scatter the opcodes.
+MAX_LINES = 600
+LONG_ALLOWED = {os.path.join("model", "weights", "pickle.rs")}
+for d, _, files in os.walk(src):
+    for f in sorted(files):
+        path = os.path.join(d, f)
+        rel = os.path.relpath(path, src)
+        if f.endswith(".rs") and rel not in LONG_ALLOWED:
+            n = sum(1 for _ in open(path, encoding="utf-8"))
+            if n > MAX_LINES:
+                bad.append(f"src/{rel}: {n} lines, over {MAX_LINES}; split it by job (see docs/ARCHITECTURE.md)")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
 print(f"check_layers: {len(layer)} rooms" + "".join(f", {len(parse(t))} in {o}/" for o, t in inner.items())
-      + ", every import goes down the layers")
+      + f", every import goes down the layers, no file over {MAX_LINES} lines")

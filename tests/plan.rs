@@ -211,3 +211,36 @@ fn one_pixel_blocks_stay_exact_and_keep_fusion_on() {
         assert!(fused::available(), "a refused kernel turned fusion off");
     }
 }
+
+/// Weights loaded into a network that already ran in the plan are the ones its next pass uses:
+/// the fold cache refolds, never serves the folds of the weights before.
+#[test]
+fn loading_weights_refolds_the_plan() {
+    tch::set_num_threads(2);
+    let x = photos(64);
+    let arch = "resnet18".parse().unwrap();
+    tch::manual_seed(0);
+    let net = Network::classifier(arch, 4, Device::Cpu);
+    let before = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
+    tch::manual_seed(1);
+    let other = Network::classifier(arch, 4, Device::Cpu);
+    let tensors: Vec<(String, Tensor)> = other
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect();
+    finetune::model::load::load_exact(&net, std::path::Path::new("other"), tensors).unwrap();
+    let after = plan::folded(|| tch::no_grad(|| tch::nn::ModuleT::forward_t(&net, &x, false)));
+    let want = tch::no_grad(|| tch::nn::ModuleT::forward_t(&other, &x, false));
+    let size = want.abs().max().double_value(&[]).max(1.0);
+    assert!(
+        max_abs_diff(&after, &want) / size <= 1e-4,
+        "the plan answers with the loaded weights ({})",
+        max_abs_diff(&after, &want)
+    );
+    assert!(
+        max_abs_diff(&before, &after) / size > 1e-3,
+        "the two weight sets answer differently"
+    );
+}

@@ -5,9 +5,12 @@ mod common;
 use common::*;
 use finetune::data::{DataConfig, DataLoaders, Size};
 use finetune::model::{load_checkpoint, Arch, Network, Part};
+use finetune::train::fit::AfterEpoch;
 use finetune::train::learner::opt_params;
 use finetune::train::optimizer::Adam;
-use finetune::train::{AdamConfig, FineTune, Learner, LrSpec, OneCycle, SilentReport};
+use finetune::train::{
+    AdamConfig, FineTune, Learner, LrSpec, OneCycle, Recipe, Report, SilentReport,
+};
 use std::path::Path;
 
 /// A learner for `arch` (random init, seeded) on the 32-px images of `dir`, in batches of `bs`.
@@ -20,7 +23,7 @@ fn learner_for(arch: Arch, dir: &Path, bs: usize) -> Learner {
     };
     let dls = DataLoaders::from_folder(dir, cfg, &indicatif::ProgressBar::hidden()).unwrap();
     let net = Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
-    Learner::new(net, dls, AdamConfig::default(), 42)
+    Learner::new(net, dls, Recipe::default(), 42)
 }
 
 fn tiny_learner(dir: &Path, bs: usize) -> Learner {
@@ -887,7 +890,7 @@ fn save_best_keeps_each_fits_best_epoch_and_resumes() {
     };
     let make = || {
         let mut l = tiny_learner(dir.path(), 4);
-        l.tracking = Some(Tracking {
+        l.recipe.tracking = Some(Tracking {
             monitor: Monitor::ValidLoss,
             save_best: true,
             patience: None,
@@ -898,7 +901,7 @@ fn save_best_keeps_each_fits_best_epoch_and_resumes() {
     let snaps: Rc<RefCell<Vec<Snap>>> = Rc::default();
     let mut a = make();
     let s = snaps.clone();
-    a.on_epoch_end = Some(Box::new(move |l, _| {
+    a.add_callback(AfterEpoch(move |l: &Learner, _: &mut dyn Report| {
         let row = l.rows.last().unwrap();
         s.borrow_mut().push((
             row.phase.clone(),
@@ -908,7 +911,7 @@ fn save_best_keeps_each_fits_best_epoch_and_resumes() {
         ));
     }));
     a.fine_tune(ft, &mut SilentReport);
-    a.on_epoch_end = None;
+    a.clear_callbacks();
     assert_eq!(a.rows.len(), 7);
     for phase in ["frozen", "unfrozen"] {
         let rows: Vec<_> = a.rows.iter().filter(|r| r.phase == phase).collect();

@@ -6,6 +6,7 @@ use finetune::bundle::BundleError;
 use finetune::data::decode::DecodeError;
 use finetune::device::DeviceError;
 use finetune::train::run::RunError;
+use finetune::train::RecipeError;
 use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,11 @@ pub(crate) fn run_err(e: RunError) -> PyErr {
         }
         RunError::Data(DataError::Items(ItemsError::BadPct(_)))
         | RunError::Data(DataError::BatchSize)
-        | RunError::WeightsAndRandom
-        | RunError::LabelSmoothing(_)
-        | RunError::Mix(_)
-        | RunError::Patience
-        | RunError::Augment(_) => PyValueError::new_err(e.to_string()),
+        | RunError::WeightsAndRandom => PyValueError::new_err(e.to_string()),
+        // A recipe value out of range is a bad argument; smoothing a multi-label model is not.
+        RunError::Recipe(ref r) if !matches!(r, RecipeError::SmoothingMultiLabel) => {
+            PyValueError::new_err(e.to_string())
+        }
         e => fail(e),
     }
 }

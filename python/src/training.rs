@@ -7,10 +7,10 @@ use finetune::data::augment::AugConfig;
 use finetune::data::{DataConfig, PadMode, ResizeMethod, Size};
 use finetune::device::select as parse_device;
 use finetune::model::ArchSpec;
-use finetune::train::distributed;
+use finetune::train::distributed::DistOptions;
 use finetune::train::report::{table_header_for, table_row};
-use finetune::train::run::{Feedback, Outcome, Plan, Pretrained, Session, Settings};
-use finetune::train::{EpochRow, FineTune, Report};
+use finetune::train::run::{Outcome, Pretrained, Start};
+use finetune::train::{launch, EpochRow, FineTune, Recipe, Report, Request};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -38,6 +38,11 @@ pub(crate) fn py_print(line: &str) {
 }
 
 impl Report for PyReport {
+    fn log(&mut self, line: &str) {
+        if !self.quiet {
+            py_print(line)
+        }
+    }
     fn task(&mut self, multi_label: bool) {
         self.multi_label = multi_label;
     }
@@ -120,6 +125,8 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
     Ok(d)
 }
 
+const FASTAI: Recipe = Recipe::FASTAI;
+
 /// fastai's `vision_learner(dls, arch).fine_tune(epochs)` on a folder of class folders, saving a
 /// bundle to `out` (default `models/<data folder name>`) exactly as `finetune train` does; the
 /// options are that command's. Returns the final metrics (the last row of the bundle's
@@ -128,8 +135,10 @@ pub(crate) fn outcome_dict<'py>(py: Python<'py>, o: &Outcome) -> PyResult<Bound<
 /// KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (
-    data=None, *, out=None, arch="resnet18", epochs=3, freeze_epochs=1, base_lr=2e-3,
-    lr_mult=100.0, pct_start=0.3, div=5.0, wd=0.01, label_smoothing=0.0, augment=None,
+    data=None, *, out=None, arch="resnet18", epochs=FASTAI.fine_tune.epochs,
+    freeze_epochs=FASTAI.fine_tune.freeze_epochs, base_lr=FASTAI.fine_tune.base_lr,
+    lr_mult=FASTAI.fine_tune.lr_mult, pct_start=FASTAI.fine_tune.pct_start,
+    div=FASTAI.fine_tune.div, wd=FASTAI.wd, label_smoothing=FASTAI.label_smoothing, augment=None,
     mixup=None, cutmix=None, save_best=None, early_stop=None, labels=None, fn_col="0",
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
@@ -182,16 +191,7 @@ pub(crate) fn train<'py>(
     // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
     let accept =
         crate::model::accept_of(unknown)?.unwrap_or(Some(finetune::infer::trust::DEFAULT_ACCEPT));
-    // Under torchrun (`python -m torch.distributed.run script.py`), one rank of a data-parallel
-    // run, exactly as `finetune train` under torchrun.
-    let launch =
-        finetune::dist::Launch::from_env().map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let mut dev = parse_device(device).map_err(device_err)?;
-    if let Some(l) = &launch {
-        dev = distributed::rank_device(l, dev);
-    }
-    let leader = launch.as_ref().is_none_or(|l| l.is_leader());
-    let quiet = quiet || !leader;
+    let dev = parse_device(device).map_err(device_err)?;
     let precision = precision
         .parse::<finetune::model::PrecisionChoice>()
         .map_err(PyValueError::new_err)?;
@@ -201,13 +201,9 @@ pub(crate) fn train<'py>(
         ..finetune::model::Runtime::from(dev)
     };
     let cap = crate::model::max_file_bytes(max_file_mb);
-    let restarted = launch.as_ref().and_then(|l| {
-        distributed::restart_plan(l, resume.as_deref(), out.as_deref(), data.clone(), cap)
-    });
-    let plan = match (restarted, resume) {
-        (Some(plan), _) => plan,
-        (None, Some(dir)) => Plan::resume(&dir, data, cap),
-        (None, None) => {
+    let start = match resume {
+        Some(dir) => Start::Resume { dir, data },
+        None => {
             let Some(data) = data else {
                 return Err(PyTypeError::new_err(
                     "train() needs a data folder (or resume=DIR)",
@@ -254,31 +250,31 @@ pub(crate) fn train<'py>(
                 save_best: save_best.is_some(),
                 patience: early_stop,
             });
-            Plan::new(
+            Start::New {
                 data,
                 out,
                 force,
-                Settings {
-                    arch,
-                    pretrained,
-                    cfg: DataConfig {
-                        size,
-                        method: resize,
-                        pad,
-                        bs,
-                        valid_pct,
-                        seed,
-                        strict,
-                        max_file_bytes: cap,
-                        labels: labels.map(|p| finetune::data::labels::LabelsCsv {
-                            path: p,
-                            fn_col: fn_col.to_string(),
-                            label_col: label_col.to_string(),
-                            valid_col,
-                            label_delim,
-                        }),
-                    },
-                    ft: FineTune {
+                arch,
+                pretrained,
+                cfg: DataConfig {
+                    size,
+                    method: resize,
+                    pad,
+                    bs,
+                    valid_pct,
+                    seed,
+                    strict,
+                    max_file_bytes: cap,
+                    labels: labels.map(|p| finetune::data::labels::LabelsCsv {
+                        path: p,
+                        fn_col: fn_col.to_string(),
+                        label_col: label_col.to_string(),
+                        valid_col,
+                        label_delim,
+                    }),
+                },
+                recipe: Recipe {
+                    fine_tune: FineTune {
                         epochs,
                         base_lr,
                         freeze_epochs,
@@ -289,55 +285,40 @@ pub(crate) fn train<'py>(
                     wd,
                     label_smoothing,
                     augment,
-                    aug,
+                    aug: augment.then_some(aug),
                     mix,
                     tracking,
                 },
-            )
+            }
         }
-    }
-    .map_err(run_err)?;
-    let mut plan = plan;
-    plan.world = launch.as_ref().map_or(1, |l| l.world);
-    let replica = match &launch {
-        Some(l) => {
-            let opts = distributed::DistOptions {
-                backend: dist_backend.to_string(),
-                timeout: Duration::from_secs(dist_timeout.max(1)),
-            };
-            Some(distributed::join(l, &opts, dev).map_err(run_err)?)
-        }
-        None => None,
+    };
+    let req = Request {
+        start,
+        cache: Some(finetune::data::CacheConfig::new(
+            finetune::data::CacheConfig::default_dir(),
+        )),
+        max_file_bytes: cap,
+        runtime: rt,
+        dist: DistOptions {
+            backend: dist_backend.to_string(),
+            timeout: Duration::from_secs(dist_timeout.max(1)),
+        },
+        stop: Arc::new(AtomicBool::new(false)),
     };
     // Training runs on its own thread while this one waits without the GIL, checking for Ctrl-C
     // (Python's handler only runs on the main thread, between calls into Python).
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_worker = stop.clone();
+    let stop = req.stop.clone();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let worker = std::thread::Builder::new()
         .name("finetune-train".into())
         .spawn(move || {
-            let r = (|| {
-                let mut log = |m: &str| {
-                    if !quiet {
-                        py_print(m)
-                    }
-                };
-                let mut fb = Feedback {
-                    bar: &indicatif::ProgressBar::hidden(),
-                    download_bar: false,
-                    log: &mut log,
-                };
-                let mut session = Session::start(plan, rt, &mut fb)?;
-                if let Some(r) = replica {
-                    session.distribute(r)?;
-                }
-                session.learn.stop = stop_worker;
-                session.run(&mut PyReport {
+            let r = launch(
+                req,
+                &mut PyReport {
                     quiet,
                     multi_label: false,
-                })
-            })();
+                },
+            );
             let _ = tx.send(());
             r
         })
@@ -381,7 +362,7 @@ pub(crate) fn train<'py>(
         return Err(e);
     }
     let d = outcome_dict(py, &outcome)?;
-    if leader && !outcome.interrupted {
+    if outcome.leader && !outcome.interrupted {
         // As at the end of `finetune train`: the temperature and the "unknown" answer.
         let opts = finetune::infer::trust::FitOptions {
             accept,

@@ -9,42 +9,6 @@ use std::path::PathBuf;
 /// Bumped when a bundle written by this version cannot be read by older ones.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// `fine_tune`'s arguments, with fastai's defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct FineTune {
-    pub epochs: usize,
-    pub base_lr: f64,
-    pub freeze_epochs: usize,
-    pub lr_mult: f64,
-    pub pct_start: f64,
-    pub div: f64,
-}
-
-impl Default for FineTune {
-    fn default() -> Self {
-        FineTune {
-            epochs: 3,
-            base_lr: 2e-3,
-            freeze_epochs: 1,
-            lr_mult: 100.0,
-            pct_start: 0.3,
-            div: 5.0,
-        }
-    }
-}
-
-/// Mixing training samples (fastai's `MixUp` / `CutMix` callbacks); validation is never mixed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "alpha")]
-pub enum Mix {
-    /// `MixUp(alpha)`: each image blended with a shuffled partner, `λ ~ Beta(α, α)` per image, kept
-    /// at least 0.5.
-    Mixup(f64),
-    /// `CutMix(alpha)`: a box of a shuffled partner pasted into each image, one `λ ~ Beta(α, α)`
-    /// per batch.
-    Cutmix(f64),
-}
-
 /// The row whose weights a bundle holds: the last one, or under `--save-best` the kept epoch of the
 /// fit the last row belongs to, once that fit has ended.
 pub fn kept_row(rows: &[EpochRow]) -> Option<&EpochRow> {
@@ -55,51 +19,6 @@ pub fn kept_row(rows: &[EpochRow]) -> Option<&EpochRow> {
             .find(|r| r.best && r.phase == last.phase)
             .unwrap_or(last),
     )
-}
-
-/// What the trackers watch (fastai's `monitor`); lower is better for both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Monitor {
-    ValidLoss,
-    ErrorRate,
-}
-
-impl Monitor {
-    pub fn name(self) -> &'static str {
-        match self {
-            Monitor::ValidLoss => "valid_loss",
-            Monitor::ErrorRate => "error_rate",
-        }
-    }
-    pub fn of(self, row: &EpochRow) -> f64 {
-        match self {
-            Monitor::ValidLoss => row.valid_loss,
-            Monitor::ErrorRate => row.error_rate,
-        }
-    }
-}
-
-impl std::str::FromStr for Monitor {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "valid_loss" => Ok(Monitor::ValidLoss),
-            "error_rate" => Ok(Monitor::ErrorRate),
-            _ => Err(format!("monitor `{s}`: choose valid_loss or error_rate")),
-        }
-    }
-}
-
-/// fastai's `SaveModelCallback` and `EarlyStoppingCallback` on one monitor, per fit (each phase of
-/// `fine_tune` starts afresh, as fastai's `reset_on_fit`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Tracking {
-    pub monitor: Monitor,
-    /// Keep the best epoch's weights at the end of each fit (`--save-best`).
-    pub save_best: bool,
-    /// Stop a fit after this many epochs without improvement (`--early-stop`).
-    pub patience: Option<usize>,
 }
 
 /// One row of the per-epoch table.
@@ -131,20 +50,11 @@ pub struct Normalization {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainingInfo {
-    pub fine_tune: FineTune,
+    /// How the run learnt; its keys (`fine_tune`, `wd`, `mix`, ...) sit directly in `training`.
+    #[serde(flatten)]
+    pub recipe: super::Recipe,
     pub bs: usize,
     pub seed: u64,
-    pub wd: f64,
-    pub label_smoothing: f64,
-    #[serde(default)]
-    pub augment: bool,
-    /// `--augment`'s magnitudes (absent: fastai's defaults without the warp, as before `--max-warp`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aug: Option<crate::data::augment::AugConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mix: Option<Mix>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracking: Option<Tracking>,
     pub pretrained_weights: Option<String>,
     pub device: String,
     /// What the forward passes computed in (absent in bundles from before `--precision`).
@@ -165,14 +75,6 @@ pub struct Distributed {
     pub world_size: usize,
     pub global_batch: usize,
     pub dist_backend: crate::dist::Backend,
-}
-
-impl TrainingInfo {
-    /// `--augment`'s magnitudes for this run; bundles from before they were recorded had no warp.
-    pub fn augmentation(&self) -> crate::data::augment::AugConfig {
-        self.aug
-            .unwrap_or_else(crate::data::augment::AugConfig::without_warp)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -15,18 +15,20 @@
 mod checkpoint;
 mod info;
 mod read;
+mod recipe;
 mod trust;
 mod write;
 
 pub use checkpoint::{Checkpoint, RngState, TrackerState, TrainState};
 pub use info::{
-    kept_row, DataInfo, Distributed, EpochRow, FinalMetrics, FineTune, Mix, ModelInfo, Monitor,
-    Normalization, Task, Tracking, TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
+    kept_row, DataInfo, Distributed, EpochRow, FinalMetrics, ModelInfo, Normalization, Task,
+    TrainingInfo, DEFAULT_THRESH, FORMAT_VERSION,
 };
 pub use read::{
     load, load_unscored, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics,
     read_info, Bundle,
 };
+pub use recipe::{FineTune, Mix, Monitor, Recipe, RecipeError, Tracking};
 pub use trust::{quantile, Calibration, FeatureStats, Score, UnknownInfo};
 pub use write::{check_out_dir, save, write_evaluation, write_trust};
 

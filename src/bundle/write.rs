@@ -92,7 +92,7 @@ fn write_contents(
     let save_best = info
         .training
         .as_ref()
-        .and_then(|t| t.tracking)
+        .and_then(|t| t.recipe.tracking)
         .is_some_and(|t| t.save_best);
     // Multi-label models add fastai's samples-averaged F1 (`accuracy` is `accuracy_multi`).
     let multi = info.task.is_multi();

@@ -1,11 +1,12 @@
-use finetune::bundle::Mix;
+use finetune::bundle::{Mix, Monitor, Tracking};
 use finetune::data::{DataConfig, DataLoaders, PadMode, ResizeMethod, Size};
 use finetune::model::{ArchSpec, Network};
-use finetune::train::distributed;
-use finetune::train::run::{self, Feedback, Plan, Pretrained, Session, Settings};
-use finetune::train::{ConsoleReport, FineTune};
+use finetune::train::distributed::DistOptions;
+use finetune::train::run::{self, Feedback, Pretrained, Start};
+use finetune::train::{launch, ConsoleReport, FineTune, Recipe, Report, Request};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,25 +28,48 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data_opts: DataArgs,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// Only the epoch tables, no progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The "unknown" answer: fit it at the end of training with a threshold that accepts this
+    /// share of the validation images (0.95 by default), or `off` for none.
+    #[arg(long, value_name = "SHARE|off")]
+    unknown: Option<finetune::infer::trust::Accept>,
+    #[command(flatten)]
+    compute: super::ComputeArgs,
+    /// Under torchrun: the c10d backend (auto: NCCL on CUDA when built in, else Gloo).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "gloo", "nccl"])]
+    dist_backend: String,
+    /// Under torchrun: seconds any rank waits for the others (joining, each collective) before
+    /// it stops with an error naming the lost rank.
+    #[arg(long, value_name = "SECONDS", default_value_t = finetune::dist::DEFAULT_TIMEOUT_S)]
+    dist_timeout: u64,
+}
+
+/// The training recipe's flags, one per [`Recipe`] field; their defaults are [`Recipe::FASTAI`]'s.
+#[derive(clap::Args, Debug)]
+pub struct RecipeArgs {
     /// Unfrozen epochs of fine_tune.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.epochs)]
     epochs: usize,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.base_lr)]
     base_lr: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.freeze_epochs)]
     freeze_epochs: usize,
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.lr_mult)]
     lr_mult: f64,
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.pct_start)]
     pct_start: f64,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = FASTAI.fine_tune.div)]
     div: f64,
     /// Decoupled weight decay (none on BatchNorm parameters and biases).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = FASTAI.wd)]
     wd: f64,
     /// fastai's LabelSmoothingCrossEntropyFlat(eps): the target gets 1 − eps + eps/C, every other
     /// class eps/C (fastai's lessons use 0.1).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = FASTAI.label_smoothing, allow_negative_numbers = true)]
     label_smoothing: f64,
     #[command(flatten)]
     aug: AugArgs,
@@ -66,27 +90,38 @@ pub struct Args {
     /// epoch by MONITOR (valid_loss when not given; or error_rate); metrics.csv's `best` column
     /// marks them.
     #[arg(long, value_name = "MONITOR", num_args = 0..=1, default_missing_value = "valid_loss")]
-    save_best: Option<finetune::bundle::Monitor>,
+    save_best: Option<Monitor>,
     /// fastai's EarlyStoppingCallback: stop a fit after PATIENCE epochs without improvement of the
     /// --save-best monitor (valid_loss by default).
     #[arg(long, value_name = "PATIENCE")]
     early_stop: Option<usize>,
-    /// Only the epoch tables, no progress bars.
-    #[arg(long, short)]
-    quiet: bool,
-    /// The "unknown" answer: fit it at the end of training with a threshold that accepts this
-    /// share of the validation images (0.95 by default), or `off` for none.
-    #[arg(long, value_name = "SHARE|off")]
-    unknown: Option<finetune::infer::trust::Accept>,
-    #[command(flatten)]
-    compute: super::ComputeArgs,
-    /// Under torchrun: the c10d backend (auto: NCCL on CUDA when built in, else Gloo).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "gloo", "nccl"])]
-    dist_backend: String,
-    /// Under torchrun: seconds any rank waits for the others (joining, each collective) before
-    /// it stops with an error naming the lost rank.
-    #[arg(long, value_name = "SECONDS", default_value_t = finetune::dist::DEFAULT_TIMEOUT_S)]
-    dist_timeout: u64,
+}
+
+const FASTAI: Recipe = Recipe::FASTAI;
+
+impl RecipeArgs {
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            fine_tune: FineTune {
+                epochs: self.epochs,
+                base_lr: self.base_lr,
+                freeze_epochs: self.freeze_epochs,
+                lr_mult: self.lr_mult,
+                pct_start: self.pct_start,
+                div: self.div,
+            },
+            wd: self.wd,
+            label_smoothing: self.label_smoothing,
+            augment: self.aug.augment,
+            aug: self.aug.augment.then(|| self.aug.config()),
+            mix: self.mixup.map(Mix::Mixup).or(self.cutmix.map(Mix::Cutmix)),
+            tracking: (self.save_best.is_some() || self.early_stop.is_some()).then(|| Tracking {
+                monitor: self.save_best.unwrap_or(Monitor::ValidLoss),
+                save_best: self.save_best.is_some(),
+                patience: self.early_stop,
+            }),
+        }
+    }
 }
 
 /// `--augment` and its magnitudes, for train and show-batch.
@@ -256,6 +291,7 @@ pub fn prepare(
     rt: finetune::model::Runtime,
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
+    let mut report = ConsoleReport::new(quiet);
     Ok(run::prepare(
         model.arch,
         &model.pretrained()?,
@@ -264,134 +300,60 @@ pub fn prepare(
         cache,
         rt,
         &mut Feedback {
-            bar: &progress_bar(quiet),
-            download_bar: super::console::stderr_is_tty(),
+            bar: &report.progress_bar("decoding images"),
+            download_bar: report.interactive(),
             log: &mut |m| eprintln!("{m}"),
         },
     )?)
 }
 
-fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
-    if quiet || !super::console::stderr_is_tty() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(0);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("decoding images [{bar:30}] {pos}/{len} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b
-}
-
 /// `max_file_bytes`: the global `--max-file-mb`.
 pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
-    // torchrun (or any launcher setting its variables) makes this one rank of a data-parallel run.
-    let launch = finetune::dist::Launch::from_env()?;
-    let mut rt = a.compute.runtime()?;
-    if let Some(l) = &launch {
-        rt.device = distributed::rank_device(l, rt.device);
-    }
-    let restarted = launch.as_ref().and_then(|l| {
-        let (resume, out) = (a.resume.as_deref(), a.out.as_deref());
-        distributed::restart_plan(l, resume, out, a.data.clone(), max_file_bytes)
-    });
-    let leader = launch.as_ref().is_none_or(|l| l.is_leader());
-    let mut plan = match (restarted, &a.resume) {
-        (Some(plan), _) => {
-            let plan = plan?;
-            if leader {
-                eprintln!(
-                    "torchrun restarted the group: continuing {} from its checkpoint",
-                    plan.out.display()
-                );
-            }
-            plan
-        }
-        (None, Some(dir)) => Plan::resume(dir, a.data.clone(), max_file_bytes)?,
-        (None, None) => Plan::new(
-            a.data.clone().unwrap_or_default(),
-            a.out.clone(),
-            a.force,
-            Settings {
-                arch: a.model.arch,
-                pretrained: a.model.pretrained()?,
-                cfg: a.data_opts.config(max_file_bytes),
-                ft: FineTune {
-                    epochs: a.epochs,
-                    base_lr: a.base_lr,
-                    freeze_epochs: a.freeze_epochs,
-                    lr_mult: a.lr_mult,
-                    pct_start: a.pct_start,
-                    div: a.div,
-                },
-                wd: a.wd,
-                label_smoothing: a.label_smoothing,
-                augment: a.aug.augment,
-                aug: a.aug.config(),
-                mix: a.mixup.map(Mix::Mixup).or(a.cutmix.map(Mix::Cutmix)),
-                tracking: (a.save_best.is_some() || a.early_stop.is_some()).then(|| {
-                    finetune::bundle::Tracking {
-                        monitor: a.save_best.unwrap_or(finetune::bundle::Monitor::ValidLoss),
-                        save_best: a.save_best.is_some(),
-                        patience: a.early_stop,
-                    }
-                }),
-            },
-        )?,
-    };
-    plan.cache = a.data_opts.cache();
-    plan.world = launch.as_ref().map_or(1, |l| l.world);
-    let opts = distributed::DistOptions {
-        backend: a.dist_backend.clone(),
-        timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
-    };
-    let replica = match &launch {
-        Some(l) => Some(distributed::join(l, &opts, rt.device)?),
-        None => None,
-    };
-    if let (Some(r), true) = (&replica, leader) {
-        eprintln!(
-            "distributed: {} processes ({}), --bs {} per process, global batch {}",
-            r.world(),
-            r.group.backend,
-            plan.cfg.bs,
-            plan.cfg.bs * r.world()
-        );
-    }
-    // Only rank 0 speaks; the others would repeat it.
-    let quiet = a.quiet || !leader;
-    let calib_rt = rt;
-    let mut session = Session::start(
-        plan,
-        rt,
-        &mut Feedback {
-            bar: &progress_bar(quiet),
-            download_bar: leader && super::console::stderr_is_tty(),
-            log: &mut |m| {
-                if leader {
-                    eprintln!("{m}")
-                }
-            },
+    let start = match &a.resume {
+        Some(dir) => Start::Resume {
+            dir: dir.clone(),
+            data: a.data.clone(),
         },
-    )?;
-    if let Some(r) = replica {
-        session.distribute(r)?;
-    }
-    let stop = session.stop_flag();
+        None => Start::New {
+            data: a.data.clone().unwrap_or_default(),
+            out: a.out.clone(),
+            force: a.force,
+            arch: a.model.arch,
+            pretrained: a.model.pretrained()?,
+            cfg: a.data_opts.config(max_file_bytes),
+            recipe: a.recipe.recipe(),
+        },
+    };
+    let rt = a.compute.runtime()?;
+    let mut report = ConsoleReport::new(a.quiet);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, training) = (stop.clone(), report.training());
     let _ = ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
+        // Before training, nothing is worth saving: end at once, as the default handler would.
+        if !training.load(Ordering::SeqCst) || flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
         eprintln!(
             "\nCtrl-C: finishing the current batch, then saving (press again to quit at once)"
         );
     });
-    if !leader {
-        session.run(&mut finetune::train::SilentReport)?;
+    let o = launch(
+        Request {
+            start,
+            cache: a.data_opts.cache(),
+            max_file_bytes,
+            runtime: rt,
+            dist: DistOptions {
+                backend: a.dist_backend.clone(),
+                timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
+            },
+            stop,
+        },
+        &mut report,
+    )?;
+    if !o.leader {
         return Ok(());
     }
-    let mut report = ConsoleReport::new(a.quiet);
-    let o = session.run(&mut report)?;
     println!();
     if let Some(r) = finetune::bundle::kept_row(&o.rows) {
         println!(
@@ -413,7 +375,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
             after_training: true,
             ..Default::default()
         };
-        super::calibrate::fit_and_report(&o.out, None, calib_rt, &fit, false)?;
+        super::calibrate::fit_and_report(&o.out, None, rt, &fit, false)?;
     }
     if o.interrupted && o.resumable {
         println!(

@@ -69,7 +69,7 @@ struct Pass {
 fn passes(bundle: &Bundle, tta: &Tta) -> Vec<Pass> {
     let training = bundle.info.training.as_ref();
     // The magnitudes the model was trained with.
-    let aug = training.filter(|t| t.augment).map(|t| t.augmentation());
+    let aug = training.and_then(|t| t.recipe.augmentation());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tta.seed);
     (0..tta.n)
         .map(|_| {

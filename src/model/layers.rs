@@ -1,12 +1,12 @@
-//! The bottom of `model/`: what every family file builds with (the [`Part`] trait every body and
-//! head implements, torchvision's `Conv2dNormActivation` and `SqueezeExcitation`, TensorFlow's
-//! "SAME" padding, stochastic depth, `_make_divisible`). It imports nothing of `model/` but the
-//! ONNX writer, the inference plan's flag and its fused kernels, so the families stay leaves.
+//! The kit every family builds with: [`Part`], torchvision's `Conv2dNormActivation` and
+//! `SqueezeExcitation`, "SAME" padding, stochastic depth, `_make_divisible`. Below it only the
+//! ONNX writer and the inference plan (`super::plan`), so the families stay leaves.
 
-use super::fused::{self, Geometry, Post};
 use super::onnx::{Graph, OnnxExport};
+use super::plan::fused::{self, Geometry, Post};
+use super::plan::{FoldCache, Planned};
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// A part of a network: trainable with tch, and exportable to ONNX by the same definition.
 pub trait Part: ModuleT + OnnxExport {}
@@ -245,20 +245,10 @@ impl Conv {
         }
     }
 
-    /// The inference plan's weight packed for oneDNN's kernel on inputs like `x` (see
-    /// [`fused::pack`]); only for channels-last inputs: a packed weight makes oneDNN run
-    /// channels-last, which would switch an NCHW network's layout under it.
+    /// The inference plan's weight packed for oneDNN's kernel on inputs like `x`.
     fn pack(&self, x: &Tensor, ws: &Tensor) -> Option<Tensor> {
-        if !crate::data::layout::MemoryFormat::Nhwc.holds(x) {
-            return None;
-        }
-        let mut size = x.size();
-        let (g, pad) = self.geometry(&size);
-        if let (Some([l, r, t, b]), 4) = (pad, size.len()) {
-            size[2] += t + b;
-            size[3] += l + r;
-        }
-        fused::pack(ws, g, &size)
+        let (g, pad) = self.geometry(&x.size());
+        super::plan::pack(x, ws, g, pad)
     }
 
     /// `act(conv(x, p.w) + p.b)` with the inference plan's folded weights: one fused oneDNN
@@ -279,31 +269,6 @@ impl Conv {
         }
         let y = x.conv2d(&p.w, Some(&p.b), [g.stride; 2], g.padding, [1, 1], g.groups);
         add_residual(y, residual, relu)
-    }
-}
-
-/// A convolution's weights in the inference plan: BatchNorm folded in, and on the CPU the folded
-/// weight also packed once into the layout oneDNN's kernel reads (`None` where it is not).
-#[derive(Debug)]
-struct Planned {
-    w: Tensor,
-    b: Tensor,
-    packed: Option<Tensor>,
-}
-
-impl Planned {
-    /// What the fused kernel is given: the packed weight if there is one. The eager fallback
-    /// always takes `w` (a packed tensor is opaque to every other op).
-    fn kernel_weight(&self) -> &Tensor {
-        self.packed.as_ref().unwrap_or(&self.w)
-    }
-
-    fn shallow_clone(&self) -> Planned {
-        Planned {
-            w: self.w.shallow_clone(),
-            b: self.b.shallow_clone(),
-            packed: self.packed.as_ref().map(|t| t.shallow_clone()),
-        }
     }
 }
 
@@ -353,7 +318,7 @@ pub struct ConvBnAct {
     eps: f64,
     act: Act,
     /// The inference plan's weights, made at the first pass in the plan.
-    folded: std::sync::Mutex<Option<Planned>>,
+    folded: FoldCache,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -422,49 +387,24 @@ impl ConvBnAct {
             bn: norm.bn(bn_path, c_out),
             eps: norm.eps,
             act: s.act,
-            folded: std::sync::Mutex::new(None),
+            folded: FoldCache::default(),
         }
     }
 
-    /// The BatchNorm folded into the convolution with its eval statistics, in float32:
-    /// `W·s` and `β − μ·s` with `s = γ/√(σ² + ε)` per output channel, so `conv(x, W·s) + β − μ·s`
-    /// is `bn(conv(x, W))` up to rounding. The weight keeps the convolution's memory format.
+    /// The BatchNorm folded into the convolution (see [`super::plan::fold_bn`]).
     pub fn fold(&self) -> (Tensor, Tensor) {
-        tch::no_grad(|| {
-            let bn = &self.bn;
-            let var = bn.running_var.to_kind(Kind::Float);
-            let mut scale = (var + self.eps).rsqrt();
-            if let Some(g) = &bn.ws {
-                scale *= g.to_kind(Kind::Float);
-            }
-            let shift = match &bn.bs {
-                Some(b) => b.to_kind(Kind::Float) - bn.running_mean.to_kind(Kind::Float) * &scale,
-                None => -(bn.running_mean.to_kind(Kind::Float) * &scale),
-            };
-            let ws = &self.conv.conv.ws;
-            let w = (ws.to_kind(Kind::Float) * scale.view([-1, 1, 1, 1])).to_kind(ws.kind());
-            let w = if ws.is_contiguous() {
-                w.contiguous()
-            } else {
-                w
-            };
-            (w, shift.to_kind(ws.kind()))
-        })
+        super::plan::fold_bn(&self.conv.conv.ws, &self.bn, self.eps)
     }
 }
 
 impl ConvBnAct {
-    /// The folded (and packed) weights, made at the first pass in the plan, packed for that
-    /// input's size, and kept: an input of another size (a last, smaller batch) gets the same
-    /// weights, which oneDNN then reorders for it as it does unpacked ones.
+    /// The folded (and packed) weights, kept between passes (see [`FoldCache`]).
     fn planned(&self, x: &Tensor) -> Planned {
-        let mut slot = self.folded.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert_with(|| {
+        self.folded.get_or_make(|| {
             let (w, b) = self.fold();
             let packed = self.conv.pack(x, &w);
             Planned { w, b, packed }
         })
-        .shallow_clone()
     }
 
     fn in_plan(train: bool) -> bool {
@@ -561,11 +501,10 @@ impl OnnxExport for SqueezeExcite {
 }
 
 /// The inverted-residual block of MobileNetV3, EfficientNet and EfficientNet-Lite (`MBConv`,
-/// `FusedMBConv`, lukemelas' `MBConvBlock` with drop-connect as `sd_prob`): its
-/// convolutions in order (expansion, depthwise, projection; fused: k×k expansion, projection), a
-/// squeeze-excite before the convolution at index `se.0`, and the residual when the shape is kept,
-/// with stochastic depth `sd_prob` (0 for MobileNetV3). The families differ only in how they
-/// build it (activations, SE widths, padding), not in how it runs.
+/// `FusedMBConv`, lukemelas' `MBConvBlock` with drop-connect as `sd_prob`): its convolutions in
+/// order (expansion, depthwise, projection; fused: k×k expansion, projection), a squeeze-excite
+/// before the convolution at index `se.0`, and the residual when the shape is kept, with
+/// stochastic depth `sd_prob` (0 for MobileNetV3). The families differ in how they build it.
 #[derive(Debug)]
 pub struct MbConv {
     pub convs: Vec<ConvBnAct>,

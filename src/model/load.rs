@@ -129,6 +129,7 @@ pub fn load_tensors(
             }
         }
     });
+    super::plan::weights_changed();
     Ok(())
 }
 
@@ -168,5 +169,6 @@ pub fn load_exact(net: &Network, file: &Path, tensors: NamedTensors) -> Result<(
             }
         }
     });
+    super::plan::weights_changed();
     Ok(())
 }

@@ -5,7 +5,6 @@
 
 pub mod catalog;
 pub mod family;
-pub mod fused;
 pub mod head;
 pub mod imagenet;
 pub mod layers;
@@ -14,6 +13,7 @@ pub mod memory_format;
 pub mod network;
 pub mod onnx;
 pub mod plan;
+pub use plan::fused;
 pub mod precision;
 pub mod registry;
 mod runtime;

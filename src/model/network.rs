@@ -125,6 +125,7 @@ impl Network {
                 }
             }
         });
+        super::plan::weights_changed();
         self.format = format;
     }
 

@@ -34,7 +34,7 @@ impl Learner {
                 rng: RngState::of(&self.rng),
                 steps,
                 loss_scale: self.scaler.is_enabled().then(|| self.scaler.state()),
-                tracker: self.tracking.map(|_| self.tracker),
+                tracker: self.recipe.tracking.map(|_| self.tracker),
             },
             tensors,
         }

@@ -2,9 +2,8 @@
 //! computes, joining the group, refusing ranks started differently, and continuing the bundle's
 //! checkpoint after torchrun restarts the group (`--max-restarts`).
 
-use super::run::{Plan, RunError, Session};
+use super::run::{Plan, RunError, Session, Start};
 use crate::dist::{Backend, Launch, Replica};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tch::Device;
 
@@ -43,21 +42,23 @@ pub fn join(launch: &Launch, opts: &DistOptions, device: Device) -> Result<Repli
 }
 
 /// After torchrun restarted the group (`--max-restarts`), the run continues from the checkpoint
-/// the previous attempt left in its bundle folder (`resume`, else `out`, else the default for
-/// `data`), as `--resume` would; `None` on a first attempt or when the folder holds no checkpoint.
+/// the previous attempt left in its bundle folder (the one `start` names, else the default for
+/// its data), as `--resume` would; `None` on a first attempt or when the folder holds no
+/// checkpoint.
 pub fn restart_plan(
     launch: &Launch,
-    resume: Option<&Path>,
-    out: Option<&Path>,
-    data: Option<PathBuf>,
+    start: &Start,
     max_file_bytes: u64,
 ) -> Option<Result<Plan, RunError>> {
     if launch.restart == 0 {
         return None;
     }
-    let dir = match resume.or(out) {
-        Some(d) => d.to_path_buf(),
-        None => super::run::default_out(data.as_deref().unwrap_or(Path::new(""))),
+    let (dir, data) = match start {
+        Start::Resume { dir, data } => (dir.clone(), data.clone()),
+        Start::New { data, out, .. } => (
+            out.clone().unwrap_or_else(|| super::run::default_out(data)),
+            Some(data.clone()),
+        ),
     };
     if !matches!(crate::bundle::read_checkpoint(&dir), Ok(Some(_))) {
         return None;
@@ -102,14 +103,9 @@ impl Session {
                 "the image size",
                 format!("{:?} {:?} {:?}", p.cfg.size, p.cfg.method, p.cfg.pad),
             ),
-            ("the schedule", format!("{:?}", p.ft)),
-            (
-                "the training settings",
-                format!(
-                    "wd {} label smoothing {} augment {} {:?} mix {:?} tracking {:?}",
-                    p.wd, p.label_smoothing, p.augment, p.aug, p.mix, p.tracking
-                ),
-            ),
+            ("the schedule", format!("{:?}", p.recipe.fine_tune)),
+            // The whole value: a field added to the recipe is compared without a line here.
+            ("the training recipe", format!("{:?}", p.recipe)),
             (
                 "the checkpoint resumed",
                 match &p.resume {

@@ -1,28 +1,24 @@
-//! The `Learner`: a network, its data and fastai's optimizer, trained with `fit_one_cycle` and
-//! `fine_tune` exactly as fastai schedules them.
+//! The `Learner`: a network, its data, fastai's optimizer and the recipe it trains with, as
+//! fastai's `Learner`. Its loop is `super::fit` (events and callbacks), its validation
+//! `super::validate`, its checkpoints `super::checkpoint`, its trackers `super::tracker`.
 
+use super::callback::Callback;
 use super::checkpoint::epoch_seed;
 use super::grad_scaler::GradScaler;
-use super::metrics::samples_f1_sum;
-pub use super::metrics::ValidMetrics;
-use super::mix::Mixed;
 use super::optimizer::{Adam, AdamConfig};
-use super::pipeline::{overlapped, InputSpec};
-use super::profile::{PhaseTimes, Timer};
+use super::pipeline::InputSpec;
 use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
-use crate::bundle::{Checkpoint, EpochRow, FineTune, Mix, TrackerState, Tracking, DEFAULT_THRESH};
-use crate::data::augment::{self, AugConfig};
+use super::strategy::{DataParallel, Single, Strategy};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Recipe, TrackerState};
 use crate::data::DataLoaders;
 use crate::dist::{DistError, Replica};
 use crate::model::{Network, Precision};
 use rand::SeedableRng;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
-use tch::nn::ModuleT;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// The hyper-parameters used for one training batch (kept so tests and users can check schedules).
 #[derive(Debug, Clone, PartialEq)]
@@ -37,15 +33,9 @@ pub struct Learner {
     pub opt: Adam,
     /// Loss scaling, enabled when the network computes in fp16.
     pub scaler: GradScaler,
-    pub label_smoothing: f64,
-    /// Batch augmentation of training batches (`--augment`, fastai's aug_transforms), with these
-    /// magnitudes.
-    pub augment: bool,
-    pub aug_config: AugConfig,
-    /// MixUp or CutMix of training batches (`--mixup`, `--cutmix`).
-    pub mix: Option<Mix>,
-    /// `--save-best` / `--early-stop` (fastai's tracker callbacks).
-    pub tracking: Option<Tracking>,
+    /// How it learns: label smoothing, augmentation, mixing, trackers (its schedule is the
+    /// argument of [`Self::fine_tune`], its weight decay the optimizer's).
+    pub recipe: Recipe,
     /// The trackers' state in the current fit.
     pub(super) tracker: TrackerState,
     /// Under `--save-best`: CPU copies of the best epoch's variables in the current fit.
@@ -61,19 +51,18 @@ pub struct Learner {
     pub last_checkpoint: Option<Checkpoint>,
     /// A checkpoint to continue from, applied when its fit starts (see [`Self::resume_from`]).
     pub(super) pending: Option<Checkpoint>,
-    /// Called after every completed epoch, with [`Self::last_checkpoint`] up to date (the CLI
-    /// saves the bundle there, so a killed run loses at most one epoch).
-    pub on_epoch_end: Option<EpochHook>,
-    seed: u64,
+    /// The caller's callbacks, after the recipe's at every event (see [`Self::add_callback`]).
+    pub(super) callbacks: Vec<Box<dyn Callback<Learner>>>,
+    pub(super) seed: u64,
     pub(super) rng: rand_chacha::ChaCha8Rng,
     /// Input statistics the pretrained weights expect (the arch's by default; a timm tag or a
     /// resumed bundle may set others). Recorded in the bundle, which predict and serve use.
     pub mean: [f64; 3],
     pub std: [f64; 3],
     /// `FINETUNE_PROFILE`: time every part of the loop (see [`PhaseTimes`]).
-    profile: bool,
-    /// This process's place in a data-parallel run (see [`Self::distribute`]); `None` alone.
-    pub replica: Option<Replica>,
+    pub(super) profile: bool,
+    /// One process, or a replica of a data-parallel run (see [`Self::distribute`]).
+    pub strategy: Box<dyn Strategy>,
     /// Why a data-parallel run stopped (a lost rank, diverged weights): training ends at once
     /// and the run reports it.
     pub dist_error: std::sync::Mutex<Option<DistError>>,
@@ -83,64 +72,6 @@ pub struct Learner {
 /// apart from the split's, which uses `seed` itself.
 pub fn data_rng(seed: u64) -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1))
-}
-
-pub type EpochHook = Box<dyn FnMut(&Learner, &mut dyn Report)>;
-
-/// How many training losses stay on the device before they are read for the progress bar: reading
-/// one waits for the GPU to finish everything queued before it.
-fn loss_read_every(device: Device) -> usize {
-    if device.is_cuda() {
-        8
-    } else {
-        1
-    }
-}
-
-/// One optimisation step on a batch already on the device; returns the loss (detached, on the
-/// device, not read: reading it would synchronise with a GPU).
-///
-/// Data-parallel (`sync`): between backward and the step, the gradients are averaged over the
-/// ranks, so every replica takes the step one process would take on the global batch; the loss
-/// returned is the global batch's, and `stop` votes are summed in the same collective (the
-/// returned second tensor), so every rank stops after the same batch.
-#[allow(clippy::too_many_arguments)]
-fn step(
-    net: &Network,
-    opt: &mut Adam,
-    scaler: &mut GradScaler,
-    label_smoothing: f64,
-    (x, y, mix): (&Tensor, &Tensor, Option<&Mixed>),
-    lrs: &[f64],
-    mom: f64,
-    times: &mut PhaseTimes,
-    profile: bool,
-    sync: Option<(&Replica, bool)>,
-) -> Result<(Tensor, Option<Tensor>), DistError> {
-    let mut t = Timer::start(profile, net.device());
-    let logits = net.forward_t(x, true);
-    let loss = super::loss::loss(&logits, y, label_smoothing, mix);
-    t.lap(&mut times.forward);
-    opt.zero_grad();
-    scaler.scale_loss(&loss).backward();
-    t.lap(&mut times.backward);
-    let mut out = (loss.detach(), None);
-    if let Some((replica, stop)) = sync {
-        let grads = opt.grads();
-        let local = Tensor::stack(
-            &[
-                loss.detach().to_kind(Kind::Float),
-                Tensor::from(stop as i32 as f32).to_device(loss.device()),
-            ],
-            0,
-        );
-        let summed = replica.average_grads(&grads, &local)?;
-        out = (summed.get(0) / replica.world() as f64, Some(summed.get(1)));
-        t.lap(&mut times.sync);
-    }
-    scaler.step(opt, lrs, mom);
-    t.lap(&mut times.step);
-    Ok(out)
 }
 
 /// (name, tensor, group, do_wd, is_bn) for every learnable parameter, in fastai's terms:
@@ -164,7 +95,12 @@ pub fn opt_params(net: &Network) -> Vec<(String, Tensor, usize, bool, bool)> {
 }
 
 impl Learner {
-    pub fn new(net: Network, dls: DataLoaders, adam: AdamConfig, seed: u64) -> Self {
+    /// A learner that trains `net` on `dls` with `recipe`, drawing from `seed`.
+    pub fn new(net: Network, dls: DataLoaders, recipe: Recipe, seed: u64) -> Self {
+        let adam = AdamConfig {
+            wd: recipe.wd,
+            ..Default::default()
+        };
         let opt = Adam::new(opt_params(&net), adam);
         let net_stats = net.arch.normalization();
         let scaler = GradScaler::new(net.precision() == Precision::Fp16);
@@ -173,11 +109,7 @@ impl Learner {
             dls,
             opt,
             scaler,
-            label_smoothing: 0.0,
-            augment: false,
-            aug_config: AugConfig::default(),
-            mix: None,
-            tracking: None,
+            recipe,
             tracker: TrackerState::default(),
             best_weights: None,
             rows: Vec::new(),
@@ -186,13 +118,13 @@ impl Learner {
             interrupted: false,
             last_checkpoint: None,
             pending: None,
-            on_epoch_end: None,
+            callbacks: Vec::new(),
             seed,
             rng: data_rng(seed),
             mean: net_stats.0,
             std: net_stats.1,
             profile: std::env::var_os("FINETUNE_PROFILE").is_some_and(|v| !v.is_empty()),
-            replica: None,
+            strategy: Box::new(Single),
             dist_error: std::sync::Mutex::new(None),
         }
     }
@@ -203,17 +135,27 @@ impl Learner {
     pub fn distribute(&mut self, replica: Replica) -> Result<(), DistError> {
         let vars: Vec<Tensor> = self.vars();
         replica.broadcast_vars(&vars)?;
-        self.replica = Some(replica);
+        self.strategy = Box::new(DataParallel(replica));
         Ok(())
     }
 
+    /// Adds a callback, called at every event after the recipe's (fastai's `add_cb`).
+    pub fn add_callback(&mut self, cb: impl Callback<Learner> + 'static) {
+        self.callbacks.push(Box::new(cb));
+    }
+
+    /// Removes the callbacks the caller added.
+    pub fn clear_callbacks(&mut self) {
+        self.callbacks.clear();
+    }
+
     /// Every variable of the network, in a fixed order (the same on every rank).
-    fn vars(&self) -> Vec<Tensor> {
+    pub(super) fn vars(&self) -> Vec<Tensor> {
         self.sorted_vars(|_| true)
     }
 
     /// The variables that are not parameters (BatchNorm's running statistics), in a fixed order.
-    fn buffers(&self) -> Vec<Tensor> {
+    pub(super) fn buffers(&self) -> Vec<Tensor> {
         let params: std::collections::HashSet<&String> = self.net.param_names().iter().collect();
         self.sorted_vars(|k| !params.contains(k))
     }
@@ -238,7 +180,7 @@ impl Learner {
 
     /// The batch one optimisation step sees: `bs` alone, `bs × world` data-parallel.
     pub fn global_bs(&self) -> usize {
-        self.dls.cfg.bs * self.replica.as_ref().map_or(1, Replica::world)
+        self.dls.cfg.bs * self.strategy.world()
     }
 
     /// The error that stopped a data-parallel run, if one did.
@@ -246,11 +188,11 @@ impl Learner {
         self.dist_error.lock().ok().and_then(|mut e| e.take())
     }
 
-    fn dist_failed(&self) -> bool {
+    pub(super) fn dist_failed(&self) -> bool {
         self.dist_error.lock().is_ok_and(|e| e.is_some())
     }
 
-    fn fail(&self, e: DistError) {
+    pub(super) fn fail(&self, e: DistError) {
         if let Ok(mut slot) = self.dist_error.lock() {
             slot.get_or_insert(e);
         }
@@ -270,26 +212,17 @@ impl Learner {
     /// rank draws the same permutation into global batches and takes its `bs` of each (rank 0
     /// the first), so the ranks together see exactly the batches one process would.
     pub(crate) fn epoch_order(&mut self) -> Vec<Vec<usize>> {
-        let Some(r) = &self.replica else {
-            return self.dls.train_order(&mut self.rng);
-        };
-        let (rank, bs, global) = (r.rank(), self.dls.cfg.bs, self.global_bs());
-        self.dls
-            .train_order_by(&mut self.rng, global)
-            .into_iter()
-            .map(|b| b[rank * bs..(rank + 1) * bs].to_vec())
-            .collect()
+        self.strategy.epoch_order(&self.dls, &mut self.rng)
     }
 
     /// The generator of this epoch's crops, augmentation and mixing draws: the data RNG alone;
     /// data-parallel, one per (rank, phase, epoch), so ranks draw differently while the shared
     /// RNG, used only for the shuffle, stays the same on all of them (and resumes exactly).
-    fn draw_rng(&self, phase: &str, epoch: usize) -> Option<rand_chacha::ChaCha8Rng> {
-        let r = self.replica.as_ref()?;
-        let base = epoch_seed(self.seed, phase, epoch) as u64;
-        Some(data_rng(
-            base ^ (r.rank() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ))
+    pub(super) fn draw_rng(&self, phase: &str, epoch: usize) -> Option<rand_chacha::ChaCha8Rng> {
+        let seed = self
+            .strategy
+            .draw_seed(epoch_seed(self.seed, phase, epoch) as u64)?;
+        Some(data_rng(seed))
     }
 
     /// Images and labels of one training batch.
@@ -307,7 +240,7 @@ impl Learner {
         self.opt.freeze_to(0);
     }
 
-    fn n_groups(&self) -> usize {
+    pub(super) fn n_groups(&self) -> usize {
         self.net.arch.n_groups()
     }
 
@@ -317,325 +250,8 @@ impl Learner {
     }
 
     /// The validation loss (never mixed).
-    fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
-        super::loss::loss(logits, y, self.label_smoothing, None)
-    }
-
-    /// Runs one training batch (u8 NHWC images, labels) with the given hypers, serially; returns the
-    /// batch loss. [`Self::fit_one_cycle`] does the same with the input prepared ahead.
-    pub fn train_batch(&mut self, xb: &Tensor, yb: &Tensor, lrs: &[f64], mom: f64) -> f64 {
-        let aug = self
-            .augment
-            .then(|| augment::draw(xb.size()[0] as usize, &self.aug_config, &mut self.rng));
-        let mix = self
-            .mix
-            .map(|m| super::pipeline::draw_mix(&m, xb, &mut self.rng));
-        let spec = self.input_spec();
-        let batch = spec.prepare_mixed(xb.shallow_clone(), yb.shallow_clone(), aug, mix);
-        let (x, y, mixed) = spec.finish_train(batch);
-        let mut times = PhaseTimes::default();
-        let ls = self.label_smoothing;
-        let sync = self.replica.as_ref().map(|r| (r, false));
-        match step(
-            &self.net,
-            &mut self.opt,
-            &mut self.scaler,
-            ls,
-            (&x, &y, mixed.as_ref()),
-            lrs,
-            mom,
-            &mut times,
-            false,
-            sync,
-        ) {
-            Ok((loss, _)) => loss.double_value(&[]),
-            Err(e) => {
-                self.fail(e);
-                f64::NAN
-            }
-        }
-    }
-
-    /// Size-weighted mean validation loss and error rate, in eval mode.
-    pub fn validate(&self) -> (f64, f64) {
-        let v = self.validate_metrics();
-        (v.loss, v.error_rate)
-    }
-
-    /// The validation metrics of the epoch table, in eval mode. Batches are prepared on a
-    /// producer thread; the per-batch results stay on the device until the end. Multi-label:
-    /// `error_rate` is 1 − fastai's `accuracy_multi` (sigmoid > 0.5 agreeing with the target,
-    /// over every label of every image) and `f1` its samples-averaged F1 (`F1ScoreMulti`).
-    pub fn validate_metrics(&self) -> ValidMetrics {
-        let spec = self.input_spec();
-        let (rank, world) = self
-            .replica
-            .as_ref()
-            .map_or((0, 1), |r| (r.rank(), r.world()));
-        let mine = self.dls.valid.len().saturating_sub(rank).div_ceil(world);
-        let n_batches = mine.div_ceil(self.dls.cfg.bs.max(1));
-        let mut batches = self.dls.valid_shard(rank, world);
-        let mut results: Vec<(Tensor, Tensor, Option<Tensor>, i64, i64)> = Vec::new();
-        tch::no_grad(|| {
-            overlapped(
-                n_batches,
-                |_| batches.next().map(|(xb, yb)| spec.prepare(xb, yb, None)),
-                |_, b| {
-                    let Some(b) = b else { return false };
-                    let (x, y) = spec.finish(b);
-                    let logits = self.net.forward_t(&x, false);
-                    let bs = y.size()[0];
-                    let (correct, f1_sum) = if y.dim() == 2 {
-                        let pred = logits.sigmoid().gt(DEFAULT_THRESH);
-                        let truth = y.gt(0.5);
-                        let agree = pred.eq_tensor(&truth).sum(Kind::Int64);
-                        (agree, Some(samples_f1_sum(&pred, &truth)))
-                    } else {
-                        (
-                            logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64),
-                            None,
-                        )
-                    };
-                    let decisions = if y.dim() == 2 { y.numel() as i64 } else { bs };
-                    results.push((self.loss(&logits, &y), correct, f1_sum, bs, decisions));
-                    true
-                },
-            );
-        });
-        let mut loss_sum = 0.0;
-        let (mut correct, mut decisions, mut n) = (0i64, 0i64, 0i64);
-        let mut f1: Option<f64> = None;
-        for (loss, c, f, bs, d) in results {
-            loss_sum += loss.double_value(&[]) * bs as f64;
-            correct += c.int64_value(&[]);
-            if let Some(f) = f {
-                *f1.get_or_insert(0.0) += f.double_value(&[]);
-            }
-            n += bs;
-            decisions += d;
-        }
-        if let Some(r) = &self.replica {
-            // Every rank validated its share: the sums are the whole set's (counts stay exact in f64).
-            let multi = self.dls.is_multi_label();
-            let local = [
-                loss_sum,
-                correct as f64,
-                decisions as f64,
-                n as f64,
-                f1.unwrap_or(0.0),
-            ];
-            match r.sum(&local) {
-                Ok(s) if s.len() == 5 => {
-                    loss_sum = s[0];
-                    (correct, decisions, n) = (s[1] as i64, s[2] as i64, s[3] as i64);
-                    f1 = multi.then_some(s[4]);
-                }
-                Ok(_) => {}
-                Err(e) => self.fail(e),
-            }
-        }
-        if n == 0 {
-            return ValidMetrics {
-                loss: f64::NAN,
-                error_rate: f64::NAN,
-                f1: None,
-            };
-        }
-        ValidMetrics {
-            loss: loss_sum / n as f64,
-            error_rate: 1.0 - correct as f64 / decisions as f64,
-            f1: f1.map(|s| s / n as f64),
-        }
-    }
-
-    /// fastai `fit_one_cycle(n_epochs, lr, ...)`: per training batch, lr and β1 follow the
-    /// one-cycle cosines at position `i / (n_batches · n_epochs)`.
-    pub fn fit_one_cycle(
-        &mut self,
-        phase: &str,
-        n_epochs: usize,
-        lr: LrSpec,
-        sched: OneCycle,
-        report: &mut dyn Report,
-    ) {
-        let lr_max = lr.per_group(self.n_groups());
-        let n_batches = self.n_batches();
-        let total = (n_batches * n_epochs).max(1) as f64;
-        // Each fit tracks afresh (fastai's reset_on_fit); a checkpoint of this fit restores its state.
-        self.tracker = TrackerState::default();
-        self.best_weights = None;
-        let (start, mut smooth) = self.apply_pending(phase);
-        report.task(self.dls.is_multi_label());
-        report.begin_fit(phase, n_epochs);
-        for row in self.rows.iter().filter(|r| r.phase == phase) {
-            report.end_epoch(row);
-        }
-        for epoch in start..n_epochs {
-            if self.tracker.stopped || self.dist_failed() {
-                break;
-            }
-            let t0 = Instant::now();
-            // Dropout masks: per rank too, so replicas do not drop the same units.
-            let rank = self.replica.as_ref().map_or(0, Replica::rank) as i64;
-            tch::manual_seed(epoch_seed(self.seed, phase, epoch).wrapping_add(rank));
-            report.begin_epoch(epoch, n_batches);
-            let order = self.epoch_order();
-            let mut own_draws = self.draw_rng(phase, epoch);
-            let spec = self.input_spec();
-            let read_every = loss_read_every(spec.device);
-            let profile = self.profile;
-            let mut times = PhaseTimes::default();
-            // Losses not yet read back, with their batch index.
-            let mut unread: Vec<(usize, Tensor)> = Vec::new();
-            // Data-parallel: the summed stop votes not yet read, and whether any rank asked.
-            let mut votes: Vec<Tensor> = Vec::new();
-            let mut voted_stop = false;
-            let mut failed: Option<DistError> = None;
-            let Learner {
-                net,
-                dls,
-                opt,
-                scaler,
-                rng,
-                hypers,
-                stop,
-                augment: do_augment,
-                aug_config,
-                label_smoothing,
-                mix,
-                replica,
-                ..
-            } = &mut *self;
-            let aug = do_augment.then_some(*aug_config);
-            let (dls, label_smoothing, mix) = (&*dls, *label_smoothing, *mix);
-            let draws = match own_draws.as_mut() {
-                Some(r) => r,
-                None => rng,
-            };
-            let replica = replica.as_ref();
-            let (ran, overlap) = overlapped(
-                order.len(),
-                |i| spec.prepare_train(dls, &order[i], draws, aug.as_ref(), mix.as_ref()),
-                |i, batch| {
-                    let (x, y, mixed) = spec.finish_train(batch);
-                    let pos = (epoch * n_batches + i) as f64 / total;
-                    let lrs: Vec<f64> = lr_max.iter().map(|&l| sched.lr(l, pos)).collect();
-                    let mom = sched.mom(pos);
-                    let asked = stop.load(Ordering::Relaxed);
-                    let (loss, vote) = match step(
-                        net,
-                        opt,
-                        scaler,
-                        label_smoothing,
-                        (&x, &y, mixed.as_ref()),
-                        &lrs,
-                        mom,
-                        &mut times,
-                        profile,
-                        replica.map(|r| (r, asked)),
-                    ) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            failed = Some(e);
-                            return false;
-                        }
-                    };
-                    hypers.push((phase.to_string(), BatchHypers { lrs, mom }));
-                    unread.push((i, loss));
-                    votes.extend(vote);
-                    // Alone, this process's flag; data-parallel, the votes every rank reads at
-                    // the same batch, so all stop together (never one waiting on the others).
-                    let read_now = unread.len() >= read_every || i + 1 == n_batches;
-                    let stopping = match replica {
-                        // Alone: a Ctrl-C during this step stops after it, as before.
-                        None => stop.load(Ordering::Relaxed),
-                        Some(_) if read_now => {
-                            voted_stop |= votes.drain(..).any(|v| v.double_value(&[]) > 0.0);
-                            voted_stop
-                        }
-                        Some(_) => false,
-                    };
-                    if read_now || stopping {
-                        let t = Instant::now();
-                        read_losses(&mut unread, &mut smooth, report);
-                        times.read += t.elapsed();
-                    }
-                    !stopping
-                },
-            );
-            if let Some(e) = failed {
-                self.fail(e);
-                report.message("distributed training failed: stopping");
-                return;
-            }
-            if voted_stop {
-                self.stop.store(true, Ordering::Relaxed);
-            }
-            let t = Instant::now();
-            read_losses(&mut unread, &mut smooth, report);
-            times.read += t.elapsed();
-            times.batches = ran;
-            times.prepare = overlap.produce;
-            times.wait = overlap.wait;
-            if self.stop.load(Ordering::Relaxed) {
-                self.interrupted = true;
-            }
-            if let Some(r) = &self.replica {
-                // BatchNorm's running statistics saw only this rank's images: rank 0's become
-                // everyone's, as DDP's broadcast_buffers does before each forward.
-                if let Err(e) = r.broadcast_vars(&self.buffers()) {
-                    self.fail(e);
-                    return;
-                }
-            }
-            report.begin_validate();
-            let t = Instant::now();
-            let v = self.validate_metrics();
-            times.validate = t.elapsed();
-            if let Some(r) = &self.replica {
-                // Cheap next to an epoch, and the proof that the replicas are one model.
-                match r.same_weights(&self.vars()) {
-                    Ok(true) => {}
-                    Ok(false) => self.fail(DistError::Diverged {
-                        phase: phase.to_string(),
-                        epoch,
-                    }),
-                    Err(e) => self.fail(e),
-                }
-            }
-            if self.dist_failed() {
-                return;
-            }
-            let row = EpochRow {
-                phase: phase.to_string(),
-                epoch,
-                train_loss: smooth.value(),
-                valid_loss: v.loss,
-                error_rate: v.error_rate,
-                accuracy: 1.0 - v.error_rate,
-                f1: v.f1,
-                seconds: t0.elapsed().as_secs_f64(),
-                best: false,
-            };
-            report.end_epoch(&row);
-            if self.profile {
-                eprintln!("{}", times.line(phase, epoch, row.seconds));
-            }
-            self.rows.push(row);
-            if ran == n_batches {
-                self.track(report);
-                self.last_checkpoint = Some(self.snapshot(phase, epoch + 1, smooth));
-                if let Some(mut hook) = self.on_epoch_end.take() {
-                    hook(self, report);
-                    self.on_epoch_end = Some(hook);
-                }
-            }
-            if self.interrupted {
-                report.message("interrupted: stopped after the current batch");
-                return;
-            }
-        }
-        self.keep_best(phase, report);
+    pub(super) fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
+        super::loss::loss(logits, y, self.recipe.label_smoothing, None)
     }
 
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole
@@ -679,41 +295,14 @@ impl Learner {
     }
 }
 
-/// Reads the losses still on the device (one synchronisation for all of them) and reports each,
-/// in batch order, through the smoothed loss.
-fn read_losses(
-    unread: &mut Vec<(usize, Tensor)>,
-    smooth: &mut SmoothLoss,
-    report: &mut dyn Report,
-) {
-    if unread.is_empty() {
-        return;
-    }
-    let values: Vec<f64> = if unread.len() == 1 {
-        vec![unread[0].1.double_value(&[])]
-    } else {
-        let all = Tensor::stack(
-            &unread
-                .iter()
-                .map(|(_, l)| l.shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        )
-        .to_device(Device::Cpu);
-        Vec::<f64>::try_from(all.to_kind(Kind::Double)).unwrap_or_default()
-    };
-    for ((i, _), v) in unread.drain(..).zip(values) {
-        report.batch(i, smooth.add(v));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::RngState;
+    use crate::bundle::{Mix, RngState};
     use crate::data::{DataConfig, ResizeMethod, Size};
     use crate::model::{Arch, MemoryFormat};
     use crate::train::SilentReport;
+    use tch::Device;
 
     /// Two classes of small noisy PNGs, `n` each.
     fn images(dir: &std::path::Path, n: u32) {
@@ -742,9 +331,10 @@ mod tests {
         let dls = DataLoaders::from_folder(dir, cfg, &indicatif::ProgressBar::hidden()).unwrap();
         let mut net = Network::classifier(Arch::Resnet18, 2, Device::Cpu);
         net.set_memory_format(format);
-        let mut l = Learner::new(net, dls, AdamConfig::default(), 5);
-        l.augment = true;
-        l.mix = Some(mix);
+        let mut l = Learner::new(net, dls, Recipe::default(), 5);
+        l.recipe.augment = true;
+        l.recipe.aug = Some(crate::data::augment::AugConfig::default());
+        l.recipe.mix = Some(mix);
         l
     }
 

@@ -25,26 +25,6 @@ pub struct MixDraw {
     pub cut: Option<[i64; 4]>,
 }
 
-/// The settings are checked before a run starts (`Beta(α, α)` needs `α > 0`).
-#[derive(Debug, thiserror::Error)]
-#[error("--{flag} must be a number above 0 (fastai's alpha; got {alpha})")]
-pub struct MixError {
-    pub flag: &'static str,
-    pub alpha: f64,
-}
-
-pub fn validate(mix: &Mix) -> Result<(), MixError> {
-    let (flag, alpha) = match *mix {
-        Mix::Mixup(a) => ("mixup", a),
-        Mix::Cutmix(a) => ("cutmix", a),
-    };
-    if alpha.is_finite() && alpha > 0.0 {
-        Ok(())
-    } else {
-        Err(MixError { flag, alpha })
-    }
-}
-
 fn beta<R: Rng>(alpha: f64, rng: &mut R) -> f64 {
     // Settings are validated before a run; an invalid α here mixes nothing rather than panicking.
     Beta::new(alpha, alpha).map_or(1.0, |d| d.sample(rng))
@@ -200,6 +180,15 @@ mod tests {
             assert!(out.equal(&want), "box {:?}", d.cut);
         }
         assert!(boxes > 30, "most draws paste a box");
+    }
+
+    /// The recipe's check of a mixing setting alone.
+    fn validate(m: &Mix) -> Result<(), crate::bundle::RecipeError> {
+        crate::bundle::Recipe {
+            mix: Some(*m),
+            ..crate::bundle::Recipe::FASTAI
+        }
+        .validate(false)
     }
 
     #[test]

@@ -52,9 +52,24 @@ pub fn table_row(r: &EpochRow) -> String {
     )
 }
 
-/// Receives training events; the CLI uses [`ConsoleReport`], tests and library users may pass
-/// [`SilentReport`] or their own.
+/// Receives training events and everything a run shows: the library prints nothing itself. The
+/// CLI uses [`ConsoleReport`], the Python package prints through Python, tests and library users
+/// may pass [`SilentReport`] or their own.
 pub trait Report {
+    /// A line about getting ready (the data, the model, resuming, the group): shown even when
+    /// quiet.
+    fn log(&mut self, _line: &str) {}
+    /// A bar the run advances while `what` happens (decoding images); hidden by default.
+    fn progress_bar(&mut self, _what: &str) -> indicatif::ProgressBar {
+        indicatif::ProgressBar::hidden()
+    }
+    /// Whether someone watches a terminal (downloads then show a bar).
+    fn interactive(&self) -> bool {
+        false
+    }
+    /// The data and the network are ready and training begins: from now on a stop request ends
+    /// the run with a saved bundle. Called on every rank (the other events only on rank 0's).
+    fn ready(&mut self) {}
     /// Called before the first fit: whether the table is multi-label's.
     fn task(&mut self, _multi_label: bool) {}
     fn begin_fit(&mut self, _phase: &str, _n_epochs: usize) {}
@@ -75,6 +90,8 @@ impl Report for SilentReport {}
 
 /// Progress bar on a terminal, plain lines otherwise; `quiet` keeps only the tables.
 pub struct ConsoleReport {
+    /// Set when training begins (see [`ConsoleReport::training`]).
+    training: std::sync::Arc<std::sync::atomic::AtomicBool>,
     bar: Option<indicatif::ProgressBar>,
     tty: bool,
     quiet: bool,
@@ -86,6 +103,7 @@ pub struct ConsoleReport {
 impl ConsoleReport {
     pub fn new(quiet: bool) -> Self {
         ConsoleReport {
+            training: Default::default(),
             bar: None,
             tty: std::io::stderr().is_terminal(),
             quiet,
@@ -96,9 +114,40 @@ impl ConsoleReport {
     }
 }
 
+impl ConsoleReport {
+    /// Whether training has begun, for a Ctrl-C handler: before it, nothing is worth saving and
+    /// the process may end at once; after it, the run stops after the current batch and saves.
+    pub fn training(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.training.clone()
+    }
+}
+
 impl Report for ConsoleReport {
+    fn log(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+    fn progress_bar(&mut self, what: &str) -> indicatif::ProgressBar {
+        if self.quiet || !self.tty {
+            return indicatif::ProgressBar::hidden();
+        }
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} [{{bar:30}}] {{pos}}/{{len}} eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    }
+    fn interactive(&self) -> bool {
+        self.tty
+    }
     fn task(&mut self, multi_label: bool) {
         self.multi_label = multi_label;
+    }
+    fn ready(&mut self) {
+        self.training
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     fn begin_fit(&mut self, phase: &str, _n_epochs: usize) {
         println!();

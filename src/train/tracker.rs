@@ -47,7 +47,7 @@ impl Learner {
     /// weights under `--save-best`), and `--early-stop` ends the fit after `patience` epochs
     /// without one.
     pub(super) fn track(&mut self, report: &mut dyn Report) {
-        let (Some(t), Some(row)) = (self.tracking, self.rows.last()) else {
+        let (Some(t), Some(row)) = (self.recipe.tracking, self.rows.last()) else {
             return;
         };
         let epoch = row.epoch;
@@ -78,7 +78,7 @@ impl Learner {
     /// `--save-best` at the end of a fit: the best epoch's weights back into the network (fastai's
     /// `SaveModelCallback.after_fit`), and its row marked.
     pub(super) fn keep_best(&mut self, phase: &str, report: &mut dyn Report) {
-        let Some(t) = self.tracking.filter(|t| t.save_best) else {
+        let Some(t) = self.recipe.tracking.filter(|t| t.save_best) else {
             return;
         };
         let (Some(best), Some((value, epoch))) = (self.best_weights.take(), self.tracker.best)

@@ -1,0 +1,192 @@
+//! The training recipe: every setting that decides how a run learns, declared once.
+//!
+//! `finetune train`'s flags, the Python package's keywords, the bundle's record of a run, the
+//! `Learner` and the ranks' agreement check all read one [`Recipe`]; its defaults are fastai's
+//! (`Recipe::FASTAI`), and its fields are `model.json`'s `training` keys, so bundles written before
+//! it read unchanged. It lives beside the bundle (not in `train/`) because the bundle records it
+//! and sits below training in the layer table; `train::Recipe` is the same type. Adding an option:
+//! docs/ARCHITECTURE.md, "Adding a training option".
+
+use super::info::EpochRow;
+use crate::data::augment::{AugConfig, AugError};
+use serde::{Deserialize, Serialize};
+
+/// How a run learns: fastai's `fine_tune` schedule and the callbacks it trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// `fine_tune`'s epochs and learning rates.
+    pub fine_tune: FineTune,
+    /// Decoupled weight decay (none on BatchNorm parameters and biases).
+    pub wd: f64,
+    /// fastai's `LabelSmoothingCrossEntropyFlat(eps)`.
+    pub label_smoothing: f64,
+    /// Batch augmentation of training images (fastai's `aug_transforms`).
+    #[serde(default)]
+    pub augment: bool,
+    /// Its magnitudes, recorded only when augmenting; see [`Recipe::augmentation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aug: Option<AugConfig>,
+    /// MixUp or CutMix of training batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
+    /// Save-best and early stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<Tracking>,
+}
+
+impl Recipe {
+    /// fastai's defaults: `vision_learner(dls, arch).fine_tune(3)` with nothing added.
+    pub const FASTAI: Recipe = Recipe {
+        fine_tune: FineTune::FASTAI,
+        wd: 0.01,
+        label_smoothing: 0.0,
+        augment: false,
+        aug: None,
+        mix: None,
+        tracking: None,
+    };
+
+    /// The augmentation magnitudes when augmenting; bundles that recorded none predate the warp.
+    pub fn augmentation(&self) -> Option<AugConfig> {
+        self.augment
+            .then(|| self.aug.unwrap_or_else(AugConfig::without_warp))
+    }
+
+    /// Refuses values fastai would fail on or silently misuse, before any data is read.
+    /// `multi_label`: the data's labels are sets (binary cross-entropy, no smoothing).
+    pub fn validate(&self, multi_label: bool) -> Result<(), RecipeError> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(RecipeError::LabelSmoothing(self.label_smoothing));
+        }
+        if multi_label && self.label_smoothing > 0.0 {
+            return Err(RecipeError::SmoothingMultiLabel);
+        }
+        if let Some(m) = self.mix {
+            let (flag, alpha) = match m {
+                Mix::Mixup(a) => ("mixup", a),
+                Mix::Cutmix(a) => ("cutmix", a),
+            };
+            // `Beta(α, α)` needs `α > 0`.
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(RecipeError::Mix { flag, alpha });
+            }
+        }
+        if let Some(a) = self.augmentation() {
+            a.validate()?;
+        }
+        if self.tracking.is_some_and(|t| t.patience == Some(0)) {
+            return Err(RecipeError::Patience);
+        }
+        Ok(())
+    }
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe::FASTAI
+    }
+}
+
+/// A recipe value no run can train with.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("--label-smoothing must be at least 0 and below 1 (fastai's eps; got {0})")]
+    LabelSmoothing(f64),
+    #[error(
+        "--label-smoothing is for single-label models (fastai's LabelSmoothingCrossEntropy); with \
+         --label-delim the loss is binary cross-entropy: drop one of them"
+    )]
+    SmoothingMultiLabel,
+    #[error("--{flag} must be a number above 0 (fastai's alpha; got {alpha})")]
+    Mix { flag: &'static str, alpha: f64 },
+    #[error(transparent)]
+    Augment(#[from] AugError),
+    #[error("--early-stop must be at least 1 epoch")]
+    Patience,
+}
+
+/// `fine_tune`'s arguments, with fastai's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FineTune {
+    pub epochs: usize,
+    pub base_lr: f64,
+    pub freeze_epochs: usize,
+    pub lr_mult: f64,
+    pub pct_start: f64,
+    pub div: f64,
+}
+
+impl FineTune {
+    /// fastai's `fine_tune(3)` with `vision_learner`'s defaults.
+    pub const FASTAI: FineTune = FineTune {
+        epochs: 3,
+        base_lr: 2e-3,
+        freeze_epochs: 1,
+        lr_mult: 100.0,
+        pct_start: 0.3,
+        div: 5.0,
+    };
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        FineTune::FASTAI
+    }
+}
+
+/// Mixing training samples (fastai's `MixUp` / `CutMix` callbacks); validation is never mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "alpha")]
+pub enum Mix {
+    /// `MixUp(alpha)`: each image blended with a shuffled partner, `λ ~ Beta(α, α)` per image, kept
+    /// at least 0.5.
+    Mixup(f64),
+    /// `CutMix(alpha)`: a box of a shuffled partner pasted into each image, one `λ ~ Beta(α, α)`
+    /// per batch.
+    Cutmix(f64),
+}
+
+/// What the trackers watch (fastai's `monitor`); lower is better for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    ValidLoss,
+    ErrorRate,
+}
+
+impl Monitor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValidLoss => "valid_loss",
+            Monitor::ErrorRate => "error_rate",
+        }
+    }
+    pub fn of(self, row: &EpochRow) -> f64 {
+        match self {
+            Monitor::ValidLoss => row.valid_loss,
+            Monitor::ErrorRate => row.error_rate,
+        }
+    }
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "valid_loss" => Ok(Monitor::ValidLoss),
+            "error_rate" => Ok(Monitor::ErrorRate),
+            _ => Err(format!("monitor `{s}`: choose valid_loss or error_rate")),
+        }
+    }
+}
+
+/// fastai's `SaveModelCallback` and `EarlyStoppingCallback` on one monitor, per fit (each phase of
+/// `fine_tune` starts afresh, as fastai's `reset_on_fit`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    pub monitor: Monitor,
+    /// Keep the best epoch's weights at the end of each fit (`--save-best`).
+    pub save_best: bool,
+    /// Stop a fit after this many epochs without improvement (`--early-stop`).
+    pub patience: Option<usize>,
+}
