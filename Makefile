@@ -38,6 +38,7 @@ test: $(SETUP)
 # a user's machine. `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 make test` runs the whole suite so.
 # Every file that compares floats (about 8 minutes); the others test files, servers and messages.
 AVX2_TESTS := --lib --test clean --test plan --test parity --test export --test tta --test train \
+  --test train_archs --test train_data --test train_recipe --test train_real \
   --test distributed --test interpret --test serve --test multilabel --test cli_imagenet --test reliability \
   --test trust
 test-avx2: $(SETUP)
@@ -47,6 +48,8 @@ test-avx2: $(SETUP)
 
 lint: $(SETUP)
 	python3 scripts/check_layers.py
+	@# No import circle anywhere (a circle inside a room escapes check_layers' table).
+	python3 ../shared/tools/rust_cycles.py src | tee /dev/stderr | grep -qx 'circles=0'
 	./scripts/check-nccl-shim.sh
 	cargo fmt --all --check
 	cargo clippy --release --all-targets -- -D warnings

@@ -89,12 +89,7 @@ fn main() -> anyhow::Result<()> {
         bs,
         ..Default::default()
     };
-    let dls = DataLoaders::from_folder_cached(
-        &data,
-        cfg,
-        cache.as_ref(),
-        &indicatif::ProgressBar::hidden(),
-    )?;
+    let dls = DataLoaders::from_folder_cached(&data, cfg, cache.as_ref(), &finetune::data::Quiet)?;
     let load_s = t0.elapsed().as_secs_f64();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let order = dls.train_order(&mut rng);

@@ -51,7 +51,7 @@ fn cfg(method: ResizeMethod) -> DataConfig {
 }
 
 fn load(dir: &Path, c: DataConfig, cache: Option<&CacheConfig>) -> DataLoaders {
-    DataLoaders::from_folder_cached(dir, c, cache, &indicatif::ProgressBar::hidden()).unwrap()
+    DataLoaders::from_folder_cached(dir, c, cache, &finetune::data::Quiet).unwrap()
 }
 
 fn same(a: &Tensor, b: &Tensor) -> bool {

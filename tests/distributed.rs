@@ -211,7 +211,7 @@ fn averaged_gradients_equal_the_whole_batchs() {
         return;
     };
     use finetune::dist::{Backend, Group, Launch, Replica};
-    use finetune::model::{load_checkpoint, Arch, Network, Part};
+    use finetune::model::{load_checkpoint, Arch, Network, Portion};
     use finetune::train::optimizer::Adam;
     use finetune::train::AdamConfig;
     use tch::{Device, Kind, Tensor};
@@ -219,7 +219,7 @@ fn averaged_gradients_equal_the_whole_batchs() {
     let make = || {
         tch::manual_seed(3);
         let net = Network::classifier(Arch::MobilenetV2, 4, Device::Cpu);
-        load_checkpoint(&net, &w, Part::Body).unwrap();
+        load_checkpoint(&net, &w, Portion::Body).unwrap();
         let opt = Adam::new(
             finetune::train::learner::opt_params(&net),
             AdamConfig::default(),

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use finetune::model::{load_checkpoint, Arch, MemoryFormat, Network, Part};
+use finetune::model::{load_checkpoint, Arch, MemoryFormat, Network, Portion};
 use std::path::Path;
 use tch::nn::ModuleT;
 
@@ -14,7 +14,7 @@ fn check(arch: Arch, weights: &Path, io: &str) {
     for format in [MemoryFormat::Nchw, MemoryFormat::Nhwc] {
         let mut net = Network::imagenet(arch, tch::Device::Cpu);
         net.set_memory_format(MemoryFormat::Nchw);
-        load_checkpoint(&net, weights, Part::BodyAndClassifier).unwrap();
+        load_checkpoint(&net, weights, Portion::BodyAndClassifier).unwrap();
         // Converted after loading, as the commands do.
         net.set_memory_format(format);
         let convs: Vec<_> = net
@@ -62,7 +62,7 @@ fn channels_last_bundles_are_standard_files() {
         tch::manual_seed(3);
         let mut net = Network::classifier(Arch::Resnet18, 3, tch::Device::Cpu);
         net.set_memory_format(MemoryFormat::Nchw);
-        load_checkpoint(&net, &reference().join("resnet18.pth"), Part::Body).unwrap();
+        load_checkpoint(&net, &reference().join("resnet18.pth"), Portion::Body).unwrap();
         net.set_memory_format(format);
         let info = ModelInfo {
             format_version: bundle::FORMAT_VERSION,
@@ -381,7 +381,7 @@ fn mixed_precision_matches_pytorch_autocast() {
         load_checkpoint(
             &net,
             &reference().join(format!("amp_{name}.pth")),
-            Part::BodyAndClassifier,
+            Portion::BodyAndClassifier,
         )
         .unwrap();
         let fp32 = &io["fp32"];

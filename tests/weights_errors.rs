@@ -2,14 +2,14 @@
 
 mod common;
 use common::*;
-use finetune::model::{load_checkpoint, Arch, Network, Part};
+use finetune::model::{load_checkpoint, Arch, Network, Portion};
 
 fn load_err(arch: Arch, bytes: &[u8], name: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     let net = Network::imagenet(arch, tch::Device::Cpu);
-    let e = load_checkpoint(&net, &p, Part::BodyAndClassifier)
+    let e = load_checkpoint(&net, &p, Portion::BodyAndClassifier)
         .expect_err("must fail")
         .to_string();
     assert!(e.contains(name), "error names the file: {e}");

@@ -37,7 +37,23 @@ pub(crate) fn py_print(line: &str) {
     });
 }
 
+/// Loading data from Python: no bar (a notebook would show its redraws), the warnings on stderr
+/// as the CLI prints them.
+struct PyProgress;
+
+impl finetune::data::Progress for PyProgress {
+    fn warn(&self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+    fn note(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}
+
 impl Report for PyReport {
+    fn data_progress(&mut self) -> Box<dyn finetune::data::Progress> {
+        Box::new(PyProgress)
+    }
     fn log(&mut self, line: &str) {
         if !self.quiet {
             py_print(line)

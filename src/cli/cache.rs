@@ -67,15 +67,11 @@ pub fn run(c: Cmd) -> anyhow::Result<()> {
                             if d.root_exists { "" } else { " (gone)" }
                         );
                         if let Some(t) = d.transform {
-                            use clap::ValueEnum;
-                            let name = |v: Option<clap::builder::PossibleValue>| {
-                                v.map(|v| v.get_name().to_string()).unwrap_or_default()
-                            };
                             println!(
                                 "  --size {} --resize {} --pad-mode {}",
                                 t.size,
-                                name(t.method.to_possible_value()),
-                                name(t.pad.to_possible_value())
+                                t.method.name(),
+                                t.pad.name()
                             );
                         }
                         println!(

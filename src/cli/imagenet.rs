@@ -1,5 +1,5 @@
 use finetune::infer::imagenet;
-use finetune::model::{load_checkpoint, ArchSpec, Network, Part};
+use finetune::model::{load_checkpoint, ArchSpec, Network, Portion};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -27,7 +27,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let rt = a.compute.runtime()?;
     let path = super::weights_path(a.arch, a.weights.as_deref())?;
     let net = Network::imagenet(a.arch.arch, rt);
-    load_checkpoint(&net, &path, Part::BodyAndClassifier)?;
+    load_checkpoint(&net, &path, Portion::BodyAndClassifier)?;
     let results = imagenet::classify(
         &net,
         a.arch.normalization(),

@@ -18,7 +18,7 @@ pub struct Args {
     top: usize,
     /// DATA is the folder the model was trained on: show this part of the split its bundle
     /// records (valid: the images the epoch table was measured on).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::names::<SplitChoice>(SplitChoice::NAMES))]
     split: Option<SplitChoice>,
     /// Also write the top losses as a PNG contact sheet (for terminals and CI logs).
     #[arg(long, value_name = "PNG")]

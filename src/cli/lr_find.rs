@@ -32,7 +32,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         "need 0 < --start-lr < --end-lr"
     );
     let rt = a.compute.runtime()?;
-    let (net, dls, _) = super::train::prepare(
+    let (net, dls, _) = super::train::load_inputs(
         &a.model,
         &a.data,
         a.data_opts.config(max_file_bytes),

@@ -18,7 +18,17 @@ mod similar;
 mod train;
 mod weights;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
+
+/// A flag whose values are a library type's names (its `FromStr`), listed in `--help` and in
+/// clap's error: the library's choice types stay free of clap.
+pub fn names<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,18 +132,18 @@ pub struct ComputeArgs {
     /// (per device and architecture, from measurements). Files are written NCHW either way.
     #[arg(
         long,
-        value_enum,
+        value_parser = names::<finetune::model::FormatChoice>(finetune::model::FormatChoice::NAMES),
         env = "FINETUNE_MEMORY_FORMAT",
-        default_value_t = finetune::model::FormatChoice::Auto
+        default_value = "auto"
     )]
     pub memory_format: finetune::model::FormatChoice,
     /// Numeric precision: fp32, bf16 or fp16 mixed precision (autocast; fp16 adds loss scaling),
     /// or auto (bf16 on GPUs with bf16 tensor cores, fp16 on older GPUs, fp32 on the CPU).
     #[arg(
         long,
-        value_enum,
+        value_parser = names::<finetune::model::PrecisionChoice>(finetune::model::PrecisionChoice::NAMES),
         env = "FINETUNE_PRECISION",
-        default_value_t = finetune::model::PrecisionChoice::Auto
+        default_value = "auto"
     )]
     pub precision: finetune::model::PrecisionChoice,
 }

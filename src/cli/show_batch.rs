@@ -26,8 +26,10 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     if let Some(c) = &aug {
         c.validate()?;
     }
-    let bar = indicatif::ProgressBar::hidden();
-    let dls = DataLoaders::from_folder_cached(&a.data, cfg, a.data_opts.cache().as_ref(), &bar)?;
+    // No bar (show-batch decodes only to draw one batch), but the warnings about skipped files.
+    let progress = finetune::train::report::ConsoleProgress::new("", true);
+    let dls =
+        DataLoaders::from_folder_cached(&a.data, cfg, a.data_opts.cache().as_ref(), &progress)?;
     let items = first_batch(&dls, a.n, aug.as_ref())?;
     let img = grid(&items);
     let mut png = std::io::Cursor::new(Vec::new());

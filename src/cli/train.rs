@@ -186,9 +186,9 @@ pub struct DataArgs {
     /// Image size: an integer or WxH.
     #[arg(long, default_value = "192")]
     pub size: Size,
-    #[arg(long, value_enum, default_value_t = ResizeMethod::Squish)]
+    #[arg(long, value_parser = super::names::<ResizeMethod>(ResizeMethod::NAMES), default_value = "squish")]
     pub resize: ResizeMethod,
-    #[arg(long, value_enum, default_value_t = PadMode::Reflection)]
+    #[arg(long, value_parser = super::names::<PadMode>(PadMode::NAMES), default_value = "reflection")]
     pub pad_mode: PadMode,
     #[arg(long, default_value_t = 64)]
     pub bs: usize,
@@ -283,7 +283,7 @@ impl ModelArgs {
 }
 
 /// Loads data and a pretrained network ready for a Learner (shared by train and lr-find).
-pub fn prepare(
+pub fn load_inputs(
     model: &ModelArgs,
     data: &std::path::Path,
     cfg: DataConfig,
@@ -292,7 +292,7 @@ pub fn prepare(
     quiet: bool,
 ) -> anyhow::Result<(Network, DataLoaders, Option<PathBuf>)> {
     let mut report = ConsoleReport::new(quiet);
-    Ok(run::prepare(
+    Ok(run::load_run_inputs(
         model.arch,
         &model.pretrained()?,
         data,
@@ -300,7 +300,7 @@ pub fn prepare(
         cache,
         rt,
         &mut Feedback {
-            bar: &report.progress_bar("decoding images"),
+            progress: report.data_progress().as_ref(),
             download_bar: report.interactive(),
             log: &mut |m| eprintln!("{m}"),
         },

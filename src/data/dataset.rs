@@ -8,8 +8,9 @@
 use super::cache::{self, CacheConfig, Loc, Shards};
 use super::decode::{decode_file, DecodeError};
 use super::items::{self, Item, ItemsError, Skip, Split, SplitKind};
+use super::progress::Progress;
 use super::tensor::stack_u8;
-use super::transform::{crop_window, prepare, PadMode, ResizeMethod, Size};
+use super::transform::{crop_window, presize, PadMode, ResizeMethod, Size};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -131,14 +132,14 @@ impl ImageSet {
 pub fn decode_prepared(
     paths: &[PathBuf],
     cfg: &DataConfig,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn Progress,
 ) -> Vec<Result<RgbImage, DecodeError>> {
     paths
         .par_iter()
         .map(|p| {
             let r = decode_file(p, cfg.max_file_bytes)
-                .map(|img| prepare(&img, cfg.method, cfg.size, cfg.pad));
-            progress.inc(1);
+                .map(|img| presize(&img, cfg.method, cfg.size, cfg.pad));
+            progress.advance(1);
             r
         })
         .collect()
@@ -180,6 +181,7 @@ fn keep_decoded<P>(
     classes: &[String],
     cfg: &DataConfig,
     skipped: &mut Vec<Skip>,
+    progress: &dyn Progress,
 ) -> Result<Kept<P>, DataError> {
     let (mut pixels, mut labels, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     let mut multi = Vec::new();
@@ -210,7 +212,7 @@ fn keep_decoded<P>(
             }
             Err(e) if cfg.strict => return Err(DataError::Strict(e)),
             Err(e) => {
-                eprintln!("warning: skipping {e}");
+                progress.warn(&format!("skipping {e}"));
                 skipped.push(Skip {
                     path: item.path.clone(),
                     reason: e.reason(),
@@ -231,11 +233,11 @@ fn load_set(
     classes: &[String],
     cfg: &DataConfig,
     skipped: &mut Vec<Skip>,
-    bar: &indicatif::ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<ImageSet, DataError> {
     let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-    let decoded = decode_prepared(&paths, cfg, bar);
-    let k = keep_decoded(items, decoded, classes, cfg, skipped)?;
+    let decoded = decode_prepared(&paths, cfg, progress);
+    let k = keep_decoded(items, decoded, classes, cfg, skipped, progress)?;
     Ok(ImageSet {
         pixels: Pixels::Memory(k.pixels),
         labels: k.labels,
@@ -254,7 +256,7 @@ fn load_cached(
     cfg: &DataConfig,
     cache_cfg: &CacheConfig,
     skipped: &mut Vec<Skip>,
-    bar: &indicatif::ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Result<CachedSets, cache::CacheError>, DataError> {
     let all: Vec<Item> = train.iter().chain(valid).cloned().collect();
     let t = cache::Transform {
@@ -262,14 +264,14 @@ fn load_cached(
         method: cfg.method,
         pad: cfg.pad,
     };
-    let p = match cache::prepare(cache_cfg, root, &all, t, cfg.max_file_bytes, bar) {
+    let p = match cache::locate(cache_cfg, root, &all, t, cfg.max_file_bytes, progress) {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
     let mut results = p.results;
     let valid_results = results.split_off(train.len());
     let mut set = |items: &[Item], r| -> Result<ImageSet, DataError> {
-        let k = keep_decoded(items, r, classes, cfg, skipped)?;
+        let k = keep_decoded(items, r, classes, cfg, skipped, progress)?;
         Ok(ImageSet {
             pixels: Pixels::Cached {
                 shards: p.shards.clone(),
@@ -304,9 +306,9 @@ impl DataLoaders {
     pub fn from_folder(
         root: &Path,
         cfg: DataConfig,
-        bar: &indicatif::ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<Self, DataError> {
-        Self::from_folder_cached(root, cfg, None, bar)
+        Self::from_folder_cached(root, cfg, None, progress)
     }
 
     /// As [`Self::from_folder`], with the images in the on-disk cache `cache` when given: decoded
@@ -317,7 +319,7 @@ impl DataLoaders {
         root: &Path,
         cfg: DataConfig,
         cache: Option<&CacheConfig>,
-        bar: &indicatif::ProgressBar,
+        progress: &dyn Progress,
     ) -> Result<Self, DataError> {
         let (Split { train, valid, kind }, listed) = match &cfg.labels {
             Some(l) => super::labels::split(root, l, cfg.valid_pct, cfg.seed)?,
@@ -336,7 +338,7 @@ impl DataLoaders {
                 if cfg.strict {
                     return Err(DataError::StrictSkipped(s.clone()));
                 }
-                eprintln!("warning: skipping {s}");
+                progress.warn(&format!("skipping {s}"));
                 skipped.push(s.clone());
             }
         }
@@ -354,29 +356,29 @@ impl DataLoaders {
             1 => return Err(ItemsError::OneClass(base, classes[0].clone()).into()),
             _ => {}
         }
-        bar.set_length((train.items.len() + valid.items.len()) as u64);
+        progress.start((train.items.len() + valid.items.len()) as u64);
         let mut cached = None;
         if let Some(c) = cache {
             let sets = (train.items.as_slice(), valid.items.as_slice());
-            match load_cached(root, sets, &classes, &cfg, c, &mut skipped, bar)? {
+            match load_cached(root, sets, &classes, &cfg, c, &mut skipped, progress)? {
                 Ok(r) => cached = Some(r),
                 Err(e) => {
-                    eprintln!(
-                        "warning: image cache not usable ({e}); decoding into memory instead"
-                    );
-                    bar.set_position(0);
+                    progress.warn(&format!(
+                        "image cache not usable ({e}); decoding into memory instead"
+                    ));
+                    progress.restart();
                 }
             }
         }
         let (train_set, valid_set, summary) = match cached {
             Some((t, v, s)) => (t, v, Some(s)),
             None => (
-                load_set(&train.items, &classes, &cfg, &mut skipped, bar)?,
-                load_set(&valid.items, &classes, &cfg, &mut skipped, bar)?,
+                load_set(&train.items, &classes, &cfg, &mut skipped, progress)?,
+                load_set(&valid.items, &classes, &cfg, &mut skipped, progress)?,
                 None,
             ),
         };
-        bar.finish_and_clear();
+        progress.finish();
         for (i, c) in classes.iter().enumerate() {
             let present = match delim {
                 None => train_set.labels.contains(&(i as i64)),

@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeMethod {
     /// Whole image to the target size, ignoring aspect ratio.
@@ -17,7 +17,7 @@ pub enum ResizeMethod {
     Pad,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PadMode {
     #[default]
@@ -25,7 +25,30 @@ pub enum PadMode {
     Zeros,
 }
 
-/// The names the CLI (clap's `ValueEnum`), `model.json` and the Python package share.
+impl ResizeMethod {
+    /// The names the CLI, `model.json` and the Python package share.
+    pub const NAMES: &'static [&'static str] = &["squish", "crop", "pad"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeMethod::Squish => "squish",
+            ResizeMethod::Crop => "crop",
+            ResizeMethod::Pad => "pad",
+        }
+    }
+}
+
+impl PadMode {
+    pub const NAMES: &'static [&'static str] = &["reflection", "zeros"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PadMode::Reflection => "reflection",
+            PadMode::Zeros => "zeros",
+        }
+    }
+}
+
 impl FromStr for ResizeMethod {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -86,10 +109,10 @@ impl std::fmt::Display for Size {
     }
 }
 
-/// The deterministic part of the transform, done once per image and cached: for squish and pad the
+/// fastai's presizing: the deterministic part of the transform, done once per image and cached: for squish and pad the
 /// final image; for crop the image scaled so the crop window is exactly `size` (the random or central
 /// window is cut per batch by [`crop_window`]).
-pub fn prepare(img: &RgbImage, method: ResizeMethod, size: Size, pad: PadMode) -> RgbImage {
+pub fn presize(img: &RgbImage, method: ResizeMethod, size: Size, pad: PadMode) -> RgbImage {
     let (w, h) = img.dimensions();
     match method {
         ResizeMethod::Squish => resize(img, size.w, size.h),
@@ -191,7 +214,7 @@ mod tests {
         let mut rng = rand::thread_rng();
         for img in [gradient(300, 100), gradient(100, 300), gradient(10, 10)] {
             for m in [ResizeMethod::Squish, ResizeMethod::Crop, ResizeMethod::Pad] {
-                let p = prepare(&img, m, s, PadMode::Reflection);
+                let p = presize(&img, m, s, PadMode::Reflection);
                 let out = crop_window(&p, s, true, &mut rng);
                 assert_eq!(out.dimensions(), (64, 48), "{m:?} {:?}", img.dimensions());
             }
@@ -201,7 +224,7 @@ mod tests {
     #[test]
     fn pad_zeros_and_reflection() {
         let img = gradient(200, 100); // fits as 64x32 inside 64x64: 16 rows of padding above and below
-        let z = prepare(
+        let z = presize(
             &img,
             ResizeMethod::Pad,
             Size { w: 64, h: 64 },
@@ -209,7 +232,7 @@ mod tests {
         );
         assert_eq!(z.get_pixel(30, 0).0, [0, 0, 0]);
         assert_ne!(z.get_pixel(30, 32).0, [0, 0, 0]);
-        let r = prepare(
+        let r = presize(
             &img,
             ResizeMethod::Pad,
             Size { w: 64, h: 64 },
@@ -225,7 +248,7 @@ mod tests {
     #[test]
     fn centre_crop_when_validating() {
         let img = gradient(100, 50);
-        let p = prepare(
+        let p = presize(
             &img,
             ResizeMethod::Crop,
             Size { w: 50, h: 50 },

@@ -4,14 +4,14 @@
 pub use super::features::Features;
 use crate::bundle::{Bundle, ModelInfo};
 use crate::data::tensor::stack_u8;
-use crate::data::transform::{crop_window, prepare};
+use crate::data::transform::{crop_window, presize};
 use tch::nn::ModuleT;
 
 /// The validation transform of one decoded image: the bundle's resize, then the centred window of
 /// its input size. Shared by `predict` and `serve`, so both give the same probabilities.
 pub fn preprocess(img: &image::RgbImage, info: &ModelInfo) -> image::RgbImage {
     let mut rng = rand::rngs::mock::StepRng::new(0, 0);
-    let prepared = prepare(img, info.resize, info.size, info.pad_mode);
+    let prepared = presize(img, info.resize, info.size, info.pad_mode);
     crop_window(&prepared, info.size, false, &mut rng)
 }
 

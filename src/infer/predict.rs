@@ -6,7 +6,7 @@ pub use super::forward::{
 use super::tta::{self, Tta};
 use crate::bundle::Bundle;
 use crate::data::decode::{decode_file, DecodeError};
-use crate::data::transform::prepare;
+use crate::data::transform::presize;
 use rayon::prelude::*;
 use std::path::PathBuf;
 
@@ -139,7 +139,7 @@ pub fn predict_with<T: Sync, E: Send>(
     let prepare_one = |it: &T| {
         decode(it).map(|img| match tta {
             None => preprocess(&img, info),
-            Some(_) => prepare(&img, info.resize, info.size, info.pad_mode),
+            Some(_) => presize(&img, info.resize, info.size, info.pad_mode),
         })
     };
     map_batches(

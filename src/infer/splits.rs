@@ -8,7 +8,7 @@ use crate::data::items::{self, Item, ItemsError, Scan, Skip, SplitKind};
 use std::path::{Path, PathBuf};
 
 /// A part of a data folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SplitChoice {
     Train,
@@ -28,10 +28,19 @@ impl SplitChoice {
         }
     }
 
+    pub const NAMES: &'static [&'static str] = &["train", "valid", "test", "all"];
+
     pub fn parse(s: &str) -> Option<SplitChoice> {
         [Self::Train, Self::Valid, Self::Test, Self::All]
             .into_iter()
             .find(|c| c.name() == s)
+    }
+}
+
+impl std::str::FromStr for SplitChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("split `{s}`: choose one of train, valid, test, all"))
     }
 }
 

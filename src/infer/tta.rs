@@ -100,7 +100,7 @@ pub fn combine(augmented: &[Vec<Vec<f32>>], plain: &[Vec<f32>], beta: f64) -> Ve
 }
 
 /// TTA probabilities of images after the bundle's resize but before its crop window
-/// ([`crate::data::transform::prepare`]); one row per image, in the bundle's class order.
+/// ([`crate::data::transform::presize`]); one row per image, in the bundle's class order.
 pub fn probabilities(bundle: &Bundle, prepared: &[&image::RgbImage], tta: &Tta) -> Vec<Vec<f32>> {
     answers(bundle, prepared, tta)
         .into_iter()

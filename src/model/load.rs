@@ -12,7 +12,7 @@ use tch::Tensor;
 
 /// Which part of the network the checkpoint provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub enum Portion {
     /// An ImageNet checkpoint for a fine-tune: the body; the file's classifier is dropped.
     Body,
     /// An ImageNet checkpoint for `classify-imagenet`: body and the 1000-class classifier.
@@ -24,7 +24,7 @@ fn is_classifier_key(arch: Arch, key: &str) -> bool {
 }
 
 /// Reads `file` and loads it into `net` (see [`load_tensors`]).
-pub fn load_checkpoint(net: &Network, file: &Path, part: Part) -> Result<(), WeightsError> {
+pub fn load_checkpoint(net: &Network, file: &Path, part: Portion) -> Result<(), WeightsError> {
     let tensors = read_weights(file)?;
     load_tensors(net, file, tensors, part)
 }
@@ -33,7 +33,7 @@ pub fn load_tensors(
     net: &Network,
     file: &Path,
     tensors: NamedTensors,
-    part: Part,
+    part: Portion,
 ) -> Result<(), WeightsError> {
     // Checkpoints saved from DataParallel prefix every key with `module.`.
     let mut by_key: HashMap<String, Tensor> = tensors
@@ -82,7 +82,7 @@ pub fn load_tensors(
         let key = if let Some(k) = name.strip_prefix(&format!("{BODY}.")) {
             k
         } else if let Some(k) = name.strip_prefix(&format!("{TOP}.")) {
-            if part != Part::BodyAndClassifier {
+            if part != Portion::BodyAndClassifier {
                 continue;
             }
             k
@@ -111,7 +111,7 @@ pub fn load_tensors(
         .filter(|k| {
             let expected = used.contains(k.as_str())
                 || k.ends_with("num_batches_tracked")
-                || (part == Part::Body && is_classifier_key(arch, k));
+                || (part == Portion::Body && is_classifier_key(arch, k));
             !expected
         })
         .collect();

@@ -11,7 +11,7 @@ pub use crate::data::layout::MemoryFormat;
 use tch::Device;
 
 /// `--memory-format`: a layout, or `auto` (per device and architecture, see [`auto`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FormatChoice {
     #[default]
     Auto,
@@ -49,7 +49,19 @@ pub fn auto(device: Device, arch: Arch) -> MemoryFormat {
     }
 }
 
+impl std::str::FromStr for FormatChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [FormatChoice::Auto, FormatChoice::Nchw, FormatChoice::Nhwc]
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("memory format `{s}`: choose one of auto, nchw, nhwc"))
+    }
+}
+
 impl FormatChoice {
+    pub const NAMES: &'static [&'static str] = &["auto", "nchw", "nhwc"];
+
     /// The command-line spelling.
     pub fn name(self) -> &'static str {
         match self {

@@ -23,7 +23,7 @@ pub use catalog::{
     timm, Arch, ArchSpec, Family, KnownWeights, UnknownArch, IMAGENET_STATS, INCEPTION_STATS,
 };
 pub use head::FEATURES;
-pub use load::{load_checkpoint, load_tensors, Part};
+pub use load::{load_checkpoint, load_tensors, Portion};
 pub use memory_format::{FormatChoice, MemoryFormat};
 pub use network::Network;
 pub use precision::{Precision, PrecisionChoice};

@@ -28,7 +28,7 @@ pub enum Precision {
 }
 
 /// `--precision`: a precision, or `auto` (see [`PrecisionChoice::resolve`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrecisionChoice {
     #[default]
     Auto,
@@ -65,6 +65,10 @@ impl PrecisionChoice {
             },
         }
     }
+}
+
+impl PrecisionChoice {
+    pub const NAMES: &'static [&'static str] = &["auto", "fp32", "bf16", "fp16"];
 }
 
 impl std::str::FromStr for PrecisionChoice {

@@ -2,8 +2,8 @@
 //! text-embeddings-inference's layers: `listen` (connections) → `http` (routes, one file per job) →
 //! `infer` (the facade) → `worker` (one batching thread per model, owning the network).
 
+pub mod facade;
 mod http;
-pub mod infer;
 pub mod listen;
 pub mod metrics;
 pub mod worker;

@@ -73,13 +73,13 @@ pub fn launch(req: Request, report: &mut dyn Report) -> Result<Outcome, RunError
             plan.cfg.bs * r.world()
         ));
     }
-    let bar = report.progress_bar("decoding images");
+    let progress = report.data_progress();
     let download_bar = report.interactive();
     let mut session = Session::start(
         plan,
         rt,
         &mut Feedback {
-            bar: &bar,
+            progress: progress.as_ref(),
             download_bar,
             log: &mut |m| report.log(m),
         },

@@ -328,7 +328,7 @@ mod tests {
             bs: 4,
             ..Default::default()
         };
-        let dls = DataLoaders::from_folder(dir, cfg, &indicatif::ProgressBar::hidden()).unwrap();
+        let dls = DataLoaders::from_folder(dir, cfg, &crate::data::Quiet).unwrap();
         let mut net = Network::classifier(Arch::Resnet18, 2, Device::Cpu);
         net.set_memory_format(format);
         let mut l = Learner::new(net, dls, Recipe::default(), 5);

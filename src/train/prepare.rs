@@ -3,8 +3,8 @@
 
 use super::error::{dp, RunError};
 use crate::data::items::SplitKind;
-use crate::data::{CacheConfig, DataConfig, DataLoaders};
-use crate::model::{load_checkpoint, ArchSpec, Network, Part, Runtime};
+use crate::data::{CacheConfig, DataConfig, DataLoaders, Progress};
+use crate::model::{load_checkpoint, ArchSpec, Network, Portion, Runtime};
 use std::path::{Path, PathBuf};
 
 /// Where the pretrained body comes from.
@@ -43,7 +43,7 @@ impl Pretrained {
 /// What a run shows while it gets ready.
 pub struct Feedback<'a> {
     /// Advanced while images decode.
-    pub bar: &'a indicatif::ProgressBar,
+    pub progress: &'a dyn Progress,
     /// Show a bar while pretrained weights download.
     pub download_bar: bool,
     /// Receives the summary lines (data, model, resuming).
@@ -53,7 +53,7 @@ pub struct Feedback<'a> {
 /// Loads data (through the image cache `cache` when given) and a pretrained network ready for a
 /// [`super::Learner`] (used by train and lr-find).
 #[allow(clippy::too_many_arguments)]
-pub fn prepare(
+pub fn load_run_inputs(
     arch: ArchSpec,
     pretrained: &Pretrained,
     data: &Path,
@@ -74,7 +74,7 @@ pub fn prepare(
     }
     let weights = pretrained.resolve(arch, fb.download_bar)?;
     let t0 = std::time::Instant::now();
-    let dls = DataLoaders::from_folder_cached(data, cfg, cache, fb.bar)?;
+    let dls = DataLoaders::from_folder_cached(data, cfg, cache, fb.progress)?;
     (fb.log)(&format!(
         "data: {} classes, {} train + {} valid images ({}), {} skipped, {} in {:.1}s",
         dls.classes.len(),
@@ -121,7 +121,7 @@ pub fn prepare(
     }
     let net = Network::classifier(arch.arch, dls.classes.len() as i64, rt);
     if let Some(w) = &weights {
-        load_checkpoint(&net, w, Part::Body)?;
+        load_checkpoint(&net, w, Portion::Body)?;
     }
     Ok((net, dls, weights))
 }

@@ -2,6 +2,7 @@
 //! and fastai's table `epoch train_loss valid_loss error_rate time`, one per fit.
 
 use crate::bundle::EpochRow;
+use crate::data::{Progress, Quiet};
 use std::io::IsTerminal;
 
 pub fn mmss(seconds: f64) -> String {
@@ -59,9 +60,9 @@ pub trait Report {
     /// A line about getting ready (the data, the model, resuming, the group): shown even when
     /// quiet.
     fn log(&mut self, _line: &str) {}
-    /// A bar the run advances while `what` happens (decoding images); hidden by default.
-    fn progress_bar(&mut self, _what: &str) -> indicatif::ProgressBar {
-        indicatif::ProgressBar::hidden()
+    /// What loading the data shows (images decoded, skipped files); nothing by default.
+    fn data_progress(&mut self) -> Box<dyn Progress> {
+        Box::new(Quiet)
     }
     /// Whether someone watches a terminal (downloads then show a bar).
     fn interactive(&self) -> bool {
@@ -126,18 +127,8 @@ impl Report for ConsoleReport {
     fn log(&mut self, line: &str) {
         eprintln!("{line}");
     }
-    fn progress_bar(&mut self, what: &str) -> indicatif::ProgressBar {
-        if self.quiet || !self.tty {
-            return indicatif::ProgressBar::hidden();
-        }
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(&format!(
-                "{what} [{{bar:30}}] {{pos}}/{{len}} eta {{eta}}"
-            ))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
+    fn data_progress(&mut self) -> Box<dyn Progress> {
+        Box::new(ConsoleProgress::new("decoding images", self.quiet))
     }
     fn interactive(&self) -> bool {
         self.tty
@@ -208,5 +199,51 @@ impl Report for ConsoleReport {
                 None => eprintln!("{msg}"),
             }
         }
+    }
+}
+
+/// Loading data on a terminal: a bar (unless quiet or not a terminal), warnings and notes on
+/// stderr, always.
+pub struct ConsoleProgress {
+    bar: indicatif::ProgressBar,
+}
+
+impl ConsoleProgress {
+    /// A bar labelled `what`.
+    pub fn new(what: &str, quiet: bool) -> Self {
+        if quiet || !std::io::stderr().is_terminal() {
+            return ConsoleProgress {
+                bar: indicatif::ProgressBar::hidden(),
+            };
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} [{{bar:30}}] {{pos}}/{{len}} eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        ConsoleProgress { bar }
+    }
+}
+
+impl Progress for ConsoleProgress {
+    fn start(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn restart(&self) {
+        self.bar.set_position(0);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+    fn warn(&self, msg: &str) {
+        self.bar.suspend(|| eprintln!("warning: {msg}"));
+    }
+    fn note(&self, msg: &str) {
+        self.bar.suspend(|| eprintln!("{msg}"));
     }
 }

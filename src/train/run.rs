@@ -5,7 +5,7 @@
 use super::error::dp;
 pub use super::error::{DisplayPath, RunError};
 use super::fit::AfterEpoch;
-pub use super::prepare::{prepare, Feedback, Pretrained};
+pub use super::prepare::{load_run_inputs, Feedback, Pretrained};
 use super::{Learner, Recipe, Report};
 use crate::bundle::{self, DataInfo, FinalMetrics, ModelInfo, Normalization, TrainingInfo};
 use crate::bundle::{Checkpoint, EpochRow};
@@ -276,7 +276,7 @@ impl Session {
     ) -> Result<Session, RunError> {
         let rt: Runtime = rt.into();
         let device = rt.device;
-        let (net, dls, weights) = prepare(
+        let (net, dls, weights) = load_run_inputs(
             plan.arch,
             &plan.pretrained,
             &plan.data,

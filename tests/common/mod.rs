@@ -617,3 +617,22 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A learner for `arch` (random init, seeded) on the 32-px images of `dir`, in batches of `bs`.
+pub fn learner_for(arch: finetune::model::Arch, dir: &Path, bs: usize) -> finetune::train::Learner {
+    tch::manual_seed(0);
+    let cfg = finetune::data::DataConfig {
+        size: finetune::data::Size { w: 32, h: 32 },
+        bs,
+        ..Default::default()
+    };
+    let dls = finetune::data::DataLoaders::from_folder(dir, cfg, &finetune::data::Quiet).unwrap();
+    let net =
+        finetune::model::Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
+    finetune::train::Learner::new(net, dls, finetune::train::Recipe::default(), 42)
+}
+
+/// [`learner_for`] resnet18.
+pub fn tiny_learner(dir: &Path, bs: usize) -> finetune::train::Learner {
+    learner_for(finetune::model::Arch::Resnet18, dir, bs)
+}

@@ -14,7 +14,7 @@ pub struct DirLock {
 /// Waits for the lock on `dir` (creating `dir`), saying once on stderr that it waits. A lock file
 /// deleted by `cache clear` while waiting is noticed (its inode no longer matches the path) and the
 /// lock is taken again on the new one.
-pub fn lock(dir: &Path) -> std::io::Result<DirLock> {
+pub fn lock(dir: &Path, progress: &dyn super::super::Progress) -> std::io::Result<DirLock> {
     let path = dir.join("lock");
     let mut said = false;
     loop {
@@ -27,10 +27,10 @@ pub fn lock(dir: &Path) -> std::io::Result<DirLock> {
             .open(&path)?;
         if !try_flock(&file)? {
             if !said {
-                eprintln!(
+                progress.note(&format!(
                     "waiting for another finetune that is writing the image cache {}",
                     dir.display()
-                );
+                ));
                 said = true;
             }
             flock_blocking(&file)?;

@@ -24,7 +24,8 @@ mod writer;
 
 use super::decode::{decode_file, DecodeError};
 use super::items::Item;
-use super::transform::{prepare as prepare_image, ResizeMethod};
+use super::progress::Progress;
+use super::transform::{presize, ResizeMethod};
 pub use index::Transform;
 use index::{images_file, labels_file, Entry, Index};
 use rayon::prelude::*;
@@ -95,13 +96,13 @@ pub struct Summary {
     pub shards_written: usize,
     /// Shard files found truncated or corrupt (their images were decoded again).
     pub rebuilt: Vec<PathBuf>,
-    /// Every warning printed (also on stderr).
+    /// Every warning given (also to the caller's [`Progress`] as it happened).
     pub warnings: Vec<String>,
 }
 
 impl Summary {
-    fn warn(&mut self, msg: String) {
-        eprintln!("warning: {msg}");
+    fn warn(&mut self, msg: String, progress: &dyn Progress) {
+        progress.warn(&msg);
         self.warnings.push(msg);
     }
 }
@@ -200,17 +201,17 @@ fn entry_fits(e: &Entry, idx: &Index) -> bool {
 
 /// Locates (decoding and writing what is missing or stale) the images of `items`, which lie in the
 /// data folder `root`, prepared by `t`. Holds the data set's lock until its shards are mapped.
-pub fn prepare(
+pub fn locate(
     cfg: &CacheConfig,
     root: &Path,
     items: &[Item],
     t: Transform,
     max_file_bytes: u64,
-    bar: &indicatif::ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<Prepared, CacheError> {
     let canon = std::fs::canonicalize(root).map_err(io_at(root))?;
     let dir = dataset_dir(&cfg.dir, &canon, &t);
-    let _lock = lock::lock(&dir).map_err(io_at(&dir))?;
+    let _lock = lock::lock(&dir, progress).map_err(io_at(&dir))?;
     let index_path = dir.join("index.json");
     let mut summary = Summary {
         dir: dir.clone(),
@@ -219,18 +220,24 @@ pub fn prepare(
     let mut idx = match index::load(&index_path) {
         Ok(Some(i)) if i.transform == t && i.root == canon => i,
         Ok(Some(_)) => {
-            summary.warn(format!(
-                "image cache index {} belongs to other data or settings; starting it again",
-                index_path.display()
-            ));
+            summary.warn(
+                format!(
+                    "image cache index {} belongs to other data or settings; starting it again",
+                    index_path.display()
+                ),
+                progress,
+            );
             Index::new(canon.clone(), t)
         }
         Ok(None) => Index::new(canon.clone(), t),
         Err(why) => {
-            summary.warn(format!(
-                "image cache index {} is unreadable ({why}); decoding this data set again",
-                index_path.display()
-            ));
+            summary.warn(
+                format!(
+                    "image cache index {} is unreadable ({why}); decoding this data set again",
+                    index_path.display()
+                ),
+                progress,
+            );
             Index::new(canon.clone(), t)
         }
     };
@@ -239,10 +246,13 @@ pub fn prepare(
     for name in names {
         if let Err((file, why)) = check_shard(&dir, &name, &idx.shards[&name]) {
             let n = idx.entries.values().filter(|e| e.shard == name).count();
-            summary.warn(format!(
+            summary.warn(
+                format!(
                 "image cache shard {} is truncated or corrupt ({why}); decoding its {n} image(s) again",
                 file.display()
-            ));
+            ),
+                progress,
+            );
             summary.rebuilt.push(file);
             idx.drop_shard(&name);
             let _ = std::fs::remove_file(dir.join(images_file(&name)));
@@ -278,7 +288,7 @@ pub fn prepare(
         labels.push(label);
     }
     summary.reused = items.len() - misses.len();
-    bar.inc(summary.reused as u64);
+    progress.advance(summary.reused as u64);
 
     // Decode what is missing, a chunk at a time, into new shards.
     let mut failures: HashMap<usize, DecodeError> = HashMap::new();
@@ -288,8 +298,8 @@ pub fn prepare(
             .par_iter()
             .map(|&i| {
                 let r = decode_file(&items[i].path, cap)
-                    .map(|img| prepare_image(&img, t.method, t.size, t.pad));
-                bar.inc(1);
+                    .map(|img| presize(&img, t.method, t.size, t.pad));
+                progress.advance(1);
                 r
             })
             .collect();
@@ -561,7 +571,7 @@ pub fn clear(cache_dir: &Path, which: &Clear) -> std::io::Result<Vec<DatasetInfo
         if !selected {
             continue;
         }
-        let _lock = lock::lock(&d.dir)?;
+        let _lock = lock::lock(&d.dir, &super::Quiet)?;
         // A folder that was still being built when listed may be complete now.
         if matches!(which, Clear::Missing)
             && d.root_exists

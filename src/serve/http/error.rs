@@ -1,6 +1,6 @@
 //! The one error type of the HTTP layer: every failure is answered as JSON `{"error": "..."}`.
 
-use super::super::infer::InferError;
+use super::super::facade::InferError;
 use super::super::MAX_BODY;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -3,7 +3,7 @@
 
 use super::body::{decode_b64, read_body};
 use super::{model, timed, ApiError, St};
-use crate::serve::infer;
+use crate::serve::facade;
 use crate::serve::worker::Input;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -121,7 +121,7 @@ pub async fn v2_infer(
                 images.push(Bytes::from(b));
             }
             if embedding {
-                let e = infer::embeddings(m, images).await?;
+                let e = facade::embeddings(m, images).await?;
                 let (n, d) = (e.len(), e.first().map_or(0, Vec::len));
                 let flat: Vec<f32> = e.into_iter().flatten().collect();
                 let output =
@@ -132,9 +132,9 @@ pub async fn v2_infer(
                 }
                 return Ok(timed(t, Json(out)));
             }
-            infer::images(m, images, false).await?
+            facade::images(m, images, false).await?
         }
-        Some("FP32") => infer::inputs(m, fp32_inputs(input, data, &m.info)?).await?,
+        Some("FP32") => facade::inputs(m, fp32_inputs(input, data, &m.info)?).await?,
         other => {
             return Err(ApiError::bad(format!(
                 "datatype {} is not accepted: send BYTES (base64-encoded images) or FP32 [N,3,{},{}] (normalised)",

@@ -1,6 +1,6 @@
 //! The HTTP layer, one file per job: the router (here), errors, middleware, body parsing, the native
 //! and TorchServe-style routes, KServe v2. A new protocol is one new file of handlers over
-//! [`crate::serve::infer`] and its routes below.
+//! [`crate::serve::facade`] and its routes below.
 
 mod body;
 mod error;

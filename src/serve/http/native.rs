@@ -4,7 +4,7 @@
 use super::body::read_images;
 use super::{model, timed, ApiError, St};
 use crate::infer::predict::Answer;
-use crate::serve::infer;
+use crate::serve::facade;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -219,7 +219,7 @@ pub async fn embed(
     let m = model(&st, &name)?;
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
-    let e = infer::embeddings(m, images).await?;
+    let e = facade::embeddings(m, images).await?;
     Ok(timed(
         t,
         Json(if several {
@@ -245,7 +245,7 @@ pub async fn predictions(
     let thresh = parse_thresh(q.as_deref())?;
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
-    let answers = infer::images(m, images, tta).await?;
+    let answers = facade::images(m, images, tta).await?;
     let lists: Vec<Value> = answers.iter().map(|a| top(a, &m.info, k, thresh)).collect();
     Ok(timed(
         t,

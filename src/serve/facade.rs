@@ -5,7 +5,7 @@
 use super::worker::{Input, Job, Output};
 use super::Model;
 use crate::data::decode::decode_bytes;
-use crate::data::transform::prepare;
+use crate::data::transform::presize;
 use crate::infer::predict::preprocess;
 use crate::infer::predict::Answer;
 use axum::body::Bytes;
@@ -70,7 +70,7 @@ async fn run(m: &Model, images: Vec<Bytes>, want: Want) -> Result<Vec<Output>, I
                 decode_bytes(std::path::Path::new(&name), b)
                     .map(|img| match want {
                         Want::Tta => {
-                            Input::Tta(prepare(&img, info.resize, info.size, info.pad_mode))
+                            Input::Tta(presize(&img, info.resize, info.size, info.pad_mode))
                         }
                         Want::Answer => Input::Image(preprocess(&img, &info)),
                         Want::Embedding => Input::Embed(preprocess(&img, &info)),
