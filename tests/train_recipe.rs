@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use finetune::train::fit::AfterEpoch;
 use finetune::train::{FineTune, Learner, LrSpec, OneCycle, Report, SilentReport};
+use std::path::Path;
 
 #[test]
 fn augment_changes_training_only() {
@@ -486,4 +487,109 @@ fn fp16_checkpoints_carry_the_loss_scale() {
         );
         assert!(learn.rows[0].train_loss.is_finite(), "{precision}");
     }
+}
+
+/// Skewed classes: `train` warns and names the options; `--class-weights auto`, a CSV of weights
+/// and `--balanced` train and are recorded in `model.json` (and so resumed and compared across
+/// ranks); bad weights are refused naming the class; `evaluate` reports balanced accuracy and
+/// macro F1 as scikit-learn defines them.
+#[test]
+fn class_weights_and_balanced_sampling_for_skewed_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synthetic(&data, 30);
+    // 30 red, 4 blue: over 5x apart in the training split too.
+    for i in 4..30 {
+        std::fs::remove_file(data.join("blue é").join(format!("img {i} (copy).png"))).unwrap();
+    }
+    let train = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = run(tiny_train_bs(1, 4)
+            .args([
+                "--arch",
+                "resnet18",
+                "--threads",
+                "1",
+                "--quiet",
+                "--unknown",
+                "off",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .arg(&data));
+        (o, out)
+    };
+    let training = |out: &Path| -> serde_json::Value {
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
+                .unwrap();
+        info["training"].clone()
+    };
+
+    let (o, plain) = train("plain", &[]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("warning: skewed classes")
+            && o.stderr.contains("--class-weights auto")
+            && o.stderr.contains("--balanced"),
+        "{}",
+        o.stderr
+    );
+    assert!(training(&plain).get("class_weights").is_none());
+    assert!(training(&plain).get("balanced").is_none());
+
+    let (o, auto) = train("auto", &["--class-weights", "auto"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert!(!o.stderr.contains("skewed classes"), "{}", o.stderr);
+    assert_eq!(training(&auto)["class_weights"], "auto");
+
+    let csv = dir.path().join("weights.csv");
+    std::fs::write(&csv, "class,weight\nred [a],1\nblue é,7.5\n").unwrap();
+    let (o, given) = train("given", &["--class-weights", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(
+        training(&given)["class_weights"],
+        serde_json::json!({"given": {"blue é": 7.5, "red [a]": 1.0}})
+    );
+
+    let (o, balanced) = train("balanced", &["--balanced"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(training(&balanced)["balanced"], true);
+
+    // Weights that do not fit the data are refused, naming the class and the fix.
+    std::fs::write(&csv, "red [a],1\n").unwrap();
+    let (o, _) = train("missing", &["--class-weights", csv.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && o.stderr.contains("no weight for the class `blue é`"),
+        "{}",
+        o.stderr
+    );
+    std::fs::write(&csv, "red [a],1\nblue é,0\n").unwrap();
+    let (o, _) = train("zero", &["--class-weights", csv.to_str().unwrap()]);
+    assert!(
+        !o.status.success()
+            && o.stderr
+                .contains("weight of `blue é` must be a number above 0"),
+        "{}",
+        o.stderr
+    );
+    let (o, _) = train("nofile", &["--class-weights", "nowhere.csv"]);
+    assert!(
+        !o.status.success() && o.stderr.contains("--class-weights nowhere.csv"),
+        "{}",
+        o.stderr
+    );
+
+    // Balanced accuracy is the mean of the classes' recalls, macro F1 the mean of their F1.
+    let o = run(bin()
+        .args(["evaluate", "--json", "--device", "cpu"])
+        .arg(&balanced)
+        .arg(&data));
+    assert!(o.status.success(), "{}", o.stderr);
+    let ev: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let per: Vec<&serde_json::Value> = ev["per_class"].as_array().unwrap().iter().collect();
+    let mean = |k: &str| per.iter().map(|r| r[k].as_f64().unwrap()).sum::<f64>() / per.len() as f64;
+    assert!((ev["balanced_accuracy"].as_f64().unwrap() - mean("recall")).abs() < 1e-12);
+    assert!((ev["macro_f1"].as_f64().unwrap() - mean("f1")).abs() < 1e-12);
 }

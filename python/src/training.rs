@@ -159,7 +159,7 @@ const FASTAI: Recipe = Recipe::FASTAI;
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300,
-    unknown=None
+    unknown=None, class_weights=None, balanced=FASTAI.balanced
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train<'py>(
@@ -203,6 +203,8 @@ pub(crate) fn train<'py>(
     dist_backend: &str,
     dist_timeout: u64,
     unknown: Option<&Bound<'py, PyAny>>,
+    class_weights: Option<&Bound<'py, PyAny>>,
+    balanced: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
     let accept =
@@ -304,6 +306,8 @@ pub(crate) fn train<'py>(
                     aug: augment.then_some(aug),
                     mix,
                     tracking,
+                    class_weights: class_weights_of(class_weights)?,
+                    balanced,
                 },
             }
         }
@@ -441,4 +445,30 @@ fn aug_of(obj: Option<&Bound<'_, PyAny>>) -> PyResult<(bool, AugConfig)> {
         }
     }
     Ok((true, c))
+}
+
+/// `class_weights=`: `"auto"`, a CSV file's path (as the CLI's `--class-weights`), or a dict of
+/// class name to weight.
+fn class_weights_of(
+    obj: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<finetune::bundle::ClassWeights>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut m = std::collections::BTreeMap::new();
+        for (k, v) in d.iter() {
+            m.insert(k.extract::<String>()?, v.extract::<f64>()?);
+        }
+        return Ok(Some(finetune::bundle::ClassWeights::Given(m)));
+    }
+    let s: String = obj
+        .extract::<PathBuf>()
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|_| {
+            PyTypeError::new_err("class_weights: \"auto\", a CSV path or a dict of class -> weight")
+        })?;
+    finetune::bundle::ClassWeights::parse(&s)
+        .map(Some)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
 }

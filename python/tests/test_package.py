@@ -179,6 +179,35 @@ def test_the_file_cap_and_settings_are_per_call_and_checked_as_the_cli_does(bund
         finetune.train(SAMPLE / "train", resize="fit", out=tmp_path / "m")
 
 
+def test_class_weights_and_balanced_are_the_clis(tmp_path):
+    """`class_weights=` ("auto", a CSV path or a dict) and `balanced=` train as the CLI's
+    `--class-weights` and `--balanced`: the same bundle record and the same metrics for the same
+    seed, and bad weights refused with the CLI's message."""
+    common = dict(arch="resnet18", random_init=True, size=32, bs=16, epochs=1, device="cpu", quiet=True,
+                  unknown="off")
+    got = finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "py"), class_weights="auto", balanced=True,
+                         **common)
+    cli("train", SAMPLE / "train", "--out", tmp_path / "cli", "--arch", "resnet18", "--random-init", "--size", 32,
+        "--bs", 16, "--epochs", 1, "--device", "cpu", "--quiet", "--unknown", "off", "--class-weights", "auto",
+        "--balanced")
+    info = json.loads((tmp_path / "py" / "model.json").read_text())["training"]
+    assert info["class_weights"] == "auto" and info["balanced"] is True
+    with open(tmp_path / "cli" / "metrics.csv") as f:
+        want = list(csv.DictReader(f))
+    for g, w in zip(got["history"], want):
+        for k in ("train_loss", "valid_loss", "error_rate"):
+            assert abs(g[k] - float(w[k])) <= 1e-6, (k, g, w)
+    classes = sorted(p.name for p in (SAMPLE / "train").iterdir())
+    weights = {c: 1.0 + i for i, c in enumerate(classes)}
+    finetune.train(str(SAMPLE / "train"), out=str(tmp_path / "dict"), class_weights=weights, **common)
+    info = json.loads((tmp_path / "dict" / "model.json").read_text())["training"]
+    assert info["class_weights"] == {"given": weights}
+    with pytest.raises(ValueError, match="no weight for the class"):
+        finetune.train(SAMPLE / "train", class_weights={classes[0]: 1.0}, out=tmp_path / "m", **common)
+    with pytest.raises(ValueError, match="must be a number above 0"):
+        finetune.train(SAMPLE / "train", class_weights={c: 0.0 for c in classes}, out=tmp_path / "m", **common)
+
+
 def test_mixup_cutmix_and_label_smoothing_are_the_clis(tmp_path):
     """`mixup=`, `cutmix=` and `label_smoothing=` train as the CLI's flags do: the same bundle record
     and the same metrics for the same seed, and the same messages for bad values."""

@@ -28,7 +28,7 @@ pub use read::{
     load, load_unscored, read_checkpoint, read_confusion_svg, read_evaluation, read_final_metrics,
     read_info, Bundle,
 };
-pub use recipe::{FineTune, Mix, Monitor, Recipe, RecipeError, Tracking};
+pub use recipe::{ClassWeights, FineTune, Mix, Monitor, Recipe, RecipeError, Tracking};
 pub use trust::{quantile, Calibration, FeatureStats, Score, UnknownInfo};
 pub use write::{check_out_dir, save, write_evaluation, write_trust};
 

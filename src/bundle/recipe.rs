@@ -12,7 +12,7 @@ use crate::data::augment::{AugConfig, AugError};
 use serde::{Deserialize, Serialize};
 
 /// How a run learns: fastai's `fine_tune` schedule and the callbacks it trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     /// `fine_tune`'s epochs and learning rates.
     pub fine_tune: FineTune,
@@ -32,6 +32,71 @@ pub struct Recipe {
     /// Save-best and early stopping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<Tracking>,
+    /// Class weights in the loss (PyTorch's `CrossEntropyLoss(weight=...)`; multi-label: each
+    /// label's positive weight, `BCEWithLogitsLoss(pos_weight=...)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+    /// Balanced sampling (fastai's `WeightedDL` with each image weighted `1 / n_class`): every
+    /// epoch draws as many images as the training set holds, classes equally likely, with
+    /// replacement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balanced: bool,
+}
+
+/// Where the loss's class weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// Inverse class frequency, normalised so that the average training image weighs 1
+    /// (`w_c = N / (C · n_c)`, so `Σ_c w_c · n_c = N`). Multi-label: each label's positive weight
+    /// `(N − n_j) / n_j`, the ratio of images without it to images with it.
+    Auto,
+    /// One weight per class, by name (`--class-weights FILE.csv`, Python's dict).
+    Given(std::collections::BTreeMap<String, f64>),
+}
+
+impl ClassWeights {
+    /// `auto`, or a CSV of `class,weight` rows (a header row allowed) read into [`Self::Given`].
+    pub fn parse(arg: &str) -> Result<ClassWeights, RecipeError> {
+        if arg == "auto" {
+            return Ok(ClassWeights::Auto);
+        }
+        let path = std::path::Path::new(arg);
+        // A weights file is a few lines per class: 1 MB is far beyond any real one.
+        let bytes = crate::data::files::read_capped(path, 1 << 20).map_err(|e| {
+            RecipeError::WeightsFile {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut map = std::collections::BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |why: &str| RecipeError::WeightsFile {
+                path: path.to_path_buf(),
+                why: format!("line {}: {why} (want `class,weight`)", i + 1),
+            };
+            let (class, w) = line.rsplit_once(',').ok_or_else(|| bad("no comma"))?;
+            match w.trim().parse::<f64>() {
+                Ok(w) => {
+                    map.insert(class.trim().to_string(), w);
+                }
+                Err(_) if i == 0 => continue, // a header row
+                Err(_) => return Err(bad("the weight is not a number")),
+            }
+        }
+        if map.is_empty() {
+            return Err(RecipeError::WeightsFile {
+                path: path.to_path_buf(),
+                why: "no `class,weight` rows".into(),
+            });
+        }
+        Ok(ClassWeights::Given(map))
+    }
 }
 
 impl Recipe {
@@ -44,6 +109,8 @@ impl Recipe {
         aug: None,
         mix: None,
         tracking: None,
+        class_weights: None,
+        balanced: false,
     };
 
     /// The augmentation magnitudes when augmenting; bundles that recorded none predate the warp.
@@ -77,7 +144,66 @@ impl Recipe {
         if self.tracking.is_some_and(|t| t.patience == Some(0)) {
             return Err(RecipeError::Patience);
         }
+        if let Some(ClassWeights::Given(m)) = &self.class_weights {
+            if let Some((class, &weight)) = m.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+                return Err(RecipeError::ClassWeight {
+                    class: class.clone(),
+                    weight,
+                });
+            }
+        }
+        if multi_label && self.balanced {
+            return Err(RecipeError::BalancedMultiLabel);
+        }
         Ok(())
+    }
+
+    /// The loss's weight per class of `classes` (single-label: `w[c]`; multi-label: each label's
+    /// positive weight), `None` without class weights. `counts[c]`: training images of class (or
+    /// with label) `c`, of `n` in all. A given weight must name exactly the data's classes.
+    pub fn class_weight_values(
+        &self,
+        classes: &[String],
+        counts: &[usize],
+        n: usize,
+        multi_label: bool,
+    ) -> Result<Option<Vec<f64>>, RecipeError> {
+        let Some(cw) = &self.class_weights else {
+            return Ok(None);
+        };
+        let c = classes.len().max(1) as f64;
+        match cw {
+            ClassWeights::Auto => Ok(Some(
+                counts
+                    .iter()
+                    .map(|&k| {
+                        let k = k.max(1) as f64;
+                        if multi_label {
+                            (n as f64 - k).max(0.0) / k
+                        } else {
+                            n as f64 / (c * k)
+                        }
+                    })
+                    .collect(),
+            )),
+            ClassWeights::Given(m) => {
+                if let Some(extra) = m.keys().find(|k| !classes.contains(k)) {
+                    return Err(RecipeError::UnknownWeightClass {
+                        class: extra.clone(),
+                        classes: classes.join(", "),
+                    });
+                }
+                classes
+                    .iter()
+                    .map(|k| {
+                        m.get(k)
+                            .copied()
+                            .ok_or_else(|| RecipeError::MissingWeight(k.clone()))
+                    })
+                    .collect::<Result<Vec<f64>, _>>()
+                    .map(Some)
+            }
+        }
     }
 }
 
@@ -103,6 +229,22 @@ pub enum RecipeError {
     Augment(#[from] AugError),
     #[error("--early-stop must be at least 1 epoch")]
     Patience,
+    #[error("--class-weights: the weight of `{class}` must be a number above 0 (got {weight})")]
+    ClassWeight { class: String, weight: f64 },
+    #[error("--class-weights {path}: {why}")]
+    WeightsFile {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("--class-weights names `{class}`, which is not a class of the data ({classes})")]
+    UnknownWeightClass { class: String, classes: String },
+    #[error("--class-weights gives no weight for the class `{0}`; give every class one, or pass --class-weights auto")]
+    MissingWeight(String),
+    #[error(
+        "--balanced draws classes equally, which needs one class per image; with --label-delim \
+         use --class-weights auto (each label's positive weight) instead"
+    )]
+    BalancedMultiLabel,
 }
 
 /// `fine_tune`'s arguments, with fastai's defaults.

@@ -40,7 +40,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         rt,
         a.quiet,
     )?;
-    let mut learn = Learner::new(net, dls, Recipe::default(), a.data_opts.seed);
+    let mut learn = Learner::new(net, dls, Recipe::default(), a.data_opts.seed)?;
     (learn.mean, learn.std) = a.model.arch.normalization();
     // As on a fresh fastai vision_learner: the pretrained body is frozen.
     learn.freeze();

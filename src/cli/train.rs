@@ -95,13 +95,22 @@ pub struct RecipeArgs {
     /// --save-best monitor (valid_loss by default).
     #[arg(long, value_name = "PATIENCE")]
     early_stop: Option<usize>,
+    /// Weigh each class's loss: `auto` (inverse class frequency, the average training image
+    /// weighing 1; multi-label: each label's positive weight, images without it over images
+    /// with it) or a CSV of `class,weight` rows. For skewed classes.
+    #[arg(long, value_name = "auto|CSV")]
+    class_weights: Option<String>,
+    /// Draw classes equally each epoch (fastai's WeightedDL with 1/class-size weights, with
+    /// replacement). For skewed classes.
+    #[arg(long)]
+    balanced: bool,
 }
 
 const FASTAI: Recipe = Recipe::FASTAI;
 
 impl RecipeArgs {
-    pub fn recipe(&self) -> Recipe {
-        Recipe {
+    pub fn recipe(&self) -> Result<Recipe, finetune::train::RecipeError> {
+        Ok(Recipe {
             fine_tune: FineTune {
                 epochs: self.epochs,
                 base_lr: self.base_lr,
@@ -120,7 +129,13 @@ impl RecipeArgs {
                 save_best: self.save_best.is_some(),
                 patience: self.early_stop,
             }),
-        }
+            class_weights: self
+                .class_weights
+                .as_deref()
+                .map(finetune::bundle::ClassWeights::parse)
+                .transpose()?,
+            balanced: self.balanced,
+        })
     }
 }
 
@@ -321,7 +336,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
             arch: a.model.arch,
             pretrained: a.model.pretrained()?,
             cfg: a.data_opts.config(max_file_bytes),
-            recipe: a.recipe.recipe(),
+            recipe: a.recipe.recipe()?,
         },
     };
     let rt = a.compute.runtime()?;

@@ -414,9 +414,6 @@ impl DataLoaders {
         self.train.len() / self.cfg.bs.max(1)
     }
 
-    /// One epoch's shuffled training batches as index lists (the last incomplete one dropped); each is
-    /// turned into tensors by [`Self::train_batch`] only when needed, so an epoch never holds a second
-    /// copy of the training set.
     /// Whether each image has a set of labels (`--label-delim`) rather than one class.
     pub fn is_multi_label(&self) -> bool {
         self.cfg
@@ -425,16 +422,50 @@ impl DataLoaders {
             .is_some_and(|l| l.label_delim.is_some())
     }
 
+    /// One epoch's shuffled training batches as index lists (the last incomplete one dropped); each is
+    /// turned into tensors by [`Self::train_batch`] only when needed, so an epoch never holds a second
+    /// copy of the training set.
     pub fn train_order<R: Rng>(&self, rng: &mut R) -> Vec<Vec<usize>> {
-        self.train_order_by(rng, self.cfg.bs)
+        self.train_order_by(rng, self.cfg.bs, false)
     }
 
     /// [`Self::train_order`] in batches of `bs` (a data-parallel run's global batch, which each
-    /// rank then cuts into its share).
-    pub fn train_order_by<R: Rng>(&self, rng: &mut R, bs: usize) -> Vec<Vec<usize>> {
-        let mut idx: Vec<usize> = (0..self.train.len()).collect();
-        idx.shuffle(rng);
+    /// rank then cuts into its share); `balanced`: [`balanced_draws`] instead of a shuffle.
+    pub fn train_order_by<R: Rng>(
+        &self,
+        rng: &mut R,
+        bs: usize,
+        balanced: bool,
+    ) -> Vec<Vec<usize>> {
+        let idx = if balanced {
+            balanced_draws(&self.train.labels, rng)
+        } else {
+            let mut idx: Vec<usize> = (0..self.train.len()).collect();
+            idx.shuffle(rng);
+            idx
+        };
         idx.chunks_exact(bs.max(1)).map(<[usize]>::to_vec).collect()
+    }
+
+    /// Training images per class (multi-label: per label), in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        if self.is_multi_label() {
+            for set in &self.train.multi {
+                for &l in set {
+                    if let Some(c) = counts.get_mut(l as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+        } else {
+            for &l in &self.train.labels {
+                if let Some(c) = counts.get_mut(l as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
     }
 
     /// (u8 NHWC images, i64 labels) for training items `idx` (random crop position when cropping).
@@ -499,5 +530,57 @@ impl DataLoaders {
         }
         let labels: Vec<i64> = idx.iter().map(|&i| set.labels[i]).collect();
         (x, Tensor::from_slice(&labels))
+    }
+}
+
+/// fastai's `WeightedDL` with each image weighted `1 / n_class` (its class's image count): as many
+/// draws as there are images, with replacement, so every class is equally likely at each draw
+/// (`np.random.choice(n, n, p=wgts)`).
+pub fn balanced_draws<R: Rng>(labels: &[i64], rng: &mut R) -> Vec<usize> {
+    let mut count = std::collections::HashMap::new();
+    for &l in labels {
+        *count.entry(l).or_insert(0usize) += 1;
+    }
+    let weights: Vec<f64> = labels.iter().map(|l| 1.0 / count[l] as f64).collect();
+    match rand::distributions::WeightedIndex::new(&weights) {
+        Ok(dist) => (0..labels.len()).map(|_| rng.sample(&dist)).collect(),
+        // No images: nothing to draw.
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Classes of 900, 90 and 10 images are drawn a third of the time each: over 20 epochs
+    /// (20,000 draws) each share within 0.02 of 1/3 (six binomial standard deviations, 0.0033),
+    /// every image of the smallest class drawn, and an epoch as long as the training set.
+    #[test]
+    fn balanced_draws_give_every_class_an_equal_share() {
+        let labels: Vec<i64> = [(0, 900), (1, 90), (2, 10)]
+            .iter()
+            .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut per_class = [0usize; 3];
+        let mut seen_small = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let draws = balanced_draws(&labels, &mut rng);
+            assert_eq!(draws.len(), labels.len());
+            for i in draws {
+                per_class[labels[i] as usize] += 1;
+                if labels[i] == 2 {
+                    seen_small.insert(i);
+                }
+            }
+        }
+        for (c, n) in per_class.iter().enumerate() {
+            let share = *n as f64 / 20_000.0;
+            assert!((share - 1.0 / 3.0).abs() < 0.02, "class {c}: {share}");
+        }
+        assert_eq!(seen_small.len(), 10);
+        assert!(balanced_draws(&[], &mut rng).is_empty());
     }
 }

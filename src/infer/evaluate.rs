@@ -44,6 +44,12 @@ pub struct Loss {
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     pub accuracy: f64,
+    /// The mean of the classes' recalls over the classes in the test set (scikit-learn's
+    /// `balanced_accuracy_score`): what accuracy would be if every class had as many images.
+    pub balanced_accuracy: f64,
+    /// The mean of the classes' F1 over the classes in the test set or predicted (scikit-learn's
+    /// `f1_score(average="macro")`).
+    pub macro_f1: f64,
     pub correct: usize,
     pub total: usize,
     pub classes: Vec<String>,
@@ -169,7 +175,7 @@ pub fn evaluate_scan(
         return Err(EvalError::NoImages(test_dir.to_path_buf()));
     }
     let correct: usize = (0..n).map(|i| confusion[i][i]).sum();
-    let per_class = (0..n)
+    let per_class: Vec<ClassReport> = (0..n)
         .map(|c| {
             let tp = confusion[c][c] as f64;
             let predicted: usize = (0..n).map(|a| confusion[a][c]).sum();
@@ -212,7 +218,10 @@ pub fn evaluate_scan(
         super::trust::report::TestCalibration::measure(&probs, &y, c.temperature, bundle.calibrated)
     });
     let has_unknown = bundle.threshold().is_some();
+    let (balanced_accuracy, macro_f1) = class_means(&per_class, &confusion);
     Ok(Evaluation {
+        balanced_accuracy,
+        macro_f1,
         reliability,
         calibration,
         unknown: has_unknown.then_some(unknown),
@@ -231,6 +240,35 @@ pub fn evaluate_scan(
     })
 }
 
+/// Balanced accuracy (mean recall over the classes with test images) and macro F1 (mean F1 over
+/// the classes with test images or predictions), as scikit-learn defines them.
+fn class_means(per_class: &[ClassReport], confusion: &[Vec<usize>]) -> (f64, f64) {
+    let mean = |v: Vec<f64>| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let present = |c: usize| per_class[c].support > 0;
+    let predicted = |c: usize| confusion.iter().any(|row| row[c] > 0);
+    let n = per_class.len();
+    (
+        mean(
+            (0..n)
+                .filter(|&c| present(c))
+                .map(|c| per_class[c].recall)
+                .collect(),
+        ),
+        mean(
+            (0..n)
+                .filter(|&c| present(c) || predicted(c))
+                .map(|c| per_class[c].f1)
+                .collect(),
+        ),
+    )
+}
+
 impl Evaluation {
     /// The human report: accuracy line, per-class table, confusion matrix, confusions, top losses.
     pub fn to_text(&self) -> String {
@@ -239,10 +277,12 @@ impl Evaluation {
             None => String::new(),
         };
         let mut s = format!(
-            "Test accuracy{tta}: {:.2}% ({}/{})\n",
+            "Test accuracy{tta}: {:.2}% ({}/{}); balanced accuracy {:.2}%, macro F1 {:.4}\n",
             self.accuracy * 100.0,
             self.correct,
-            self.total
+            self.total,
+            self.balanced_accuracy * 100.0,
+            self.macro_f1
         );
         if let Some(c) = &self.calibration {
             s.push_str(&format!(

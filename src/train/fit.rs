@@ -111,6 +111,7 @@ impl Learner {
             opt: &mut self.opt,
             scaler: &mut self.scaler,
             label_smoothing: self.recipe.label_smoothing,
+            class_weights: self.class_weights.as_ref(),
             strategy: self.strategy.as_ref(),
             profile: false,
         };
@@ -297,6 +298,7 @@ impl Learner {
             stop,
             recipe,
             strategy,
+            class_weights,
             ..
         } = &mut *self;
         let (aug, mix) = (recipe.augmentation(), recipe.mix);
@@ -305,6 +307,7 @@ impl Learner {
             opt,
             scaler,
             label_smoothing: recipe.label_smoothing,
+            class_weights: class_weights.as_ref(),
             strategy: strategy.as_ref(),
             profile,
         };
@@ -378,6 +381,7 @@ pub(super) struct Stepper<'a> {
     pub opt: &'a mut Adam,
     pub scaler: &'a mut GradScaler,
     pub label_smoothing: f64,
+    pub class_weights: Option<&'a Tensor>,
     pub strategy: &'a dyn Strategy,
     pub profile: bool,
 }
@@ -396,7 +400,7 @@ impl Stepper<'_> {
     ) -> Result<(Tensor, Option<Tensor>), DistError> {
         let mut t = Timer::start(self.profile, self.net.device());
         let logits = self.net.forward_t(x, true);
-        let loss = super::loss::loss(&logits, y, self.label_smoothing, mix);
+        let loss = super::loss::loss(&logits, y, self.label_smoothing, mix, self.class_weights);
         t.lap(&mut times.forward);
         self.opt.zero_grad();
         self.scaler.scale_loss(&loss).backward();

@@ -11,7 +11,7 @@ use super::report::Report;
 use super::schedule::{LrSpec, OneCycle};
 pub use super::smooth_loss::SmoothLoss;
 use super::strategy::{DataParallel, Single, Strategy};
-use crate::bundle::{Checkpoint, EpochRow, FineTune, Recipe, TrackerState};
+use crate::bundle::{Checkpoint, EpochRow, FineTune, Recipe, RecipeError, TrackerState};
 use crate::data::DataLoaders;
 use crate::dist::{DistError, Replica};
 use crate::model::{Network, Precision};
@@ -36,6 +36,8 @@ pub struct Learner {
     /// How it learns: label smoothing, augmentation, mixing, trackers (its schedule is the
     /// argument of [`Self::fine_tune`], its weight decay the optimizer's).
     pub recipe: Recipe,
+    /// The recipe's class weights as the loss takes them (on the network's device).
+    pub class_weights: Option<Tensor>,
     /// The trackers' state in the current fit.
     pub(super) tracker: TrackerState,
     /// Under `--save-best`: CPU copies of the best epoch's variables in the current fit.
@@ -96,7 +98,25 @@ pub fn opt_params(net: &Network) -> Vec<(String, Tensor, usize, bool, bool)> {
 
 impl Learner {
     /// A learner that trains `net` on `dls` with `recipe`, drawing from `seed`.
-    pub fn new(net: Network, dls: DataLoaders, recipe: Recipe, seed: u64) -> Self {
+    /// Refuses class weights that do not name exactly the data's classes.
+    pub fn new(
+        net: Network,
+        dls: DataLoaders,
+        recipe: Recipe,
+        seed: u64,
+    ) -> Result<Self, RecipeError> {
+        let class_weights = recipe
+            .class_weight_values(
+                &dls.classes,
+                &dls.class_counts(),
+                dls.train.len(),
+                dls.is_multi_label(),
+            )?
+            .map(|w| {
+                Tensor::from_slice(&w)
+                    .to_kind(tch::Kind::Float)
+                    .to_device(net.device())
+            });
         let adam = AdamConfig {
             wd: recipe.wd,
             ..Default::default()
@@ -104,12 +124,13 @@ impl Learner {
         let opt = Adam::new(opt_params(&net), adam);
         let net_stats = net.arch.normalization();
         let scaler = GradScaler::new(net.precision() == Precision::Fp16);
-        Learner {
+        Ok(Learner {
             net,
             dls,
             opt,
             scaler,
             recipe,
+            class_weights,
             tracker: TrackerState::default(),
             best_weights: None,
             rows: Vec::new(),
@@ -126,7 +147,7 @@ impl Learner {
             profile: std::env::var_os("FINETUNE_PROFILE").is_some_and(|v| !v.is_empty()),
             strategy: Box::new(Single),
             dist_error: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// Makes this learner one replica of a data-parallel run: every variable (parameters and
@@ -212,7 +233,8 @@ impl Learner {
     /// rank draws the same permutation into global batches and takes its `bs` of each (rank 0
     /// the first), so the ranks together see exactly the batches one process would.
     pub(crate) fn epoch_order(&mut self) -> Vec<Vec<usize>> {
-        self.strategy.epoch_order(&self.dls, &mut self.rng)
+        self.strategy
+            .epoch_order(&self.dls, &mut self.rng, self.recipe.balanced)
     }
 
     /// The generator of this epoch's crops, augmentation and mixing draws: the data RNG alone;
@@ -251,7 +273,13 @@ impl Learner {
 
     /// The validation loss (never mixed).
     pub(super) fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
-        super::loss::loss(logits, y, self.recipe.label_smoothing, None)
+        super::loss::loss(
+            logits,
+            y,
+            self.recipe.label_smoothing,
+            None,
+            self.class_weights.as_ref(),
+        )
     }
 
     /// fastai `fine_tune`: one frozen fit (head + BatchNorm, `pct_start` 0.99, div 25), then the whole
@@ -331,7 +359,7 @@ mod tests {
         let dls = DataLoaders::from_folder(dir, cfg, &crate::data::Quiet).unwrap();
         let mut net = Network::classifier(Arch::Resnet18, 2, Device::Cpu);
         net.set_memory_format(format);
-        let mut l = Learner::new(net, dls, Recipe::default(), 5);
+        let mut l = Learner::new(net, dls, Recipe::default(), 5).unwrap();
         l.recipe.augment = true;
         l.recipe.aug = Some(crate::data::augment::AugConfig::default());
         l.recipe.mix = Some(mix);

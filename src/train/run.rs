@@ -210,7 +210,7 @@ impl Plan {
             calibration: None,
             unknown: None,
             training: Some(TrainingInfo {
-                recipe: self.recipe,
+                recipe: self.recipe.clone(),
                 bs: learn.dls.cfg.bs,
                 seed: self.cfg.seed,
                 pretrained_weights: pretrained,
@@ -334,7 +334,10 @@ impl Session {
             net.memory_format(),
             net.precision()
         ));
-        let mut learn = Learner::new(net, dls, plan.recipe, plan.cfg.seed);
+        if let Some(w) = imbalance_warning(&dls, &plan.recipe) {
+            (fb.log)(&w);
+        }
+        let mut learn = Learner::new(net, dls, plan.recipe.clone(), plan.cfg.seed)?;
         // The statistics the pretrained weights expect (a resumed run keeps its bundle's).
         (learn.mean, learn.std) = match &plan.resume {
             Some((info, _)) => (info.normalization.mean, info.normalization.std),
@@ -430,4 +433,30 @@ impl Session {
             leader,
         })
     }
+}
+
+/// Above this ratio of the largest class's training images to the smallest's, `train` says so.
+pub const IMBALANCE_RATIO: f64 = 5.0;
+
+/// A warning when the training set is skewed (the largest class over [`IMBALANCE_RATIO`] times
+/// the smallest) and the recipe does nothing about it, naming the options.
+pub fn imbalance_warning(dls: &crate::data::DataLoaders, recipe: &Recipe) -> Option<String> {
+    if recipe.class_weights.is_some() || recipe.balanced {
+        return None;
+    }
+    let counts = dls.class_counts();
+    let (lo, hi) = (
+        counts.iter().enumerate().min_by_key(|(_, &n)| n)?,
+        counts.iter().enumerate().max_by_key(|(_, &n)| n)?,
+    );
+    if (*hi.1 as f64) <= IMBALANCE_RATIO * (*lo.1).max(1) as f64 {
+        return None;
+    }
+    Some(format!(
+        "warning: skewed classes: `{}` has {} training images, `{}` only {} (over {IMBALANCE_RATIO}x); \
+         the model may rarely predict the small ones. Consider --class-weights auto (the loss \
+         weighs classes by inverse frequency) or --balanced (each epoch draws classes equally); \
+         evaluate reports balanced accuracy and macro F1",
+        dls.classes[hi.0], hi.1, dls.classes[lo.0], lo.1
+    ))
 }

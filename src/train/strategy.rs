@@ -20,9 +20,14 @@ pub trait Strategy: Send {
     fn is_leader(&self) -> bool {
         self.rank() == 0
     }
-    /// The epoch's training batches (index lists) from the seeded shuffle.
-    fn epoch_order(&self, dls: &DataLoaders, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
-        dls.train_order(rng)
+    /// The epoch's training batches (index lists) from the seeded shuffle, or `balanced` draws.
+    fn epoch_order(
+        &self,
+        dls: &DataLoaders,
+        rng: &mut ChaCha8Rng,
+        balanced: bool,
+    ) -> Vec<Vec<usize>> {
+        dls.train_order_by(rng, dls.cfg.bs, balanced)
     }
     /// The seed of this epoch's own crop, augmentation and mixing draws, `None` to draw from the
     /// data RNG itself.
@@ -89,9 +94,14 @@ impl Strategy for DataParallel {
     }
     /// Every rank draws the same permutation into global batches and takes its `bs` of each
     /// (rank 0 the first), so the ranks together see exactly the batches one process would.
-    fn epoch_order(&self, dls: &DataLoaders, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    fn epoch_order(
+        &self,
+        dls: &DataLoaders,
+        rng: &mut ChaCha8Rng,
+        balanced: bool,
+    ) -> Vec<Vec<usize>> {
         let (rank, bs) = (self.0.rank(), dls.cfg.bs);
-        dls.train_order_by(rng, bs * self.0.world())
+        dls.train_order_by(rng, bs * self.0.world(), balanced)
             .into_iter()
             .map(|b| b[rank * bs..(rank + 1) * bs].to_vec())
             .collect()

@@ -629,7 +629,7 @@ pub fn learner_for(arch: finetune::model::Arch, dir: &Path, bs: usize) -> finetu
     let dls = finetune::data::DataLoaders::from_folder(dir, cfg, &finetune::data::Quiet).unwrap();
     let net =
         finetune::model::Network::classifier(arch, dls.classes.len() as i64, tch::Device::Cpu);
-    finetune::train::Learner::new(net, dls, finetune::train::Recipe::default(), 42)
+    finetune::train::Learner::new(net, dls, finetune::train::Recipe::default(), 42).unwrap()
 }
 
 /// [`learner_for`] resnet18.
