@@ -263,11 +263,7 @@ pub(crate) fn train<'py>(
                     ),
                 },
             };
-            let tracking = (save_best.is_some() || early_stop.is_some()).then(|| Tracking {
-                monitor: save_best.unwrap_or(Monitor::ValidLoss),
-                save_best: save_best.is_some(),
-                patience: early_stop,
-            });
+            let tracking = Tracking::of(save_best, early_stop);
             Start::New {
                 data,
                 out,

@@ -332,3 +332,15 @@ pub struct Tracking {
     /// Stop a fit after this many epochs without improvement (`--early-stop`).
     pub patience: Option<usize>,
 }
+
+impl Tracking {
+    /// From `--save-best [MONITOR]` and `--early-stop PATIENCE` (Python's `save_best=`,
+    /// `early_stop=`): `None` without either; early stopping alone watches `valid_loss`.
+    pub fn of(save_best: Option<Monitor>, patience: Option<usize>) -> Option<Tracking> {
+        (save_best.is_some() || patience.is_some()).then(|| Tracking {
+            monitor: save_best.unwrap_or(Monitor::ValidLoss),
+            save_best: save_best.is_some(),
+            patience,
+        })
+    }
+}

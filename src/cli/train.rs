@@ -124,11 +124,7 @@ impl RecipeArgs {
             augment: self.aug.augment,
             aug: self.aug.augment.then(|| self.aug.config()),
             mix: self.mixup.map(Mix::Mixup).or(self.cutmix.map(Mix::Cutmix)),
-            tracking: (self.save_best.is_some() || self.early_stop.is_some()).then(|| Tracking {
-                monitor: self.save_best.unwrap_or(Monitor::ValidLoss),
-                save_best: self.save_best.is_some(),
-                patience: self.early_stop,
-            }),
+            tracking: Tracking::of(self.save_best, self.early_stop),
             class_weights: self
                 .class_weights
                 .as_deref()
