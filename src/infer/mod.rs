@@ -1,5 +1,6 @@
 //! Using a trained or pretrained network: prediction, evaluation, ImageNet classification.
 
+pub mod cam;
 pub mod embed;
 pub mod evaluate;
 pub mod evaluate_multi;

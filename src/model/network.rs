@@ -182,6 +182,23 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The body's output in eval mode, fp32 (the last convolutional block's feature map
+    /// `[N, C, h, w]` for a CNN, the class token's features `[N, D]` for ViT): what Grad-CAM
+    /// differentiates the class logit against.
+    pub fn body_output(&self, x: &Tensor) -> Tensor {
+        let x = self.format.apply(x);
+        let _autocast = Autocast::enter(self.device(), self.precision);
+        self.body.forward_t(&x, false).to_kind(tch::Kind::Float)
+    }
+
+    /// The logits of a body output (see [`Network::body_output`]), eval mode, fp32: split from
+    /// the body so a caller can take gradients with respect to the feature map alone.
+    pub fn top_output(&self, features: &Tensor) -> Tensor {
+        self.top.part().forward_t(features, false)
+    }
+}
+
 impl ModuleT for Network {
     /// `x` is taken in the network's memory format (converted when it is not, e.g. a contiguous
     /// NCHW batch given to a channels-last network).
