@@ -120,8 +120,11 @@ fn report_shows_evaluates_top_losses_in_order_and_its_confusion_matrix() {
         assert!(loss <= last, "loss order");
         last = loss;
     }
-    // Each top loss has its picture inline: nothing is loaded from anywhere.
-    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count(), 8);
+    // Each top loss has its pictures inline (its heatmaps for the predicted and the actual
+    // class): nothing is loaded from anywhere.
+    assert_eq!(html.matches("src=\"data:image/jpeg;base64,").count(), 16);
+    assert_eq!(html.matches("<img class=\"cam predicted\"").count(), 8);
+    assert_eq!(html.matches("<img class=\"cam actual\"").count(), 8);
     for remote in ["src=\"http", "href=", "url(", "<link", "<script"] {
         assert!(!html.contains(remote), "{remote}");
     }

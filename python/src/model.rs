@@ -100,6 +100,35 @@ impl Model {
     }
 }
 
+/// One image as Python hands it over: a path, an encoded file's bytes, or decoded pixels.
+enum Item {
+    Path(PathBuf),
+    Bytes(PathBuf, Vec<u8>),
+    Pixels(image::RgbImage),
+}
+
+impl Item {
+    /// `what` names the argument in errors (`items[3]`).
+    fn of(py: Python<'_>, it: &Bound<'_, PyAny>, what: &str) -> PyResult<Item> {
+        Ok(if let Ok(p) = it.extract::<PathBuf>() {
+            Item::Path(p)
+        } else if it.is_instance_of::<pyo3::types::PyBytes>() {
+            Item::Bytes(PathBuf::from(format!("<bytes {what}>")), it.extract::<Vec<u8>>()?)
+        } else {
+            Item::Pixels(rgb_of(py, it, what)?)
+        })
+    }
+
+    fn image(&self, cap: u64) -> Result<image::RgbImage, ItemError> {
+        Ok(match self {
+            Item::Path(p) if !p.exists() => return Err(ItemError::Missing(p.clone())),
+            Item::Path(p) => decode_file(p, cap).map_err(ItemError::Decode)?,
+            Item::Bytes(n, bytes) => decode_bytes(n, bytes).map_err(ItemError::Decode)?,
+            Item::Pixels(img) => img.clone(),
+        })
+    }
+}
+
 /// `obj` as one RGB image: any object with a uint8 buffer of shape (H, W, 3), e.g. a numpy array
 /// (others go through `numpy.asarray` first, so PIL images work too).
 pub(crate) fn rgb_of(
@@ -229,24 +258,9 @@ impl Model {
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        enum Item {
-            Path(PathBuf),
-            Bytes(PathBuf, Vec<u8>),
-            Pixels(image::RgbImage),
-        }
         let mut list = Vec::new();
         for (i, it) in items.try_iter()?.enumerate() {
-            let it = it?;
-            if let Ok(p) = it.extract::<PathBuf>() {
-                list.push(Item::Path(p));
-            } else if it.is_instance_of::<pyo3::types::PyBytes>() {
-                list.push(Item::Bytes(
-                    PathBuf::from(format!("<bytes {i}>")),
-                    it.extract::<Vec<u8>>()?,
-                ));
-            } else {
-                list.push(Item::Pixels(rgb_of(py, &it, &format!("items[{i}]"))?));
-            }
+            list.push(Item::of(py, &it?, &format!("items[{i}]"))?);
         }
         let cap = self.max_file_bytes;
         let rows = py.detach(|| {
@@ -255,17 +269,7 @@ impl Model {
             let mut out: Vec<Result<Vec<f32>, ItemError>> = Vec::with_capacity(list.len());
             finetune::infer::predict::map_batches(
                 &list,
-                |it| {
-                    let img = match it {
-                        Item::Path(p) if !p.exists() => return Err(ItemError::Missing(p.clone())),
-                        Item::Path(p) => decode_file(p, cap).map_err(ItemError::Decode)?,
-                        Item::Bytes(n, bytes) => {
-                            decode_bytes(n, bytes).map_err(ItemError::Decode)?
-                        }
-                        Item::Pixels(img) => img.clone(),
-                    };
-                    Ok(finetune::infer::predict::preprocess(&img, info))
-                },
+                |it| Ok(finetune::infer::predict::preprocess(&it.image(cap)?, info)),
                 |imgs| {
                     let f = finetune::infer::predict::features(&b, imgs);
                     finetune::infer::trust::fit::rows(&f.pooled)
@@ -286,6 +290,55 @@ impl Model {
         let arr = np.call_method1("array", (flat,))?;
         let arr = arr.call_method1("astype", ("float32",))?;
         arr.call_method1("reshape", ((rows.len(), d),))
+    }
+
+    /// The Grad-CAM heatmap of one image (a path, encoded bytes or uint8 RGB pixels (H, W, 3)):
+    /// a float32 array (H, W) in [0, 1] at the model's input size, over the image as the model
+    /// sees it (its resize and crop). `label` names the class to explain (a name or an index;
+    /// the predicted class by default; Python reserves `class`); with `overlay=True`, the
+    /// heatmap drawn over that image as uint8 RGB (H, W, 3) instead, as `predict --cam` writes.
+    #[pyo3(signature = (image, label=None, overlay=false))]
+    fn cam<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        label: Option<&Bound<'py, PyAny>>,
+        overlay: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let item = Item::of(py, image, "image")?;
+        let want = match label {
+            None => None,
+            Some(l) => Some(match l.extract::<usize>() {
+                Ok(i) => i.to_string(),
+                Err(_) => l.extract::<String>().map_err(|_| {
+                    PyTypeError::new_err("label: a class name (str) or index (int)")
+                })?,
+            }),
+        };
+        let cap = self.max_file_bytes;
+        let (cam, seen) = py.detach(|| {
+            let b = self.lock();
+            let class = want
+                .map(|w| finetune::infer::cam::class_index(&b.info.classes, &w))
+                .transpose()
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let img = finetune::infer::predict::preprocess(&item.image(cap).map_err(|e| e.to_py())?, &b.info);
+            let cams = finetune::infer::cam::cams(&b, &[&img], &[class])
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let cam = cams.into_iter().next().ok_or_else(|| PyValueError::new_err("no heatmap"))?;
+            Ok::<_, PyErr>((cam, img))
+        })?;
+        let np = py.import("numpy")?;
+        let (h, w) = (cam.height as usize, cam.width as usize);
+        if overlay {
+            let arr = np.call_method1("array", (cam.overlay(&seen).into_raw(),))?;
+            arr.call_method1("astype", ("uint8",))?
+                .call_method1("reshape", ((h, w, 3),))
+        } else {
+            let arr = np.call_method1("array", (cam.heat,))?;
+            arr.call_method1("astype", ("float32",))?
+                .call_method1("reshape", ((h, w),))
+        }
     }
 
     /// Like `predict`, for encoded image files in memory (bytes of a JPEG, PNG, ...): decoding and

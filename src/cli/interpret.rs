@@ -1,6 +1,6 @@
 use finetune::bundle;
 use finetune::infer::evaluate::{evaluate, evaluate_scan};
-use finetune::infer::interpret::{contact_sheet, html, thumbnail, Context};
+use finetune::infer::interpret::{contact_sheet, html, pictures, Context};
 use finetune::infer::splits::{self, SplitChoice};
 use std::path::PathBuf;
 
@@ -53,17 +53,13 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     for (p, why) in &ev.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
     }
-    let thumbs: Vec<_> = ev
-        .top_losses
-        .iter()
-        .map(|l| thumbnail(&b, &l.path, max_file_bytes))
-        .collect();
+    let pics = pictures(&b, &ev, max_file_bytes);
     let ctx = Context {
         model: &a.model,
         data: &a.data,
         split: a.split,
     };
-    finetune::atomic::write_file(&a.out, html(&ev, &ctx, &thumbs).as_bytes())
+    finetune::atomic::write_file(&a.out, html(&ev, &ctx, &pics).as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.out.display()))?;
     println!(
         "wrote {} (accuracy {:.2}% on {} images, top {} losses)",
@@ -74,7 +70,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     );
     if let Some(p) = &a.png {
         let mut png = std::io::Cursor::new(Vec::new());
-        contact_sheet(&ev, &thumbs).write_to(&mut png, image::ImageFormat::Png)?;
+        contact_sheet(&ev, &pics).write_to(&mut png, image::ImageFormat::Png)?;
         finetune::atomic::write_file(p, png.get_ref())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
         println!("wrote {}", p.display());

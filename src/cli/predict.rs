@@ -1,3 +1,4 @@
+use anyhow::Context;
 use finetune::bundle;
 use finetune::infer::predict;
 use std::io::Write;
@@ -23,6 +24,10 @@ pub struct Args {
     /// CSV on stdout: path,label,probability (top_k rows per image).
     #[arg(long)]
     csv: bool,
+    /// Write a Grad-CAM heatmap over each image (as the model saw it) into this folder, one PNG
+    /// per image named after it: the regions that drove the predicted class.
+    #[arg(long, value_name = "DIR")]
+    cam: Option<PathBuf>,
     #[command(flatten)]
     tta: super::TtaArgs,
     #[command(flatten)]
@@ -81,9 +86,17 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut failed = 0usize;
     let mut io_err = None;
+    if let Some(dir) = &a.cam {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the --cam folder {}", dir.display()))?;
+    }
+    let mut explain = Vec::new();
     predict::predict_each(&b, &paths, &a.tta.options(max_file_bytes)?, |r| match r {
         Ok(p) => {
             let top = p.decide(task, k, a.thresh);
+            if a.cam.is_some() {
+                explain.push((p.path.clone(), predict::best(&p.probs)));
+            }
             let path = p.path.display().to_string();
             let score = p.score.filter(|_| scored);
             let res = if a.json {
@@ -142,6 +155,13 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
     }
     out.flush().ok();
+    if let Some(dir) = &a.cam {
+        let o = finetune::infer::cam::write_overlays(&b, &explain, dir, max_file_bytes)?;
+        for (p, why) in &o.skipped {
+            eprintln!("warning: no heatmap for {}: {why}", p.display());
+        }
+        eprintln!("wrote {} heatmap(s) to {}", o.written.len(), dir.display());
+    }
     anyhow::ensure!(
         failed < paths.len(),
         "none of the {} images could be read",

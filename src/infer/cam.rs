@@ -201,6 +201,60 @@ impl Cam {
     }
 }
 
+/// `predict --cam DIR`'s files: for each (image, class), the overlay of that class's heatmap on
+/// the image as the model saw it, as `DIR/<file stem>.png` (`<stem>-2.png`, … when two inputs
+/// share a stem), written atomically, a few images per pass. Returns the files written and the
+/// inputs that could not be read (with why); a Grad-CAM refusal (ViT) stops at the first pass.
+pub fn write_overlays(
+    bundle: &Bundle,
+    items: &[(std::path::PathBuf, usize)],
+    dir: &std::path::Path,
+    max_file_bytes: u64,
+) -> Result<Overlays, CamError> {
+    use crate::data::decode::decode_file;
+    let mut out = Overlays::default();
+    let mut used = std::collections::HashSet::new();
+    for chunk in items.chunks(16) {
+        let mut ok = Vec::new();
+        for (path, class) in chunk {
+            match decode_file(path, max_file_bytes) {
+                Ok(img) => ok.push((path, *class, super::forward::preprocess(&img, &bundle.info))),
+                Err(e) => out.skipped.push((path.clone(), e.reason())),
+            }
+        }
+        let images: Vec<&RgbImage> = ok.iter().map(|(_, _, i)| i).collect();
+        let classes: Vec<Option<usize>> = ok.iter().map(|(_, c, _)| Some(*c)).collect();
+        for ((path, _, img), cam) in ok.iter().zip(cams(bundle, &images, &classes)?) {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
+            let name = (1..)
+                .map(|i| match i {
+                    1 => format!("{stem}.png"),
+                    _ => format!("{stem}-{i}.png"),
+                })
+                .find(|n| used.insert(n.clone()))
+                .unwrap_or_default();
+            let file = dir.join(name);
+            match crate::atomic::write_file(&file, &cam.overlay_png(img)) {
+                Ok(()) => out.written.push((path.to_path_buf(), file)),
+                Err(e) => out.skipped.push((file, format!("cannot write: {e}"))),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What [`write_overlays`] did.
+#[derive(Debug, Default)]
+pub struct Overlays {
+    /// (input, overlay file).
+    pub written: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// (input or file, why not).
+    pub skipped: Vec<(std::path::PathBuf, String)>,
+}
+
 /// The "jet" colour scale (MATLAB's, matplotlib's `jet`): blue, cyan, yellow, red. Written out
 /// because it is four line segments, not worth a colour-map crate.
 fn jet(v: f32) -> [u8; 3] {

@@ -23,14 +23,11 @@ pub struct Context<'a> {
 /// dozens of images stays a few MB.
 const THUMB: u32 = 192;
 
-/// A top-loss image as the model saw it (the validation transform), scaled to 192 pixels;
-/// `None` when the file can no longer be read (it is then listed without a picture).
-pub fn thumbnail(bundle: &Bundle, path: &std::path::Path, max_file_bytes: u64) -> Option<RgbImage> {
-    let img = decode_file(path, max_file_bytes).ok()?;
-    let img = preprocess(&img, &bundle.info);
+/// `img` with its longest side at [`THUMB`] pixels.
+fn to_thumb(img: &RgbImage) -> RgbImage {
     let (w, h) = img.dimensions();
     if w.max(h) == THUMB {
-        return Some(img);
+        return img.clone();
     }
     // Small models' inputs are enlarged too, so a 32-pixel model's mistakes can still be seen.
     let s = THUMB as f64 / w.max(h) as f64;
@@ -38,12 +35,51 @@ pub fn thumbnail(bundle: &Bundle, path: &std::path::Path, max_file_bytes: u64) -
         ((w as f64 * s).round() as u32).max(1),
         ((h as f64 * s).round() as u32).max(1),
     );
-    Some(image::imageops::resize(
-        &img,
-        tw,
-        th,
-        image::imageops::FilterType::Triangle,
-    ))
+    image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle)
+}
+
+/// The report's pictures of the top losses, `[i]` for `ev.top_losses[i]`: the image as the
+/// model saw it, and its Grad-CAM overlays for the predicted and the actual class.
+pub struct Pictures {
+    pub thumbs: Vec<Option<RgbImage>>,
+    /// `[predicted, actual]`, thumbnail-sized.
+    pub heatmaps: Vec<Option<[RgbImage; 2]>>,
+    /// Why there are no heatmaps (a ViT), said in the report.
+    pub no_heatmaps: Option<String>,
+}
+
+/// Reads each top-loss image once for its thumbnail and its two heatmaps (one Grad-CAM pass per
+/// image, the predicted and the actual class together).
+pub fn pictures(bundle: &Bundle, ev: &Evaluation, max_file_bytes: u64) -> Pictures {
+    let mut p = Pictures {
+        thumbs: Vec::new(),
+        heatmaps: Vec::new(),
+        no_heatmaps: None,
+    };
+    let index = |label: &str| ev.classes.iter().position(|c| c == label);
+    for l in &ev.top_losses {
+        let seen = decode_file(&l.path, max_file_bytes)
+            .ok()
+            .map(|img| preprocess(&img, &bundle.info));
+        p.thumbs.push(seen.as_ref().map(to_thumb));
+        let maps = match (&seen, index(&l.predicted), index(&l.actual), &p.no_heatmaps) {
+            (Some(img), Some(pred), Some(actual), None) => {
+                match super::cam::cams(bundle, &[img, img], &[Some(pred), Some(actual)]) {
+                    Ok(c) if c.len() == 2 => {
+                        Some([to_thumb(&c[0].overlay(img)), to_thumb(&c[1].overlay(img))])
+                    }
+                    Ok(_) => None,
+                    Err(e) => {
+                        p.no_heatmaps = Some(e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        p.heatmaps.push(maps);
+    }
+    p
 }
 
 /// fastai's `plot_top_losses` title: prediction / actual / loss / probability of the prediction.
@@ -83,10 +119,11 @@ figure.loss img{display:block;max-width:100%;margin:auto}\
 figcaption{font-size:.85em;margin-top:4px;word-break:break-all}\
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}\
 td:first-child,th:first-child{text-align:left}.svgs{display:flex;flex-wrap:wrap;gap:24px}\
-.path{color:#666;font-size:.8em}";
+.path{color:#666;font-size:.8em}\
+.cams .actual,.cams:hover .predicted{display:none}.cams:hover .actual{display:block}";
 
-/// The whole report. `thumbs[i]` belongs to `ev.top_losses[i]`.
-pub fn html(ev: &Evaluation, ctx: &Context, thumbs: &[Option<RgbImage>]) -> String {
+/// The whole report.
+pub fn html(ev: &Evaluation, ctx: &Context, pics: &Pictures) -> String {
     let mut s = String::with_capacity(64 * 1024);
     let what = match ctx.split {
         None => "all images".to_string(),
@@ -109,18 +146,35 @@ pub fn html(ev: &Evaluation, ctx: &Context, thumbs: &[Option<RgbImage>]) -> Stri
     let _ = write!(
         s,
         "<h2>Top losses</h2>\n<p>Each title: prediction/actual/loss/probability (fastai's \
-         <code>plot_top_losses</code>).</p>\n<div class=\"grid\" id=\"top-losses\">\n"
+         <code>plot_top_losses</code>). {cams}</p>\n<div class=\"grid\" id=\"top-losses\">\n",
+        cams = match &pics.no_heatmaps {
+            None => "Each image carries its Grad-CAM heatmap for the predicted class (red: the \
+                     regions that drove it); hover over it for the actual class's."
+                .to_string(),
+            Some(why) => format!("No heatmaps: {}.", esc(why)),
+        }
     );
+    let tag = |t: &RgbImage, class: &str, alt: &str| {
+        format!(
+            "<img class=\"{class}\" src=\"{}\" width=\"{}\" height=\"{}\" alt=\"{}\">",
+            jpeg_data_uri(t),
+            t.width(),
+            t.height(),
+            esc(alt)
+        )
+    };
     for (i, l) in ev.top_losses.iter().enumerate() {
-        let img = match thumbs.get(i).and_then(|t| t.as_ref()) {
-            Some(t) => format!(
-                "<img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"{}\">",
-                jpeg_data_uri(t),
-                t.width(),
-                t.height(),
-                esc(&l.actual)
+        let heat = pics.heatmaps.get(i).and_then(|h| h.as_ref());
+        let img = match (heat, pics.thumbs.get(i).and_then(|t| t.as_ref())) {
+            (Some([pred, actual]), _) => format!(
+                "<div class=\"cams\" title=\"heatmap of {p}; hover: of {a}\">{}{}</div>",
+                tag(pred, "cam predicted", &format!("heatmap of {}", l.predicted)),
+                tag(actual, "cam actual", &format!("heatmap of {}", l.actual)),
+                p = esc(&l.predicted),
+                a = esc(&l.actual),
             ),
-            None => "<p>(unreadable now)</p>".to_string(),
+            (None, Some(t)) => tag(t, "plain", &l.actual),
+            (None, None) => "<p>(unreadable now)</p>".to_string(),
         };
         let _ = writeln!(
             s,
@@ -222,7 +276,8 @@ pub fn html(ev: &Evaluation, ctx: &Context, thumbs: &[Option<RgbImage>]) -> Stri
 }
 
 /// The top losses as one PNG contact sheet (for terminals and CI logs), titled as in the report.
-pub fn contact_sheet(ev: &Evaluation, thumbs: &[Option<RgbImage>]) -> RgbImage {
+pub fn contact_sheet(ev: &Evaluation, pics: &Pictures) -> RgbImage {
+    let thumbs = &pics.thumbs;
     let side = thumbs
         .iter()
         .flatten()

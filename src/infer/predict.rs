@@ -60,6 +60,15 @@ pub fn decide(
     idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
+/// The most likely class (the first of equals): what a heatmap explains when no class is named.
+pub fn best(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
+        .0
+}
+
 /// A multi-label threshold must leave room on both sides: (0, 1).
 pub fn check_thresh(thresh: f64) -> Result<(), String> {
     if thresh > 0.0 && thresh < 1.0 {

@@ -21,6 +21,9 @@ pub enum InferError {
     Decode(String),
     #[error("{0}")]
     Internal(String),
+    /// The model cannot do what was asked (a heatmap of a vision transformer).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What a request asks of each image.
@@ -30,6 +33,8 @@ pub enum Want {
     /// The answer after test-time augmentation (fastai's defaults).
     Tta,
     Embedding,
+    /// The Grad-CAM overlay of a class (the predicted one when `None`).
+    Cam(Option<usize>),
 }
 
 /// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers;
@@ -41,9 +46,18 @@ pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Answ
         .into_iter()
         .map(|o| match o {
             Output::Answer(a) => a,
-            Output::Embedding(_) => Answer::default(),
+            _ => Answer::default(),
         })
         .collect())
+}
+
+/// The Grad-CAM overlay (PNG) of one encoded image for `class` (the predicted one when `None`),
+/// and the class it explains.
+pub async fn cam(m: &Model, image: Bytes, class: Option<usize>) -> Result<(Vec<u8>, usize), InferError> {
+    match run(m, vec![image], Want::Cam(class)).await?.into_iter().next() {
+        Some(Output::Cam(r)) => r.map_err(InferError::Unsupported),
+        _ => Err(InferError::Internal("the worker gave no heatmap".into())),
+    }
 }
 
 /// The embeddings of encoded images (the head's input, as `finetune embed`).
@@ -53,7 +67,7 @@ pub async fn embeddings(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, 
         .into_iter()
         .map(|o| match o {
             Output::Embedding(e) => e,
-            Output::Answer(_) => Vec::new(),
+            _ => Vec::new(),
         })
         .collect())
 }
@@ -74,6 +88,7 @@ async fn run(m: &Model, images: Vec<Bytes>, want: Want) -> Result<Vec<Output>, I
                         }
                         Want::Answer => Input::Image(preprocess(&img, &info)),
                         Want::Embedding => Input::Embed(preprocess(&img, &info)),
+                        Want::Cam(c) => Input::Cam(preprocess(&img, &info), c),
                     })
                     .map_err(|e| if several { e.to_string() } else { e.reason() })
             })
@@ -92,7 +107,7 @@ pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Answer>, InferE
         .into_iter()
         .map(|o| match o {
             Output::Answer(a) => a,
-            Output::Embedding(_) => Answer::default(),
+            _ => Answer::default(),
         })
         .collect())
 }

@@ -25,6 +25,8 @@ pub enum Input {
     /// Like `Image`, for its embedding (the head's input, as `finetune embed`) instead of an
     /// answer.
     Embed(RgbImage),
+    /// Like `Image`, for its Grad-CAM overlay (`?cam=1`): the class asked for, or the predicted.
+    Cam(RgbImage, Option<usize>),
 }
 
 /// What the worker sends back for one input.
@@ -32,6 +34,8 @@ pub enum Input {
 pub enum Output {
     Answer(Answer),
     Embedding(Vec<f32>),
+    /// The overlay as PNG bytes and the class it explains, or why there is none.
+    Cam(Result<(Vec<u8>, usize), String>),
 }
 
 /// One image and where its answer goes.
@@ -170,6 +174,13 @@ fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Output> {
         Input::Embed(x) => Some(x),
         _ => None,
     });
+    let cam_jobs: Vec<(&RgbImage, Option<usize>)> = jobs
+        .iter()
+        .filter_map(|j| match &j.input {
+            Input::Cam(x, c) => Some((x, *c)),
+            _ => None,
+        })
+        .collect();
     let tensors: Vec<&[f32]> = jobs
         .iter()
         .filter_map(|j| match &j.input {
@@ -193,12 +204,39 @@ fn forward(bundle: &Bundle, jobs: &[Job]) -> Vec<Output> {
         let x = tch::Tensor::from_slice(&flat).view([tensors.len() as i64, 3, h, w]);
         answers_of(bundle, &x).into_iter()
     };
+    let mut from_cam = cam_overlays(bundle, &cam_jobs).into_iter();
     jobs.iter()
         .map(|j| match j.input {
             Input::Image(_) => Output::Answer(from_images.next().unwrap_or_default()),
             Input::Tensor(_) => Output::Answer(from_tensors.next().unwrap_or_default()),
             Input::Tta(_) => Output::Answer(from_tta.next().unwrap_or_default()),
             Input::Embed(_) => Output::Embedding(from_embed.next().unwrap_or_default()),
+            Input::Cam(..) => Output::Cam(
+                from_cam
+                    .next()
+                    .unwrap_or_else(|| Err("no heatmap was made".into())),
+            ),
         })
         .collect()
+}
+
+/// The Grad-CAM overlays of `?cam=1` requests, one pass (the worker's thread runs without
+/// gradients; `cam` turns them on for the head alone).
+fn cam_overlays(
+    bundle: &Bundle,
+    jobs: &[(&RgbImage, Option<usize>)],
+) -> Vec<Result<(Vec<u8>, usize), String>> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let images: Vec<&RgbImage> = jobs.iter().map(|j| j.0).collect();
+    let classes: Vec<Option<usize>> = jobs.iter().map(|j| j.1).collect();
+    match crate::infer::cam::cams(bundle, &images, &classes) {
+        Ok(cams) => cams
+            .iter()
+            .zip(&images)
+            .map(|(c, img)| Ok((c.overlay_png(img), c.class)))
+            .collect(),
+        Err(e) => jobs.iter().map(|_| Err(e.to_string())).collect(),
+    }
 }

@@ -50,6 +50,9 @@ impl From<InferError> for ApiError {
         let status = match e {
             InferError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             InferError::Decode(_) => StatusCode::BAD_REQUEST,
+            // Asked of a model that cannot give it (a heatmap of a ViT): 422, the request was
+            // well formed.
+            InferError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             InferError::WorkerGone | InferError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

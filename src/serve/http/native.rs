@@ -166,6 +166,36 @@ fn parse_tta(query: Option<&str>) -> Result<bool, ApiError> {
     Ok(false)
 }
 
+/// `?cam=1`: the Grad-CAM overlay (a PNG) instead of the answer; `&class=NAME` (or an index)
+/// explains that class rather than the predicted one.
+fn parse_cam(query: Option<&str>, classes: &[String]) -> Result<Option<Option<usize>>, ApiError> {
+    let mut on = false;
+    let mut class = None;
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("cam=") {
+            on = match v {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => return Err(ApiError::bad(format!("cam must be 1 or 0, not {v:?}"))),
+            };
+        } else if let Some(v) = pair.strip_prefix("class=") {
+            let name = percent_decode(v);
+            class = Some(
+                crate::infer::cam::class_index(classes, &name)
+                    .map_err(|e| ApiError::bad(e.to_string()))?,
+            );
+        }
+    }
+    Ok(on.then_some(class))
+}
+
+/// `%XX` escapes and `+` of a query value (class names may hold spaces or non-ASCII letters).
+fn percent_decode(v: &str) -> String {
+    percent_encoding::percent_decode_str(&v.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 fn parse_top_k(query: Option<&str>) -> Result<Option<usize>, ApiError> {
     for pair in query.unwrap_or("").split('&') {
         if let Some(v) = pair.strip_prefix("top_k=") {
@@ -230,6 +260,26 @@ pub async fn embed(
     ))
 }
 
+/// The overlay as `image/png`; the class it explains in `X-Cam-Class` (its index) and
+/// `X-Cam-Label` (percent-encoded UTF-8, as a header carries only ASCII).
+fn cam_response(png: Vec<u8>, class: usize, classes: &[String]) -> Response {
+    let label = classes
+        .get(class)
+        .map(|l| {
+            percent_encoding::utf8_percent_encode(l, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .unwrap_or_default();
+    (
+        [
+            (header::CONTENT_TYPE, "image/png".to_string()),
+            (header::HeaderName::from_static("x-cam-class"), class.to_string()),
+            (header::HeaderName::from_static("x-cam-label"), label),
+        ],
+        png,
+    )
+        .into_response()
+}
+
 pub async fn predictions(
     State(st): St,
     Path(name): Path<String>,
@@ -243,8 +293,17 @@ pub async fn predictions(
         .clamp(1, classes.len().max(1));
     let tta = parse_tta(q.as_deref())?;
     let thresh = parse_thresh(q.as_deref())?;
-    let (images, several) = read_images(req, st.body_timeout).await?;
+    let cam = parse_cam(q.as_deref(), classes)?;
+    let (mut images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
+    if let Some(class) = cam {
+        if several || images.len() != 1 {
+            return Err(ApiError::bad("cam=1 explains one image; send one per request"));
+        }
+        let image = images.pop().unwrap_or_default();
+        let (png, c) = facade::cam(m, image, class).await?;
+        return Ok(timed(t, cam_response(png, c, classes)));
+    }
     let answers = facade::images(m, images, tta).await?;
     let lists: Vec<Value> = answers.iter().map(|a| top(a, &m.info, k, thresh)).collect();
     Ok(timed(
