@@ -331,8 +331,10 @@ impl Model {
         let np = py.import("numpy")?;
         let (h, w) = (cam.height as usize, cam.width as usize);
         if overlay {
-            let arr = np.call_method1("array", (cam.overlay(&seen).into_raw(),))?;
-            arr.call_method1("astype", ("uint8",))?
+            // Vec<u8> becomes Python bytes, which numpy reads as a buffer (copied: writable).
+            let raw = pyo3::types::PyBytes::new(py, &cam.overlay(&seen).into_raw());
+            np.call_method1("frombuffer", (raw, "uint8"))?
+                .call_method0("copy")?
                 .call_method1("reshape", ((h, w, 3),))
         } else {
             let arr = np.call_method1("array", (cam.heat,))?;
