@@ -67,8 +67,20 @@ pub fn fit_and_report(
     }
     let c = &f.calibration;
     println!(
-        "calibrated on {} valid images: temperature {:.3} (NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
-        c.images, c.temperature, c.nll_before, c.nll_after, c.ece_before, c.ece_after
+        "calibrated on {} valid images: temperature {:.3} (NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}){}",
+        c.images,
+        c.temperature,
+        c.nll_before,
+        c.nll_after,
+        c.ece_before,
+        c.ece_after,
+        // The fit never lands on exactly 1: this is the "nothing to fit" answer.
+        if c.temperature == 1.0 {
+            "; every valid image was answered right, which leaves nothing to fit, so the \
+             probabilities stay the softmax's"
+        } else {
+            ""
+        }
     );
     match &f.unknown {
         Some(u) => println!(

@@ -67,8 +67,13 @@ pub fn nll(logits: &[Vec<f32>], targets: Targets, temperature: f64) -> f64 {
 /// function minus a linear one), so a golden-section search on `1 / T ∈ [1/20, 20]` finds its
 /// minimum to ~1e-9 without L-BFGS's line-search state; no optimisation crate needed for one
 /// scalar.
+///
+/// A validation set answered entirely right ([`separable`]) has no minimum: its NLL keeps falling
+/// as `T → 0`, and the fit would only find the search's bound (`T = 0.05`, which prints every
+/// answer at 1.00, wrong ones on new photos included). Nothing then says the model is under- or
+/// over-confident, so `T` stays 1.
 pub fn fit_temperature(logits: &[Vec<f32>], targets: Targets) -> f64 {
-    if logits.is_empty() {
+    if logits.is_empty() || separable(logits, targets) {
         return 1.0;
     }
     let f = |beta: f64| nll(logits, targets, 1.0 / beta);
@@ -93,6 +98,22 @@ pub fn fit_temperature(logits: &[Vec<f32>], targets: Targets) -> f64 {
         }
     }
     1.0 / ((a + b) / 2.0)
+}
+
+/// Every image's answer is right with a margin: its target's logit is the strict maximum (for a
+/// multi-label model, every label's logit is on its side of 0).
+pub fn separable(logits: &[Vec<f32>], targets: Targets) -> bool {
+    match targets {
+        Targets::Single(y) => logits.iter().zip(y).all(|(z, &y)| {
+            z.iter()
+                .enumerate()
+                .all(|(i, &v)| i == y || v < z.get(y).copied().unwrap_or(f32::NEG_INFINITY))
+        }),
+        Targets::Multi(t) => logits
+            .iter()
+            .zip(t)
+            .all(|(z, t)| z.iter().zip(t).all(|(&v, &pos)| (v > 0.0) == pos && v != 0.0)),
+    }
 }
 
 /// Per confidence bin (equal widths; bin m holds ((m−1)/M, m/M], 0 goes to the first): how many
@@ -201,6 +222,24 @@ mod tests {
         let p = probabilities(&logits[..1], t, false);
         assert!((p[0][0] - 0.7).abs() < 1e-3, "{p:?}");
         assert!(ece(&probabilities(&logits, t, false), Targets::Single(&y)) < 1e-3);
+    }
+
+    /// All right: the NLL falls all the way to the bound, so no temperature is fitted; one wrong
+    /// answer gives the NLL a minimum inside the bounds again.
+    #[test]
+    fn a_validation_set_without_errors_keeps_t_at_one() {
+        let mut logits: Vec<Vec<f32>> = (0..20).map(|i| vec![3.0 + (i % 3) as f32, 0.0]).collect();
+        let mut y = vec![0; 20];
+        assert!(separable(&logits, Targets::Single(&y)));
+        assert_eq!(fit_temperature(&logits, Targets::Single(&y)), 1.0);
+        let multi: Vec<Vec<bool>> = logits.iter().map(|_| vec![true, false]).collect();
+        let pos: Vec<Vec<f32>> = logits.iter().map(|z| vec![z[0], -1.0]).collect();
+        assert_eq!(fit_temperature(&pos, Targets::Multi(&multi)), 1.0);
+        logits.push(vec![4.0, 0.0]);
+        y.push(1);
+        assert!(!separable(&logits, Targets::Single(&y)));
+        let t = fit_temperature(&logits, Targets::Single(&y));
+        assert!(t > 0.06 && t < 19.0 && t != 1.0, "T = {t}");
     }
 
     #[test]
