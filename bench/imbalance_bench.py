@@ -6,8 +6,9 @@ minority: dress, hat, outwear, shorts, skirt) cut to a tenth, every other class 
 validation and test sets untouched. mobilenet_v2 from ../shared/weights is fine-tuned as
 `finetune train` does (160 px, one frozen epoch and --epochs unfrozen ones) with each option and
 each seed, then `finetune evaluate --json` on the full test set prints: accuracy, balanced
-accuracy, macro F1, and the minority classes' mean recall; the last rows are the means over the
-seeds, the figures docs/benchmarks.md quotes.
+accuracy, macro F1, and the minority classes' mean recall; then fastai 2.8's `WeightedDL` on the
+same data and recipe (bench/fastai_weighted.py; `--no-fastai` leaves it out); the last rows are
+the means over the seeds, the figures docs/benchmarks.md quotes.
 
     .venv/bin/python bench/imbalance_bench.py [--seeds 1 2 3] [--epochs 1] [--size 160] [--work DIR]
 """
@@ -54,12 +55,34 @@ def run(*args):
     return p
 
 
+def scores(r):
+    """accuracy, balanced accuracy, macro F1 and minority recall of fastai_weighted.py's answers,
+    as `finetune evaluate --json` defines them (recall and F1 per class; a class never predicted
+    has precision 0)."""
+    classes, actual, predicted = r["classes"], r["actual"], r["predicted"]
+    per = []
+    for i, _ in enumerate(classes):
+        tp = sum(1 for a, p in zip(actual, predicted) if a == i and p == i)
+        support = sum(1 for a in actual if a == i)
+        guessed = sum(1 for p in predicted if p == i)
+        recall = tp / support if support else 0.0
+        precision = tp / guessed if guessed else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per.append((recall, f1, support))
+    accuracy = sum(1 for a, p in zip(actual, predicted) if a == p) / len(actual)
+    present = [x for x in per if x[2]]
+    minority = statistics.mean(per[classes.index(c)][0] for c in MINORITY)
+    return (accuracy, statistics.mean(x[0] for x in present), statistics.mean(x[1] for x in present), minority)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--no-fastai", dest="fastai", action="store_false",
+                    help="leave out fastai's WeightedDL rows (they need fastai in the venv)")
     a = ap.parse_args()
     weights = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
     if not weights.is_file():
@@ -85,6 +108,13 @@ def main():
             row = (ev["accuracy"], ev["balanced_accuracy"], ev["macro_f1"], minority)
             results.setdefault(name, []).append(row)
             print(f"| {name} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |", flush=True)
+    if a.fastai:
+        for seed in a.seeds:
+            got = work / f"fastai-{seed}.json"
+            run(sys.executable, REPO / "bench" / "fastai_weighted.py", data, weights, a.size, a.epochs, seed, got)
+            row = scores(json.loads(got.read_text()))
+            results.setdefault("fastai WeightedDL", []).append(row)
+            print(f"| fastai WeightedDL | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |", flush=True)
     print()
     print("| option (mean of seeds) | accuracy | balanced accuracy | macro F1 | minority recall |")
     print("|---|---|---|---|---|")

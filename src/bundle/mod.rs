@@ -62,7 +62,7 @@ pub enum BundleError {
     },
     #[error("{path} is not valid: {msg}")]
     Json { path: PathBuf, msg: String },
-    #[error("{path} has format version {found}, this finetune reads version {FORMAT_VERSION}; re-export it with finetune {made_by} or retrain")]
+    #[error("{path} has bundle format version {found} (written by finetune {made_by}); this finetune ({}) reads versions 1 to {FORMAT_VERSION}: {}", env!("CARGO_PKG_VERSION"), if *found > FORMAT_VERSION { "upgrade finetune to load it (`pip install -U finetune`, or build a newer release)" } else { "retrain it with this finetune" })]
     Version {
         path: PathBuf,
         found: u32,

@@ -52,7 +52,9 @@ pub fn read_info(dir: &Path) -> Result<ModelInfo, BundleError> {
         .get("format_version")
         .and_then(|x| x.as_u64())
         .unwrap_or(0) as u32;
-    if found != FORMAT_VERSION {
+    // Every format from 1 on stays readable (docs/usage.md, "Bundles that keep loading"); 0 is
+    // the unversioned format of before 0.1, a newer one is another finetune's to read.
+    if found == 0 || found > FORMAT_VERSION {
         let made_by = v
             .get("finetune_version")
             .and_then(|x| x.as_str())
