@@ -41,7 +41,7 @@ test: $(SETUP)
 AVX2_TESTS := --lib --test clean --test plan --test parity --test export --test tta --test train \
   --test train_archs --test train_recipe \
   --test distributed --test interpret --test serve --test multilabel --test cli_imagenet --test reliability \
-  --test trust --test bundle_format --test cam
+  --test trust --test bundle_format
 test-avx2: $(SETUP)
 	cargo build --release
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FINETUNE_TEST_LOG=target/test-avx2.log \

@@ -44,6 +44,8 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   # Photos of another domain than ../shared's clothing (skimage.data's astronaut, cat, coffee,
   # rocket, ...; public domain / CC0), for Grad-CAM's pointing test (tests/cam.rs).
   have scikit-image 0.25.2 || need+=("scikit-image==0.25.2")
+  # `--tensorboard`'s event files are read back with TensorBoard's own reader (tests/tensorboard.rs).
+  have tensorboard 2.21.0 || need+=("tensorboard==2.21.0")
   # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
   # batch-prediction job on a local cluster (tests/python.rs).
   have maturin 1.16.0 || need+=("maturin==1.16.0")

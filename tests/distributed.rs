@@ -197,7 +197,8 @@ fn two_ranks_train_like_one_process_and_write_one_bundle() {
 /// `--balanced` and `--class-weights auto` under torchrun: every rank draws the same balanced
 /// global batches and takes its own share of each (rank 0 the first `--bs`), so two
 /// ranks of `--bs 4` train what one process of `--bs 8` trains (the replicas stay one model: the
-/// run checks their weights after every epoch), and the bundle records both options once.
+/// run checks their weights after every epoch), and the bundle records both options once; only
+/// rank 0 writes `--tensorboard`'s events.
 #[test]
 fn balanced_sampling_and_class_weights_shard_by_rank() {
     if !ready() {
@@ -212,9 +213,12 @@ fn balanced_sampling_and_class_weights_shard_by_rank() {
         .arg(env!("CARGO_BIN_EXE_finetune"))
         .args(train_args(4, 1, "two"))
         .args(extra)
+        .args(["--tensorboard", "tb"])
         .arg(&d)
         .current_dir(&work));
     assert!(o.status.success(), "torchrun: {}\n{}", o.stdout, o.stderr);
+    // TensorBoard is rank 0's alone: one event file.
+    assert_eq!(std::fs::read_dir(work.join("tb")).unwrap().count(), 1);
     let t = &info(&work.join("two"))["training"];
     assert_eq!((t["balanced"].clone(), t["class_weights"].clone()), (true.into(), "auto".into()));
     assert_eq!(t["world_size"], 2);

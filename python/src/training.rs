@@ -159,7 +159,7 @@ const FASTAI: Recipe = Recipe::FASTAI;
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300,
-    unknown=None, class_weights=None, balanced=FASTAI.balanced
+    unknown=None, class_weights=None, balanced=FASTAI.balanced, tensorboard=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train<'py>(
@@ -205,6 +205,7 @@ pub(crate) fn train<'py>(
     unknown: Option<&Bound<'py, PyAny>>,
     class_weights: Option<&Bound<'py, PyAny>>,
     balanced: bool,
+    tensorboard: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
     let accept =
@@ -320,6 +321,7 @@ pub(crate) fn train<'py>(
             timeout: Duration::from_secs(dist_timeout.max(1)),
         },
         stop: Arc::new(AtomicBool::new(false)),
+        tensorboard,
     };
     // Training runs on its own thread while this one waits without the GIL, checking for Ctrl-C
     // (Python's handler only runs on the main thread, between calls into Python).

@@ -46,6 +46,11 @@ pub struct Args {
     /// it stops with an error naming the lost rank.
     #[arg(long, value_name = "SECONDS", default_value_t = finetune::dist::DEFAULT_TIMEOUT_S)]
     dist_timeout: u64,
+    /// Write TensorBoard event files into this folder as training runs: per step the loss and
+    /// learning rate, per epoch the table's columns, the first batch and the confusion matrix
+    /// as images, the run's settings as hparams (`tensorboard --logdir DIR` shows them).
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
 }
 
 /// The training recipe's flags, one per [`Recipe`] field; their defaults are [`Recipe::FASTAI`]'s.
@@ -359,6 +364,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
                 timeout: std::time::Duration::from_secs(a.dist_timeout.max(1)),
             },
             stop,
+            tensorboard: a.tensorboard.clone(),
         },
         &mut report,
     )?;

@@ -11,6 +11,9 @@ use super::smooth_loss::SmoothLoss;
 /// Generic over the learner `L` only so that this file need not import the learner, which holds
 /// its callbacks (`Callback<Learner>` everywhere).
 pub trait Callback<L> {
+    /// A training batch's step was taken and its loss read back (on a GPU a few batches late, as
+    /// losses are read in groups). No learner: the loop holds it mid-epoch.
+    fn after_batch(&mut self, _batch: &BatchEnd) {}
     /// An epoch ended; its row is the last of `learn.rows`.
     fn after_epoch(&mut self, _learn: &mut L, _end: &EpochEnd, _report: &mut dyn Report) {}
     /// A fit ended without interruption (early stopping included).
@@ -29,4 +32,20 @@ pub struct EpochEnd {
     /// Where the time went (`FINETUNE_PROFILE`).
     pub times: PhaseTimes,
     pub seconds: f64,
+}
+
+/// What a batch's callbacks learn about it.
+#[derive(Debug, Clone)]
+pub struct BatchEnd<'a> {
+    pub phase: &'a str,
+    pub epoch: usize,
+    /// The batch's index in its epoch.
+    pub batch: usize,
+    /// Steps taken in this training run so far, this one included (both fits of `fine_tune`).
+    pub step: usize,
+    /// This batch's loss (the global batch's, data-parallel), and the smoothed loss after it.
+    pub loss: f64,
+    pub smooth: f64,
+    /// The learning rate of the last parameter group (the head's) at this step.
+    pub lr: f64,
 }

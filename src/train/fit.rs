@@ -3,7 +3,7 @@
 //! (save-best, early stop), the checkpoint, the profiler and whatever the caller added (saving the
 //! bundle). The batch loop itself is `Learner::train_batches`, with the inputs prepared ahead.
 
-pub use super::callback::{Callback, EpochEnd};
+pub use super::callback::{BatchEnd, Callback, EpochEnd};
 use super::checkpoint::epoch_seed;
 use super::learner::{BatchHypers, Learner};
 use super::mix::Mixed;
@@ -165,7 +165,7 @@ impl Learner {
             if self.tracker.stopped || self.dist_failed() {
                 break;
             }
-            let Some(end) = self.one_epoch(&cycle, epoch, &mut smooth, report) else {
+            let Some(end) = self.one_epoch(&cycle, epoch, &mut smooth, &mut cbs, report) else {
                 ended = false;
                 break;
             };
@@ -207,6 +207,7 @@ impl Learner {
         cycle: &Cycle,
         epoch: usize,
         smooth: &mut SmoothLoss,
+        cbs: &mut [Box<dyn Callback<Learner>>],
         report: &mut dyn Report,
     ) -> Option<EpochEnd> {
         let t0 = Instant::now();
@@ -216,7 +217,7 @@ impl Learner {
         tch::manual_seed(epoch_seed(self.seed, phase, epoch).wrapping_add(rank));
         report.begin_epoch(epoch, cycle.n_batches);
         let mut times = PhaseTimes::default();
-        if let Err(e) = self.train_batches(cycle, epoch, smooth, &mut times, report) {
+        if let Err(e) = self.train_batches(cycle, epoch, smooth, &mut times, cbs, report) {
             self.fail(e);
             report.message("distributed training failed: stopping");
             return None;
@@ -230,7 +231,8 @@ impl Learner {
         }
         report.begin_validate();
         let t = Instant::now();
-        let v = self.validate_metrics();
+        let mut v = self.validate_metrics();
+        self.confusion = v.confusion.take();
         times.validate = t.elapsed();
         // Cheap next to an epoch, and the proof that the replicas are one model.
         match self.strategy.same_weights(&self.vars()) {
@@ -276,6 +278,7 @@ impl Learner {
         epoch: usize,
         smooth: &mut SmoothLoss,
         times: &mut PhaseTimes,
+        cbs: &mut [Box<dyn Callback<Learner>>],
         report: &mut dyn Report,
     ) -> Result<(), DistError> {
         let order = self.epoch_order();
@@ -283,8 +286,8 @@ impl Learner {
         let spec = self.input_spec();
         let read_every = loss_read_every(spec.device);
         let profile = self.profile;
-        // Losses not yet read back, with their batch index; the summed stop votes not yet read.
-        let mut unread: Vec<(usize, Tensor)> = Vec::new();
+        // Losses not yet read back, with their batch; the summed stop votes not yet read.
+        let mut unread: Vec<(Unread, Tensor)> = Vec::new();
         let mut votes: Vec<Tensor> = Vec::new();
         let mut voted_stop = false;
         let mut failed: Option<DistError> = None;
@@ -330,8 +333,16 @@ impl Learner {
                         return false;
                     }
                 };
+                let lr = h.lrs.last().copied().unwrap_or(0.0);
                 hypers.push((cycle.phase.clone(), h));
-                unread.push((i, loss));
+                let at = Unread {
+                    phase: &cycle.phase,
+                    epoch,
+                    batch: i,
+                    step: hypers.len(),
+                    lr,
+                };
+                unread.push((at, loss));
                 votes.extend(vote);
                 let read_now = unread.len() >= read_every || i + 1 == cycle.n_batches;
                 // Alone: a Ctrl-C during this step stops after it; data-parallel: all ranks stop
@@ -343,7 +354,7 @@ impl Learner {
                         .stop_now(asked, &mut votes, read_now, &mut voted_stop);
                 if read_now || stopping {
                     let t = Instant::now();
-                    read_losses(&mut unread, smooth, report);
+                    read_losses(&mut unread, smooth, cbs, report);
                     times.read += t.elapsed();
                 }
                 !stopping
@@ -356,7 +367,7 @@ impl Learner {
             self.stop.store(true, Ordering::Relaxed);
         }
         let t = Instant::now();
-        read_losses(&mut unread, smooth, report);
+        read_losses(&mut unread, smooth, cbs, report);
         times.read += t.elapsed();
         times.batches = ran;
         times.prepare = overlap.produce;
@@ -418,11 +429,21 @@ impl Stepper<'_> {
     }
 }
 
+/// Where an unread loss came from, for the report and the batch callbacks.
+struct Unread<'a> {
+    phase: &'a str,
+    epoch: usize,
+    batch: usize,
+    step: usize,
+    lr: f64,
+}
+
 /// Reads the losses still on the device (one synchronisation for all of them) and reports each,
-/// in batch order, through the smoothed loss.
+/// in batch order, through the smoothed loss; then the batch callbacks hear of it.
 fn read_losses(
-    unread: &mut Vec<(usize, Tensor)>,
+    unread: &mut Vec<(Unread, Tensor)>,
     smooth: &mut SmoothLoss,
+    cbs: &mut [Box<dyn Callback<Learner>>],
     report: &mut dyn Report,
 ) {
     if unread.is_empty() {
@@ -441,7 +462,18 @@ fn read_losses(
         .to_device(Device::Cpu);
         Vec::<f64>::try_from(all.to_kind(Kind::Double)).unwrap_or_default()
     };
-    for ((i, _), v) in unread.drain(..).zip(values) {
-        report.batch(i, smooth.add(v));
+    for ((at, _), v) in unread.drain(..).zip(values) {
+        let s = smooth.add(v);
+        report.batch(at.batch, s);
+        let end = BatchEnd {
+            phase: at.phase,
+            epoch: at.epoch,
+            batch: at.batch,
+            step: at.step,
+            loss: v,
+            smooth: s,
+            lr: at.lr,
+        };
+        cbs.iter_mut().for_each(|cb| cb.after_batch(&end));
     }
 }

@@ -25,6 +25,8 @@ pub struct Request {
     pub dist: DistOptions,
     /// Set (by Ctrl-C) to stop after the current batch with a resumable bundle.
     pub stop: Arc<AtomicBool>,
+    /// `--tensorboard DIR`: event files for TensorBoard (rank 0 only).
+    pub tensorboard: Option<std::path::PathBuf>,
 }
 
 /// Runs `req` to its saved bundle. Only rank 0 reports (the others would repeat it): the other
@@ -88,6 +90,10 @@ pub fn launch(req: Request, report: &mut dyn Report) -> Result<Outcome, RunError
         session.distribute(r)?;
     }
     session.learn.stop = req.stop;
+    if let (Some(dir), true) = (&req.tensorboard, leader) {
+        let file = super::tensorboard::attach(&mut session, dir)?;
+        report.log(&format!("tensorboard: writing {}", file.display()));
+    }
     // Every rank's caller learns that training begins (a Ctrl-C handler then saves, not quits).
     caller.ready();
     report.ready();

@@ -44,6 +44,8 @@ pub struct Learner {
     pub(super) best_weights: Option<Vec<(String, Tensor)>>,
     /// Every epoch row so far, over all fits.
     pub rows: Vec<EpochRow>,
+    /// The last validation's confusion matrix (single-label; rows actual, columns predicted).
+    pub confusion: Option<Vec<Vec<usize>>>,
     /// Hyper-parameters of every training batch, with the phase name of its fit.
     pub hypers: Vec<(String, BatchHypers)>,
     /// Set (e.g. by Ctrl-C) to stop after the current batch.
@@ -134,6 +136,7 @@ impl Learner {
             tracker: TrackerState::default(),
             best_weights: None,
             rows: Vec::new(),
+            confusion: None,
             hypers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             interrupted: false,

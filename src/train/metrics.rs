@@ -4,7 +4,7 @@
 use tch::{Kind, Tensor};
 
 /// One validation pass's results.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidMetrics {
     pub loss: f64,
     /// Single-label: the share of wrong classes. Multi-label: 1 − `accuracy_multi`, the share of
@@ -12,6 +12,9 @@ pub struct ValidMetrics {
     pub error_rate: f64,
     /// Multi-label: the mean over images of each image's F1 between its predicted and true labels.
     pub f1: Option<f64>,
+    /// Single-label: the confusion matrix (rows actual, columns predicted) over the whole
+    /// validation set.
+    pub confusion: Option<Vec<Vec<usize>>>,
 }
 
 /// The sum over a batch of each image's F1 between predicted and true label sets (bool

@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod show_batch;
 pub mod smooth_loss;
 pub mod strategy;
+pub mod tensorboard;
 pub mod tracker;
 pub mod validate;
 

@@ -106,6 +106,38 @@ pub fn grid(items: &[(RgbImage, String)]) -> RgbImage {
     out
 }
 
+/// A confusion matrix as a picture (TensorBoard's images): rows actual, columns predicted, each
+/// cell shaded by its share of the row (white 0, blue all) with its count; the class names down
+/// the left and, numbered, along the top.
+pub fn confusion_image(classes: &[String], m: &[Vec<usize>]) -> RgbImage {
+    const CELL: u32 = 36;
+    let n = classes.len() as u32;
+    let left = 8 * 12 + 8;
+    let top = 8 + 8 + 4;
+    let mut out = RgbImage::from_pixel(left + n * CELL + 4, top + n * CELL + 4, Rgb([255, 255, 255]));
+    for (r, row) in m.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        let y = top + r as u32 * CELL;
+        text(&mut out, &format!("{r} {}", classes[r]), 2, y + CELL / 2 - 4, 1, left - 4);
+        for (c, &v) in row.iter().enumerate() {
+            let x = left + c as u32 * CELL;
+            let share = v as f64 / total;
+            let shade = |full: f64| (255.0 - share * (255.0 - full)).round() as u8;
+            let fill = Rgb([shade(40.0), shade(90.0), shade(200.0)]);
+            for yy in y + 1..y + CELL {
+                for xx in x + 1..x + CELL {
+                    out.put_pixel(xx, yy, fill);
+                }
+            }
+            text(&mut out, &v.to_string(), x + 4, y + CELL / 2 - 4, 1, CELL - 6);
+        }
+    }
+    for c in 0..n {
+        text(&mut out, &c.to_string(), left + c * CELL + 4, 6, 1, CELL - 6);
+    }
+    out
+}
+
 /// Draws `s` in the 8×8 bitmap font, `scale`× larger, clipped to `max_w` pixels ("…" shows a cut).
 /// Hand-written because image crates draw text only from font files, which a headless run may lack.
 fn text(img: &mut RgbImage, s: &str, x: u32, y: u32, scale: u32, max_w: u32) {

@@ -27,6 +27,9 @@ impl Learner {
         let n_batches = mine.div_ceil(self.dls.cfg.bs.max(1));
         let mut batches = self.dls.valid_shard(rank, world);
         let mut results: Vec<(Tensor, Tensor, Option<Tensor>, i64, i64)> = Vec::new();
+        // Single-label: the confusion counts (actual · n + predicted), summed on the device.
+        let n_classes = self.dls.classes.len() as i64;
+        let mut confusion: Option<Tensor> = None;
         tch::no_grad(|| {
             overlapped(
                 n_batches,
@@ -42,10 +45,14 @@ impl Learner {
                         let agree = pred.eq_tensor(&truth).sum(Kind::Int64);
                         (agree, Some(samples_f1_sum(&pred, &truth)))
                     } else {
-                        (
-                            logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64),
-                            None,
-                        )
+                        let pred = logits.argmax(-1, false);
+                        let cells = (&y * n_classes + &pred)
+                            .bincount::<Tensor>(None, n_classes * n_classes);
+                        confusion = Some(match confusion.take() {
+                            Some(c) => c + cells,
+                            None => cells,
+                        });
+                        (pred.eq_tensor(&y).sum(Kind::Int64), None)
                     };
                     let decisions = if y.dim() == 2 { y.numel() as i64 } else { bs };
                     results.push((self.loss(&logits, &y), correct, f1_sum, bs, decisions));
@@ -65,22 +72,37 @@ impl Learner {
             n += bs;
             decisions += d;
         }
+        let mut matrix = None;
         {
             // Every rank validated its share: the sums are the whole set's (counts stay exact in
             // f64; alone, the sums are the local ones).
             let multi = self.dls.is_multi_label();
-            let local = [
+            let mut local = vec![
                 loss_sum,
                 correct as f64,
                 decisions as f64,
                 n as f64,
                 f1.unwrap_or(0.0),
             ];
+            let cells = (n_classes * n_classes) as usize;
+            if !multi {
+                let c: Vec<i64> = confusion
+                    .as_ref()
+                    .and_then(|c| Vec::try_from(c.to_device(tch::Device::Cpu)).ok())
+                    .unwrap_or_else(|| vec![0; cells]);
+                local.extend(c.iter().map(|&v| v as f64));
+            }
             match self.strategy.sum(&local) {
-                Ok(s) if s.len() == 5 => {
+                Ok(s) if s.len() == local.len() => {
                     loss_sum = s[0];
                     (correct, decisions, n) = (s[1] as i64, s[2] as i64, s[3] as i64);
                     f1 = multi.then_some(s[4]);
+                    matrix = (!multi).then(|| {
+                        s[5..]
+                            .chunks(n_classes.max(1) as usize)
+                            .map(|r| r.iter().map(|&v| v as usize).collect())
+                            .collect()
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => self.fail(e),
@@ -91,12 +113,14 @@ impl Learner {
                 loss: f64::NAN,
                 error_rate: f64::NAN,
                 f1: None,
+                confusion: None,
             };
         }
         ValidMetrics {
             loss: loss_sum / n as f64,
             error_rate: 1.0 - correct as f64 / decisions as f64,
             f1: f1.map(|s| s / n as f64),
+            confusion: matrix,
         }
     }
 }
