@@ -46,6 +46,8 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   have scikit-image 0.25.2 || need+=("scikit-image==0.25.2")
   # `--tensorboard`'s event files are read back with TensorBoard's own reader (tests/tensorboard.rs).
   have tensorboard 2.21.0 || need+=("tensorboard==2.21.0")
+  # `--mlflow` is tested against a real `mlflow server` on 127.0.0.1 (tests/tracking.rs).
+  have mlflow 3.17.2 || need+=("mlflow==3.17.2")
   # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
   # batch-prediction job on a local cluster (tests/python.rs).
   have maturin 1.16.0 || need+=("maturin==1.16.0")

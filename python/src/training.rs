@@ -159,7 +159,7 @@ const FASTAI: Recipe = Recipe::FASTAI;
     label_col="1", valid_col=None, label_delim=None, size=None, resize="squish", pad_mode="reflection", bs=64, valid_pct=0.2, seed=42,
     strict=false, weights=None, random_init=false, force=false, resume=None, device="auto",
     precision="auto", quiet=false, max_file_mb=None, dist_backend="auto", dist_timeout=300,
-    unknown=None, class_weights=None, balanced=FASTAI.balanced, tensorboard=None
+    unknown=None, class_weights=None, balanced=FASTAI.balanced, tensorboard=None, mlflow=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train<'py>(
@@ -206,6 +206,7 @@ pub(crate) fn train<'py>(
     class_weights: Option<&Bound<'py, PyAny>>,
     balanced: bool,
     tensorboard: Option<PathBuf>,
+    mlflow: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
     // `unknown=`: the acceptance share of the "unknown" answer fitted after training, or "off".
     let accept =
@@ -322,6 +323,7 @@ pub(crate) fn train<'py>(
         },
         stop: Arc::new(AtomicBool::new(false)),
         tensorboard,
+        mlflow,
     };
     // Training runs on its own thread while this one waits without the GIL, checking for Ctrl-C
     // (Python's handler only runs on the main thread, between calls into Python).

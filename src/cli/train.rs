@@ -51,6 +51,11 @@ pub struct Args {
     /// as images, the run's settings as hparams (`tensorboard --logdir DIR` shows them).
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
+    /// Log the run to this MLflow tracking server (e.g. http://127.0.0.1:5000): the settings as
+    /// parameters, per step and per epoch the metrics, the bundle's path as a tag; the
+    /// experiment is $MLFLOW_EXPERIMENT_NAME's (made if missing), else the Default one.
+    #[arg(long, value_name = "URI")]
+    mlflow: Option<String>,
 }
 
 /// The training recipe's flags, one per [`Recipe`] field; their defaults are [`Recipe::FASTAI`]'s.
@@ -365,6 +370,7 @@ pub fn run(a: Args, max_file_bytes: u64) -> anyhow::Result<()> {
             },
             stop,
             tensorboard: a.tensorboard.clone(),
+            mlflow: a.mlflow.clone(),
         },
         &mut report,
     )?;

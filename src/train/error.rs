@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum RunError {
     #[error(transparent)]
     TensorBoard(#[from] super::tensorboard::TensorBoardError),
+    #[error(transparent)]
+    Mlflow(#[from] super::mlflow::MlflowError),
     #[error("{0} already holds a model; pass --force to overwrite it, --resume {0} to continue it if it was interrupted, or choose another --out")]
     Exists(DisplayPath),
     #[error("a weights file and random initialisation exclude each other; pass one of them")]

@@ -27,6 +27,8 @@ pub struct Request {
     pub stop: Arc<AtomicBool>,
     /// `--tensorboard DIR`: event files for TensorBoard (rank 0 only).
     pub tensorboard: Option<std::path::PathBuf>,
+    /// `--mlflow URI`: the run logged to an MLflow tracking server (rank 0 only).
+    pub mlflow: Option<String>,
 }
 
 /// Runs `req` to its saved bundle. Only rank 0 reports (the others would repeat it): the other
@@ -93,6 +95,10 @@ pub fn launch(req: Request, report: &mut dyn Report) -> Result<Outcome, RunError
     if let (Some(dir), true) = (&req.tensorboard, leader) {
         let file = super::tensorboard::attach(&mut session, dir)?;
         report.log(&format!("tensorboard: writing {}", file.display()));
+    }
+    if let (Some(uri), true) = (&req.mlflow, leader) {
+        let id = super::mlflow::attach(&mut session, uri)?;
+        report.log(&format!("mlflow: logging run {id} to {uri}"));
     }
     // Every rank's caller learns that training begins (a Ctrl-C handler then saves, not quits).
     caller.ready();

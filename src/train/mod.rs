@@ -12,6 +12,7 @@ pub mod loss;
 pub mod lr_find;
 pub mod metrics;
 pub mod mix;
+pub mod mlflow;
 pub mod optimizer;
 pub mod pipeline;
 mod prepare;
