@@ -40,6 +40,7 @@ run ddp $PY bench/ddp_bench.py
 # Accuracy figures, not timings: calibration and the "unknown" scores (docs/benchmarks.md).
 run trust $PY bench/trust_bench.py
 run imbalance $PY bench/imbalance_bench.py
+run tracking $PY bench/tracking_bench.py
 run python-predict $PY bench/python_predict_bench.py --model target/demo-model
 if want cache; then
   bench/cache_bench.sh startup >&2
