@@ -77,7 +77,12 @@ fn the_version_1_fixture_loads_and_answers_as_recorded() {
             for (label, p) in w {
                 let d = (g[label] - p).abs();
                 worst = worst.max(d);
-                assert!(d <= 1e-4, "{name} {wp} {label}: {} recorded, {} now", p, g[label]);
+                assert!(
+                    d <= 1e-4,
+                    "{name} {wp} {label}: {} recorded, {} now",
+                    p,
+                    g[label]
+                );
             }
         }
         eprintln!("{name}: largest difference from the recorded probabilities {worst:.1e}");
@@ -96,7 +101,16 @@ fn a_newer_format_is_refused_naming_both_versions() {
         .replace("\"format_version\": 1", "\"format_version\": 2");
     std::fs::write(b.join("model.json"), j).unwrap();
     let photo = repo().join("assets/sample/test/hat/2a12baab-f020-42e3-8e6b-5d82e3ed0b55.jpg");
-    let e = refused(bin().args(["predict", "--device", "cpu"]).arg(&b).arg(&photo), "format version 2");
-    assert!(e.contains("reads versions 1 to 1") && e.contains("upgrade finetune"), "{e}");
+    let e = refused(
+        bin()
+            .args(["predict", "--device", "cpu"])
+            .arg(&b)
+            .arg(&photo),
+        "format version 2",
+    );
+    assert!(
+        e.contains("reads versions 1 to 1") && e.contains("upgrade finetune"),
+        "{e}"
+    );
     assert!(e.contains("model.json"), "{e}");
 }

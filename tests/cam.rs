@@ -66,7 +66,10 @@ fn grad_cam_equals_pytorch_hooks_for_every_convolutional_family() {
         assert!(scale > 0.0, "{arch}: an all-zero map proves nothing");
         let rel = max_abs_diff(&ours, want) / scale;
         eprintln!("{arch}: map {:?}, max |Δ| / max = {rel:.2e}", want.size());
-        assert!(rel <= 1e-4, "{arch}: Grad-CAM differs from PyTorch's by {rel:.2e} of its peak");
+        assert!(
+            rel <= 1e-4,
+            "{arch}: Grad-CAM differs from PyTorch's by {rel:.2e} of its peak"
+        );
     }
 }
 
@@ -75,7 +78,10 @@ fn vit_is_refused_by_name() {
     let net = Network::classifier(Arch::VitB16, 2, tch::Device::Cpu);
     let x = tch::Tensor::zeros([1, 3, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
     let e = cam::raw(&net, &x, &[None]).unwrap_err().to_string();
-    assert!(e.contains("vit_b_16") && e.contains("ViT") && e.contains("convolutional"), "{e}");
+    assert!(
+        e.contains("vit_b_16") && e.contains("ViT") && e.contains("convolutional"),
+        "{e}"
+    );
 }
 
 /// A model trained on the embedded sample from real ImageNet weights (the frozen epoch and 3),
@@ -88,7 +94,15 @@ fn trained(arch: &str, weights: &Path, size: u32) -> PathBuf {
     }
     let m = binary_tempdir().join(arch);
     let o = run(bin()
-        .args(["train", "--arch", arch, "--size", &size.to_string(), "--epochs", "3"])
+        .args([
+            "train",
+            "--arch",
+            arch,
+            "--size",
+            &size.to_string(),
+            "--epochs",
+            "3",
+        ])
         .args(["--bs", "16", "--device", "cpu", "--quiet", "--weights"])
         .arg(weights)
         .arg("--out")
@@ -118,14 +132,29 @@ const TOLERANCE: u32 = 15;
 /// in it but its drawings and synthetic images, chosen before any result was seen.
 fn other_domain() -> Option<Vec<PathBuf>> {
     let o = std::process::Command::new(python())
-        .args(["-c", "import os, skimage; print(os.path.dirname(skimage.__file__))"])
+        .args([
+            "-c",
+            "import os, skimage; print(os.path.dirname(skimage.__file__))",
+        ])
         .output()
         .ok()?;
     let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("data");
     let names = [
-        "chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png",
-        "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "grass.png",
-        "gravel.png", "brick.png", "moon.png", "coins.png", "camera.png",
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "astronaut.png",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "ihc.png",
+        "grass.png",
+        "gravel.png",
+        "brick.png",
+        "moon.png",
+        "coins.png",
+        "camera.png",
     ];
     let v: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
     v.iter().all(|p| p.is_file()).then_some(v)
@@ -150,12 +179,8 @@ fn pointing(arch: &str, weights: &Path, shared: &Path, backgrounds: &[PathBuf]) 
             }
             let bg = &backgrounds[total % backgrounds.len()];
             let bg = image::open(bg).unwrap().to_rgb8();
-            let mut canvas = image::imageops::resize(
-                &bg,
-                size,
-                size,
-                image::imageops::FilterType::Triangle,
-            );
+            let mut canvas =
+                image::imageops::resize(&bg, size, size, image::imageops::FilterType::Triangle);
             let half = size / 2;
             let obj =
                 image::imageops::resize(&img, half, half, image::imageops::FilterType::Triangle);
@@ -189,9 +214,18 @@ fn cam_points_at_the_pasted_photo() {
     for (arch, w) in [("mobilenet_v2", mnv2), ("efficientnet_lite0", lite0)] {
         let (hits, total) = pointing(arch, &w, &shared, &backgrounds);
         let share = hits as f64 / total.max(1) as f64;
-        eprintln!("{arch}: peak in the pasted quadrant for {hits} of {total} composites ({:.0} %)", share * 100.0);
-        assert!(total >= 40, "{arch}: only {total} correctly classified photos");
-        assert!(share >= 0.8, "{arch}: {hits} of {total} composites ({share:.2}) < 0.8");
+        eprintln!(
+            "{arch}: peak in the pasted quadrant for {hits} of {total} composites ({:.0} %)",
+            share * 100.0
+        );
+        assert!(
+            total >= 40,
+            "{arch}: only {total} correctly classified photos"
+        );
+        assert!(
+            share >= 0.8,
+            "{arch}: {hits} of {total} composites ({share:.2}) < 0.8"
+        );
     }
 }
 
@@ -211,7 +245,11 @@ fn predict_writes_one_overlay_per_image() {
     std::fs::create_dir_all(inputs.join("b")).unwrap();
     let photo = photos(&repo().join("assets/sample/test/shoes"), 1).remove(0);
     std::fs::copy(&photo, inputs.join("a/x.jpg")).unwrap();
-    std::fs::copy(photos(&repo().join("assets/sample/test/hat"), 1).remove(0), inputs.join("b/x.jpg")).unwrap();
+    std::fs::copy(
+        photos(&repo().join("assets/sample/test/hat"), 1).remove(0),
+        inputs.join("b/x.jpg"),
+    )
+    .unwrap();
     std::fs::write(inputs.join("b/broken.jpg"), b"not a jpeg").unwrap();
     let out = tmp.path().join("cams");
     let o = run(bin()
@@ -239,7 +277,10 @@ fn predict_writes_one_overlay_per_image() {
     assert_eq!(b.info.classes[c.class], "shoes");
     // predict drew it in a batch of two, this in a batch of one: the kernels' rounding may move
     // a pixel by a level.
-    assert!(max_pixel_diff(&got, &c.overlay(&seen)) <= 2, "the file is not the library's overlay");
+    assert!(
+        max_pixel_diff(&got, &c.overlay(&seen)) <= 2,
+        "the file is not the library's overlay"
+    );
 }
 
 fn max_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
@@ -282,7 +323,10 @@ fn serve_returns_overlays_and_the_page_and_report_show_them() {
         (status, ct, label, bytes)
     };
     let (status, ct, label, png) = post("?cam=1", &body);
-    assert_eq!((status, ct.as_str(), label.as_str()), (200, "image/png", "shoes"));
+    assert_eq!(
+        (status, ct.as_str(), label.as_str()),
+        (200, "image/png", "shoes")
+    );
     let b = finetune::bundle::load(&model, tch::Device::Cpu).unwrap();
     let seen = finetune::infer::forward::preprocess(
         &finetune::data::decode::decode_bytes(Path::new("x"), &body).unwrap(),
@@ -295,7 +339,10 @@ fn serve_returns_overlays_and_the_page_and_report_show_them() {
     assert_ne!(other, png, "another class, another map");
     let (status, _, _, e) = post("?cam=1&class=zebra", &body);
     let e = String::from_utf8_lossy(&e);
-    assert!(status == 400 && e.contains("zebra") && e.contains("shoes"), "{status} {e}");
+    assert!(
+        status == 400 && e.contains("zebra") && e.contains("shoes"),
+        "{status} {e}"
+    );
     let (status, _, _, e) = post("?cam=2", &body);
     assert!(status == 400 && String::from_utf8_lossy(&e).contains("cam must be 1 or 0"));
     // Without cam=1, the answer is unchanged JSON.

@@ -220,18 +220,31 @@ fn balanced_sampling_and_class_weights_shard_by_rank() {
     // TensorBoard is rank 0's alone: one event file.
     assert_eq!(std::fs::read_dir(work.join("tb")).unwrap().count(), 1);
     let t = &info(&work.join("two"))["training"];
-    assert_eq!((t["balanced"].clone(), t["class_weights"].clone()), (true.into(), "auto".into()));
+    assert_eq!(
+        (t["balanced"].clone(), t["class_weights"].clone()),
+        (true.into(), "auto".into())
+    );
     assert_eq!(t["world_size"], 2);
-    let o = run(bin().args(train_args(8, 1, "one")).args(extra).arg(&d).current_dir(&work));
+    let o = run(bin()
+        .args(train_args(8, 1, "one"))
+        .args(extra)
+        .arg(&d)
+        .current_dir(&work));
     assert!(o.status.success(), "{}", o.stderr);
     // As in the plain two-rank test: the same steps and schedule, a valid loss of the same size
     // (BatchNorm sees 4 images per rank instead of 8, so not bit-equal).
-    let (a, b) = (metrics_without_time(&work.join("one")), metrics_without_time(&work.join("two")));
+    let (a, b) = (
+        metrics_without_time(&work.join("one")),
+        metrics_without_time(&work.join("two")),
+    );
     assert_eq!(a.len(), b.len());
     let loss = |row: &str| -> f64 { row.split(',').nth(3).unwrap().parse().unwrap() };
     for (ra, rb) in a.iter().zip(&b).skip(1) {
         let (la, lb) = (loss(ra), loss(rb));
-        assert!((la - lb).abs() < 0.5 * la.max(lb), "one process {la}, two ranks {lb}");
+        assert!(
+            (la - lb).abs() < 0.5 * la.max(lb),
+            "one process {la}, two ranks {lb}"
+        );
     }
 }
 

@@ -13,13 +13,23 @@ fn tensorboard_holds_the_runs_scalars_images_and_hparams() {
     let tmp = tempfile::tempdir().unwrap();
     let (tb, out) = (tmp.path().join("tb"), tmp.path().join("m"));
     let o = run(tiny_train(1)
-        .args(["--arch", "resnet18", "--threads", "1", "--quiet", "--tensorboard"])
+        .args([
+            "--arch",
+            "resnet18",
+            "--threads",
+            "1",
+            "--quiet",
+            "--tensorboard",
+        ])
         .arg(&tb)
         .arg("--out")
         .arg(&out)
         .arg(repo().join("assets/sample")));
     assert!(o.status.success(), "{}", o.stderr);
-    let files: Vec<_> = std::fs::read_dir(&tb).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&tb)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0]
         .file_name()
@@ -36,7 +46,10 @@ fn tensorboard_holds_the_runs_scalars_images_and_hparams() {
     let loss = v["scalars"]["train/loss"].as_array().unwrap();
     let steps: Vec<u64> = loss.iter().map(|p| p[0].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<_>>());
-    assert_eq!(v["scalars"]["train/lr"].as_array().unwrap().len(), steps.len());
+    assert_eq!(
+        v["scalars"]["train/lr"].as_array().unwrap().len(),
+        steps.len()
+    );
     assert!(loss.iter().all(|p| p[1].as_f64().unwrap().is_finite()));
 
     // Each epoch's row as metrics.csv records it, at the epoch's last step.
@@ -46,19 +59,37 @@ fn tensorboard_holds_the_runs_scalars_images_and_hparams() {
     let valid = v["scalars"]["epoch/valid_loss"].as_array().unwrap();
     assert_eq!(valid.len(), rows.len() - 1, "one point per epoch");
     for (p, row) in valid.iter().zip(&rows[1..]) {
-        let want: f64 = row.split(',').nth(col("valid_loss")).unwrap().parse().unwrap();
+        let want: f64 = row
+            .split(',')
+            .nth(col("valid_loss"))
+            .unwrap()
+            .parse()
+            .unwrap();
         let got = p[1].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
     assert_eq!(valid.last().unwrap()[0].as_u64(), steps.last().copied());
     for t in ["epoch/train_loss", "epoch/error_rate", "epoch/accuracy"] {
-        assert_eq!(v["scalars"][t].as_array().unwrap().len(), rows.len() - 1, "{t}");
+        assert_eq!(
+            v["scalars"][t].as_array().unwrap().len(),
+            rows.len() - 1,
+            "{t}"
+        );
     }
 
     // The first batch (8 images of 32 px, in fastai's 2×4 grid) and a confusion matrix per epoch.
     let show = &v["images"]["show_batch"][0];
-    assert!(show[1].as_u64().unwrap() > 4 * 32 && show[2].as_u64().unwrap() > 2 * 32, "{show}");
-    assert_eq!(v["images"]["confusion_matrix"].as_array().unwrap().len(), rows.len() - 1);
+    assert!(
+        show[1].as_u64().unwrap() > 4 * 32 && show[2].as_u64().unwrap() > 2 * 32,
+        "{show}"
+    );
+    assert_eq!(
+        v["images"]["confusion_matrix"].as_array().unwrap().len(),
+        rows.len() - 1
+    );
 
     let h = &v["hparams"];
     assert_eq!(h["arch"], "resnet18");
@@ -77,7 +108,14 @@ fn an_unwritable_tensorboard_folder_is_named() {
     std::fs::write(&file, b"x").unwrap();
     let e = refused(
         tiny_train(0)
-            .args(["--arch", "resnet18", "--threads", "1", "--quiet", "--tensorboard"])
+            .args([
+                "--arch",
+                "resnet18",
+                "--threads",
+                "1",
+                "--quiet",
+                "--tensorboard",
+            ])
             .arg(file.join("tb"))
             .arg("--out")
             .arg(tmp.path().join("m"))
@@ -113,7 +151,15 @@ fn mlflow_server(dir: &std::path::Path) -> MlflowServer {
         .unwrap()
         .port();
     let child = std::process::Command::new(python().with_file_name("mlflow"))
-        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+        .args([
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--workers",
+            "1",
+        ])
         .arg("--backend-store-uri")
         .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
         .arg("--default-artifact-root")
@@ -135,7 +181,9 @@ fn mlflow_server(dir: &std::path::Path) -> MlflowServer {
 }
 
 fn get_json(url: &str) -> serde_json::Value {
-    let r = ureq::get(url).call().unwrap_or_else(|e| panic!("{url}: {e}"));
+    let r = ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
     serde_json::from_str(&r.into_string().unwrap()).unwrap()
 }
 
@@ -145,7 +193,15 @@ fn mlflow_server_holds_the_runs_params_and_metrics() {
     let server = mlflow_server(tmp.path());
     let out = tmp.path().join("m");
     let o = run(tiny_train(1)
-        .args(["--arch", "resnet18", "--threads", "1", "--quiet", "--mlflow", &server.url])
+        .args([
+            "--arch",
+            "resnet18",
+            "--threads",
+            "1",
+            "--quiet",
+            "--mlflow",
+            &server.url,
+        ])
         .arg("--out")
         .arg(&out)
         .arg(repo().join("assets/sample")));
@@ -176,7 +232,9 @@ fn mlflow_server_holds_the_runs_params_and_metrics() {
 
     // Every step's loss, and each epoch's valid loss as metrics.csv records it.
     let history = |key: &str| -> Vec<(u64, f64)> {
-        get_json(&format!("{api}/metrics/get-history?run_id={id}&metric_key={key}"))["metrics"]
+        get_json(&format!(
+            "{api}/metrics/get-history?run_id={id}&metric_key={key}"
+        ))["metrics"]
             .as_array()
             .unwrap()
             .iter()
@@ -194,7 +252,10 @@ fn mlflow_server_holds_the_runs_params_and_metrics() {
     for ((_, got), row) in valid.iter().zip(&rows[1..]) {
         let want: f64 = row.split(',').nth(3).unwrap().parse().unwrap();
         // metrics.csv keeps 6 decimals.
-        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 }
 
@@ -210,7 +271,15 @@ fn an_absent_mlflow_server_is_named() {
     let url = format!("http://127.0.0.1:{port}");
     let e = refused(
         tiny_train(0)
-            .args(["--arch", "resnet18", "--threads", "1", "--quiet", "--mlflow", &url])
+            .args([
+                "--arch",
+                "resnet18",
+                "--threads",
+                "1",
+                "--quiet",
+                "--mlflow",
+                &url,
+            ])
             .arg("--out")
             .arg(tmp.path().join("m"))
             .arg(repo().join("assets/sample")),

@@ -113,7 +113,10 @@ impl Item {
         Ok(if let Ok(p) = it.extract::<PathBuf>() {
             Item::Path(p)
         } else if it.is_instance_of::<pyo3::types::PyBytes>() {
-            Item::Bytes(PathBuf::from(format!("<bytes {what}>")), it.extract::<Vec<u8>>()?)
+            Item::Bytes(
+                PathBuf::from(format!("<bytes {what}>")),
+                it.extract::<Vec<u8>>()?,
+            )
         } else {
             Item::Pixels(rgb_of(py, it, what)?)
         })
@@ -322,10 +325,16 @@ impl Model {
                 .map(|w| finetune::infer::cam::class_index(&b.info.classes, &w))
                 .transpose()
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let img = finetune::infer::predict::preprocess(&item.image(cap).map_err(|e| e.to_py())?, &b.info);
+            let img = finetune::infer::predict::preprocess(
+                &item.image(cap).map_err(|e| e.to_py())?,
+                &b.info,
+            );
             let cams = finetune::infer::cam::cams(&b, &[&img], &[class])
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let cam = cams.into_iter().next().ok_or_else(|| PyValueError::new_err("no heatmap"))?;
+            let cam = cams
+                .into_iter()
+                .next()
+                .ok_or_else(|| PyValueError::new_err("no heatmap"))?;
             Ok::<_, PyErr>((cam, img))
         })?;
         let np = py.import("numpy")?;

@@ -84,8 +84,8 @@ pub fn raw(
         let a = a.detach().set_requires_grad(true);
         let logits = net.top_output(&a);
         let n_classes = logits.size()[1] as usize;
-        let argmax: Vec<i64> = Vec::try_from(logits.argmax(1, false).to_device(tch::Device::Cpu))
-            .unwrap_or_default();
+        let argmax: Vec<i64> =
+            Vec::try_from(logits.argmax(1, false).to_device(tch::Device::Cpu)).unwrap_or_default();
         let mut chosen = Vec::with_capacity(argmax.len());
         for (i, best) in argmax.iter().enumerate() {
             let c = classes.get(i).copied().flatten().unwrap_or(*best as usize);
@@ -164,7 +164,10 @@ impl Cam {
             .enumerate()
             .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
             .0;
-        ((i as u32) % self.width.max(1), (i as u32) / self.width.max(1))
+        (
+            (i as u32) % self.width.max(1),
+            (i as u32) / self.width.max(1),
+        )
     }
 
     /// The heatmap over `img` (the preprocessed image it was computed from, or any image of the
@@ -186,9 +189,10 @@ impl Cam {
             let c = jet(v);
             let alpha = 0.2 + 0.45 * v;
             let p = img.get_pixel(x, y).0;
-            image::Rgb([0, 1, 2].map(|k| {
-                (p[k] as f32 * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8
-            }))
+            image::Rgb(
+                [0, 1, 2]
+                    .map(|k| (p[k] as f32 * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8),
+            )
         })
     }
 
@@ -196,7 +200,9 @@ impl Cam {
     pub fn overlay_png(&self, img: &RgbImage) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
         // Encoding an in-memory RGB buffer cannot fail short of running out of memory.
-        let _ = self.overlay(img).write_to(&mut out, image::ImageFormat::Png);
+        let _ = self
+            .overlay(img)
+            .write_to(&mut out, image::ImageFormat::Png);
         out.into_inner()
     }
 }

@@ -168,7 +168,11 @@ pub fn html(ev: &Evaluation, ctx: &Context, pics: &Pictures) -> String {
         let img = match (heat, pics.thumbs.get(i).and_then(|t| t.as_ref())) {
             (Some([pred, actual]), _) => format!(
                 "<div class=\"cams\" title=\"heatmap of {p}; hover: of {a}\">{}{}</div>",
-                tag(pred, "cam predicted", &format!("heatmap of {}", l.predicted)),
+                tag(
+                    pred,
+                    "cam predicted",
+                    &format!("heatmap of {}", l.predicted)
+                ),
                 tag(actual, "cam actual", &format!("heatmap of {}", l.actual)),
                 p = esc(&l.predicted),
                 a = esc(&l.actual),

@@ -65,7 +65,10 @@ pub fn best(probs: &[f32]) -> usize {
     probs
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &p)| if p > b.1 { (i, p) } else { b },
+        )
         .0
 }
 

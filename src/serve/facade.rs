@@ -53,8 +53,16 @@ pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Answ
 
 /// The Grad-CAM overlay (PNG) of one encoded image for `class` (the predicted one when `None`),
 /// and the class it explains.
-pub async fn cam(m: &Model, image: Bytes, class: Option<usize>) -> Result<(Vec<u8>, usize), InferError> {
-    match run(m, vec![image], Want::Cam(class)).await?.into_iter().next() {
+pub async fn cam(
+    m: &Model,
+    image: Bytes,
+    class: Option<usize>,
+) -> Result<(Vec<u8>, usize), InferError> {
+    match run(m, vec![image], Want::Cam(class))
+        .await?
+        .into_iter()
+        .next()
+    {
         Some(Output::Cam(r)) => r.map_err(InferError::Unsupported),
         _ => Err(InferError::Internal("the worker gave no heatmap".into())),
     }

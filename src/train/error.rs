@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    TensorBoard(#[from] super::tensorboard::TensorBoardError),
+    TensorBoard(#[from] TensorBoardError),
     #[error(transparent)]
-    Mlflow(#[from] super::mlflow::MlflowError),
+    Mlflow(#[from] MlflowError),
     #[error("{0} already holds a model; pass --force to overwrite it, --resume {0} to continue it if it was interrupted, or choose another --out")]
     Exists(DisplayPath),
     #[error("a weights file and random initialisation exclude each other; pass one of them")]
@@ -72,4 +72,20 @@ impl std::fmt::Display for DisplayPath {
 
 pub(super) fn dp(p: &Path) -> DisplayPath {
     DisplayPath(p.to_path_buf())
+}
+
+/// `--tensorboard DIR` could not be written (`super::tensorboard`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write TensorBoard events to {path}: {source}")]
+pub struct TensorBoardError {
+    pub(super) path: PathBuf,
+    pub(super) source: std::io::Error,
+}
+
+/// The `--mlflow` server did not take a request (`super::mlflow`).
+#[derive(Debug, thiserror::Error)]
+#[error("MLflow at {uri}: {msg} (is `mlflow server` running there? --mlflow takes its URL, e.g. http://127.0.0.1:5000)")]
+pub struct MlflowError {
+    pub(super) uri: String,
+    pub(super) msg: String,
 }

@@ -8,17 +8,11 @@
 //! answering is warned about once; training goes on.
 
 use super::callback::{BatchEnd, Callback, EpochEnd};
+pub use super::error::MlflowError;
 use super::learner::Learner;
 use super::report::Report;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-#[derive(Debug, thiserror::Error)]
-#[error("MLflow at {uri}: {msg} (is `mlflow server` running there? --mlflow takes its URL, e.g. http://127.0.0.1:5000)")]
-pub struct MlflowError {
-    uri: String,
-    msg: String,
-}
 
 /// One metric point, as the API takes it.
 struct Point {
@@ -65,7 +59,10 @@ impl Mlflow {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
                 let text = r.into_string().unwrap_or_default();
-                return Err(err(format!("{path} answered {code}: {}", text.chars().take(300).collect::<String>())));
+                return Err(err(format!(
+                    "{path} answered {code}: {}",
+                    text.chars().take(300).collect::<String>()
+                )));
             }
             Err(e) => return Err(err(format!("{path}: {e}"))),
         };
@@ -92,7 +89,9 @@ impl Mlflow {
         let mut m = Mlflow {
             uri: uri.trim_end_matches('/').to_string(),
             run_id: String::new(),
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(15)).build(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(15))
+                .build(),
             pending: Vec::new(),
             step: 0,
             dead: false,
@@ -160,7 +159,10 @@ impl Mlflow {
                 .iter()
                 .map(|p| json!({"key": p.key, "value": p.value, "timestamp": p.timestamp, "step": p.step}))
                 .collect();
-            if let Err(e) = self.post("runs/log-batch", &json!({"run_id": self.run_id, "metrics": metrics})) {
+            if let Err(e) = self.post(
+                "runs/log-batch",
+                &json!({"run_id": self.run_id, "metrics": metrics}),
+            ) {
                 self.dead = true;
                 let msg = format!("warning: {e}; MLflow logging stops, training goes on");
                 match report {
@@ -214,7 +216,11 @@ impl Drop for Mlflow {
         if self.dead || self.run_id.is_empty() {
             return;
         }
-        let status = if self.interrupted { "KILLED" } else { "FINISHED" };
+        let status = if self.interrupted {
+            "KILLED"
+        } else {
+            "FINISHED"
+        };
         let _ = self.post(
             "runs/update",
             &json!({"run_id": self.run_id, "status": status, "end_time": now_ms()}),

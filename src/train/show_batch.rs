@@ -114,11 +114,22 @@ pub fn confusion_image(classes: &[String], m: &[Vec<usize>]) -> RgbImage {
     let n = classes.len() as u32;
     let left = 8 * 12 + 8;
     let top = 8 + 8 + 4;
-    let mut out = RgbImage::from_pixel(left + n * CELL + 4, top + n * CELL + 4, Rgb([255, 255, 255]));
+    let mut out = RgbImage::from_pixel(
+        left + n * CELL + 4,
+        top + n * CELL + 4,
+        Rgb([255, 255, 255]),
+    );
     for (r, row) in m.iter().enumerate() {
         let total = row.iter().sum::<usize>().max(1) as f64;
         let y = top + r as u32 * CELL;
-        text(&mut out, &format!("{r} {}", classes[r]), 2, y + CELL / 2 - 4, 1, left - 4);
+        text(
+            &mut out,
+            &format!("{r} {}", classes[r]),
+            2,
+            y + CELL / 2 - 4,
+            1,
+            left - 4,
+        );
         for (c, &v) in row.iter().enumerate() {
             let x = left + c as u32 * CELL;
             let share = v as f64 / total;
@@ -129,11 +140,25 @@ pub fn confusion_image(classes: &[String], m: &[Vec<usize>]) -> RgbImage {
                     out.put_pixel(xx, yy, fill);
                 }
             }
-            text(&mut out, &v.to_string(), x + 4, y + CELL / 2 - 4, 1, CELL - 6);
+            text(
+                &mut out,
+                &v.to_string(),
+                x + 4,
+                y + CELL / 2 - 4,
+                1,
+                CELL - 6,
+            );
         }
     }
     for c in 0..n {
-        text(&mut out, &c.to_string(), left + c * CELL + 4, 6, 1, CELL - 6);
+        text(
+            &mut out,
+            &c.to_string(),
+            left + c * CELL + 4,
+            6,
+            1,
+            CELL - 6,
+        );
     }
     out
 }

@@ -109,10 +109,11 @@ pub fn separable(logits: &[Vec<f32>], targets: Targets) -> bool {
                 .enumerate()
                 .all(|(i, &v)| i == y || v < z.get(y).copied().unwrap_or(f32::NEG_INFINITY))
         }),
-        Targets::Multi(t) => logits
-            .iter()
-            .zip(t)
-            .all(|(z, t)| z.iter().zip(t).all(|(&v, &pos)| (v > 0.0) == pos && v != 0.0)),
+        Targets::Multi(t) => logits.iter().zip(t).all(|(z, t)| {
+            z.iter()
+                .zip(t)
+                .all(|(&v, &pos)| (v > 0.0) == pos && v != 0.0)
+        }),
     }
 }
 

@@ -272,7 +272,10 @@ fn cam_response(png: Vec<u8>, class: usize, classes: &[String]) -> Response {
     (
         [
             (header::CONTENT_TYPE, "image/png".to_string()),
-            (header::HeaderName::from_static("x-cam-class"), class.to_string()),
+            (
+                header::HeaderName::from_static("x-cam-class"),
+                class.to_string(),
+            ),
             (header::HeaderName::from_static("x-cam-label"), label),
         ],
         png,
@@ -298,7 +301,9 @@ pub async fn predictions(
     let t = Instant::now();
     if let Some(class) = cam {
         if several || images.len() != 1 {
-            return Err(ApiError::bad("cam=1 explains one image; send one per request"));
+            return Err(ApiError::bad(
+                "cam=1 explains one image; send one per request",
+            ));
         }
         let image = images.pop().unwrap_or_default();
         let (png, c) = facade::cam(m, image, class).await?;
