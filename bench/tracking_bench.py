@@ -42,7 +42,8 @@ def mlflow_server(work):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
+               DO_NOT_TRACK="true")
     p = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                           "--port", str(port), "--workers", "1", "--backend-store-uri",
                           f"sqlite:///{work}/mlflow.db", "--default-artifact-root", str(work / "artifacts")],

@@ -126,8 +126,8 @@ fn an_unwritable_tensorboard_folder_is_named() {
 }
 
 /// `mlflow server` on a free port of 127.0.0.1 with a SQLite store in `dir`, its whole process
-/// group killed on drop (it starts workers). Its background job runners are off: they would take
-/// a core for nothing here.
+/// group killed on drop (it starts workers). Its background job runners are off (they would take
+/// a core for nothing here), and so is its telemetry.
 struct MlflowServer {
     child: std::process::Child,
     url: String,
@@ -165,6 +165,9 @@ fn mlflow_server(dir: &std::path::Path) -> MlflowServer {
         .arg("--default-artifact-root")
         .arg(dir.join("artifacts"))
         .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        // Nothing leaves this machine.
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .env("DO_NOT_TRACK", "true")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0)
