@@ -12,7 +12,7 @@ SETUP :=
 endif
 export FINETUNE_PYTHON := $(VENV)/bin/python
 
-.PHONY: setup build demo test test-avx2 lint clean-venv bench bench-all wheel
+.PHONY: setup build demo test test-avx2 lint clean-venv bench bench-all wheel dist
 
 $(VENV)/.ready: scripts/setup-venv.sh
 	./scripts/setup-venv.sh
@@ -64,6 +64,13 @@ wheel: $(SETUP)
 	cd python && $(PYTHON) -m maturin build --release --interpreter $(PYTHON) --out $(CURDIR)/target/wheels
 	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps --force-reinstall \
 	  $$(ls -t $(CURDIR)/target/wheels/finetune-*.whl | head -1)
+
+# The release artefacts in target/dist: a wheel that is the whole product (the `finetune` command
+# and `import finetune`, linking the torch wheel's libtorch; `pip install` it anywhere with
+# Python 3.11 and glibc 2.34+) and an sdist that builds with Rust and pip (scripts/dist.py).
+dist: $(SETUP)
+	cargo build --release
+	$(PYTHON) scripts/dist.py
 
 clean-venv:
 	rm -rf $(VENV)

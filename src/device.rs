@@ -98,3 +98,41 @@ pub fn describe(d: Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// What `finetune --version` reports of the compute libraries this process runs on.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The libtorch version compiled against (torch-sys insists it is the one linked).
+    pub libtorch: &'static str,
+    /// The libtorch_cpu the loader actually chose: the first thing to check when two torch
+    /// installs compete.
+    pub libtorch_path: Option<std::path::PathBuf>,
+    /// CUDA devices usable, or why none is.
+    pub cuda: Result<usize, &'static str>,
+}
+
+/// Probes the runtime (loads libtorch_cuda when a driver is present, as a CUDA run would).
+pub fn runtime() -> Runtime {
+    load_cuda();
+    let cuda = if tch::Cuda::is_available() {
+        Ok(tch::Cuda::device_count().max(0) as usize)
+    } else if !load_torch_cuda() {
+        Err("this libtorch has no CUDA")
+    } else {
+        Err("no NVIDIA driver or GPU found")
+    };
+    Runtime {
+        libtorch: option_env!("FINETUNE_LIBTORCH_VERSION").unwrap_or("unknown"),
+        libtorch_path: loaded_library("libtorch_cpu.so"),
+        cuda,
+    }
+}
+
+/// The path of a shared library mapped into this process (Linux's /proc/self/maps).
+fn loaded_library(name: &str) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.rsplit('/').next() == Some(name))
+        .map(std::path::PathBuf::from)
+}

@@ -49,6 +49,10 @@ fn tune_allocator() {
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
+    if cli::version::asked(&std::env::args_os().collect::<Vec<_>>()) {
+        print!("{}", cli::version::text());
+        return std::process::ExitCode::SUCCESS;
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

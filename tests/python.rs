@@ -28,7 +28,7 @@ fn python_package_and_ray_job() {
     let py = python();
     let wheels = repo().join("target/wheels");
     let t = std::time::Instant::now();
-    let o = Command::new(&py)
+    let o = common::without_cargo_env(&mut Command::new(&py))
         .args(["-m", "maturin", "build", "--release", "--interpreter"])
         .arg(&py)
         .arg("--out")

@@ -16,6 +16,7 @@ mod serve;
 mod show_batch;
 mod similar;
 mod train;
+pub mod version;
 mod weights;
 
 use clap::builder::TypedValueParser as _;

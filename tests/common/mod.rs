@@ -93,6 +93,22 @@ pub fn lite0_weights() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// Takes out of `cmd`'s environment what `cargo test` sets for the test (CARGO_MANIFEST_DIR,
+/// CARGO_PKG_*, OUT_DIR, ...), for a command that runs cargo again (maturin, `make dist`): build
+/// scripts that read them (ring's) take them for a change and rebuild ring, rustls, ureq and this
+/// crate there, and then once more in the next plain `cargo build`.
+pub fn without_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd
+}
+
 pub fn python() -> PathBuf {
     std::env::var_os("FINETUNE_PYTHON")
         .map(PathBuf::from)
