@@ -45,8 +45,17 @@ SCRIPT = "finetune"
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     os.environ.setdefault("LIBTORCH_USE_PYTORCH", "1")
-    name = maturin.build_wheel(wheel_directory, config_settings, metadata_directory)
-    binary = build_binary(crate_root())
+    with tempfile.TemporaryDirectory() as shims:
+        # torch-sys asks `python3` (or `python` in a venv) on PATH where torch is: make that the
+        # interpreter running this build, whose environment pip gave torch.
+        # (A script, not a symlink: a venv's python finds its venv from the path it is run by.)
+        for name in ("python", "python3"):
+            shim = Path(shims) / name
+            shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+            shim.chmod(0o755)
+        os.environ["PATH"] = shims + os.pathsep + os.environ.get("PATH", "")
+        name = maturin.build_wheel(wheel_directory, config_settings, metadata_directory)
+        binary = build_binary(crate_root())
     add_cli(Path(wheel_directory) / name, binary)
     return name
 

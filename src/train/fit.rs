@@ -20,7 +20,7 @@ use crate::data::augment;
 use crate::dist::DistError;
 use crate::model::Network;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
@@ -68,6 +68,38 @@ struct Profiler;
 impl Callback<Learner> for Profiler {
     fn after_epoch(&mut self, _learn: &mut Learner, end: &EpochEnd, _report: &mut dyn Report) {
         eprintln!("{}", end.times.line(&end.phase, end.epoch, end.seconds));
+    }
+}
+
+/// A fit's time in its callbacks (after each batch, after each epoch) and in all, which
+/// `FINETUNE_PROFILE` prints once a fit: what tracking, checkpoints and the caller's hooks cost.
+struct CallbackClock {
+    fit: Instant,
+    batch: Duration,
+    epoch: Duration,
+}
+
+impl CallbackClock {
+    fn start() -> Self {
+        CallbackClock {
+            fit: Instant::now(),
+            batch: Duration::ZERO,
+            epoch: Duration::ZERO,
+        }
+    }
+    fn add(&mut self, batch: Duration, epoch: Duration) {
+        self.batch += batch;
+        self.epoch += epoch;
+    }
+    fn line(&self, phase: &str) -> String {
+        let total = self.fit.elapsed().as_secs_f64();
+        let cb = (self.batch + self.epoch).as_secs_f64();
+        format!(
+            "PROFILE {phase}: callbacks {cb:.3}s of {total:.2}s ({:.2} %): after each batch {:.3}s, after each epoch {:.3}s",
+            100.0 * cb / total.max(1e-9),
+            self.batch.as_secs_f64(),
+            self.epoch.as_secs_f64()
+        )
     }
 }
 
@@ -161,6 +193,7 @@ impl Learner {
         }
         let (mut cbs, own) = self.fit_callbacks();
         let mut ended = true;
+        let mut clock = CallbackClock::start();
         for epoch in start..n_epochs {
             if self.tracker.stopped || self.dist_failed() {
                 break;
@@ -169,8 +202,10 @@ impl Learner {
                 ended = false;
                 break;
             };
+            let t = Instant::now();
             cbs.iter_mut()
                 .for_each(|cb| cb.after_epoch(self, &end, report));
+            clock.add(end.times.callbacks, t.elapsed());
             if self.interrupted {
                 report.message("interrupted: stopped after the current batch");
                 ended = false;
@@ -180,6 +215,9 @@ impl Learner {
         if ended {
             cbs.iter_mut()
                 .for_each(|cb| cb.after_fit(self, phase, report));
+        }
+        if self.profile {
+            eprintln!("{}", clock.line(phase));
         }
         self.callbacks = cbs.split_off(own);
     }
@@ -354,7 +392,7 @@ impl Learner {
                         .stop_now(asked, &mut votes, read_now, &mut voted_stop);
                 if read_now || stopping {
                     let t = Instant::now();
-                    read_losses(&mut unread, smooth, cbs, report);
+                    times.callbacks += read_losses(&mut unread, smooth, cbs, report);
                     times.read += t.elapsed();
                 }
                 !stopping
@@ -367,7 +405,7 @@ impl Learner {
             self.stop.store(true, Ordering::Relaxed);
         }
         let t = Instant::now();
-        read_losses(&mut unread, smooth, cbs, report);
+        times.callbacks += read_losses(&mut unread, smooth, cbs, report);
         times.read += t.elapsed();
         times.batches = ran;
         times.prepare = overlap.produce;
@@ -439,15 +477,17 @@ struct Unread<'a> {
 }
 
 /// Reads the losses still on the device (one synchronisation for all of them) and reports each,
-/// in batch order, through the smoothed loss; then the batch callbacks hear of it.
+/// in batch order, through the smoothed loss; then the batch callbacks hear of it. Returns the
+/// time spent in those callbacks (always measured: two clock reads a batch).
 fn read_losses(
     unread: &mut Vec<(Unread, Tensor)>,
     smooth: &mut SmoothLoss,
     cbs: &mut [Box<dyn Callback<Learner>>],
     report: &mut dyn Report,
-) {
+) -> Duration {
+    let mut in_callbacks = Duration::ZERO;
     if unread.is_empty() {
-        return;
+        return in_callbacks;
     }
     let values: Vec<f64> = if unread.len() == 1 {
         vec![unread[0].1.double_value(&[])]
@@ -474,6 +514,9 @@ fn read_losses(
             smooth: s,
             lr: at.lr,
         };
+        let t = Instant::now();
         cbs.iter_mut().for_each(|cb| cb.after_batch(&end));
+        in_callbacks += t.elapsed();
     }
+    in_callbacks
 }

@@ -21,13 +21,15 @@ pub struct PhaseTimes {
     /// Reading losses back to the host.
     pub read: Duration,
     pub validate: Duration,
+    /// In the batch callbacks (tracking's per-step scalars), part of `read`.
+    pub callbacks: Duration,
 }
 
 impl PhaseTimes {
     pub fn line(&self, phase: &str, epoch: usize, total: f64) -> String {
         let s = |d: Duration| d.as_secs_f64();
         format!(
-            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + gradient all-reduce {:.2}s + loss reads {:.2}s + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
+            "PROFILE {phase} epoch {epoch}: {} batches, total {total:.2}s = wait for batch {:.2}s + forward {:.2}s + backward {:.2}s + optimizer step {:.2}s + gradient all-reduce {:.2}s + loss reads {:.2}s (batch callbacks {:.3}s) + validation {:.2}s (+ {:.2}s other); batch preparation {:.2}s on the producer thread",
             self.batches,
             s(self.wait),
             s(self.forward),
@@ -35,6 +37,7 @@ impl PhaseTimes {
             s(self.step),
             s(self.sync),
             s(self.read),
+            s(self.callbacks),
             s(self.validate),
             (total
                 - s(self.wait)
