@@ -24,8 +24,21 @@ fn tensorboard_holds_the_runs_scalars_images_and_hparams() {
         .arg(&tb)
         .arg("--out")
         .arg(&out)
-        .arg(repo().join("assets/sample")));
+        .arg(repo().join("assets/sample"))
+        .env("FINETUNE_PROFILE", "1"));
     assert!(o.status.success(), "{}", o.stderr);
+    // The profile's per-fit line: where the benchmark reads what tracking costs.
+    for fit in ["frozen", "unfrozen"] {
+        assert!(
+            o.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("PROFILE {fit}: callbacks "))
+                    && l.contains("after each batch")
+                    && l.contains("after each epoch")),
+            "{}",
+            o.stderr
+        );
+    }
     let files: Vec<_> = std::fs::read_dir(&tb)
         .unwrap()
         .map(|e| e.unwrap().path())
