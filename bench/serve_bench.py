@@ -2,8 +2,13 @@
 same images and against a plain PyTorch eager HTTP server (torchvision body + the same fastai head,
 weights from the bundle, one request at a time: the usual first deployment).
 
+Also against onnxruntime behind the same HTTP shape (the bundle exported with `finetune export`,
+`InferenceSession.run` in the same http.server handler as the eager one; `--no-ort` leaves it out),
+and with `--compare-bin OLD` a second finetune binary's serve on the same model, side by side.
+
 Usage (repo root, after `make demo`): python bench/serve_bench.py [--model target/demo-model]
     [--images ../shared/data/clothing-small/test] [--n 200] [--clients 1,8,32] [--no-eager]
+    [--no-ort] [--compare-bin PATH]
 With several bundles (--model a,b,c) it measures each in turn: `make bench-all` runs it so on the
 engine benchmark's per-arch bundles at 8 and 32 clients (`serve-archs`).
 Prints a markdown table. Run it alone on the machine: the clients share its cores with the servers
@@ -71,6 +76,65 @@ def start(cmd, env=None):
         p.kill()
         sys.exit(f"server did not start: {line!r}")
     return p, line[len("listening on "):]
+
+
+def preprocess_pil(body, size, mean, std):
+    """PIL decode, squish resize to the bundle's size, ImageNet normalisation: NCHW float32."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(body)).convert("RGB").resize(size, Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None] / 255.0
+    return ((x - mean) / std).astype(np.float32)
+
+
+def http_server(predict, classes):
+    """The HTTP shape both Python servers share: http.server, one request at a time, HTTP/1.0,
+    the image as the body, `[{"label", "score"}, ...]` (top 5) as the answer."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            p = predict(body)
+            top = sorted(range(len(p)), key=lambda i: -p[i])[:5]
+            out = json.dumps([{"label": classes[i], "score": float(p[i])} for i in top]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    HTTPServer.request_queue_size = 128
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    print(f"listening on http://127.0.0.1:{srv.server_address[1]}", flush=True)
+    srv.serve_forever()
+
+
+def ort_server(onnx_path, model_dir):
+    """onnxruntime behind the same HTTP shape: the `finetune export` of the bundle (its softmax
+    included), PIL preprocessing, `InferenceSession.run`, THREADS intra-op threads."""
+    import numpy as np
+    import onnxruntime as ort
+
+    info = json.load(open(f"{model_dir}/model.json"))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(os.environ.get("THREADS", "2"))
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    size = (info["size"]["w"], info["size"]["h"])
+    mean = np.array(info["normalization"]["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(info["normalization"]["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    http_server(lambda body: sess.run(None, {name: preprocess_pil(body, size, mean, std)})[0][0].tolist(),
+                info["classes"])
 
 
 def eager_server(model_dir, port):
@@ -159,10 +223,15 @@ def main():
     ap.add_argument("--threads", default="2")
     ap.add_argument("--no-eager", action="store_true",
                     help="finetune only (the PyTorch server knows mobilenet_v2 and ResNets only)")
+    ap.add_argument("--no-ort", action="store_true", help="leave out the onnxruntime server")
+    ap.add_argument("--compare-bin", help="another finetune binary whose serve is measured beside")
     ap.add_argument("--eager-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ort-server", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.eager_server:
         return eager_server(a.model, 0)
+    if a.ort_server:
+        return ort_server(a.ort_server, a.model)
     paths = images(a.images, a.n)
     levels = [int(c) for c in a.clients.split(",")]
     rows = []
@@ -187,14 +256,32 @@ def main():
         t_half, t_all = predict(model, half), predict(model, many)
         predict_ips = (len(many) - len(half)) / (t_all - t_half)
 
-        srv, base = start([BIN, "serve", model, "--port", "0", "--threads", a.threads])
-        PATH = f"/predictions/{name}"
-        load(base, paths[:16], 4)  # warm-up
-        label = "finetune serve" if len(models) == 1 else f"finetune serve, {arch}"
-        for c in levels:
-            rows.append((label, c, *load(base, paths, c), predict_ips))
-        srv.terminate()
-        srv.wait()
+        servers = [(BIN, "finetune serve" if len(models) == 1 else f"finetune serve, {arch}")]
+        if a.compare_bin:
+            servers.append((a.compare_bin, f"finetune serve ({a.compare_bin})"))
+        for binary, label in servers:
+            srv, base = start([binary, "serve", model, "--port", "0", "--threads", a.threads])
+            PATH = f"/predictions/{name}"
+            load(base, paths[:16], 4)  # warm-up
+            for c in levels:
+                rows.append((label, c, *load(base, paths, c), predict_ips))
+            srv.terminate()
+            srv.wait()
+
+        if not a.no_ort:
+            import tempfile
+
+            onnx = os.path.join(tempfile.mkdtemp(prefix="serve-bench-"), "model.onnx")
+            subprocess.run([BIN, "export", model, "--format", "onnx", "--out", onnx], check=True,
+                           stdout=subprocess.DEVNULL)
+            env = dict(os.environ, THREADS=a.threads)
+            srv, base = start([sys.executable, __file__, "--ort-server", onnx, "--model", model], env=env)
+            PATH = "/predict"
+            load(base, paths[:16], 1)
+            for c in levels:
+                rows.append(("onnxruntime http.server", c, *load(base, paths, c), predict_ips))
+            srv.terminate()
+            srv.wait()
 
         if not a.no_eager:
             env = dict(os.environ, THREADS=a.threads)

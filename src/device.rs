@@ -111,15 +111,28 @@ pub struct Runtime {
     pub cuda: Result<usize, &'static str>,
 }
 
-/// Probes the runtime (loads libtorch_cuda when a driver is present, as a CUDA run would).
+/// Probes the runtime: loads libtorch_cuda when an NVIDIA driver is present, as a CUDA run would
+/// (and only then, like every other command).
 pub fn runtime() -> Runtime {
-    load_cuda();
-    let cuda = if tch::Cuda::is_available() {
-        Ok(tch::Cuda::device_count().max(0) as usize)
+    // SAFETY: dlopen of a NUL-terminated name; the handle is kept, as `load_cuda` keeps it.
+    let driver = unsafe {
+        !libc::dlopen(
+            c"libcuda.so.1".as_ptr(),
+            libc::RTLD_LAZY | libc::RTLD_GLOBAL,
+        )
+        .is_null()
+    };
+    let cuda = if !driver {
+        Err("no NVIDIA driver found")
     } else if !load_torch_cuda() {
         Err("this libtorch has no CUDA")
     } else {
-        Err("no NVIDIA driver or GPU found")
+        load_cuda();
+        if tch::Cuda::is_available() {
+            Ok(tch::Cuda::device_count().max(0) as usize)
+        } else {
+            Err("the driver sees no usable GPU")
+        }
     };
     Runtime {
         libtorch: option_env!("FINETUNE_LIBTORCH_VERSION").unwrap_or("unknown"),

@@ -5,7 +5,7 @@ mod common;
 use base64::Engine;
 use common::bin;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
@@ -575,10 +575,44 @@ fn wait_queued(s: &Server, model: &str, n: u64) {
     }
 }
 
+/// A client that sends a prediction request's headers and a little of its body, then nothing: a
+/// request on its way, for which the worker holds a batch open (up to the batching delay).
+/// Returns once the server counts it.
+fn slow_client(s: &Server) -> std::net::TcpStream {
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(
+        b"POST /predictions/pets HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+          Content-Length: 100000\r\n\r\n\x89PNG",
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while get(&s.url("/models/pets")).json()["serving"]["arriving"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(120), "never counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c
+}
+
+#[test]
+fn a_lone_request_does_not_wait_for_a_batch() {
+    // Nothing else on its way: the batching delay (an hour here) must not hold it.
+    let s = Server::start(&["--max-batch-delay-ms", "3600000"]);
+    let png = std::fs::read(&images()[0]).unwrap();
+    for _ in 0..3 {
+        let r = post(&s.url("/predictions/pets"), "image/png", &png);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let card = get(&s.url("/models/pets")).json();
+    assert_eq!(card["serving"]["batches"], 3, "{}", card["serving"]);
+    assert_eq!(card["serving"]["arriving"], 0, "{}", card["serving"]);
+}
+
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    // Two images wait in a batch that is still being gathered; a third finds the queue full.
-    // The batching delay only has to outlast the polling that sees them queued.
+    // Two images wait in a batch that is still being gathered (held open by a request still
+    // arriving); a third finds the queue full. The batching delay only has to outlast the polling
+    // that sees them queued.
     let s = Server::start(&[
         "--max-batch",
         "64",
@@ -589,6 +623,7 @@ fn full_queue_answers_503_with_retry_after() {
     ]);
     let png = std::fs::read(&images()[0]).unwrap();
     let url = s.url("/predictions/pets");
+    let slow = slow_client(&s);
     std::thread::scope(|sc| {
         let hs: Vec<_> = (0..2)
             .map(|_| sc.spawn(|| post(&url, "image/png", &png)))
@@ -606,14 +641,26 @@ fn full_queue_answers_503_with_retry_after() {
     let card = get(&s.url("/models/pets")).json();
     assert_eq!(card["serving"]["largest_batch"], 2, "{}", card["serving"]);
     assert_eq!(card["serving"]["queued"], 0);
+    drop(slow);
 }
 
 #[test]
 fn sigint_lets_requests_in_flight_finish() {
     // A long batching delay keeps the requests inside the server when the signal arrives.
-    let mut s = Server::start(&["--max-batch", "64", "--max-batch-delay-ms", "5000"]);
+    // The slow client's body deadline (3 s) ends its request, so the shutdown does not wait the
+    // default 30 s for it.
+    let mut s = Server::start(&[
+        "--max-batch",
+        "64",
+        "--max-batch-delay-ms",
+        "5000",
+        "--body-timeout-s",
+        "3",
+    ]);
     let png = std::fs::read(&images()[0]).unwrap();
     let url = s.url("/predictions/pets");
+    // Holds the batch open (see `slow_client`).
+    let _slow = slow_client(&s);
     let results = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..4)
             .map(|_| sc.spawn(|| post(&url, "image/png", &png)))

@@ -17,7 +17,9 @@ pub struct Args {
     /// Most images in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// How long the worker waits for more images after the first one of a batch, in ms.
+    /// How long the worker may wait for more images after the first one of a batch, in ms: only
+    /// while other requests are on their way (body arriving, images decoding); a lone request
+    /// runs at once.
     #[arg(long, default_value_t = 5)]
     max_batch_delay_ms: u64,
     /// Images waiting per model beyond which requests are answered 503 with Retry-After.

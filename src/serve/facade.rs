@@ -2,7 +2,7 @@
 //! routes hand it encoded images or ready tensors and get probabilities back, or an [`InferError`]
 //! that says which part failed. It knows nothing of HTTP.
 
-use super::worker::{Input, Job, Output};
+use super::worker::{Arriving, Input, Job, Output};
 use super::Model;
 use crate::data::decode::decode_bytes;
 use crate::data::transform::presize;
@@ -38,10 +38,16 @@ pub enum Want {
 }
 
 /// Decodes on the blocking pool, queues each image to the model's worker, waits for the answers;
-/// with `tta`, the worker runs test-time augmentation (fastai's defaults) on them.
-pub async fn images(m: &Model, images: Vec<Bytes>, tta: bool) -> Result<Vec<Answer>, InferError> {
+/// with `tta`, the worker runs test-time augmentation (fastai's defaults) on them. `way` (from
+/// [`super::worker::Queue::arriving`], taken when the request came in) ends once they are queued.
+pub async fn images(
+    m: &Model,
+    images: Vec<Bytes>,
+    tta: bool,
+    way: Arriving,
+) -> Result<Vec<Answer>, InferError> {
     let want = if tta { Want::Tta } else { Want::Answer };
-    let out = run(m, images, want).await?;
+    let out = run(m, images, want, way).await?;
     Ok(out
         .into_iter()
         .map(|o| match o {
@@ -57,8 +63,9 @@ pub async fn cam(
     m: &Model,
     image: Bytes,
     class: Option<usize>,
+    way: Arriving,
 ) -> Result<(Vec<u8>, usize), InferError> {
-    match run(m, vec![image], Want::Cam(class))
+    match run(m, vec![image], Want::Cam(class), way)
         .await?
         .into_iter()
         .next()
@@ -69,8 +76,12 @@ pub async fn cam(
 }
 
 /// The embeddings of encoded images (the head's input, as `finetune embed`).
-pub async fn embeddings(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, InferError> {
-    let out = run(m, images, Want::Embedding).await?;
+pub async fn embeddings(
+    m: &Model,
+    images: Vec<Bytes>,
+    way: Arriving,
+) -> Result<Vec<Vec<f32>>, InferError> {
+    let out = run(m, images, Want::Embedding, way).await?;
     Ok(out
         .into_iter()
         .map(|o| match o {
@@ -80,7 +91,12 @@ pub async fn embeddings(m: &Model, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, 
         .collect())
 }
 
-async fn run(m: &Model, images: Vec<Bytes>, want: Want) -> Result<Vec<Output>, InferError> {
+async fn run(
+    m: &Model,
+    images: Vec<Bytes>,
+    want: Want,
+    way: Arriving,
+) -> Result<Vec<Output>, InferError> {
     let info = m.info.clone();
     let several = images.len() > 1;
     let prepared = tokio::task::spawn_blocking(move || {
@@ -105,12 +121,16 @@ async fn run(m: &Model, images: Vec<Bytes>, want: Want) -> Result<Vec<Output>, I
     .await
     .map_err(|e| InferError::Internal(e.to_string()))?
     .map_err(InferError::Decode)?;
-    queue(m, prepared).await
+    queue(m, prepared, way).await
 }
 
 /// Queues ready inputs (KServe v2's `FP32` tensors) and waits for their answers, in order.
-pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Answer>, InferError> {
-    Ok(queue(m, inputs)
+pub async fn inputs(
+    m: &Model,
+    inputs: Vec<Input>,
+    way: Arriving,
+) -> Result<Vec<Answer>, InferError> {
+    Ok(queue(m, inputs, way)
         .await?
         .into_iter()
         .map(|o| match o {
@@ -120,8 +140,9 @@ pub async fn inputs(m: &Model, inputs: Vec<Input>) -> Result<Vec<Answer>, InferE
         .collect())
 }
 
-/// Queues each input to the model's worker and waits for the outputs, in order.
-async fn queue(m: &Model, inputs: Vec<Input>) -> Result<Vec<Output>, InferError> {
+/// Queues each input to the model's worker and waits for the outputs, in order. The request
+/// stops being on its way once all are queued: the worker never sees neither.
+async fn queue(m: &Model, inputs: Vec<Input>, way: Arriving) -> Result<Vec<Output>, InferError> {
     let mut waits = Vec::with_capacity(inputs.len());
     for input in inputs {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -130,6 +151,7 @@ async fn queue(m: &Model, inputs: Vec<Input>) -> Result<Vec<Output>, InferError>
             .map_err(|_| InferError::QueueFull)?;
         waits.push(rx);
     }
+    drop(way);
     let mut out = Vec::with_capacity(waits.len());
     for rx in waits {
         out.push(rx.await.map_err(|_| InferError::WorkerGone)?);

@@ -1,6 +1,8 @@
 //! The batching worker: one thread per model owns the network, takes what is queued (up to
-//! `max_batch`, waiting at most `max_delay` after the first item), runs one forward pass and
-//! answers each request through its oneshot channel.
+//! `max_batch`), runs one forward pass and answers each request through its oneshot channel.
+//! It waits for more (at most `max_delay` after the first item) only while requests are on their
+//! way — their body arriving or their images decoding: a request that finds nothing else coming
+//! runs at once, and a busy server still fills its batches (what queued during the last pass).
 
 use super::metrics::Metrics;
 use crate::bundle::Bundle;
@@ -48,6 +50,8 @@ pub struct Job {
 #[derive(Default)]
 pub struct WorkerStats {
     pub queued: AtomicUsize,
+    /// Requests for this model on their way (see [`Arriving`]).
+    pub arriving: AtomicUsize,
     pub batches: AtomicU64,
     pub images: AtomicU64,
     pub largest_batch: AtomicUsize,
@@ -61,11 +65,28 @@ pub struct Queue {
     pub stats: Arc<WorkerStats>,
 }
 
+/// A request on its way to the worker — its body being read, its images decoded — from the
+/// moment its route is known until its images are queued (or it fails): what makes a batch worth
+/// waiting for. Dropping it ends the count.
+pub struct Arriving(Arc<WorkerStats>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.arriving.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The queue is full: the caller should retry later.
 #[derive(Debug)]
 pub struct Full;
 
 impl Queue {
+    /// Counts a request as on its way until the returned guard is dropped.
+    pub fn arriving(&self) -> Arriving {
+        self.stats.arriving.fetch_add(1, Ordering::SeqCst);
+        Arriving(self.stats.clone())
+    }
+
     /// Queues one image; refused when `--queue` images already wait for a forward pass (those in a
     /// batch still being gathered count as waiting).
     pub fn submit(&self, job: Job) -> Result<(), Full> {
@@ -129,6 +150,10 @@ fn run(
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            // Nothing queued and nothing on its way: waiting could only add latency.
+            if stats.arriving.load(Ordering::SeqCst) == 0 {
+                break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

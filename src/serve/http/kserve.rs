@@ -80,6 +80,7 @@ pub async fn v2_infer(
     req: Request,
 ) -> Result<Response, ApiError> {
     let m = model(&st, &name)?;
+    let way = m.queue.arriving();
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, st.body_timeout).await?;
     let v: Value =
@@ -121,7 +122,7 @@ pub async fn v2_infer(
                 images.push(Bytes::from(b));
             }
             if embedding {
-                let e = facade::embeddings(m, images).await?;
+                let e = facade::embeddings(m, images, way).await?;
                 let (n, d) = (e.len(), e.first().map_or(0, Vec::len));
                 let flat: Vec<f32> = e.into_iter().flatten().collect();
                 let output =
@@ -132,9 +133,9 @@ pub async fn v2_infer(
                 }
                 return Ok(timed(t, Json(out)));
             }
-            facade::images(m, images, false).await?
+            facade::images(m, images, false, way).await?
         }
-        Some("FP32") => facade::inputs(m, fp32_inputs(input, data, &m.info)?).await?,
+        Some("FP32") => facade::inputs(m, fp32_inputs(input, data, &m.info)?, way).await?,
         other => {
             return Err(ApiError::bad(format!(
                 "datatype {} is not accepted: send BYTES (base64-encoded images) or FP32 [N,3,{},{}] (normalised)",

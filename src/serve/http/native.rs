@@ -127,6 +127,7 @@ pub async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<
             "images": s.images.load(Relaxed),
             "largest_batch": s.largest_batch.load(Relaxed),
             "queued": s.queued.load(Relaxed),
+            "arriving": s.arriving.load(Relaxed),
         },
     })))
 }
@@ -247,9 +248,10 @@ pub async fn embed(
     req: Request,
 ) -> Result<Response, ApiError> {
     let m = model(&st, &name)?;
+    let way = m.queue.arriving();
     let (images, several) = read_images(req, st.body_timeout).await?;
     let t = Instant::now();
-    let e = facade::embeddings(m, images).await?;
+    let e = facade::embeddings(m, images, way).await?;
     Ok(timed(
         t,
         Json(if several {
@@ -290,6 +292,7 @@ pub async fn predictions(
     req: Request,
 ) -> Result<Response, ApiError> {
     let m = model(&st, &name)?;
+    let way = m.queue.arriving();
     let classes = &m.info.classes;
     let k = parse_top_k(q.as_deref())?
         .unwrap_or(5)
@@ -306,10 +309,10 @@ pub async fn predictions(
             ));
         }
         let image = images.pop().unwrap_or_default();
-        let (png, c) = facade::cam(m, image, class).await?;
+        let (png, c) = facade::cam(m, image, class, way).await?;
         return Ok(timed(t, cam_response(png, c, classes)));
     }
-    let answers = facade::images(m, images, tta).await?;
+    let answers = facade::images(m, images, tta, way).await?;
     let lists: Vec<Value> = answers.iter().map(|a| top(a, &m.info, k, thresh)).collect();
     Ok(timed(
         t,
