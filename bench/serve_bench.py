@@ -137,11 +137,10 @@ def ort_server(onnx_path, model_dir):
                 info["classes"])
 
 
-def eager_server(model_dir, port):
+def eager_server(model_dir):
     """A PyTorch eager HTTP server: http.server (one request at a time), PIL decode, squish resize,
     ImageNet normalisation, `inference_mode`, the bundle's weights in torchvision's module."""
     import io
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
     import torch
     import torchvision
@@ -183,33 +182,14 @@ def eager_server(model_dir, port):
     std = torch.tensor(info["normalization"]["std"]).view(1, 3, 1, 1)
     classes = info["classes"]
 
-    class H(BaseHTTPRequestHandler):
-        # HTTP/1.0: the connection closes after each answer, so a single-threaded server takes
-        # the clients in turn instead of serving one keep-alive client forever.
-        protocol_version = "HTTP/1.0"
+    def predict(body):
+        img = Image.open(io.BytesIO(body)).convert("RGB").resize(size, Image.BILINEAR)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size[1], size[0], 3)
+        x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        with torch.inference_mode():
+            return model.head(model.body(x)).softmax(-1)[0].tolist()
 
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            img = Image.open(io.BytesIO(body)).convert("RGB").resize(size, Image.BILINEAR)
-            x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, size[1], size[0], 3)
-            x = (x.permute(0, 3, 1, 2).float() / 255 - mean) / std
-            with torch.inference_mode():
-                p = model.head(model.body(x)).softmax(-1)[0]
-            top = p.topk(min(5, n))
-            out = json.dumps([{"label": classes[i], "score": float(s)} for s, i in zip(top.values, top.indices)]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-    HTTPServer.request_queue_size = 128  # 32 clients connecting at once must not overflow the backlog
-    srv = HTTPServer(("127.0.0.1", port), H)
-    print(f"listening on http://127.0.0.1:{srv.server_address[1]}", flush=True)
-    srv.serve_forever()
+    http_server(predict, classes)
 
 
 def main():
@@ -229,7 +209,7 @@ def main():
     ap.add_argument("--ort-server", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.eager_server:
-        return eager_server(a.model, 0)
+        return eager_server(a.model)
     if a.ort_server:
         return ort_server(a.ort_server, a.model)
     paths = images(a.images, a.n)
