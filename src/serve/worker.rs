@@ -9,7 +9,7 @@ use crate::bundle::Bundle;
 use crate::infer::predict::{answers, answers_of, Answer};
 use crate::infer::tta::{self, Tta};
 use image::RgbImage;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,15 @@ pub struct Job {
     pub reply: oneshot::Sender<Output>,
 }
 
+/// What travels to the worker: an image, or word that the last request on its way has been
+/// queued (or failed), so a worker waiting for it stops waiting. Without the wake-up a worker
+/// that took a request's image before the request dropped its [`Arriving`] would wait out the
+/// whole batching delay for nothing (seen in CI: a lone request held for the delay).
+enum Msg {
+    Job(Job),
+    Wake,
+}
+
 /// Counters of one model's worker, shown in the model card and /metrics.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -55,24 +64,32 @@ pub struct WorkerStats {
     pub batches: AtomicU64,
     pub images: AtomicU64,
     pub largest_batch: AtomicUsize,
+    /// A [`Msg::Wake`] is in the channel: at most one at a time, so wake-ups never fill it.
+    wake_pending: AtomicBool,
 }
 
 /// The sending side of a model's queue.
 #[derive(Clone)]
 pub struct Queue {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Msg>,
     cap: usize,
     pub stats: Arc<WorkerStats>,
 }
 
 /// A request on its way to the worker — its body being read, its images decoded — from the
 /// moment its route is known until its images are queued (or it fails): what makes a batch worth
-/// waiting for. Dropping it ends the count.
-pub struct Arriving(Arc<WorkerStats>);
+/// waiting for. Dropping it ends the count, and the last one wakes the worker.
+pub struct Arriving(Queue);
 
 impl Drop for Arriving {
     fn drop(&mut self) {
-        self.0.arriving.fetch_sub(1, Ordering::SeqCst);
+        let stats = &self.0.stats;
+        if stats.arriving.fetch_sub(1, Ordering::SeqCst) == 1
+            && !stats.wake_pending.swap(true, Ordering::SeqCst)
+        {
+            // The channel holds `cap` images and one wake-up; a worker gone needs no waking.
+            let _ = self.0.tx.try_send(Msg::Wake);
+        }
     }
 }
 
@@ -84,7 +101,7 @@ impl Queue {
     /// Counts a request as on its way until the returned guard is dropped.
     pub fn arriving(&self) -> Arriving {
         self.stats.arriving.fetch_add(1, Ordering::SeqCst);
-        Arriving(self.stats.clone())
+        Arriving(self.clone())
     }
 
     /// Queues one image; refused when `--queue` images already wait for a forward pass (those in a
@@ -94,7 +111,7 @@ impl Queue {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Full);
         }
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Msg::Job(job)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::SeqCst);
@@ -118,7 +135,8 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
     let cap = settings.queue.max(1);
-    let (tx, rx) = std::sync::mpsc::sync_channel(cap);
+    // One slot more than the images it may hold, for the one wake-up (see `Msg`).
+    let (tx, rx) = std::sync::mpsc::sync_channel(cap + 1);
     let stats = Arc::new(WorkerStats::default());
     let max_batch = settings.max_batch.max(1);
     let max_delay = settings.max_delay;
@@ -131,21 +149,35 @@ pub fn spawn(
 
 fn run(
     bundle: Bundle,
-    rx: Receiver<Job>,
+    rx: Receiver<Msg>,
     max_batch: usize,
     max_delay: Duration,
     stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
 ) {
     let _guard = tch::no_grad_guard();
-    while let Ok(first) = rx.recv() {
+    // Clears the pending flag before the caller looks at `arriving` again: a request that ends
+    // after this sends a fresh wake-up, one that ended before is seen in the count.
+    let woken = |stats: &WorkerStats| stats.wake_pending.store(false, Ordering::SeqCst);
+    while let Ok(msg) = rx.recv() {
+        let first = match msg {
+            Msg::Job(j) => j,
+            Msg::Wake => {
+                woken(&stats);
+                continue;
+            }
+        };
         let mut jobs = vec![first];
         let deadline = Instant::now() + max_delay;
         while jobs.len() < max_batch {
             // Take what is already queued without waiting, then wait until the deadline.
             match rx.try_recv() {
-                Ok(j) => {
+                Ok(Msg::Job(j)) => {
                     jobs.push(j);
+                    continue;
+                }
+                Ok(Msg::Wake) => {
+                    woken(&stats);
                     continue;
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
@@ -160,7 +192,9 @@ fn run(
                 break;
             }
             match rx.recv_timeout(left) {
-                Ok(j) => jobs.push(j),
+                Ok(Msg::Job(j)) => jobs.push(j),
+                // Loops back to see whether anything came with it or is still on its way.
+                Ok(Msg::Wake) => woken(&stats),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
