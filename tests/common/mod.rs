@@ -148,6 +148,17 @@ pub fn reference() -> PathBuf {
     DIR.get_or_init(|| {
         let _g = LOCK.lock().unwrap();
         let dir = repo().join("target/reference").join(isa_tag());
+        // `make test` runs two test binaries at once (scripts/run-tests.sh): one makes the
+        // references while the other waits on this lock, then finds them made.
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+        // SAFETY: a valid open descriptor; the lock ends when `lock` is closed below.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+            0,
+            "cannot lock {}",
+            dir.display()
+        );
         // Regenerated whenever the script or the processor changes (their hash is the marker).
         let mut script = std::fs::read(repo().join("tests/reference/make_reference.py")).unwrap();
         script.extend_from_slice(cpu_identity().as_bytes());
@@ -175,6 +186,7 @@ pub fn reference() -> PathBuf {
             );
             std::fs::write(dir.join("done"), &want).unwrap();
         }
+        drop(lock);
         dir
     })
     .clone()
