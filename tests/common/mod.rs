@@ -148,7 +148,7 @@ pub fn reference() -> PathBuf {
     DIR.get_or_init(|| {
         let _g = LOCK.lock().unwrap();
         let dir = repo().join("target/reference").join(isa_tag());
-        // `make test` runs two test binaries at once (scripts/run-tests.sh): one makes the
+        // Two test processes at once (two `cargo test` runs side by side): one makes the
         // references while the other waits on this lock, then finds them made.
         std::fs::create_dir_all(&dir).unwrap();
         let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
