@@ -128,30 +128,29 @@ impl Graph {
             .to_kind(tch::Kind::Float)
             .contiguous();
         // Copied once, straight into the little-endian bytes ONNX stores (libtorch's CPUs are
-        // little-endian: x86-64, aarch64): a 276 MB model is copied as few times as it can be, as fresh memory
-        // is what an export of a large network spends its time on (measured: the kernel zeroing
-        // new pages was 43 % of wide_resnet50_2's export).
+        // little-endian: x86-64, aarch64): fresh memory is what exporting a large network spends
+        // its time on (measured: the kernel zeroing new pages was 43 % of wide_resnet50_2's).
         let numel = t.numel();
         let mut raw = vec![0u8; numel * 4];
         if let Err(e) = t.f_copy_data_u8(&mut raw, numel) {
             self.error.get_or_insert(format!("cannot read {name}: {e}"));
             raw.clear();
         }
-        self.initializers.push(TensorProto {
-            dims: t.size(),
-            data_type: data_type::FLOAT,
-            name: name.to_string(),
-            raw_data: raw,
-            ..Default::default()
-        });
+        self.push_raw(name, &t.size(), data_type::FLOAT, raw);
     }
 
     fn push_floats(&mut self, name: &str, dims: &[i64], values: &[f32]) {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_raw(name, dims, data_type::FLOAT, raw);
+    }
+
+    /// One initializer of little-endian `raw_data`.
+    fn push_raw(&mut self, name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>) {
         self.initializers.push(TensorProto {
             dims: dims.to_vec(),
-            data_type: data_type::FLOAT,
+            data_type,
             name: name.to_string(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: raw,
             ..Default::default()
         });
     }
@@ -171,13 +170,8 @@ impl Graph {
     /// An int64 constant of any shape (`[]` for a scalar index).
     pub fn int64_tensor(&mut self, hint: &str, dims: &[i64], values: &[i64]) -> String {
         let name = self.fresh(hint);
-        self.initializers.push(TensorProto {
-            dims: dims.to_vec(),
-            data_type: data_type::INT64,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_raw(&name, dims, data_type::INT64, raw);
         name
     }
 
