@@ -1,5 +1,6 @@
 //! The events of the training loop (fastai's callback events) that code outside the loop hooks
-//! into; the loop and the recipe's own callbacks are `super::fit`.
+//! into; the loop and the recipe's own callbacks are `super::fit`, the callbacks that change a
+//! training batch and its loss (MixUp, CutMix) `super::mix::MixHandler`.
 
 use super::profile::PhaseTimes;
 use super::report::Report;

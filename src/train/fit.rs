@@ -131,13 +131,12 @@ impl Learner {
             .recipe
             .augmentation()
             .map(|cfg| augment::draw(xb.size()[0] as usize, &cfg, &mut self.rng));
-        let mix = self
-            .recipe
-            .mix
-            .map(|m| super::pipeline::draw_mix(&m, xb, &mut self.rng));
+        let cb = self.recipe.mix.map(super::mix::callback);
+        let cb = cb.as_deref();
+        let mix = cb.map(|c| c.draw(xb, &mut self.rng));
         let spec = self.input_spec();
         let batch = spec.prepare_mixed(xb.shallow_clone(), yb.shallow_clone(), aug, mix);
-        let (x, y, mixed) = spec.finish_train(batch);
+        let (x, y, mixed) = spec.finish_train(batch, cb);
         let mut stepper = Stepper {
             net: &self.net,
             opt: &mut self.opt,
@@ -342,7 +341,10 @@ impl Learner {
             class_weights,
             ..
         } = &mut *self;
-        let (aug, mix) = (recipe.augmentation(), recipe.mix);
+        let aug = recipe.augmentation();
+        // fastai's MixHandler: the recipe's batch callback (one at a time: MixUp or CutMix).
+        let batch_cb = recipe.mix.map(super::mix::callback);
+        let batch_cb = batch_cb.as_deref();
         let mut stepper = Stepper {
             net,
             opt,
@@ -359,9 +361,9 @@ impl Learner {
         let dls = &*dls;
         let (ran, overlap) = overlapped(
             order.len(),
-            |i| spec.prepare_train(dls, &order[i], draws, aug.as_ref(), mix.as_ref()),
+            |i| spec.prepare_train(dls, &order[i], draws, aug.as_ref(), batch_cb),
             |i, batch| {
-                let (x, y, mixed) = spec.finish_train(batch);
+                let (x, y, mixed) = spec.finish_train(batch, batch_cb);
                 let h = cycle.at(epoch, i);
                 let asked = stop.load(Ordering::Relaxed);
                 let (loss, vote) = match stepper.step((&x, &y, mixed.as_ref()), &h, asked, times) {

@@ -3,13 +3,14 @@
 //! (`λ·L(y) + (1 − λ)·L(y_perm)` per image, then the mean; see [`super::loss`]). Validation is never
 //! mixed.
 //!
-//! The draws come from the data RNG on the batch producer, after the batch's crops and augmentation,
-//! so a seed reproduces a run and the overlapped loop still equals the serial one. fastai draws from
-//! torch's generator; the distributions are fastai's, the random streams are not.
+//! Both are [`MixHandler`]s, as in fastai: the draws come from the data RNG on the batch producer,
+//! after the batch's crops and augmentation, so a seed reproduces a run and the overlapped loop
+//! still equals the serial one. fastai draws from torch's generator; the distributions are
+//! fastai's, the random streams are not.
 
 use crate::bundle::Mix;
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, RngCore};
 use rand_distr::{Beta, Distribution};
 use tch::{Device, Kind, Tensor};
 
@@ -25,13 +26,65 @@ pub struct MixDraw {
     pub cut: Option<[i64; 4]>,
 }
 
-fn beta<R: Rng>(alpha: f64, rng: &mut R) -> f64 {
+/// fastai's `MixHandler`: a callback that changes each training batch and the loss on it, at
+/// fastai's `before_batch` event. Split in two halves so the overlapped loop stays equal, bit for
+/// bit, to the serial one: [`Self::draw`] runs on the batch producer with the data RNG, right
+/// after the batch's crops and augmentation were drawn; [`Self::before_batch`] runs on the training
+/// thread with the finished input on its device. Validation batches never see it.
+pub trait MixHandler: Send + Sync {
+    /// What this batch's change needs from the data RNG, for a u8 NHWC batch `xb`.
+    fn draw(&self, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw;
+    /// The changed network input (`N × C × H × W`, any memory format) and what the loss must weigh.
+    fn before_batch(&self, x: &Tensor, draw: &MixDraw) -> (Tensor, Mixed);
+}
+
+/// fastai's `MixUp(alpha)` callback.
+#[derive(Debug, Clone, Copy)]
+pub struct MixUp(pub f64);
+
+/// fastai's `CutMix(alpha)` callback.
+#[derive(Debug, Clone, Copy)]
+pub struct CutMix(pub f64);
+
+/// The recipe's mixing as its callback.
+pub fn callback(mix: Mix) -> Box<dyn MixHandler> {
+    match mix {
+        Mix::Mixup(a) => Box::new(MixUp(a)),
+        Mix::Cutmix(a) => Box::new(CutMix(a)),
+    }
+}
+
+impl MixHandler for MixUp {
+    fn draw(&self, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
+        draw_for(&Mix::Mixup(self.0), xb, rng)
+    }
+    fn before_batch(&self, x: &Tensor, d: &MixDraw) -> (Tensor, Mixed) {
+        apply(x, d)
+    }
+}
+
+impl MixHandler for CutMix {
+    fn draw(&self, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
+        draw_for(&Mix::Cutmix(self.0), xb, rng)
+    }
+    fn before_batch(&self, x: &Tensor, d: &MixDraw) -> (Tensor, Mixed) {
+        apply(x, d)
+    }
+}
+
+/// The draw for a u8 NHWC batch `xb`.
+fn draw_for(m: &Mix, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
+    let size = xb.size();
+    draw(m, size[0] as usize, size[1], size[2], rng)
+}
+
+fn beta<R: Rng + ?Sized>(alpha: f64, rng: &mut R) -> f64 {
     // Settings are validated before a run; an invalid α here mixes nothing rather than panicking.
     Beta::new(alpha, alpha).map_or(1.0, |d| d.sample(rng))
 }
 
 /// The draw for a batch of `bs` images of `h × w` pixels.
-pub fn draw<R: Rng>(mix: &Mix, bs: usize, h: i64, w: i64, rng: &mut R) -> MixDraw {
+pub fn draw<R: Rng + ?Sized>(mix: &Mix, bs: usize, h: i64, w: i64, rng: &mut R) -> MixDraw {
     let mut perm: Vec<i64> = (0..bs as i64).collect();
     perm.shuffle(rng);
     match *mix {

@@ -10,8 +10,7 @@
 //! with `non_blocking` (an asynchronous DMA on the current stream) and normalises and augments on
 //! the GPU, so no step of the loop waits for the host.
 
-use super::mix::{self, MixDraw, Mixed};
-use crate::bundle::Mix;
+use super::mix::{MixDraw, MixHandler, Mixed};
 use crate::data::augment::{self, AugConfig, AugParams};
 use crate::data::tensor::{normalize_as, normalize_float};
 use crate::data::DataLoaders;
@@ -39,24 +38,26 @@ pub struct Prepared {
     y: Tensor,
     /// Augmentation still to apply (on the device, on CUDA).
     aug: Option<AugParams>,
-    /// MixUp/CutMix, applied to the finished input (see [`InputSpec::finish_train`]).
+    /// The batch callback's draw (MixUp/CutMix), applied to the finished input (see
+    /// [`InputSpec::finish_train`]).
     mix: Option<MixDraw>,
 }
 
 impl InputSpec {
     /// Producer side, for one training batch: gathers (and crops) `idx`, draws its augmentation
-    /// with `augment`'s magnitudes, then its mixing when `mix`, and does on the host what belongs there.
+    /// with `augment`'s magnitudes, then the batch callback's draw (`cb`), and does on the host what
+    /// belongs there.
     pub fn prepare_train<R: Rng>(
         &self,
         dls: &DataLoaders,
         idx: &[usize],
         rng: &mut R,
         augment: Option<&AugConfig>,
-        mix: Option<&Mix>,
+        cb: Option<&dyn MixHandler>,
     ) -> Prepared {
         let (xb, yb) = dls.train_batch(idx, rng);
         let aug = augment.map(|cfg| augment::draw(idx.len(), cfg, rng));
-        let mix = mix.map(|m| draw_mix(m, &xb, rng));
+        let mix = cb.map(|c| c.draw(&xb, rng));
         self.prepare_mixed(xb, yb, aug, mix)
     }
 
@@ -93,17 +94,21 @@ impl InputSpec {
         }
     }
 
-    /// Consumer side of a training batch: [`Self::finish`], then MixUp/CutMix when drawn, with what
-    /// the loss needs of them.
-    pub fn finish_train(&self, mut p: Prepared) -> (Tensor, Tensor, Option<Mixed>) {
+    /// Consumer side of a training batch: [`Self::finish`], then the batch callback `cb` (the one
+    /// that drew in [`Self::prepare_train`]) with its draw, and what the loss must weigh.
+    pub fn finish_train(
+        &self,
+        mut p: Prepared,
+        cb: Option<&dyn MixHandler>,
+    ) -> (Tensor, Tensor, Option<Mixed>) {
         let draw = p.mix.take();
         let (x, y) = self.finish(p);
-        match draw {
-            None => (x, y, None),
-            Some(d) => {
-                let (x, m) = mix::apply(&x, &d);
+        match (cb, draw) {
+            (Some(cb), Some(d)) => {
+                let (x, m) = cb.before_batch(&x, &d);
                 (x, y, Some(m))
             }
+            _ => (x, y, None),
         }
     }
 
@@ -135,12 +140,6 @@ impl InputSpec {
             }
         }
     }
-}
-
-/// The mixing of a u8 NHWC batch `xb`.
-pub fn draw_mix<R: Rng>(m: &Mix, xb: &Tensor, rng: &mut R) -> MixDraw {
-    let size = xb.size();
-    mix::draw(m, size[0] as usize, size[1], size[2], rng)
 }
 
 /// Time spent in one part of the loop, for `FINETUNE_PROFILE`.
