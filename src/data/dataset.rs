@@ -322,7 +322,7 @@ impl DataLoaders {
         progress: &dyn Progress,
     ) -> Result<Self, DataError> {
         let (Split { train, valid, kind }, listed) = match &cfg.labels {
-            Some(l) => super::labels::split(root, l, cfg.valid_pct, cfg.seed)?,
+            Some(l) => super::labels::split(root, l, cfg.valid_pct, cfg.seed, progress)?,
             None => (items::split(root, cfg.valid_pct, cfg.seed)?, Vec::new()),
         };
         let mut skipped = Vec::new();

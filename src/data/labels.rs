@@ -8,6 +8,7 @@
 
 pub use super::items::LabelsCsv;
 use super::items::{self, looks_like_image, Item, ItemsError, Scan, Skip, Split, SplitKind};
+use super::progress::Progress;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -199,16 +200,16 @@ fn row_err(path: &Path, e: &csv::Error) -> LabelsError {
     }
 }
 
-/// Prints one warning for the rows left out: how many, and the first few.
-fn report(skipped: &[Skip], csv: &Path) {
+/// One warning for the rows left out: how many, and the first few.
+fn report(skipped: &[Skip], csv: &Path, progress: &dyn Progress) {
     if skipped.is_empty() {
         return;
     }
     const SHOWN: usize = 5;
     let first: Vec<String> = skipped.iter().take(SHOWN).map(|s| s.to_string()).collect();
     let more = skipped.len().saturating_sub(SHOWN);
-    eprintln!(
-        "warning: {} row(s) of {} skipped: {}{}",
+    progress.warn(&format!(
+        "{} row(s) of {} skipped: {}{}",
         skipped.len(),
         csv.display(),
         first.join("; "),
@@ -217,32 +218,20 @@ fn report(skipped: &[Skip], csv: &Path) {
         } else {
             String::new()
         }
-    );
+    ));
 }
 
 /// The labelled items of `images` per the CSV, split by its valid column or at random (as
-/// [`items::random_split`]); the skips are already reported, once.
+/// [`items::random_split`]); the skips are already reported to `progress`, in one warning.
 pub fn split(
     images: &Path,
     l: &LabelsCsv,
     valid_pct: f64,
     seed: u64,
-) -> Result<(Split, Vec<Skip>), LabelsError> {
-    split_with(images, l, valid_pct, seed, true)
-}
-
-/// [`split`], reporting the skipped rows only when `warn` (not again for a folder just trained on).
-pub fn split_with(
-    images: &Path,
-    l: &LabelsCsv,
-    valid_pct: f64,
-    seed: u64,
-    warn: bool,
+    progress: &dyn Progress,
 ) -> Result<(Split, Vec<Skip>), LabelsError> {
     let (rows, skipped) = read(images, l)?;
-    if warn {
-        report(&skipped, &l.path);
-    }
+    report(&skipped, &l.path, progress);
     let (train, valid, kind) = match &l.valid_col {
         Some(_) => {
             let (v, t): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.valid);
@@ -316,8 +305,18 @@ mod tests {
         LabelsCsv::new(p)
     }
 
+    /// The warnings a split gave.
+    #[derive(Default)]
+    struct Warnings(std::sync::Mutex<Vec<String>>);
+
+    impl Progress for Warnings {
+        fn warn(&self, msg: &str) {
+            self.0.lock().unwrap().push(msg.to_string());
+        }
+    }
+
     fn error(images: &Path, l: &LabelsCsv) -> String {
-        match split(images, l, 0.2, 42) {
+        match split(images, l, 0.2, 42, &super::super::Quiet) {
             Ok(_) => panic!("{} must fail", l.path.display()),
             Err(e) => e.to_string(),
         }
@@ -331,7 +330,8 @@ mod tests {
             "fname,label,is_valid\na.png,cat,False\nb.png,dog,false\nc.png,cat,True\nd.png,dog,0\n\"sub/e.png\",dog,1\nmissing.png,cat,0\nfake.jpg,dog,0\n",
         );
         l.valid_col = Some("is_valid".into());
-        let (s, skipped) = split(&images, &l, 0.2, 42).unwrap();
+        let warned = Warnings::default();
+        let (s, skipped) = split(&images, &l, 0.2, 42, &warned).unwrap();
         let names = |sc: &Scan| -> Vec<String> {
             sc.items
                 .iter()
@@ -349,6 +349,14 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert!(skipped[0].reason.contains("line 7") && skipped[0].reason.contains("missing"));
         assert!(skipped[1].reason.contains("not an image"));
+        // One warning for both, through the caller's sink (the library prints nothing itself).
+        let w = warned.0.lock().unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("2 row(s) of ") && w[0].contains("missing.png"),
+            "{w:?}"
+        );
+        drop(w);
         // Columns by position, and the seeded random split without a valid column.
         let l = LabelsCsv {
             fn_col: "0".into(),
@@ -359,7 +367,7 @@ mod tests {
             valid_col: None,
             ..l
         };
-        let (s, _) = split(&images, &l, 0.4, 42).unwrap();
+        let (s, _) = split(&images, &l, 0.4, 42, &super::super::Quiet).unwrap();
         let all: Vec<Item> = s
             .train
             .items

@@ -81,12 +81,16 @@ pub fn labelled_with(info: &ModelInfo, data: &Path, warn: bool) -> Result<Labell
             valid_pct,
             seed,
         } => {
-            crate::data::labels::split_with(
+            // Warnings on stderr, as the valid-set check below (not again when `!warn`).
+            let console = crate::train::report::ConsoleProgress::new("", true);
+            let sink: &dyn crate::data::Progress =
+                if warn { &console } else { &crate::data::Quiet };
+            crate::data::labels::split(
                 data,
                 labels,
                 valid_pct.unwrap_or(0.2),
                 seed.unwrap_or(0),
-                warn,
+                sink,
             )?
             .0
         }
