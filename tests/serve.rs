@@ -495,6 +495,7 @@ fn token_is_required_when_set() {
 
 #[test]
 fn load_is_batched_and_overload_is_503() {
+    // Two workers (copies of the network) on one queue, as serve runs by default on two cores.
     let s = Server::start(&[
         "--max-batch",
         "16",
@@ -502,6 +503,8 @@ fn load_is_batched_and_overload_is_503() {
         "20",
         "--queue",
         "12",
+        "--workers",
+        "2",
     ]);
     let files = images();
     let want = reference(&files);
@@ -550,6 +553,19 @@ fn load_is_batched_and_overload_is_503() {
         ok as u64,
         "{}",
         card["serving"]
+    );
+    // Both workers ran batches: a request arriving while one computed started on the other.
+    let per: Vec<u64> = card["serving"]["worker_batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(card["serving"]["workers"], 2, "{}", card["serving"]);
+    assert!(per.iter().all(|&b| b > 0), "{}", card["serving"]);
+    assert_eq!(
+        per.iter().sum::<u64>(),
+        card["serving"]["batches"].as_u64().unwrap()
     );
     eprintln!(
         "load: {ok} answered, {busy} told to retry, serving {}",

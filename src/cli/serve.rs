@@ -22,6 +22,11 @@ pub struct Args {
     /// runs at once.
     #[arg(long, default_value_t = 5)]
     max_batch_delay_ms: u64,
+    /// Forward passes each model runs at once, each with its own copy of the network (default:
+    /// 2 on a CPU with two cores or more, each on half the threads; 1 on a GPU). A request that
+    /// arrives while one pass computes starts at once on a free worker.
+    #[arg(long)]
+    workers: Option<usize>,
     /// Images waiting per model beyond which requests are answered 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     queue: usize,
@@ -59,6 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         header_timeout: seconds("--header-timeout-s", a.header_timeout_s)?,
         raw_probs: a.trust.raw_probs,
         accept: a.trust.unknown.map(|u| u.0),
+        workers: a.workers,
     };
     serve::run(&a.models, opts, |addr| {
         let mut out = std::io::stdout().lock();

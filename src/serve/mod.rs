@@ -60,6 +60,25 @@ pub struct Options {
     /// The "unknown" acceptance share for every model: `None` keeps each bundle's own,
     /// `Some(None)` turns the answer off (`--unknown off`).
     pub accept: Option<Option<f64>>,
+    /// Forward passes each model runs at once (a copy of its network each); `None`: two on a CPU
+    /// with two cores or more, each on half of libtorch's threads, one on a GPU.
+    pub workers: Option<usize>,
+}
+
+/// How many workers each model gets, and on a CPU the threads each pass uses: libtorch's thread
+/// count is process-wide, so it is divided once, here, before any pass runs.
+fn workers(opts: &Options) -> usize {
+    let cpu = opts.runtime.device == tch::Device::Cpu;
+    let threads = tch::get_num_threads().max(1) as usize;
+    let n = match opts.workers {
+        Some(n) => n.max(1),
+        None if cpu && threads >= 2 => 2,
+        None => 1,
+    };
+    if cpu && n > 1 {
+        tch::set_num_threads((threads / n).max(1) as i32);
+    }
+    n
 }
 
 /// One served model: its card data and its worker's queue.
@@ -85,7 +104,7 @@ pub struct AppState {
     pub body_timeout: Duration,
 }
 
-/// Loads every bundle once, starts one worker per model, binds, calls `on_listening` with the bound
+/// Loads every bundle (once per worker), starts each model's workers, binds, calls `on_listening` with the bound
 /// address, and serves until SIGINT/SIGTERM; in-flight requests finish before it returns.
 pub fn run(
     dirs: &[PathBuf],
@@ -98,8 +117,9 @@ pub fn run(
         max_delay: opts.max_batch_delay,
         queue: opts.queue,
     };
+    let n_workers = workers(&opts);
     let mut models = BTreeMap::new();
-    let mut workers = Vec::new();
+    let mut handles = Vec::new();
     for dir in dirs {
         let name = dir
             .canonicalize()
@@ -111,15 +131,20 @@ pub fn run(
         if models.contains_key(&name) {
             return Err(ServeError::DuplicateName(name));
         }
-        let mut b = bundle::load(dir, opts.runtime)?;
-        b.calibrated = !opts.raw_probs;
-        if let Some(a) = opts.accept {
-            b.set_accept(a);
+        let mut bundles = Vec::with_capacity(n_workers);
+        for _ in 0..n_workers {
+            let mut b = bundle::load(dir, opts.runtime)?;
+            b.calibrated = !opts.raw_probs;
+            if let Some(a) = opts.accept {
+                b.set_accept(a);
+            }
+            bundles.push(b);
         }
+        let b = &bundles[0];
         let (calibrated, accept) = (b.calibrated && b.info.calibration.is_some(), b.accept);
         let info = b.info.clone();
-        let (queue, handle) = worker::spawn(&name, b, &settings, metrics.clone())?;
-        workers.push(handle);
+        let (queue, hs) = worker::spawn(&name, bundles, &settings, metrics.clone())?;
+        handles.extend(hs);
         models.insert(
             name.clone(),
             Model {
@@ -162,7 +187,7 @@ pub fn run(
     })?;
     // The router (and every queue sender) is dropped: the workers finish their last batch and end.
     drop(rt);
-    for w in workers {
+    for w in handles {
         let _ = w.join();
     }
     Ok(())

@@ -1,8 +1,16 @@
-//! The batching worker: one thread per model owns the network, takes what is queued (up to
-//! `max_batch`), runs one forward pass and answers each request through its oneshot channel.
-//! It waits for more (at most `max_delay` after the first item) only while requests are on their
-//! way — their body arriving or their images decoding: a request that finds nothing else coming
-//! runs at once, and a busy server still fills its batches (what queued during the last pass).
+//! The batching workers: each of a model's worker threads owns a copy of the network, runs one
+//! forward pass over a batch of what was queued (up to `max_batch`) and answers each request
+//! through its oneshot channel. The gathering waits for more (at most `max_delay` after the first
+//! item) only while requests are on their way — their body arriving or their images decoding: a
+//! request that finds nothing else coming runs at once, and a busy server still fills its batches
+//! (what queued during the last pass).
+//!
+//! One thread per model gathers the batches; it hands each to the free worker with the lowest
+//! index, so with several workers a request arriving during a forward pass starts at once on
+//! another, and a lone client keeps landing on the same (cache-warm) worker. On a CPU each
+//! worker's passes use its share of the cores: measured on 2 cores (`docs/serving.md`), one image
+//! on one thread takes less time than on two, whose OpenMP hand-offs cost more than they save at
+//! that size.
 
 use super::metrics::Metrics;
 use crate::bundle::Bundle;
@@ -11,7 +19,7 @@ use crate::infer::tta::{self, Tta};
 use image::RgbImage;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -55,9 +63,11 @@ enum Msg {
     Wake,
 }
 
-/// Counters of one model's worker, shown in the model card and /metrics.
+/// Counters of one model's workers, shown in the model card and /metrics.
 #[derive(Default)]
 pub struct WorkerStats {
+    /// Forward passes run by each worker.
+    pub worker_batches: Vec<AtomicU64>,
     pub queued: AtomicUsize,
     /// Requests for this model on their way (see [`Arriving`]).
     pub arriving: AtomicUsize,
@@ -127,80 +137,138 @@ pub struct BatchSettings {
     pub queue: usize,
 }
 
-/// Starts the worker thread that owns `bundle`; it ends when every [`Queue`] clone is dropped.
+/// Starts one worker thread per bundle (copies of one model) and the thread that gathers their
+/// batches from the model's queue; all end when every [`Queue`] clone is dropped.
 pub fn spawn(
     name: &str,
-    bundle: Bundle,
+    bundles: Vec<Bundle>,
     settings: &BatchSettings,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
+) -> std::io::Result<(Queue, Vec<std::thread::JoinHandle<()>>)> {
     let cap = settings.queue.max(1);
     // One slot more than the images it may hold, for the one wake-up (see `Msg`).
     let (tx, rx) = std::sync::mpsc::sync_channel(cap + 1);
-    let stats = Arc::new(WorkerStats::default());
-    let max_batch = settings.max_batch.max(1);
-    let max_delay = settings.max_delay;
+    let n = bundles.len();
+    let stats = Arc::new(WorkerStats {
+        worker_batches: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        ..Default::default()
+    });
+    let gather = Gather {
+        max_batch: settings.max_batch.max(1),
+        max_delay: settings.max_delay,
+    };
+    let free = Arc::new(Free {
+        free: Mutex::new(vec![true; n]),
+        changed: Condvar::new(),
+    });
+    let mut handles = Vec::with_capacity(n + 1);
+    let mut to_workers = Vec::with_capacity(n);
+    for (i, bundle) in bundles.into_iter().enumerate() {
+        let (btx, brx) = std::sync::mpsc::channel();
+        to_workers.push(btx);
+        let (free, st, metrics) = (free.clone(), stats.clone(), metrics.clone());
+        let thread = if n == 1 {
+            format!("infer-{name}")
+        } else {
+            format!("infer-{name}-{i}")
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(thread)
+                .spawn(move || run(i, bundle, brx, &free, st, metrics))?,
+        );
+    }
     let st = stats.clone();
-    let handle = std::thread::Builder::new()
-        .name(format!("infer-{name}"))
-        .spawn(move || run(bundle, rx, max_batch, max_delay, st, metrics))?;
-    Ok((Queue { tx, cap, stats }, handle))
+    handles.push(
+        std::thread::Builder::new()
+            .name(format!("batch-{name}"))
+            .spawn(move || dispatch(rx, to_workers, &free, gather, &st))?,
+    );
+    Ok((Queue { tx, cap, stats }, handles))
 }
 
-fn run(
-    bundle: Bundle,
-    rx: Receiver<Msg>,
+/// How a batch is gathered.
+#[derive(Clone, Copy)]
+struct Gather {
     max_batch: usize,
     max_delay: Duration,
+}
+
+/// Which workers are free to take a batch.
+struct Free {
+    free: Mutex<Vec<bool>>,
+    changed: Condvar,
+}
+
+impl Free {
+    /// Waits until a worker is free.
+    fn wait_any(&self) {
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while !f.iter().any(|&x| x) {
+            f = self.changed.wait(f).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The free worker with the lowest index, now busy: a lone request after another lands on
+    /// the same worker, whose weights are still in the caches (two workers taking turns measured
+    /// a millisecond slower per image on 2 cores).
+    fn take(&self) -> Option<usize> {
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let i = f.iter().position(|&x| x)?;
+        f[i] = false;
+        Some(i)
+    }
+
+    fn release(&self, i: usize) {
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(x) = f.get_mut(i) {
+            *x = true;
+        }
+        self.changed.notify_one();
+    }
+}
+
+/// The gathering thread: once a worker is free, gathers the next batch (so the batch holds what
+/// queued while every worker computed) and hands it to the lowest free worker.
+fn dispatch(
+    rx: Receiver<Msg>,
+    workers: Vec<std::sync::mpsc::Sender<Vec<Job>>>,
+    free: &Free,
+    gather: Gather,
+    stats: &WorkerStats,
+) {
+    loop {
+        free.wait_any();
+        let Some(jobs) = next_batch(&rx, gather, stats) else {
+            return;
+        };
+        let Some(i) = free.take() else {
+            continue;
+        };
+        stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
+        if workers[i].send(jobs).is_err() {
+            // That worker is gone (it panicked); the others may still serve.
+            continue;
+        }
+    }
+}
+
+/// A worker: runs each batch it is given and answers its requests.
+fn run(
+    me: usize,
+    bundle: Bundle,
+    batches: Receiver<Vec<Job>>,
+    free: &Free,
     stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
 ) {
     let _guard = tch::no_grad_guard();
-    // Clears the pending flag before the caller looks at `arriving` again: a request that ends
-    // after this sends a fresh wake-up, one that ended before is seen in the count.
-    let woken = |stats: &WorkerStats| stats.wake_pending.store(false, Ordering::SeqCst);
-    while let Ok(msg) = rx.recv() {
-        let first = match msg {
-            Msg::Job(j) => j,
-            Msg::Wake => {
-                woken(&stats);
-                continue;
-            }
-        };
-        let mut jobs = vec![first];
-        let deadline = Instant::now() + max_delay;
-        while jobs.len() < max_batch {
-            // Take what is already queued without waiting, then wait until the deadline.
-            match rx.try_recv() {
-                Ok(Msg::Job(j)) => {
-                    jobs.push(j);
-                    continue;
-                }
-                Ok(Msg::Wake) => {
-                    woken(&stats);
-                    continue;
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-            }
-            // Nothing queued and nothing on its way: waiting could only add latency.
-            if stats.arriving.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(left) {
-                Ok(Msg::Job(j)) => jobs.push(j),
-                // Loops back to see whether anything came with it or is still on its way.
-                Ok(Msg::Wake) => woken(&stats),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
+    while let Ok(jobs) = batches.recv() {
         let outputs = forward(&bundle, &jobs);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = stats.worker_batches.get(me) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
         stats.images.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         stats.largest_batch.fetch_max(jobs.len(), Ordering::Relaxed);
         metrics.observe_batch(jobs.len());
@@ -211,7 +279,54 @@ fn run(
                 let _ = j.reply.send(o);
             }
         }
+        free.release(me);
     }
+}
+
+/// Waits for the first image, then gathers the batch: what is already queued, and what arrives
+/// before the delay while requests are still on their way. `None` when the server is gone.
+fn next_batch(rx: &Receiver<Msg>, gather: Gather, stats: &WorkerStats) -> Option<Vec<Job>> {
+    // Clears the pending flag before the caller looks at `arriving` again: a request that ends
+    // after this sends a fresh wake-up, one that ended before is seen in the count.
+    let woken = || stats.wake_pending.store(false, Ordering::SeqCst);
+    let first = loop {
+        match rx.recv().ok()? {
+            Msg::Job(j) => break j,
+            Msg::Wake => woken(),
+        }
+    };
+    let mut jobs = vec![first];
+    let deadline = Instant::now() + gather.max_delay;
+    while jobs.len() < gather.max_batch {
+        // Take what is already queued without waiting, then wait until the deadline.
+        match rx.try_recv() {
+            Ok(Msg::Job(j)) => {
+                jobs.push(j);
+                continue;
+            }
+            Ok(Msg::Wake) => {
+                woken();
+                continue;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        // Nothing queued and nothing on its way: waiting could only add latency.
+        if stats.arriving.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Msg::Job(j)) => jobs.push(j),
+            // Loops back to see whether anything came with it or is still on its way.
+            Ok(Msg::Wake) => woken(),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(jobs)
 }
 
 /// One forward pass over the images, one over the tensors, the TTA passes over the images that

@@ -124,6 +124,8 @@ pub async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<
         "finetune_version": i.finetune_version,
         "serving": {
             "batches": s.batches.load(Relaxed),
+            "workers": s.worker_batches.len(),
+            "worker_batches": s.worker_batches.iter().map(|b| b.load(Relaxed)).collect::<Vec<_>>(),
             "images": s.images.load(Relaxed),
             "largest_batch": s.largest_batch.load(Relaxed),
             "queued": s.queued.load(Relaxed),
