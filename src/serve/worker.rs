@@ -158,7 +158,7 @@ pub fn spawn(
         max_delay: settings.max_delay,
     };
     let free = Arc::new(Free {
-        free: Mutex::new(vec![true; n]),
+        state: Mutex::new(vec![WorkerState::Free; n]),
         changed: Condvar::new(),
     });
     let mut handles = Vec::with_capacity(n + 1);
@@ -196,15 +196,34 @@ struct Gather {
 
 /// Which workers are free to take a batch.
 struct Free {
-    free: Mutex<Vec<bool>>,
+    state: Mutex<Vec<WorkerState>>,
     changed: Condvar,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum WorkerState {
+    Free,
+    Busy,
+    /// Its thread ended (a panic in a forward pass): it takes no more batches.
+    Gone,
+}
+
 impl Free {
-    /// Waits until a worker is free.
-    fn wait_any(&self) {
-        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while !f.iter().any(|&x| x) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WorkerState>> {
+        // Every change is one assignment: a panic elsewhere leaves nothing half-done.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a worker is free; false when every worker is gone.
+    fn wait_any(&self) -> bool {
+        let mut f = self.lock();
+        loop {
+            if f.contains(&WorkerState::Free) {
+                return true;
+            }
+            if f.iter().all(|&x| x == WorkerState::Gone) {
+                return false;
+            }
             f = self.changed.wait(f).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -213,18 +232,27 @@ impl Free {
     /// the same worker, whose weights are still in the caches (two workers taking turns measured
     /// a millisecond slower per image on 2 cores).
     fn take(&self) -> Option<usize> {
-        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let i = f.iter().position(|&x| x)?;
-        f[i] = false;
+        let mut f = self.lock();
+        let i = f.iter().position(|&x| x == WorkerState::Free)?;
+        f[i] = WorkerState::Busy;
         Some(i)
     }
 
-    fn release(&self, i: usize) {
-        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(x) = f.get_mut(i) {
-            *x = true;
+    fn set(&self, i: usize, to: WorkerState) {
+        if let Some(x) = self.lock().get_mut(i) {
+            *x = to;
         }
         self.changed.notify_one();
+    }
+}
+
+/// Marks its worker gone when the worker's thread ends, however it ends, so the gathering thread
+/// never waits for it (and ends when no worker is left: the model's requests then get 503).
+struct Leaving<'a>(&'a Free, usize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1, WorkerState::Gone);
     }
 }
 
@@ -237,18 +265,15 @@ fn dispatch(
     gather: Gather,
     stats: &WorkerStats,
 ) {
-    loop {
-        free.wait_any();
+    while free.wait_any() {
         let Some(jobs) = next_batch(&rx, gather, stats) else {
             return;
         };
-        let Some(i) = free.take() else {
-            continue;
-        };
         stats.queued.fetch_sub(jobs.len(), Ordering::SeqCst);
-        if workers[i].send(jobs).is_err() {
-            // That worker is gone (it panicked); the others may still serve.
-            continue;
+        // The lowest worker free now, not when the wait began. Only a worker gone since (a panic)
+        // leaves none, or refuses the batch: its requests then see their answer dropped (500).
+        if let Some(i) = free.take() {
+            let _ = workers[i].send(jobs);
         }
     }
 }
@@ -263,6 +288,7 @@ fn run(
     metrics: Arc<Metrics>,
 ) {
     let _guard = tch::no_grad_guard();
+    let _leaving = Leaving(free, me);
     while let Ok(jobs) = batches.recv() {
         let outputs = forward(&bundle, &jobs);
         stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +305,7 @@ fn run(
                 let _ = j.reply.send(o);
             }
         }
-        free.release(me);
+        free.set(me, WorkerState::Free);
     }
 }
 
