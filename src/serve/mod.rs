@@ -104,8 +104,9 @@ pub struct AppState {
     pub body_timeout: Duration,
 }
 
-/// Loads every bundle (once per worker), starts each model's workers, binds, calls `on_listening` with the bound
-/// address, and serves until SIGINT/SIGTERM; in-flight requests finish before it returns.
+/// Loads every bundle (once per worker), starts each model's workers, binds, calls `on_listening`
+/// with the bound address, and serves until SIGINT/SIGTERM; in-flight requests finish before it
+/// returns.
 pub fn run(
     dirs: &[PathBuf],
     opts: Options,

@@ -71,11 +71,20 @@ pub struct WorkerStats {
     pub queued: AtomicUsize,
     /// Requests for this model on their way (see [`Arriving`]).
     pub arriving: AtomicUsize,
-    pub batches: AtomicU64,
     pub images: AtomicU64,
     pub largest_batch: AtomicUsize,
     /// A [`Msg::Wake`] is in the channel: at most one at a time, so wake-ups never fill it.
     wake_pending: AtomicBool,
+}
+
+impl WorkerStats {
+    /// Forward passes run, by all the workers.
+    pub fn batches(&self) -> u64 {
+        self.worker_batches
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The sending side of a model's queue.
@@ -291,7 +300,6 @@ fn run(
     let _leaving = Leaving(free, me);
     while let Ok(jobs) = batches.recv() {
         let outputs = forward(&bundle, &jobs);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = stats.worker_batches.get(me) {
             b.fetch_add(1, Ordering::Relaxed);
         }

@@ -6,7 +6,7 @@
 pub use super::callback::{BatchEnd, Callback, EpochEnd};
 use super::checkpoint::epoch_seed;
 use super::learner::{BatchHypers, Learner};
-use super::mix::Mixed;
+use super::mix::{MixHandler, Mixed};
 use super::optimizer::Adam;
 use super::pipeline::overlapped;
 use super::profile::{PhaseTimes, Timer};
@@ -131,8 +131,8 @@ impl Learner {
             .recipe
             .augmentation()
             .map(|cfg| augment::draw(xb.size()[0] as usize, &cfg, &mut self.rng));
-        let cb = self.recipe.mix.map(super::mix::callback);
-        let cb = cb.as_deref();
+        let mix_handler = self.recipe.mix;
+        let cb = mix_handler.as_ref().map(|m| m as &dyn MixHandler);
         let mix = cb.map(|c| c.draw(xb, &mut self.rng));
         let spec = self.input_spec();
         let batch = spec.prepare_mixed(xb.shallow_clone(), yb.shallow_clone(), aug, mix);
@@ -343,8 +343,8 @@ impl Learner {
         } = &mut *self;
         let aug = recipe.augmentation();
         // fastai's MixHandler: the recipe's batch callback (one at a time: MixUp or CutMix).
-        let batch_cb = recipe.mix.map(super::mix::callback);
-        let batch_cb = batch_cb.as_deref();
+        let mix_handler = recipe.mix;
+        let batch_cb = mix_handler.as_ref().map(|m| m as &dyn MixHandler);
         let mut stepper = Stepper {
             net,
             opt,

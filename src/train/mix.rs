@@ -38,44 +38,16 @@ pub trait MixHandler: Send + Sync {
     fn before_batch(&self, x: &Tensor, draw: &MixDraw) -> (Tensor, Mixed);
 }
 
-/// fastai's `MixUp(alpha)` callback.
-#[derive(Debug, Clone, Copy)]
-pub struct MixUp(pub f64);
-
-/// fastai's `CutMix(alpha)` callback.
-#[derive(Debug, Clone, Copy)]
-pub struct CutMix(pub f64);
-
-/// The recipe's mixing as its callback.
-pub fn callback(mix: Mix) -> Box<dyn MixHandler> {
-    match mix {
-        Mix::Mixup(a) => Box::new(MixUp(a)),
-        Mix::Cutmix(a) => Box::new(CutMix(a)),
-    }
-}
-
-impl MixHandler for MixUp {
+/// The recipe's mixing is the handler: `Mix::Mixup(α)` is fastai's `MixUp(α)`, `Mix::Cutmix(α)`
+/// its `CutMix(α)`.
+impl MixHandler for Mix {
     fn draw(&self, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
-        draw_for(&Mix::Mixup(self.0), xb, rng)
+        let size = xb.size();
+        draw(self, size[0] as usize, size[1], size[2], rng)
     }
     fn before_batch(&self, x: &Tensor, d: &MixDraw) -> (Tensor, Mixed) {
         apply(x, d)
     }
-}
-
-impl MixHandler for CutMix {
-    fn draw(&self, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
-        draw_for(&Mix::Cutmix(self.0), xb, rng)
-    }
-    fn before_batch(&self, x: &Tensor, d: &MixDraw) -> (Tensor, Mixed) {
-        apply(x, d)
-    }
-}
-
-/// The draw for a u8 NHWC batch `xb`.
-fn draw_for(m: &Mix, xb: &Tensor, rng: &mut dyn RngCore) -> MixDraw {
-    let size = xb.size();
-    draw(m, size[0] as usize, size[1], size[2], rng)
 }
 
 fn beta<R: Rng + ?Sized>(alpha: f64, rng: &mut R) -> f64 {

@@ -123,7 +123,7 @@ pub async fn model_card(State(st): St, Path(name): Path<String>) -> Result<Json<
         })),
         "finetune_version": i.finetune_version,
         "serving": {
-            "batches": s.batches.load(Relaxed),
+            "batches": s.batches(),
             "workers": s.worker_batches.len(),
             "worker_batches": s.worker_batches.iter().map(|b| b.load(Relaxed)).collect::<Vec<_>>(),
             "images": s.images.load(Relaxed),
