@@ -7,12 +7,14 @@ and FPR at 95 % TPR per variant, in-distribution test photos against each OOD fo
 
     .venv/bin/python bench/ood_maha.py target/release/finetune MODEL TRAIN TEST OOD [OOD2 ...]
 
-Embeddings are kept under /tmp/p/emb-MODELNAME between runs.
+Embeddings are kept under target/ood-maha/emb-MODELNAME between runs (delete it after retraining).
 """
 import subprocess, sys, os, csv
 import numpy as np
 fin, model, train, test, *oods = sys.argv[1:]
-tmp = "/tmp/p/emb-" + os.path.basename(model.rstrip('/')); os.makedirs(tmp, exist_ok=True)
+tmp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "ood-maha",
+                   "emb-" + os.path.basename(model.rstrip('/')))
+os.makedirs(tmp, exist_ok=True)
 def embed(folder, name):
     out = os.path.join(tmp, name + ".npy")
     if not os.path.exists(out):
